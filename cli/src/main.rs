@@ -1,0 +1,42 @@
+//! `vagus`: one binary for every part of Vagus. A thin shell over the
+//! libraries: flags are parsed here (clap, each with an environment variable)
+//! into validated configs that the subcommands receive.
+
+mod gpusim_cmd;
+mod load;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "vagus", version, about = "Vagus: a GPU-sharing control plane for inference")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an inference-like CUDA workload (real driver or gpusim) and report latency.
+    Load(load::LoadArgs),
+    /// gpusim, the simulated GPU: where its libraries are, what its devices are doing.
+    Gpusim {
+        #[command(subcommand)]
+        command: gpusim_cmd::GpusimCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Load(args) => load::run(args),
+        Command::Gpusim { command } => gpusim_cmd::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vagus: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! A client that finds the driver as cudart does, on gpusim: kernels run,
+//! and bad input gets the error codes NVIDIA's driver returns (the same
+//! program's output on an H100 is in bench/results/).
+
+use crate::support::*;
+use std::collections::HashMap;
+
+fn run_client(sim: &Sim) -> HashMap<String, Vec<String>> {
+    let out = sim.cmd(c_client("cudart_like")).env("CLIENT_STALE_HANDLES", "1").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "client failed ({:?}):\n{text}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let mut m: HashMap<String, Vec<String>> = HashMap::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let k = w.next().unwrap_or_default().to_string();
+        let rest: Vec<String> = w.map(String::from).collect();
+        // Repeated keys (occupancy, launch_waves, procaddr) keep every line.
+        m.entry(k.clone()).or_default().push(rest.join(" "));
+    }
+    m
+}
+
+fn one<'a>(m: &'a HashMap<String, Vec<String>>, k: &str) -> &'a str {
+    m.get(k).and_then(|v| v.first()).unwrap_or_else(|| panic!("client printed no {k}")).as_str()
+}
+
+#[test]
+fn cudart_style_client_runs_kernels_and_gets_real_error_codes() {
+    let sim = Sim::new("cudart");
+    let m = run_client(&sim);
+    assert_eq!(one(&m, "done"), "1");
+    for (k, want) in [
+        ("init", "0"),
+        ("driver_version", "13000"),
+        ("sm_count", "132"),
+        ("module_load", "0"),
+        ("get_function", "0"),
+        ("small_max_threads", "256"),
+        // Error codes, each as NVIDIA's driver 580.159 returned them on an H100.
+        ("device_get_bad", "101"),        // CUDA_ERROR_INVALID_DEVICE
+        ("module_load_garbage", "200"),   // CUDA_ERROR_INVALID_IMAGE
+        ("get_function_unknown", "500"),  // CUDA_ERROR_NOT_FOUND
+        ("launch_block_too_big", "1"),    // CUDA_ERROR_INVALID_VALUE (too many threads per block)
+        ("launch_over_maxntid", "1"),     // CUDA_ERROR_INVALID_VALUE
+        ("launch_grid_zero", "1"),
+        ("elapsed_unrecorded", "400"),    // CUDA_ERROR_INVALID_HANDLE
+        ("alloc_too_much", "2"),          // CUDA_ERROR_OUT_OF_MEMORY
+        ("alloc_no_context", "201"),      // CUDA_ERROR_INVALID_CONTEXT
+        ("alloc", "0"),
+        ("roundtrip", "1"),
+        ("free", "0"),
+        ("ctx_create_v2", "0"),
+        ("ctx_destroy", "0"),
+        // Stream capture and graphs.
+        ("capture_begin", "0"),
+        ("capture_status", "1"),
+        ("capture_end", "0"),
+        ("graph_instantiate", "0"),
+        ("graph_launch", "0"),
+        ("capture_sync", "900"),          // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+        ("capture_status_after_sync", "2"),
+        ("capture_end_invalidated", "901"), // CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+        // Stale and made-up handles: codes, not crashes.
+        ("stream_sync_destroyed", "400"),
+        ("stream_destroy_twice", "400"),
+        ("event_record_destroyed", "400"),
+        ("launch_bogus_function", "400"),
+        ("set_current_bogus", "201"),
+        ("free_bogus", "1"),
+        ("null_out_pointer", "1"),
+        ("copy_out_of_range", "1"),
+    ] {
+        assert_eq!(one(&m, k), want, "{k}");
+    }
+
+    // Kernel time grows with waves: 1, 2, 4 waves of 1M cycles (~505 µs each).
+    let waves: Vec<(u32, f64)> = m["launch_waves"]
+        .iter()
+        .map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            assert_eq!(w[1], "0", "launch failed: {l}");
+            (w[0].parse().unwrap(), w[2].parse().unwrap())
+        })
+        .collect();
+    let one_wave = waves[0].1;
+    assert!((0.45..0.7).contains(&one_wave), "one wave took {one_wave} ms");
+    for (n, ms) in &waves[1..] {
+        let ratio = ms / one_wave;
+        assert!((*n as f64 * 0.9..*n as f64 * 1.1).contains(&ratio), "{n} waves: {ms} ms, {ratio}x one wave");
+    }
+    let graph_ms: f64 = one(&m, "graph_ms").parse().unwrap();
+    assert!((2.7..3.6).contains(&(graph_ms / one_wave)), "a graph of 3 kernels took {graph_ms} ms");
+
+    // cuGetProcAddress picks the newest variant at or below the caller's
+    // version, as NVIDIA's driver did for the same queries.
+    let procaddr: Vec<&str> = m["procaddr"].iter().map(String::as_str).collect();
+    for want in [
+        "cuCtxCreate@3020 0 0 cuCtxCreate_v2",
+        "cuCtxCreate@11040 0 0 cuCtxCreate_v3",
+        "cuCtxCreate@12080 0 0 cuCtxCreate_v4",
+        "cuMemAlloc@12000 0 0 cuMemAlloc_v2",
+        "cuCtxSynchronize@12080 0 0 cuCtxSynchronize",
+        "cuCtxSynchronize@13000 0 0 cuCtxSynchronize_v2",
+        "cuGetProcAddress@12000 0 0 cuGetProcAddress_v2",
+        "cuNoSuchFunction@12000 0 1 none",
+        "cuLaunchKernelEx@11000 0 2 none",
+    ] {
+        assert!(procaddr.contains(&want), "missing {want:?} in {procaddr:?}");
+    }
+}
+
+#[test]
+fn launches_after_the_driver_fails_to_initialise_are_errors_not_crashes() {
+    let sim = Sim::new("badcfg");
+    let out = sim.cmd(c_client("cudart_like")).env("GPUSIM_SMS", "lots").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("init 100"), "cuInit should fail with CUDA_ERROR_NO_DEVICE:\n{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("GPUSIM_SMS") && err.contains("lots"), "stderr should name the bad variable: {err}");
+}

@@ -1,0 +1,11 @@
+//! Black-box tests of Vagus, one binary. They run the built executables and
+//! libraries (`cargo build --workspace` first), each against a private gpusim.
+
+mod support;
+
+mod cli;
+mod driver_api;
+mod load;
+mod mps;
+mod nvml;
+mod occupancy;

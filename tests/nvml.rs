@@ -1,0 +1,79 @@
+//! A real third-party NVML client (pynvml, from nvidia-ml-py) reads gpusim's
+//! libnvidia-ml.so.1 while a load runs.
+
+use crate::support::*;
+use std::process::Command;
+
+const SCRIPT: &str = r#"
+import json, os, pynvml
+pynvml.nvmlInit()
+h = pynvml.nvmlDeviceGetHandleByIndex(0)
+mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+util = pynvml.nvmlDeviceGetUtilizationRates(h)
+procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+print(json.dumps({
+    "count": pynvml.nvmlDeviceGetCount(),
+    "name": pynvml.nvmlDeviceGetName(h),
+    "uuid": pynvml.nvmlDeviceGetUUID(h),
+    "total": mem.total, "used": mem.used, "free": mem.free,
+    "gpu_util": util.gpu,
+    "power_mw": pynvml.nvmlDeviceGetPowerUsage(h),
+    "limit_mw": pynvml.nvmlDeviceGetEnforcedPowerLimit(h),
+    "energy_mj": pynvml.nvmlDeviceGetTotalEnergyConsumption(h),
+    "temp": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+    "sm_clock": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+    "driver": pynvml.nvmlSystemGetDriverVersion(),
+    "cuda": pynvml.nvmlSystemGetCudaDriverVersion(),
+    "pids": [p.pid for p in procs],
+    "proc_mem": [p.usedGpuMemory for p in procs],
+    "by_uuid": pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID(pynvml.nvmlDeviceGetUUID(h))),
+}))
+pynvml.nvmlShutdown()
+"#;
+
+fn pynvml_available() -> bool {
+    Command::new("python3").args(["-c", "import pynvml"]).status().map(|s| s.success()).unwrap_or(false)
+}
+
+#[test]
+fn pynvml_reads_device_memory_utilisation_and_power() {
+    if !pynvml_available() {
+        assert!(
+            std::env::var_os("VAGUS_REQUIRE_PYNVML").is_none(),
+            "pynvml is required here (VAGUS_REQUIRE_PYNVML is set): pip install nvidia-ml-py"
+        );
+        eprintln!("skipped: python3 cannot import pynvml (pip install nvidia-ml-py)");
+        return;
+    }
+    let sim = Sim::new("pynvml");
+    // Busy enough to show: 4 one-wave kernels of ~0.5 ms per request at 100/s.
+    let load = sim.spawn_load(
+        &["--qps", "100", "--duration", "3s", "--kernels", "4", "--grid", "1056", "--work-cycles", "1000000", "--memory-mib", "256"],
+        &[],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = sim.cmd("python3").args(["-c", SCRIPT]).output().unwrap();
+    let load_pid = load.id();
+    report(load.wait_with_output().unwrap());
+    assert!(out.status.success(), "pynvml script failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["count"], 1, "{v}");
+    assert!(v["name"].as_str().unwrap().contains("H100"), "{v}");
+    assert!(v["uuid"].as_str().unwrap().starts_with("GPU-"), "{v}");
+    assert_eq!(v["by_uuid"], 0);
+    assert_eq!(v["total"], 80u64 << 30);
+    let used = v["used"].as_u64().unwrap();
+    assert!(used >= 256 << 20, "the load holds 256 MiB: {v}");
+    assert_eq!(v["used"].as_u64().unwrap() + v["free"].as_u64().unwrap(), 80u64 << 30);
+    // ~2 ms busy per 10 ms: utilisation near 20%, power above idle (70 W).
+    let util = v["gpu_util"].as_u64().unwrap();
+    assert!((8..=40).contains(&util), "utilisation {util}%: {v}");
+    let power = v["power_mw"].as_u64().unwrap();
+    assert!(power > 75_000 && power < 700_000, "power {power} mW: {v}");
+    assert_eq!(v["limit_mw"], 700_000);
+    assert!(v["energy_mj"].as_u64().unwrap() > 0);
+    assert_eq!(v["sm_clock"], 1980);
+    assert_eq!(v["cuda"], 13000);
+    assert_eq!(v["pids"], serde_json::json!([load_pid]), "{v}");
+    assert!(v["proc_mem"][0].as_u64().unwrap() >= 256 << 20);
+}

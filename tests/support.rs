@@ -1,0 +1,135 @@
+//! Shared test plumbing: where the built binaries are, a private gpusim per
+//! test (its own state file and MPS pipe directory), and C clients compiled
+//! on demand.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// target/debug (or whichever profile built this test binary).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(p.is_file(), "{} is not built: run `cargo build --workspace` before the tests", p.display());
+    p
+}
+
+/// `vagus gpusim libdir`, once.
+pub fn libdir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(bin("vagus")).args(["gpusim", "libdir"]).output().expect("run vagus gpusim libdir");
+        assert!(out.status.success(), "vagus gpusim libdir: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// Compiles tests/clients/NAME.c once and returns the executable.
+pub fn c_client(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(format!("{name}.c"));
+    let out = target_dir().join(format!("test-client-{name}"));
+    let fresh = out.metadata().and_then(|m| m.modified()).ok() > src.metadata().and_then(|m| m.modified()).ok();
+    if !fresh {
+        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+        let st = Command::new("cc").arg("-O1").arg("-o").arg(&tmp).arg(&src).arg("-ldl").status().expect("run cc");
+        assert!(st.success(), "compiling {} failed", src.display());
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// A private simulated host: its own state file and MPS pipe directory.
+pub struct Sim {
+    pub dir: PathBuf,
+    daemon: bool,
+}
+
+impl Sim {
+    pub fn new(tag: &str) -> Sim {
+        let dir = std::env::temp_dir().join(format!("vagus-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mps")).unwrap();
+        Sim { dir, daemon: false }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("gpusim.state")
+    }
+
+    /// A command that runs against this simulated host.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("LD_LIBRARY_PATH", libdir())
+            .env("GPUSIM_STATE", self.state())
+            .env("CUDA_MPS_PIPE_DIRECTORY", self.dir.join("mps"))
+            .env_remove("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+            .env_remove("GPUSIM_CONFIG");
+        c
+    }
+
+    pub fn vagus(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd(bin("vagus"));
+        c.args(args);
+        c
+    }
+
+    /// Starts `vagus load --json` with `args` in the background.
+    pub fn spawn_load(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Child {
+        let mut c = self.vagus(&["load", "--json"]);
+        c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c.spawn().expect("spawn vagus load")
+    }
+
+    /// Runs `vagus load --json` and returns its report.
+    pub fn load(&self, args: &[&str], extra_env: &[(&str, &str)]) -> serde_json::Value {
+        report(self.spawn_load(args, extra_env).wait_with_output().unwrap())
+    }
+
+    /// Sends commands to the MPS control double; returns (stdout, success).
+    pub fn mps_control(&mut self, input: &str) -> (String, bool) {
+        use std::io::Write;
+        let mut c = self.cmd(bin("gpusim-mps-control"));
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.success())
+    }
+
+    pub fn start_mps_daemon(&mut self) {
+        let st = self.cmd(bin("gpusim-mps-control")).arg("-d").status().unwrap();
+        assert!(st.success(), "gpusim-mps-control -d failed");
+        self.daemon = true;
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if self.daemon {
+            let _ = self.mps_control("quit\n");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Parses a `vagus load --json` report, failing with its stderr.
+pub fn report(out: Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "vagus load failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+pub fn f(v: &serde_json::Value, path: &str) -> f64 {
+    path.split('.').fold(v, |v, k| &v[k]).as_f64().unwrap_or_else(|| panic!("no number at {path} in {v}"))
+}
