@@ -6,7 +6,11 @@ use std::process::Command;
 
 fn stderr_of(mut c: Command) -> String {
     let out = c.output().unwrap();
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -25,7 +29,10 @@ fn load_without_a_driver_says_how_to_use_gpusim() {
     let mut c = sim.vagus(&["load", "--duration", "1s"]);
     c.env("LD_LIBRARY_PATH", sim.dir.join("mps"));
     let err = stderr_of(c);
-    assert!(err.contains("no CUDA driver found") && err.contains("vagus gpusim libdir"), "{err}");
+    assert!(
+        err.contains("no CUDA driver found") && err.contains("vagus gpusim libdir"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -33,13 +40,31 @@ fn a_failing_module_load_names_the_image_and_the_error() {
     let sim = Sim::new("badptx");
     let garbage = sim.dir.join("garbage.ptx");
     std::fs::write(&garbage, "not ptx at all").unwrap();
-    let err = stderr_of(sim.vagus(&["load", "--duration", "1s", "--ptx", garbage.to_str().unwrap()]));
-    assert!(err.contains("cuModuleLoadData") && err.contains("garbage.ptx") && err.contains("CUDA_ERROR_INVALID_IMAGE"), "{err}");
+    let err = stderr_of(sim.vagus(&[
+        "load",
+        "--duration",
+        "1s",
+        "--ptx",
+        garbage.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("cuModuleLoadData")
+            && err.contains("garbage.ptx")
+            && err.contains("CUDA_ERROR_INVALID_IMAGE"),
+        "{err}"
+    );
 
     let other = sim.dir.join("other.ptx");
-    std::fs::write(&other, ".version 7.0\n.target sm_70\n.address_size 64\n.visible .entry other() { ret; }\n").unwrap();
+    std::fs::write(
+        &other,
+        ".version 7.0\n.target sm_70\n.address_size 64\n.visible .entry other() { ret; }\n",
+    )
+    .unwrap();
     let err = stderr_of(sim.vagus(&["load", "--duration", "1s", "--ptx", other.to_str().unwrap()]));
-    assert!(err.contains("vagus_busy_wait") && err.contains("CUDA_ERROR_NOT_FOUND"), "{err}");
+    assert!(
+        err.contains("vagus_busy_wait") && err.contains("CUDA_ERROR_NOT_FOUND"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -54,7 +79,10 @@ fn bad_flags_and_configuration_are_named() {
     let mut c = sim.vagus(&["load", "--duration", "1s"]);
     c.env("GPUSIM_MEMORY_GIB", "-3");
     let err = stderr_of(c);
-    assert!(err.contains("cuInit") && err.contains("GPUSIM_MEMORY_GIB"), "{err}");
+    assert!(
+        err.contains("cuInit") && err.contains("GPUSIM_MEMORY_GIB"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -69,7 +97,14 @@ fn gpusim_status_shows_the_work_done() {
     let d = &v["devices"][0];
     assert_eq!(d["sms"], 132);
     assert_eq!(d["kernels_total"], 200, "{v}");
-    assert_eq!(d["memory_used_bytes"], 0, "the load process has exited and released its memory: {v}");
-    let text = String::from_utf8(sim.vagus(&["gpusim", "status"]).output().unwrap().stdout).unwrap();
-    assert!(text.contains("GPU 0") && text.contains("kernels 200"), "{text}");
+    assert_eq!(
+        d["memory_used_bytes"], 0,
+        "the load process has exited and released its memory: {v}"
+    );
+    let text =
+        String::from_utf8(sim.vagus(&["gpusim", "status"]).output().unwrap().stdout).unwrap();
+    assert!(
+        text.contains("GPU 0") && text.contains("kernels 200"),
+        "{text}"
+    );
 }

@@ -6,9 +6,18 @@ use crate::support::*;
 use std::collections::HashMap;
 
 fn run_client(sim: &Sim) -> HashMap<String, Vec<String>> {
-    let out = sim.cmd(c_client("cudart_like")).env("CLIENT_STALE_HANDLES", "1").output().unwrap();
+    let out = sim
+        .cmd(c_client("cudart_like"))
+        .env("CLIENT_STALE_HANDLES", "1")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "client failed ({:?}):\n{text}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "client failed ({:?}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut m: HashMap<String, Vec<String>> = HashMap::new();
     for line in text.lines() {
         let mut w = line.split_whitespace();
@@ -21,7 +30,10 @@ fn run_client(sim: &Sim) -> HashMap<String, Vec<String>> {
 }
 
 fn one<'a>(m: &'a HashMap<String, Vec<String>>, k: &str) -> &'a str {
-    m.get(k).and_then(|v| v.first()).unwrap_or_else(|| panic!("client printed no {k}")).as_str()
+    m.get(k)
+        .and_then(|v| v.first())
+        .unwrap_or_else(|| panic!("client printed no {k}"))
+        .as_str()
 }
 
 #[test]
@@ -37,15 +49,15 @@ fn cudart_style_client_runs_kernels_and_gets_real_error_codes() {
         ("get_function", "0"),
         ("small_max_threads", "256"),
         // Error codes, each as NVIDIA's driver 580.159 returned them on an H100.
-        ("device_get_bad", "101"),        // CUDA_ERROR_INVALID_DEVICE
-        ("module_load_garbage", "200"),   // CUDA_ERROR_INVALID_IMAGE
-        ("get_function_unknown", "500"),  // CUDA_ERROR_NOT_FOUND
-        ("launch_block_too_big", "1"),    // CUDA_ERROR_INVALID_VALUE (too many threads per block)
-        ("launch_over_maxntid", "1"),     // CUDA_ERROR_INVALID_VALUE
+        ("device_get_bad", "101"),       // CUDA_ERROR_INVALID_DEVICE
+        ("module_load_garbage", "200"),  // CUDA_ERROR_INVALID_IMAGE
+        ("get_function_unknown", "500"), // CUDA_ERROR_NOT_FOUND
+        ("launch_block_too_big", "1"),   // CUDA_ERROR_INVALID_VALUE (too many threads per block)
+        ("launch_over_maxntid", "1"),    // CUDA_ERROR_INVALID_VALUE
         ("launch_grid_zero", "1"),
-        ("elapsed_unrecorded", "400"),    // CUDA_ERROR_INVALID_HANDLE
-        ("alloc_too_much", "2"),          // CUDA_ERROR_OUT_OF_MEMORY
-        ("alloc_no_context", "201"),      // CUDA_ERROR_INVALID_CONTEXT
+        ("elapsed_unrecorded", "400"), // CUDA_ERROR_INVALID_HANDLE
+        ("alloc_too_much", "2"),       // CUDA_ERROR_OUT_OF_MEMORY
+        ("alloc_no_context", "201"),   // CUDA_ERROR_INVALID_CONTEXT
         ("alloc", "0"),
         ("roundtrip", "1"),
         ("free", "0"),
@@ -57,7 +69,7 @@ fn cudart_style_client_runs_kernels_and_gets_real_error_codes() {
         ("capture_end", "0"),
         ("graph_instantiate", "0"),
         ("graph_launch", "0"),
-        ("capture_sync", "900"),          // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+        ("capture_sync", "900"), // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
         ("capture_status_after_sync", "2"),
         ("capture_end_invalidated", "901"), // CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
         // Stale and made-up handles: codes, not crashes.
@@ -83,13 +95,22 @@ fn cudart_style_client_runs_kernels_and_gets_real_error_codes() {
         })
         .collect();
     let one_wave = waves[0].1;
-    assert!((0.45..0.7).contains(&one_wave), "one wave took {one_wave} ms");
+    assert!(
+        (0.45..0.7).contains(&one_wave),
+        "one wave took {one_wave} ms"
+    );
     for (n, ms) in &waves[1..] {
         let ratio = ms / one_wave;
-        assert!((*n as f64 * 0.9..*n as f64 * 1.1).contains(&ratio), "{n} waves: {ms} ms, {ratio}x one wave");
+        assert!(
+            (*n as f64 * 0.9..*n as f64 * 1.1).contains(&ratio),
+            "{n} waves: {ms} ms, {ratio}x one wave"
+        );
     }
     let graph_ms: f64 = one(&m, "graph_ms").parse().unwrap();
-    assert!((2.7..3.6).contains(&(graph_ms / one_wave)), "a graph of 3 kernels took {graph_ms} ms");
+    assert!(
+        (2.7..3.6).contains(&(graph_ms / one_wave)),
+        "a graph of 3 kernels took {graph_ms} ms"
+    );
 
     // cuGetProcAddress picks the newest variant at or below the caller's
     // version, as NVIDIA's driver did for the same queries.
@@ -112,9 +133,19 @@ fn cudart_style_client_runs_kernels_and_gets_real_error_codes() {
 #[test]
 fn launches_after_the_driver_fails_to_initialise_are_errors_not_crashes() {
     let sim = Sim::new("badcfg");
-    let out = sim.cmd(c_client("cudart_like")).env("GPUSIM_SMS", "lots").output().unwrap();
+    let out = sim
+        .cmd(c_client("cudart_like"))
+        .env("GPUSIM_SMS", "lots")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("init 100"), "cuInit should fail with CUDA_ERROR_NO_DEVICE:\n{text}");
+    assert!(
+        text.contains("init 100"),
+        "cuInit should fail with CUDA_ERROR_NO_DEVICE:\n{text}"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("GPUSIM_SMS") && err.contains("lots"), "stderr should name the bad variable: {err}");
+    assert!(
+        err.contains("GPUSIM_SMS") && err.contains("lots"),
+        "stderr should name the bad variable: {err}"
+    );
 }

@@ -32,7 +32,11 @@ pynvml.nvmlShutdown()
 "#;
 
 fn pynvml_available() -> bool {
-    Command::new("python3").args(["-c", "import pynvml"]).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("python3")
+        .args(["-c", "import pynvml"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 #[test]
@@ -48,14 +52,31 @@ fn pynvml_reads_device_memory_utilisation_and_power() {
     let sim = Sim::new("pynvml");
     // Busy enough to show: 4 one-wave kernels of ~0.5 ms per request at 100/s.
     let load = sim.spawn_load(
-        &["--qps", "100", "--duration", "3s", "--kernels", "4", "--grid", "1056", "--work-cycles", "1000000", "--memory-mib", "256"],
+        &[
+            "--qps",
+            "100",
+            "--duration",
+            "3s",
+            "--kernels",
+            "4",
+            "--grid",
+            "1056",
+            "--work-cycles",
+            "1000000",
+            "--memory-mib",
+            "256",
+        ],
         &[],
     );
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let out = sim.cmd("python3").args(["-c", SCRIPT]).output().unwrap();
     let load_pid = load.id();
     report(load.wait_with_output().unwrap());
-    assert!(out.status.success(), "pynvml script failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pynvml script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["count"], 1, "{v}");
     assert!(v["name"].as_str().unwrap().contains("H100"), "{v}");
@@ -64,7 +85,10 @@ fn pynvml_reads_device_memory_utilisation_and_power() {
     assert_eq!(v["total"], 80u64 << 30);
     let used = v["used"].as_u64().unwrap();
     assert!(used >= 256 << 20, "the load holds 256 MiB: {v}");
-    assert_eq!(v["used"].as_u64().unwrap() + v["free"].as_u64().unwrap(), 80u64 << 30);
+    assert_eq!(
+        v["used"].as_u64().unwrap() + v["free"].as_u64().unwrap(),
+        80u64 << 30
+    );
     // ~2 ms busy per 10 ms: utilisation near 20%, power above idle (70 W).
     let util = v["gpu_util"].as_u64().unwrap();
     assert!((8..=40).contains(&util), "utilisation {util}%: {v}");

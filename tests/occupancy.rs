@@ -16,7 +16,11 @@ fn calculator(block: u32, regs: u32, static_smem: u32, dynamic_smem: u32) -> i64
     let warps = block.div_ceil(32);
     let warp_limit = 64 / warps;
     let regs_per_warp = up(regs * 32, 256);
-    let reg_limit = if regs_per_warp * up(warps, 4) > 65536 { 0 } else { ((65536 / 4) / regs_per_warp) * 4 / warps };
+    let reg_limit = if regs_per_warp * up(warps, 4) > 65536 {
+        0
+    } else {
+        ((65536 / 4) / regs_per_warp) * 4 / warps
+    };
     // Without an opt-in, static plus dynamic shared memory may not pass 48 KiB.
     let smem_limit = if static_smem + dynamic_smem > 48 * 1024 {
         0
@@ -34,7 +38,9 @@ fn occupancy_matches_the_calculator() {
     let mut ptx = String::from(".version 7.0\n.target sm_70\n.address_size 64\n");
     for r in regs {
         for s in smem {
-            ptx += &format!("// gpusim: kernel=k_{r}_{s} regs={r} smem={s}\n.visible .entry k_{r}_{s}() {{ ret; }}\n");
+            ptx += &format!(
+                "// gpusim: kernel=k_{r}_{s} regs={r} smem={s}\n.visible .entry k_{r}_{s}() {{ ret; }}\n"
+            );
         }
     }
     let file = sim.dir.join("kernels.ptx");
@@ -50,7 +56,10 @@ fn occupancy_matches_the_calculator() {
             }
         }
     }
-    let input: String = cases.iter().map(|(r, s, b, d)| format!("k_{r}_{s} {b} {d}\n")).collect();
+    let input: String = cases
+        .iter()
+        .map(|(r, s, b, d)| format!("k_{r}_{s} {b} {d}\n"))
+        .collect();
     let mut child = sim
         .cmd(c_client("occupancy"))
         .arg(&file)
@@ -58,7 +67,12 @@ fn occupancy_matches_the_calculator() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
@@ -74,5 +88,9 @@ fn occupancy_matches_the_calculator() {
         nonzero += (got > 0) as usize;
     }
     // The table exercises every limit, including launches that cannot fit.
-    assert!(nonzero > 100 && nonzero < cases.len(), "{nonzero} of {}", cases.len());
+    assert!(
+        nonzero > 100 && nonzero < cases.len(),
+        "{nonzero} of {}",
+        cases.len()
+    );
 }

@@ -9,12 +9,19 @@ use std::sync::OnceLock;
 /// target/debug (or whichever profile built this test binary).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/..")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let p = target_dir().join(name);
-    assert!(p.is_file(), "{} is not built: run `cargo build --workspace` before the tests", p.display());
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace` before the tests",
+        p.display()
+    );
     p
 }
 
@@ -22,8 +29,15 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn libdir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let out = Command::new(bin("vagus")).args(["gpusim", "libdir"]).output().expect("run vagus gpusim libdir");
-        assert!(out.status.success(), "vagus gpusim libdir: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin("vagus"))
+            .args(["gpusim", "libdir"])
+            .output()
+            .expect("run vagus gpusim libdir");
+        assert!(
+            out.status.success(),
+            "vagus gpusim libdir: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
     .clone()
@@ -31,12 +45,22 @@ pub fn libdir() -> PathBuf {
 
 /// Compiles tests/clients/NAME.c once and returns the executable.
 pub fn c_client(name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(format!("{name}.c"));
     let out = target_dir().join(format!("test-client-{name}"));
-    let fresh = out.metadata().and_then(|m| m.modified()).ok() > src.metadata().and_then(|m| m.modified()).ok();
+    let fresh = out.metadata().and_then(|m| m.modified()).ok()
+        > src.metadata().and_then(|m| m.modified()).ok();
     if !fresh {
         let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-        let st = Command::new("cc").arg("-O1").arg("-o").arg(&tmp).arg(&src).arg("-ldl").status().expect("run cc");
+        let st = Command::new("cc")
+            .arg("-O1")
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .expect("run cc");
         assert!(st.success(), "compiling {} failed", src.display());
         std::fs::rename(&tmp, &out).unwrap();
     }
@@ -97,14 +121,30 @@ impl Sim {
     pub fn mps_control(&mut self, input: &str) -> (String, bool) {
         use std::io::Write;
         let mut c = self.cmd(bin("gpusim-mps-control"));
-        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.success())
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.status.success(),
+        )
     }
 
     pub fn start_mps_daemon(&mut self) {
-        let st = self.cmd(bin("gpusim-mps-control")).arg("-d").status().unwrap();
+        let st = self
+            .cmd(bin("gpusim-mps-control"))
+            .arg("-d")
+            .status()
+            .unwrap();
         assert!(st.success(), "gpusim-mps-control -d failed");
         self.daemon = true;
     }
@@ -127,9 +167,13 @@ pub fn report(out: Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 pub fn f(v: &serde_json::Value, path: &str) -> f64 {
-    path.split('.').fold(v, |v, k| &v[k]).as_f64().unwrap_or_else(|| panic!("no number at {path} in {v}"))
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number at {path} in {v}"))
 }

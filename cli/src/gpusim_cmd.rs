@@ -44,7 +44,11 @@ const LIBS: [(&str, &str); 4] = [
 pub fn libdir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the vagus executable")?;
     let exe_dir = exe.parent().context("vagus executable has no directory")?;
-    let candidates = [exe_dir.to_path_buf(), exe_dir.join("../lib/vagus"), exe_dir.join("..")];
+    let candidates = [
+        exe_dir.to_path_buf(),
+        exe_dir.join("../lib/vagus"),
+        exe_dir.join(".."),
+    ];
     let src = candidates
         .iter()
         .find(|d| d.join("libgpusim_cuda.so").is_file() && d.join("libgpusim_nvml.so").is_file())
@@ -60,8 +64,10 @@ pub fn libdir() -> Result<PathBuf> {
         Ok(()) => Ok(preferred),
         Err(_) => {
             // SAFETY: getuid has no preconditions.
-            let fallback = std::env::temp_dir().join(format!("vagus-gpusim-lib-{}", unsafe { libc::getuid() }));
-            populate(&fallback, &src).with_context(|| format!("cannot create {}", fallback.display()))?;
+            let fallback = std::env::temp_dir()
+                .join(format!("vagus-gpusim-lib-{}", unsafe { libc::getuid() }));
+            populate(&fallback, &src)
+                .with_context(|| format!("cannot create {}", fallback.display()))?;
             Ok(fallback)
         }
     }
@@ -86,7 +92,10 @@ fn populate(dir: &Path, src: &Path) -> Result<()> {
 fn status(json: bool) -> Result<()> {
     let cfg = SimConfig::from_env()?;
     if !cfg.state_path.exists() {
-        bail!("no gpusim state at {} yet: no client has initialised the driver with this configuration", cfg.state_path.display());
+        bail!(
+            "no gpusim state at {} yet: no client has initialised the driver with this configuration",
+            cfg.state_path.display()
+        );
     }
     let st = SharedState::open(&cfg)?;
     let now = now_ns();
@@ -114,7 +123,10 @@ fn status(json: bool) -> Result<()> {
         }));
     }
     if json {
-        println!("{}", serde_json::json!({ "state": st.path(), "devices": devices }));
+        println!(
+            "{}",
+            serde_json::json!({ "state": st.path(), "devices": devices })
+        );
         return Ok(());
     }
     println!("gpusim state {}", st.path().display());
@@ -139,7 +151,10 @@ fn status(json: bool) -> Result<()> {
                 p["memory_bytes"],
                 p["sm_percent"],
                 p["sm_utilization"].as_f64().unwrap_or(0.0) * 100.0,
-                p["mps_server"].as_u64().map(|s| format!("  (MPS client of {s})")).unwrap_or_default()
+                p["mps_server"]
+                    .as_u64()
+                    .map(|s| format!("  (MPS client of {s})"))
+                    .unwrap_or_default()
             );
         }
     }

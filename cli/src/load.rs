@@ -68,7 +68,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     match num.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(Duration::from_secs_f64(v * mult)),
-        _ => Err(format!("invalid duration {s:?}: expected e.g. 10s, 500ms, 2m")),
+        _ => Err(format!(
+            "invalid duration {s:?}: expected e.g. 10s, 500ms, 2m"
+        )),
     }
 }
 
@@ -81,11 +83,18 @@ impl LoadArgs {
             bail!("--kernels, --grid, --block and --concurrency must be at least 1");
         }
         if self.block > 1024 {
-            bail!("--block {} exceeds CUDA's 1024 threads per block", self.block);
+            bail!(
+                "--block {} exceeds CUDA's 1024 threads per block",
+                self.block
+            );
         }
         let n = self.qps * self.duration.as_secs_f64();
         if n < 1.0 {
-            bail!("--qps {} over --duration {:?} makes no request", self.qps, self.duration);
+            bail!(
+                "--qps {} over --duration {:?} makes no request",
+                self.qps,
+                self.duration
+            );
         }
         Ok(())
     }
@@ -102,7 +111,9 @@ fn check(r: sys::CUresult, what: &str) -> Result<()> {
         format!("{r:?}")
     } else {
         // SAFETY: the driver returns a NUL-terminated static string.
-        unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
     };
     Err(anyhow!("{what} failed: {name}"))
 }
@@ -137,27 +148,47 @@ fn open(args: &LoadArgs) -> Result<(Gpu, DeviceInfo)> {
         let mut version = 0;
         check(sys::cuDriverGetVersion(&mut version), "cuDriverGetVersion")?;
         let mut dev = 0;
-        check(sys::cuDeviceGet(&mut dev, args.device), &format!("cuDeviceGet({})", args.device))?;
+        check(
+            sys::cuDeviceGet(&mut dev, args.device),
+            &format!("cuDeviceGet({})", args.device),
+        )?;
         let mut name = [0 as std::ffi::c_char; 128];
-        check(sys::cuDeviceGetName(name.as_mut_ptr(), 128, dev), "cuDeviceGetName")?;
+        check(
+            sys::cuDeviceGetName(name.as_mut_ptr(), 128, dev),
+            "cuDeviceGetName",
+        )?;
         let mut sms = 0;
         check(
-            sys::cuDeviceGetAttribute(&mut sms, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev),
+            sys::cuDeviceGetAttribute(
+                &mut sms,
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                dev,
+            ),
             "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)",
         )?;
         let mut ctx = std::ptr::null_mut();
-        check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+        check(
+            sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
+            "cuDevicePrimaryCtxRetain",
+        )?;
         check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
         let (text, origin) = match &args.ptx {
             Some(p) => (
-                std::fs::read_to_string(p).with_context(|| format!("cannot read --ptx {}", p.display()))?,
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read --ptx {}", p.display()))?,
                 p.display().to_string(),
             ),
-            None => (BUSY_WAIT_PTX.to_string(), "built-in busy-wait PTX".to_string()),
+            None => (
+                BUSY_WAIT_PTX.to_string(),
+                "built-in busy-wait PTX".to_string(),
+            ),
         };
         let ptx = CString::new(text).map_err(|_| anyhow!("{origin} contains a NUL byte"))?;
         let mut module = std::ptr::null_mut();
-        check(sys::cuModuleLoadData(&mut module, ptx.as_ptr() as *const c_void), &format!("cuModuleLoadData ({origin})"))?;
+        check(
+            sys::cuModuleLoadData(&mut module, ptx.as_ptr() as *const c_void),
+            &format!("cuModuleLoadData ({origin})"),
+        )?;
         let mut func = std::ptr::null_mut();
         check(
             sys::cuModuleGetFunction(&mut func, module, c"vagus_busy_wait".as_ptr()),
@@ -186,7 +217,13 @@ struct WorkerResult {
     last_done: Instant,
 }
 
-fn worker(gpu: Gpu, args: &LoadArgs, total: u64, next: &AtomicU64, start: Instant) -> Result<WorkerResult> {
+fn worker(
+    gpu: Gpu,
+    args: &LoadArgs,
+    total: u64,
+    next: &AtomicU64,
+    start: Instant,
+) -> Result<WorkerResult> {
     let mut latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
     let mut device_us = latency_us.clone();
     let mut done = 0;
@@ -202,7 +239,10 @@ fn worker(gpu: Gpu, args: &LoadArgs, total: u64, next: &AtomicU64, start: Instan
         let input = vec![7u8; (args.input_kib << 10) as usize];
         let mut dinput = 0;
         if !input.is_empty() {
-            check(sys::cuMemAlloc_v2(&mut dinput, input.len()), "cuMemAlloc(request input)")?;
+            check(
+                sys::cuMemAlloc_v2(&mut dinput, input.len()),
+                "cuMemAlloc(request input)",
+            )?;
         }
         let mut cycles = args.work_cycles;
         let mut params = [&mut cycles as *mut u64 as *mut c_void];
@@ -217,7 +257,12 @@ fn worker(gpu: Gpu, args: &LoadArgs, total: u64, next: &AtomicU64, start: Instan
             }
             if !input.is_empty() {
                 check(
-                    sys::cuMemcpyHtoDAsync_v2(dinput, input.as_ptr() as *const c_void, input.len(), stream),
+                    sys::cuMemcpyHtoDAsync_v2(
+                        dinput,
+                        input.as_ptr() as *const c_void,
+                        input.len(),
+                        stream,
+                    ),
                     "cuMemcpyHtoDAsync",
                 )?;
             }
@@ -244,7 +289,10 @@ fn worker(gpu: Gpu, args: &LoadArgs, total: u64, next: &AtomicU64, start: Instan
             check(sys::cuStreamSynchronize(stream), "cuStreamSynchronize")?;
             let now = Instant::now();
             let mut ms = 0f32;
-            check(sys::cuEventElapsedTime(&mut ms, ev0, ev1), "cuEventElapsedTime")?;
+            check(
+                sys::cuEventElapsedTime(&mut ms, ev0, ev1),
+                "cuEventElapsedTime",
+            )?;
             latency_us.saturating_record(now.duration_since(arrival).as_micros().max(1) as u64);
             device_us.saturating_record(((ms as f64) * 1000.0).max(1.0) as u64);
             done += 1;
@@ -257,7 +305,12 @@ fn worker(gpu: Gpu, args: &LoadArgs, total: u64, next: &AtomicU64, start: Instan
             sys::cuMemFree_v2(dinput);
         }
     }
-    Ok(WorkerResult { latency_us, device_us, done, last_done })
+    Ok(WorkerResult {
+        latency_us,
+        device_us,
+        done,
+        last_done,
+    })
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -291,9 +344,16 @@ fn run_inner(args: &LoadArgs) -> Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now() + Duration::from_millis(20);
     let results: Vec<Result<WorkerResult>> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            (0..args.concurrency).map(|_| s.spawn(|| worker(gpu, args, total, &next, start))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a load worker panicked")))).collect()
+        let handles: Vec<_> = (0..args.concurrency)
+            .map(|_| s.spawn(|| worker(gpu, args, total, &next, start)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a load worker panicked")))
+            })
+            .collect()
     });
     let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
     let mut device = latency.clone();
@@ -305,7 +365,10 @@ fn run_inner(args: &LoadArgs) -> Result<()> {
         done += r.done;
         last = last.max(r.last_done);
     }
-    let elapsed = last.duration_since(start).as_secs_f64().max(args.duration.as_secs_f64());
+    let elapsed = last
+        .duration_since(start)
+        .as_secs_f64()
+        .max(args.duration.as_secs_f64());
     let achieved = done as f64 / elapsed;
     let kernel_ms = device.mean() / 1000.0 / args.kernels as f64;
     let out = serde_json::json!({
@@ -340,7 +403,10 @@ fn run_inner(args: &LoadArgs) -> Result<()> {
             ms(&latency, 0.99),
             latency.max() as f64 / 1000.0
         );
-        println!("kernel ms   mean {kernel_ms:.3}  ({} kernels)", done * args.kernels as u64);
+        println!(
+            "kernel ms   mean {kernel_ms:.3}  ({} kernels)",
+            done * args.kernels as u64
+        );
     }
     Ok(())
 }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "vagus", version, about = "Vagus: a GPU-sharing control plane for inference")]
+#[command(
+    name = "vagus",
+    version,
+    about = "Vagus: a GPU-sharing control plane for inference"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

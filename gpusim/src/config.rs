@@ -65,11 +65,18 @@ pub struct SimConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read gpusim config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("gpusim config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {name}={value:?} is not valid: {why}")]
-    Env { name: &'static str, value: String, why: String },
+    Env {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
     #[error("invalid gpusim configuration: {0}")]
     Invalid(String),
 }
@@ -100,10 +107,14 @@ impl SimConfig {
         let file = match var("GPUSIM_CONFIG") {
             Some(p) if !p.is_empty() => {
                 let path = PathBuf::from(p);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::Parse { path, message: e.to_string() })?
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path,
+                    message: e.to_string(),
+                })?
             }
             _ => FileConfig::default(),
         };
@@ -124,11 +135,15 @@ impl SimConfig {
             match var(name) {
                 None => Ok(None),
                 Some(v) if v.is_empty() => Ok(None),
-                Some(v) => v.trim().parse::<T>().map(Some).map_err(|e| ConfigError::Env {
-                    name,
-                    value: v.clone(),
-                    why: e.to_string(),
-                }),
+                Some(v) => v
+                    .trim()
+                    .parse::<T>()
+                    .map(Some)
+                    .map_err(|e| ConfigError::Env {
+                        name,
+                        value: v.clone(),
+                        why: e.to_string(),
+                    }),
             }
         }
         if let Some(v) = num(&var, "GPUSIM_DEVICES")? {
@@ -187,10 +202,16 @@ impl SimConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.devices.is_empty() || self.devices.len() > MAX_DEVICES {
-            return bad(format!("device count {} is not in 1..={MAX_DEVICES}", self.devices.len()));
+            return bad(format!(
+                "device count {} is not in 1..={MAX_DEVICES}",
+                self.devices.len()
+            ));
         }
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
-            return bad(format!("time_scale {} must be a positive number", self.time_scale));
+            return bad(format!(
+                "time_scale {} must be a positive number",
+                self.time_scale
+            ));
         }
         if self.pcie_bytes_per_s == 0 {
             return bad("pcie_gb_per_s must be positive".into());
@@ -203,13 +224,18 @@ impl SimConfig {
                 return bad(format!("device name {:?} is longer than 95 bytes", d.name));
             }
             if d.clock_mhz == 0 || d.max_threads_per_sm < 32 || d.max_blocks_per_sm == 0 {
-                return bad("clock_mhz, max_threads_per_sm and max_blocks_per_sm must be positive".into());
+                return bad(
+                    "clock_mhz, max_threads_per_sm and max_blocks_per_sm must be positive".into(),
+                );
             }
             if d.registers_per_sm < 256 || d.memory_bytes == 0 {
                 return bad("registers_per_sm and memory must be positive".into());
             }
             if d.idle_watts > d.tdp_watts {
-                return bad(format!("idle_watts {} exceeds tdp_watts {}", d.idle_watts, d.tdp_watts));
+                return bad(format!(
+                    "idle_watts {} exceeds tdp_watts {}",
+                    d.idle_watts, d.tdp_watts
+                ));
             }
         }
         Ok(())
@@ -224,7 +250,11 @@ impl SimConfig {
         }
         // SAFETY: getuid has no preconditions.
         let uid = unsafe { libc::getuid() };
-        let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+        let dir = if std::path::Path::new("/dev/shm").is_dir() {
+            "/dev/shm"
+        } else {
+            "/tmp"
+        };
         PathBuf::from(format!("{dir}/gpusim-{uid}-{:08x}.state", h as u32))
     }
 
@@ -240,8 +270,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(vars: &[(&str, &str)]) -> Result<SimConfig, ConfigError> {
-        let m: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         SimConfig::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -255,8 +287,12 @@ mod tests {
 
     #[test]
     fn env_overrides_and_bad_values_are_named() {
-        let c = with(&[("GPUSIM_DEVICES", "2"), ("GPUSIM_SMS", "16"), ("GPUSIM_TIME_SCALE", "0.5")])
-            .unwrap();
+        let c = with(&[
+            ("GPUSIM_DEVICES", "2"),
+            ("GPUSIM_SMS", "16"),
+            ("GPUSIM_TIME_SCALE", "0.5"),
+        ])
+        .unwrap();
         assert_eq!(c.devices.len(), 2);
         assert_eq!(c.devices[1].sms, 16);
         assert_eq!(c.wall_ns(1000.0), 500);
@@ -271,15 +307,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gpusim-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("g.toml");
-        std::fs::write(&f, "device_count = 3\ntime_scale = 2.0\n[device]\nsms = 40\nname = \"Test GPU\"\n")
-            .unwrap();
+        std::fs::write(
+            &f,
+            "device_count = 3\ntime_scale = 2.0\n[device]\nsms = 40\nname = \"Test GPU\"\n",
+        )
+        .unwrap();
         let c = with(&[("GPUSIM_CONFIG", f.to_str().unwrap()), ("GPUSIM_SMS", "20")]).unwrap();
         assert_eq!(c.devices.len(), 3);
         assert_eq!(c.devices[0].name, "Test GPU");
         assert_eq!(c.devices[0].sms, 20);
         assert_eq!(c.time_scale, 2.0);
         std::fs::write(&f, "[device]\nsmz = 40\n").unwrap();
-        let e = with(&[("GPUSIM_CONFIG", f.to_str().unwrap())]).unwrap_err().to_string();
+        let e = with(&[("GPUSIM_CONFIG", f.to_str().unwrap())])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("smz"), "{e}");
     }
 }

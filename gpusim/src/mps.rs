@@ -40,7 +40,10 @@ pub enum MpsError {
     #[error("Cannot find MPS control daemon process")]
     NoDaemon,
     #[error("MPS control daemon at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Command(String),
 }
@@ -49,8 +52,12 @@ pub enum MpsError {
 pub fn request(line: &str) -> Result<Vec<String>, MpsError> {
     let path = control_socket();
     let mut s = UnixStream::connect(&path).map_err(|_| MpsError::NoDaemon)?;
-    let io = |source| MpsError::Io { path: path.clone(), source };
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    let io = |source| MpsError::Io {
+        path: path.clone(),
+        source,
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
     s.write_all(line.trim().as_bytes()).map_err(io)?;
     s.write_all(b"\n").map_err(io)?;
     s.shutdown(std::net::Shutdown::Write).map_err(io)?;
@@ -77,20 +84,32 @@ pub struct ClientGrant {
 /// when no control daemon runs (the process is not an MPS client).
 /// `env_percent` is the client's own `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`,
 /// which can only lower the server's.
-pub fn connect_client(pid: u32, uid: u32, env_percent: Option<f64>) -> Option<Result<ClientGrant, MpsError>> {
+pub fn connect_client(
+    pid: u32,
+    uid: u32,
+    env_percent: Option<f64>,
+) -> Option<Result<ClientGrant, MpsError>> {
     if !control_socket().exists() {
         return None;
     }
-    let env = env_percent.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    let env = env_percent
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "-".into());
     match request(&format!("{CLIENT_CONNECT} {pid} {uid} {env}")) {
         Err(MpsError::NoDaemon) => None,
         Err(e) => Some(Err(e)),
         Ok(lines) => {
             let parsed = lines.first().and_then(|l| {
                 let mut it = l.split_whitespace();
-                Some(ClientGrant { server_pid: it.next()?.parse().ok()?, percent: it.next()?.parse().ok()? })
+                Some(ClientGrant {
+                    server_pid: it.next()?.parse().ok()?,
+                    percent: it.next()?.parse().ok()?,
+                })
             });
-            Some(parsed.ok_or_else(|| MpsError::Command(format!("malformed daemon reply {lines:?}"))))
+            Some(
+                parsed
+                    .ok_or_else(|| MpsError::Command(format!("malformed daemon reply {lines:?}"))),
+            )
         }
     }
 }
@@ -99,7 +118,9 @@ pub fn connect_client(pid: u32, uid: u32, env_percent: Option<f64>) -> Option<Re
 pub fn parse_percent(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
-        _ => Err(format!("invalid active thread percentage {s:?}: expected a number in (0, 100]")),
+        _ => Err(format!(
+            "invalid active thread percentage {s:?}: expected a number in (0, 100]"
+        )),
     }
 }
 

@@ -51,7 +51,10 @@ fn round_up(a: u32, b: u32) -> u32 {
 /// Blocks of `d` resident on one SM of `dev` (0 when a block cannot fit).
 pub fn blocks_per_sm(dev: &DeviceConfig, d: BlockDemand) -> Occupancy {
     if d.threads == 0 || d.threads > MAX_THREADS_PER_BLOCK {
-        return Occupancy { blocks_per_sm: 0, limiter: Limiter::Warps };
+        return Occupancy {
+            blocks_per_sm: 0,
+            limiter: Limiter::Warps,
+        };
     }
     let warps_per_block = div_up(d.threads, WARP_SIZE);
     let by_warps = (dev.max_threads_per_sm / WARP_SIZE) / warps_per_block;
@@ -67,25 +70,32 @@ pub fn blocks_per_sm(dev: &DeviceConfig, d: BlockDemand) -> Occupancy {
     };
 
     let smem_per_block = round_up(
-        d.shared_bytes.saturating_add(dev.reserved_shared_memory_per_block),
+        d.shared_bytes
+            .saturating_add(dev.reserved_shared_memory_per_block),
         SMEM_ALLOCATION_UNIT,
     );
     let by_smem = if d.shared_bytes > dev.shared_memory_per_block_optin {
         0
-    } else if smem_per_block == 0 {
-        u32::MAX
     } else {
-        dev.shared_memory_per_sm / smem_per_block
+        dev.shared_memory_per_sm
+            .checked_div(smem_per_block)
+            .unwrap_or(u32::MAX)
     };
 
-    let mut best = Occupancy { blocks_per_sm: dev.max_blocks_per_sm, limiter: Limiter::BlockSlots };
+    let mut best = Occupancy {
+        blocks_per_sm: dev.max_blocks_per_sm,
+        limiter: Limiter::BlockSlots,
+    };
     for (n, lim) in [
         (by_warps, Limiter::Warps),
         (by_regs, Limiter::Registers),
         (by_smem, Limiter::SharedMemory),
     ] {
         if n < best.blocks_per_sm {
-            best = Occupancy { blocks_per_sm: n, limiter: lim };
+            best = Occupancy {
+                blocks_per_sm: n,
+                limiter: lim,
+            };
         }
     }
     best
@@ -105,8 +115,14 @@ fn registers_fit_block(dev: &DeviceConfig, regs_per_thread: u32, warps: u32) -> 
 /// The largest block a kernel using `regs_per_thread` registers can launch
 /// with (what `CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK` reports), capped by
 /// the kernel's own `.maxntid` when it has one.
-pub fn max_threads_per_block(dev: &DeviceConfig, regs_per_thread: u32, maxntid: Option<u32>) -> u32 {
-    let cap = maxntid.unwrap_or(MAX_THREADS_PER_BLOCK).min(MAX_THREADS_PER_BLOCK);
+pub fn max_threads_per_block(
+    dev: &DeviceConfig,
+    regs_per_thread: u32,
+    maxntid: Option<u32>,
+) -> u32 {
+    let cap = maxntid
+        .unwrap_or(MAX_THREADS_PER_BLOCK)
+        .min(MAX_THREADS_PER_BLOCK);
     let mut warps = cap / WARP_SIZE;
     while warps > 0 && !registers_fit_block(dev, regs_per_thread, warps) {
         warps -= 1;
@@ -122,14 +138,27 @@ mod tests {
     fn h100_cases() {
         let dev = DeviceConfig::default();
         let occ = |threads, regs, smem| {
-            blocks_per_sm(&dev, BlockDemand { threads, regs_per_thread: regs, shared_bytes: smem })
+            blocks_per_sm(
+                &dev,
+                BlockDemand {
+                    threads,
+                    regs_per_thread: regs,
+                    shared_bytes: smem,
+                },
+            )
         };
         assert_eq!(occ(256, 32, 0).blocks_per_sm, 8);
         assert_eq!(occ(256, 32, 0).limiter, Limiter::Warps);
         assert_eq!(occ(32, 16, 0).blocks_per_sm, 32);
         assert_eq!(occ(32, 16, 0).limiter, Limiter::BlockSlots);
         // 128 regs x 256 threads: 4096 regs per warp -> 4 warps per sub-partition.
-        assert_eq!(occ(256, 128, 0), Occupancy { blocks_per_sm: 2, limiter: Limiter::Registers });
+        assert_eq!(
+            occ(256, 128, 0),
+            Occupancy {
+                blocks_per_sm: 2,
+                limiter: Limiter::Registers
+            }
+        );
         // 100 KiB + 1 KiB reserved per block: two fit in 228 KiB.
         assert_eq!(occ(128, 32, 100 * 1024).blocks_per_sm, 2);
         assert_eq!(occ(128, 32, 300 * 1024).blocks_per_sm, 0);

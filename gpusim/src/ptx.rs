@@ -137,7 +137,9 @@ struct Directive {
 fn parse_directives(text: &str) -> Result<HashMap<String, Directive>, PtxError> {
     let mut map: HashMap<String, Directive> = HashMap::new();
     for line in text.lines() {
-        let Some(pos) = line.find("gpusim:") else { continue };
+        let Some(pos) = line.find("gpusim:") else {
+            continue;
+        };
         if !line[..pos].trim_end().ends_with("//") {
             continue;
         }
@@ -159,11 +161,18 @@ fn parse_directives(text: &str) -> Result<HashMap<String, Directive>, PtxError> 
                 "block_ns" => d.cost = Some(BlockCost::Ns(n()?)),
                 "block_cycles" => d.cost = Some(BlockCost::Cycles(n()?)),
                 "cycles_param" => d.cost = Some(BlockCost::CyclesParam(n()? as usize)),
-                _ => return Err(PtxError::Invalid(format!("unknown gpusim directive key {k:?}"))),
+                _ => {
+                    return Err(PtxError::Invalid(format!(
+                        "unknown gpusim directive key {k:?}"
+                    )));
+                }
             }
         }
         let kernel = kernel.ok_or_else(|| {
-            PtxError::Invalid(format!("gpusim directive without kernel=: {:?}", line.trim()))
+            PtxError::Invalid(format!(
+                "gpusim directive without kernel=: {:?}",
+                line.trim()
+            ))
         })?;
         let e = map.entry(kernel).or_default();
         e.regs = d.regs.or(e.regs);
@@ -182,15 +191,19 @@ impl Module {
             None => image,
         };
         if image.starts_with(b"\x7fELF") {
-            return Err(PtxError::NotPtx("an ELF cubin (gpusim runs PTX only)".into()));
+            return Err(PtxError::NotPtx(
+                "an ELF cubin (gpusim runs PTX only)".into(),
+            ));
         }
-        let text = std::str::from_utf8(image)
-            .map_err(|_| PtxError::NotPtx("not UTF-8 text".into()))?;
+        let text =
+            std::str::from_utf8(image).map_err(|_| PtxError::NotPtx("not UTF-8 text".into()))?;
         let directives = parse_directives(text)?;
         let code = strip_comments(text);
         let toks = tokenize(&code);
         if !toks.contains(&".version") || !toks.contains(&".target") {
-            return Err(PtxError::NotPtx("no .version and .target directives".into()));
+            return Err(PtxError::NotPtx(
+                "no .version and .target directives".into(),
+            ));
         }
         let mut kernels = Vec::new();
         let mut i = 0;
@@ -205,7 +218,9 @@ impl Module {
         }
         for (name, d) in &directives {
             if name != "*" && !kernels.iter().any(|k| &k.name == name) {
-                return Err(PtxError::Invalid(format!("gpusim directive names unknown kernel {name:?}")));
+                return Err(PtxError::Invalid(format!(
+                    "gpusim directive names unknown kernel {name:?}"
+                )));
             }
             let _ = d;
         }
@@ -217,16 +232,19 @@ impl Module {
                     k.cost = d.cost.unwrap_or(k.cost);
                 }
             }
-            if let BlockCost::CyclesParam(p) = k.cost {
-                if !k.params.get(p).is_some_and(|p| p.integer) {
-                    return Err(PtxError::Invalid(format!(
-                        "kernel {}: cycles_param={p} is not an integer parameter",
-                        k.name
-                    )));
-                }
+            if let BlockCost::CyclesParam(p) = k.cost
+                && !k.params.get(p).is_some_and(|p| p.integer)
+            {
+                return Err(PtxError::Invalid(format!(
+                    "kernel {}: cycles_param={p} is not an integer parameter",
+                    k.name
+                )));
             }
             if k.regs > crate::occupancy::MAX_REGS_PER_THREAD {
-                return Err(PtxError::Invalid(format!("kernel {}: regs={} exceeds 255", k.name, k.regs)));
+                return Err(PtxError::Invalid(format!(
+                    "kernel {}: regs={} exceeds 255",
+                    k.name, k.regs
+                )));
             }
         }
         Ok(Module { kernels })
@@ -239,7 +257,10 @@ impl Module {
 
 fn parse_entry(toks: &[&str], mut i: usize) -> Result<(Kernel, usize), PtxError> {
     let bad = |m: String| PtxError::Invalid(m);
-    let name = toks.get(i).ok_or_else(|| bad(".entry without a name".into()))?.to_string();
+    let name = toks
+        .get(i)
+        .ok_or_else(|| bad(".entry without a name".into()))?
+        .to_string();
     i += 1;
     let mut params = Vec::new();
     let mut offset = 0usize;
@@ -251,7 +272,10 @@ fn parse_entry(toks: &[&str], mut i: usize) -> Result<(Kernel, usize), PtxError>
                 continue;
             }
             if toks[i] != ".param" {
-                return Err(bad(format!("entry {name}: expected .param, found {:?}", toks[i])));
+                return Err(bad(format!(
+                    "entry {name}: expected .param, found {:?}",
+                    toks[i]
+                )));
             }
             i += 1;
             let mut align = None;
@@ -284,7 +308,13 @@ fn parse_entry(toks: &[&str], mut i: usize) -> Result<(Kernel, usize), PtxError>
             let align = align.unwrap_or(size).max(1);
             offset = offset.div_ceil(align) * align;
             let total = size * count;
-            params.push(Param { offset, size: total, align, integer: integer && count == 1, signed });
+            params.push(Param {
+                offset,
+                size: total,
+                align,
+                integer: integer && count == 1,
+                signed,
+            });
             offset += total;
         }
         if toks.get(i) != Some(&")") {
@@ -330,7 +360,10 @@ fn parse_entry(toks: &[&str], mut i: usize) -> Result<(Kernel, usize), PtxError>
                 i = j;
             }
             ".maxnreg" => {
-                k.regs = toks.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(k.regs);
+                k.regs = toks
+                    .get(i + 1)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(k.regs);
                 i += 2;
             }
             _ => i += 1,
@@ -359,7 +392,10 @@ fn parse_entry(toks: &[&str], mut i: usize) -> Result<(Kernel, usize), PtxError>
                         break;
                     }
                     if u == "[" {
-                        count *= toks.get(j + 1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(1);
+                        count *= toks
+                            .get(j + 1)
+                            .and_then(|n| n.parse::<usize>().ok())
+                            .unwrap_or(1);
                         j += 3;
                         continue;
                     }
@@ -431,7 +467,10 @@ mod tests {
             .entry k2 .reqntid 64 { ret; }\n";
         let m = Module::parse(ptx.as_bytes()).unwrap();
         let k = m.kernel("k1").unwrap();
-        assert_eq!(k.params.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![0, 8, 16]);
+        assert_eq!(
+            k.params.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![0, 8, 16]
+        );
         assert_eq!(k.params_size, 40);
         assert_eq!(k.maxntid, Some(256));
         assert_eq!(k.regs, 64);
@@ -441,10 +480,19 @@ mod tests {
 
     #[test]
     fn bad_images_are_named() {
-        assert!(matches!(Module::parse(b"\x7fELF\x02\x01"), Err(PtxError::NotPtx(_))));
-        assert!(matches!(Module::parse(b"hello world"), Err(PtxError::NotPtx(_))));
+        assert!(matches!(
+            Module::parse(b"\x7fELF\x02\x01"),
+            Err(PtxError::NotPtx(_))
+        ));
+        assert!(matches!(
+            Module::parse(b"hello world"),
+            Err(PtxError::NotPtx(_))
+        ));
         let unbalanced = b".version 7.0\n.target sm_70\n.entry k() { ret;\n";
-        assert!(matches!(Module::parse(unbalanced), Err(PtxError::Invalid(_))));
+        assert!(matches!(
+            Module::parse(unbalanced),
+            Err(PtxError::Invalid(_))
+        ));
         let bad_dir = b"// gpusim: kernel=nope block_ns=5\n.version 7.0\n.target sm_70\n.entry k() { ret; }\n";
         let e = Module::parse(bad_dir).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");

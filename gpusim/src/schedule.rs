@@ -23,10 +23,21 @@ pub struct Placement {
 
 /// Places `sm_waves` waves of `wave_ns` each, no earlier than `t0`, on the
 /// `allowed` earliest-free SMs of `free_at`, and advances their free times.
-pub fn place(free_at: &mut [u64], t0: u64, sm_waves: u64, wave_ns: u64, allowed: usize) -> Placement {
+pub fn place(
+    free_at: &mut [u64],
+    t0: u64,
+    sm_waves: u64,
+    wave_ns: u64,
+    allowed: usize,
+) -> Placement {
     let allowed = allowed.clamp(1, free_at.len().max(1));
     if sm_waves == 0 || free_at.is_empty() {
-        return Placement { start_ns: t0, end_ns: t0, sms_used: 0, sm_ns: 0 };
+        return Placement {
+            start_ns: t0,
+            end_ns: t0,
+            sms_used: 0,
+            sm_ns: 0,
+        };
     }
     let wave = wave_ns.max(1);
     let mut idx: Vec<usize> = (0..free_at.len()).collect();
@@ -50,7 +61,10 @@ pub fn place(free_at: &mut [u64], t0: u64, sm_waves: u64, wave_ns: u64, allowed:
     // Every wave ending before `finish` is needed (fewer than `sm_waves` of
     // them exist, by minimality); of the waves ending exactly at `finish`,
     // keep only as many as are still missing.
-    let mut counts: Vec<u64> = starts.iter().map(|&s| finish.saturating_sub(s) / wave).collect();
+    let mut counts: Vec<u64> = starts
+        .iter()
+        .map(|&s| finish.saturating_sub(s) / wave)
+        .collect();
     let mut surplus = counts.iter().sum::<u64>() - sm_waves;
     for (k, &s) in starts.iter().enumerate().rev() {
         if surplus == 0 {
@@ -62,7 +76,12 @@ pub fn place(free_at: &mut [u64], t0: u64, sm_waves: u64, wave_ns: u64, allowed:
         }
     }
     debug_assert_eq!(surplus, 0);
-    let mut p = Placement { start_ns: u64::MAX, end_ns: 0, sms_used: 0, sm_ns: sm_waves * wave };
+    let mut p = Placement {
+        start_ns: u64::MAX,
+        end_ns: 0,
+        sms_used: 0,
+        sm_ns: sm_waves * wave,
+    };
     for (k, &j) in idx.iter().enumerate() {
         if counts[k] == 0 {
             continue;
@@ -109,7 +128,10 @@ mod tests {
         let a = place(&mut sms, 0, 10, 100, 10);
         let b = place(&mut sms, 0, 10, 100, 10);
         assert_eq!(a.end_ns, 100);
-        assert_eq!(b.end_ns, 200, "a second full-device kernel waits for the first");
+        assert_eq!(
+            b.end_ns, 200,
+            "a second full-device kernel waits for the first"
+        );
         // Two half-device clients run side by side.
         let mut sms = vec![0u64; 10];
         let a = place(&mut sms, 0, 10, 100, 5);

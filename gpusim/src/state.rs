@@ -87,11 +87,22 @@ pub struct DeviceSlot {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("gpusim state file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("gpusim state file {path} has layout version {found}, this build uses {VERSION}; remove the file")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "gpusim state file {path} has layout version {found}, this build uses {VERSION}; remove the file"
+    )]
     Version { path: PathBuf, found: u32 },
-    #[error("gpusim state file {path} is {len} bytes, too short for its {devices} devices; remove the file")]
-    Truncated { path: PathBuf, len: u64, devices: u32 },
+    #[error(
+        "gpusim state file {path} is {len} bytes, too short for its {devices} devices; remove the file"
+    )]
+    Truncated {
+        path: PathBuf,
+        len: u64,
+        devices: u32,
+    },
     #[error("device {0} has no free process slot ({MAX_PROCS} processes already hold contexts)")]
     TooManyProcesses(usize),
 }
@@ -135,8 +146,9 @@ impl Drop for FileLock<'_> {
 /// True if a process with this PID exists.
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence.
-    pid != 0 && (unsafe { libc::kill(pid as i32, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    pid != 0
+        && (unsafe { libc::kill(pid as i32, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 fn uuid_for(path: &Path, index: usize) -> [u8; 16] {
@@ -159,8 +171,17 @@ impl SharedState {
     /// whoever created it decided what the host has.
     pub fn open(cfg: &SimConfig) -> Result<SharedState, StateError> {
         let path = cfg.state_path.clone();
-        let io = |source| StateError::Io { path: path.clone(), source };
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
         let _g = FileLock::new(&file);
         let len = file.metadata().map_err(io)?.len();
         let mut header_buf = [0u8; std::mem::size_of::<Header>()];
@@ -178,10 +199,17 @@ impl SharedState {
             let version = u32::from_ne_bytes(header_buf[8..12].try_into().unwrap());
             let n = u32::from_ne_bytes(header_buf[12..16].try_into().unwrap());
             if version != VERSION {
-                return Err(StateError::Version { path, found: version });
+                return Err(StateError::Version {
+                    path,
+                    found: version,
+                });
             }
             if n as usize > MAX_DEVICES || len < file_len(n as usize) as u64 {
-                return Err(StateError::Truncated { path, len, devices: n });
+                return Err(StateError::Truncated {
+                    path,
+                    len,
+                    devices: n,
+                });
             }
             n as usize
         };
@@ -200,7 +228,13 @@ impl SharedState {
         if base == libc::MAP_FAILED {
             return Err(io(std::io::Error::last_os_error()));
         }
-        let s = SharedState { base: base as *mut u8, len: map_len, file: file.try_clone().map_err(io)?, path, local: Mutex::new(()) };
+        let s = SharedState {
+            base: base as *mut u8,
+            len: map_len,
+            file: file.try_clone().map_err(io)?,
+            path,
+            local: Mutex::new(()),
+        };
         if fresh {
             s.initialise(cfg);
         }
@@ -278,14 +312,24 @@ impl SharedState {
 
     /// Claims a process slot on `dev` for `pid` (or returns the one it has),
     /// first releasing slots whose processes have died.
-    pub fn register_process(&self, dev: usize, pid: u32, sm_percent: u32, mps_server: u32) -> Result<usize, StateError> {
+    pub fn register_process(
+        &self,
+        dev: usize,
+        pid: u32,
+        sm_percent: u32,
+        mps_server: u32,
+    ) -> Result<usize, StateError> {
         let d = self.device(dev).ok_or(StateError::TooManyProcesses(dev))?;
         self.locked(|| {
             d.reap_dead();
             if let Some(i) = d.procs.iter().position(|p| p.pid.load(Relaxed) == pid) {
                 return Ok(i);
             }
-            let i = d.procs.iter().position(|p| p.pid.load(Relaxed) == 0).ok_or(StateError::TooManyProcesses(dev))?;
+            let i = d
+                .procs
+                .iter()
+                .position(|p| p.pid.load(Relaxed) == 0)
+                .ok_or(StateError::TooManyProcesses(dev))?;
             let p = &d.procs[i];
             p.mem_used.store(0, Relaxed);
             p.sm_ns.store(0, Relaxed);
@@ -308,7 +352,15 @@ impl SharedState {
     }
 
     /// Places a kernel on `dev`'s SMs; see [`crate::schedule::place`].
-    pub fn place_kernel(&self, dev: usize, proc_slot: usize, t0: u64, sm_waves: u64, wave_ns: u64, allowed_sms: u32) -> Placement {
+    pub fn place_kernel(
+        &self,
+        dev: usize,
+        proc_slot: usize,
+        t0: u64,
+        sm_waves: u64,
+        wave_ns: u64,
+        allowed_sms: u32,
+    ) -> Placement {
         let d = self.device(dev).expect("device index checked by caller");
         self.locked(|| {
             let n = d.sms as usize;
@@ -335,13 +387,22 @@ impl SharedState {
 
     /// Kernel intervals (start, end, sm_ns, pid) that overlap `[from, to)`.
     pub fn kernels_between(&self, dev: usize, from: u64, to: u64) -> Vec<(u64, u64, u64, u32)> {
-        let Some(d) = self.device(dev) else { return Vec::new() };
+        let Some(d) = self.device(dev) else {
+            return Vec::new();
+        };
         self.locked(|| {
             let head = d.ring_head.load(Relaxed) as usize;
             let n = head.min(RING);
             (0..n)
                 .map(|k| &d.ring[(head - 1 - k) % RING])
-                .map(|r| (r.start_ns.load(Relaxed), r.end_ns.load(Relaxed), r.sm_ns.load(Relaxed), r.pid.load(Relaxed)))
+                .map(|r| {
+                    (
+                        r.start_ns.load(Relaxed),
+                        r.end_ns.load(Relaxed),
+                        r.sm_ns.load(Relaxed),
+                        r.pid.load(Relaxed),
+                    )
+                })
                 .filter(|&(s, e, _, _)| e > from && s < to)
                 .collect()
         })
@@ -349,8 +410,16 @@ impl SharedState {
 
     /// Busy fractions of `dev` over `[now - window, now)`: the share of time
     /// any kernel ran (NVML's "GPU utilisation") and the share of SM-time used.
-    pub fn utilization(&self, dev: usize, window_ns: u64, now: u64, pid: Option<u32>) -> (f64, f64) {
-        let Some(d) = self.device(dev) else { return (0.0, 0.0) };
+    pub fn utilization(
+        &self,
+        dev: usize,
+        window_ns: u64,
+        now: u64,
+        pid: Option<u32>,
+    ) -> (f64, f64) {
+        let Some(d) = self.device(dev) else {
+            return (0.0, 0.0);
+        };
         let from = now.saturating_sub(window_ns);
         let mut iv = self.kernels_between(dev, from, now);
         if let Some(pid) = pid {
@@ -377,7 +446,10 @@ impl SharedState {
         }
         busy += cur.1 - cur.0;
         let w = window_ns.max(1) as f64;
-        ((busy as f64 / w).min(1.0), (sm_ns / (w * d.sms as f64)).min(1.0))
+        (
+            (busy as f64 / w).min(1.0),
+            (sm_ns / (w * d.sms as f64)).min(1.0),
+        )
     }
 
     /// Power draw in milliwatts: idle plus a part proportional to SM load.
@@ -397,7 +469,8 @@ impl SharedState {
             .sum();
         let done_sm_s = (d.busy_sm_ns.load(Relaxed) as f64 - future).max(0.0) / 1e9;
         let elapsed_s = now.saturating_sub(self.created_ns()) as f64 / 1e9;
-        let joules = d.idle_watts as f64 * elapsed_s + (d.tdp_watts - d.idle_watts) as f64 * done_sm_s / d.sms as f64;
+        let joules = d.idle_watts as f64 * elapsed_s
+            + (d.tdp_watts - d.idle_watts) as f64 * done_sm_s / d.sms as f64;
         (joules * 1000.0) as u64
     }
 }
@@ -411,7 +484,11 @@ impl Drop for SharedState {
 
 impl DeviceSlot {
     pub fn name(&self) -> &str {
-        let n = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        let n = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
         std::str::from_utf8(&self.name[..n]).unwrap_or("gpusim device")
     }
 
@@ -436,8 +513,16 @@ impl DeviceSlot {
 
     pub fn uuid_string(&self) -> String {
         let u = &self.uuid;
-        let hex = |r: std::ops::Range<usize>| u[r].iter().map(|b| format!("{b:02x}")).collect::<String>();
-        format!("GPU-{}-{}-{}-{}-{}", hex(0..4), hex(4..6), hex(6..8), hex(8..10), hex(10..16))
+        let hex =
+            |r: std::ops::Range<usize>| u[r].iter().map(|b| format!("{b:02x}")).collect::<String>();
+        format!(
+            "GPU-{}-{}-{}-{}-{}",
+            hex(0..4),
+            hex(4..6),
+            hex(6..8),
+            hex(8..10),
+            hex(10..16)
+        )
     }
 
     /// Reserves `bytes` of device memory for `proc`; false when the device
@@ -445,10 +530,14 @@ impl DeviceSlot {
     pub fn alloc(&self, proc: usize, bytes: u64) -> bool {
         let ok = self
             .mem_used
-            .fetch_update(Relaxed, Relaxed, |u| u.checked_add(bytes).filter(|&n| n <= self.memory_bytes))
+            .fetch_update(Relaxed, Relaxed, |u| {
+                u.checked_add(bytes).filter(|&n| n <= self.memory_bytes)
+            })
             .is_ok();
         if ok {
-            self.procs[proc.min(MAX_PROCS - 1)].mem_used.fetch_add(bytes, Relaxed);
+            self.procs[proc.min(MAX_PROCS - 1)]
+                .mem_used
+                .fetch_add(bytes, Relaxed);
         }
         ok
     }
@@ -463,7 +552,9 @@ impl DeviceSlot {
 
     fn release(&self, p: &ProcSlot) {
         let held = p.mem_used.swap(0, Relaxed);
-        let _ = self.mem_used.fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(held)));
+        let _ = self
+            .mem_used
+            .fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(held)));
         p.pid.store(0, Relaxed);
     }
 
@@ -522,7 +613,8 @@ mod tests {
         let mut c = SimConfig::from_lookup(|_| None).unwrap();
         c.devices[0].sms = 8;
         c.devices[0].memory_bytes = 1 << 20;
-        c.state_path = std::env::temp_dir().join(format!("gpusim-state-test-{tag}-{}", std::process::id()));
+        c.state_path =
+            std::env::temp_dir().join(format!("gpusim-state-test-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_file(&c.state_path);
         c
     }

@@ -158,11 +158,21 @@ thread_local! {
 /// Initialises the driver (cuInit).
 pub fn init() -> CUresult {
     match DRIVER.get_or_init(|| {
-        let r = SimConfig::from_env().map_err(|e| e.to_string()).and_then(|cfg| {
-            let state = SharedState::open(&cfg).map_err(|e| e.to_string())?;
-            let devices = (0..state.device_count()).filter_map(|i| state.device(i)).map(|d| d.config()).collect();
-            Ok(Driver { cfg, state, devices, objects: Mutex::new(Objects::default()) })
-        });
+        let r = SimConfig::from_env()
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| {
+                let state = SharedState::open(&cfg).map_err(|e| e.to_string())?;
+                let devices = (0..state.device_count())
+                    .filter_map(|i| state.device(i))
+                    .map(|d| d.config())
+                    .collect();
+                Ok(Driver {
+                    cfg,
+                    state,
+                    devices,
+                    objects: Mutex::new(Objects::default()),
+                })
+            });
         if let Err(e) = &r {
             eprintln!("gpusim: cuInit failed: {e}");
         }
@@ -187,7 +197,10 @@ impl Driver {
     }
 
     pub fn device(&self, ordinal: i32) -> Result<&DeviceConfig, CUresult> {
-        usize::try_from(ordinal).ok().and_then(|i| self.devices.get(i)).ok_or(CUDA_ERROR_INVALID_DEVICE)
+        usize::try_from(ordinal)
+            .ok()
+            .and_then(|i| self.devices.get(i))
+            .ok_or(CUDA_ERROR_INVALID_DEVICE)
     }
 
     /// The calling thread's current context, checked to be alive.
@@ -210,13 +223,15 @@ impl Driver {
         if let Some(a) = o.attached.get(&device) {
             return *a;
         }
-        let env = std::env::var("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE").ok().and_then(|v| match mps::parse_percent(&v) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("gpusim: ignoring CUDA_MPS_ACTIVE_THREAD_PERCENTAGE: {e}");
-                None
-            }
-        });
+        let env = std::env::var("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+            .ok()
+            .and_then(|v| match mps::parse_percent(&v) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("gpusim: ignoring CUDA_MPS_ACTIVE_THREAD_PERCENTAGE: {e}");
+                    None
+                }
+            });
         let pid = std::process::id();
         // SAFETY: getuid has no preconditions.
         let uid = unsafe { libc::getuid() };
@@ -229,7 +244,12 @@ impl Driver {
             None => (env.unwrap_or(100.0), 0),
         };
         let sms = self.devices[device].sms;
-        let a = Attachment { slot: None, percent, allowed_sms: mps::sms_for_percent(sms, percent), mps_server: server };
+        let a = Attachment {
+            slot: None,
+            percent,
+            allowed_sms: mps::sms_for_percent(sms, percent),
+            mps_server: server,
+        };
         o.attached.insert(device, a);
         a
     }
@@ -243,7 +263,12 @@ impl Driver {
         }
         let slot = self
             .state
-            .register_process(device, std::process::id(), a.percent.round() as u32, a.mps_server)
+            .register_process(
+                device,
+                std::process::id(),
+                a.percent.round() as u32,
+                a.mps_server,
+            )
             .map_err(|e| {
                 eprintln!("gpusim: {e}");
                 CUDA_ERROR_OUT_OF_MEMORY
@@ -254,10 +279,24 @@ impl Driver {
         Ok(slot)
     }
 
-    pub fn new_context(&self, o: &mut Objects, device: usize, flags: u32, primary: bool) -> Result<u64, CUresult> {
+    pub fn new_context(
+        &self,
+        o: &mut Objects,
+        device: usize,
+        flags: u32,
+        primary: bool,
+    ) -> Result<u64, CUresult> {
         self.register(o, device)?;
         let h = o.fresh(Kind::Ctx);
-        o.ctxs.insert(h, Ctx { device, flags, null_tail: 0, primary });
+        o.ctxs.insert(
+            h,
+            Ctx {
+                device,
+                flags,
+                null_tail: 0,
+                primary,
+            },
+        );
         Ok(h)
     }
 
@@ -267,7 +306,12 @@ impl Driver {
         o.funcs.retain(|_, f| f.ctx != ctx);
         o.streams.retain(|_, s| s.ctx != ctx);
         o.events.retain(|_, e| e.ctx != ctx);
-        let dead: Vec<u64> = o.allocs.iter().filter(|(_, a)| a.ctx == ctx).map(|(p, _)| *p).collect();
+        let dead: Vec<u64> = o
+            .allocs
+            .iter()
+            .filter(|(_, a)| a.ctx == ctx)
+            .map(|(p, _)| *p)
+            .collect();
         for p in dead {
             self.free_allocation(o, p);
         }
@@ -276,7 +320,9 @@ impl Driver {
     }
 
     pub fn free_allocation(&self, o: &mut Objects, ptr: u64) -> bool {
-        let Some(a) = o.allocs.remove(&ptr) else { return false };
+        let Some(a) = o.allocs.remove(&ptr) else {
+            return false;
+        };
         // SAFETY: unmapping a region this driver mapped for the allocation.
         unsafe { libc::munmap(ptr as *mut libc::c_void, a.size.max(1)) };
         let slot = o.attached.get(&a.device).and_then(|x| x.slot).unwrap_or(0);
@@ -288,8 +334,15 @@ impl Driver {
 
     /// Checks that `[ptr, ptr+len)` lies inside one device allocation.
     pub fn check_device_range(&self, o: &Objects, ptr: u64, len: usize) -> Result<usize, CUresult> {
-        let (base, a) = o.allocs.range(..=ptr).next_back().ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        if ptr.checked_add(len as u64).is_some_and(|end| end <= base + a.size as u64) {
+        let (base, a) = o
+            .allocs
+            .range(..=ptr)
+            .next_back()
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if ptr
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= base + a.size as u64)
+        {
             Ok(a.device)
         } else {
             Err(CUDA_ERROR_INVALID_VALUE)
@@ -318,7 +371,11 @@ impl Driver {
         match stream {
             Some(id) => {
                 let s = &o.streams[&id];
-                if s.flags & CU_STREAM_NON_BLOCKING != 0 { s.tail } else { s.tail.max(c.null_tail) }
+                if s.flags & CU_STREAM_NON_BLOCKING != 0 {
+                    s.tail
+                } else {
+                    s.tail.max(c.null_tail)
+                }
             }
             None => o
                 .streams
@@ -338,7 +395,9 @@ impl Driver {
 
     /// The active capture on `stream`, if it is capturing.
     pub fn capture<'a>(&self, o: &'a mut Objects, stream: Option<u64>) -> Option<&'a mut Capture> {
-        stream.and_then(|id| o.streams.get_mut(&id)).and_then(|s| s.capture.as_mut())
+        stream
+            .and_then(|id| o.streams.get_mut(&id))
+            .and_then(|s| s.capture.as_mut())
     }
 
     /// True if some stream of this process captures in global mode: then
@@ -346,11 +405,11 @@ impl Driver {
     pub fn invalidate_global_captures(&self, o: &mut Objects) -> bool {
         let mut any = false;
         for s in o.streams.values_mut() {
-            if let Some(c) = s.capture.as_mut() {
-                if c.mode == CU_STREAM_CAPTURE_MODE_GLOBAL {
-                    c.invalidated = true;
-                    any = true;
-                }
+            if let Some(c) = s.capture.as_mut()
+                && c.mode == CU_STREAM_CAPTURE_MODE_GLOBAL
+            {
+                c.invalidated = true;
+                any = true;
             }
         }
         any
@@ -391,16 +450,24 @@ impl Driver {
         // Beyond the kernel's declared bounds the launch is invalid (seen on
         // NVIDIA's driver); beyond what its registers allow it is out of
         // resources.
-        if k.reqntid.is_some_and(|r| r as u64 != threads) || k.maxntid.is_some_and(|m| threads > m as u64) {
+        if k.reqntid.is_some_and(|r| r as u64 != threads)
+            || k.maxntid.is_some_and(|m| threads > m as u64)
+        {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         if threads > occupancy::max_threads_per_block(dev, k.regs, k.maxntid) as u64 {
             return Err(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
         }
-        if shared_bytes > f.max_dynamic_smem || k.static_smem + shared_bytes > dev.shared_memory_per_block_optin {
+        if shared_bytes > f.max_dynamic_smem
+            || k.static_smem + shared_bytes > dev.shared_memory_per_block_optin
+        {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let demand = BlockDemand { threads: threads as u32, regs_per_thread: k.regs, shared_bytes: k.static_smem + shared_bytes };
+        let demand = BlockDemand {
+            threads: threads as u32,
+            regs_per_thread: k.regs,
+            shared_bytes: k.static_smem + shared_bytes,
+        };
         let occ = occupancy::blocks_per_sm(dev, demand);
         if occ.blocks_per_sm == 0 {
             return Err(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
@@ -408,13 +475,23 @@ impl Driver {
         let block_ns = match k.cost {
             BlockCost::Ns(ns) => ns,
             BlockCost::Cycles(c) => c * 1000 / dev.clock_mhz as u64,
-            BlockCost::CyclesParam(i) => read_int_param(k, i, params, extra)? * 1000 / dev.clock_mhz as u64,
+            BlockCost::CyclesParam(i) => {
+                read_int_param(k, i, params, extra)? * 1000 / dev.clock_mhz as u64
+            }
         };
         if k.params_size > 0 && params.is_null() && extra.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let blocks = grid[0] as u64 * grid[1] as u64 * grid[2] as u64;
-        Ok((cur, Launch { device: o.ctxs[&f.ctx].device, blocks, blocks_per_sm: occ.blocks_per_sm, block_ns }))
+        Ok((
+            cur,
+            Launch {
+                device: o.ctxs[&f.ctx].device,
+                blocks,
+                blocks_per_sm: occ.blocks_per_sm,
+                block_ns,
+            },
+        ))
     }
 
     /// Places a prepared launch on the device after `ready`; returns its end.
@@ -425,7 +502,14 @@ impl Driver {
         // (an H100 showed ~5 µs between dependent kernels).
         let t0 = ready.max(now_ns()) + self.wall(self.cfg.launch_overhead_ns as f64);
         let waves = l.blocks.div_ceil(l.blocks_per_sm as u64);
-        let p = self.state.place_kernel(l.device, slot, t0, waves, self.wall(l.block_ns as f64), a.allowed_sms);
+        let p = self.state.place_kernel(
+            l.device,
+            slot,
+            t0,
+            waves,
+            self.wall(l.block_ns as f64),
+            a.allowed_sms,
+        );
         p.end_ns
     }
 
@@ -502,7 +586,9 @@ fn packed_buffer(extra: *mut *mut libc::c_void) -> Result<(*const u8, usize), CU
         match key {
             CU_LAUNCH_PARAM_BUFFER_POINTER => buf = val as *const u8,
             // SAFETY: the value of BUFFER_SIZE points at a size_t.
-            CU_LAUNCH_PARAM_BUFFER_SIZE if !val.is_null() => size = Some(unsafe { *(val as *const usize) }),
+            CU_LAUNCH_PARAM_BUFFER_SIZE if !val.is_null() => {
+                size = Some(unsafe { *(val as *const usize) })
+            }
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         }
     }

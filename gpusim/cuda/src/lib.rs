@@ -9,9 +9,9 @@ mod procaddr;
 mod result;
 
 use driver::*;
+use gpusim::DeviceConfig;
 use gpusim::clock::{now_ns, sleep_until};
 use gpusim::occupancy::{self, BlockDemand};
-use gpusim::DeviceConfig;
 use gpusim::ptx::{Module, PtxError};
 use result::*;
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
@@ -51,7 +51,16 @@ fn p(h: u64) -> Handle {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
-    guard(|| if flags != 0 { Err(CUDA_ERROR_INVALID_VALUE) } else { match init() { 0 => Ok(()), e => Err(e) } })
+    guard(|| {
+        if flags != 0 {
+            Err(CUDA_ERROR_INVALID_VALUE)
+        } else {
+            match init() {
+                0 => Ok(()),
+                e => Err(e),
+            }
+        }
+    })
 }
 
 /// The CUDA version this driver implements (13.0).
@@ -85,7 +94,10 @@ pub unsafe extern "C" fn cuGetErrorString(code: CUresult, s: *mut *const c_char)
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGetExportTable(_table: *mut *const c_void, _id: *const c_void) -> CUresult {
+pub unsafe extern "C" fn cuGetExportTable(
+    _table: *mut *const c_void,
+    _id: *const c_void,
+) -> CUresult {
     CUDA_ERROR_NOT_SUPPORTED
 }
 
@@ -125,7 +137,10 @@ pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUd
 fn uuid(dev: CUdevice) -> Result<[u8; 16], CUresult> {
     let d = driver()?;
     d.device(dev)?;
-    Ok(d.state.device(dev as usize).map(|s| s.uuid).unwrap_or_default())
+    Ok(d.state
+        .device(dev as usize)
+        .map(|s| s.uuid)
+        .unwrap_or_default())
 }
 
 #[unsafe(no_mangle)]
@@ -144,7 +159,11 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceGetPCIBusId(buf: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetPCIBusId(
+    buf: *mut c_char,
+    len: c_int,
+    dev: CUdevice,
+) -> CUresult {
     guard(|| {
         driver()?.device(dev)?;
         let id = format!("00000000:{:02X}:00.0\0", 0x18 + dev);
@@ -158,7 +177,11 @@ pub unsafe extern "C" fn cuDeviceGetPCIBusId(buf: *mut c_char, len: c_int, dev: 
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, dev: CUdevice) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetAttribute(
+    v: *mut c_int,
+    attr: c_int,
+    dev: CUdevice,
+) -> CUresult {
     guard(|| {
         let drv = driver()?;
         let d = drv.device(dev)?;
@@ -167,43 +190,43 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(v: *mut c_int, attr: c_int, dev: C
             drv.attachment(&mut o, dev as usize).allowed_sms
         };
         let value: i64 = match attr {
-            1 => 1024,                                  // MAX_THREADS_PER_BLOCK
-            2 | 3 => 1024,                              // MAX_BLOCK_DIM_X/Y
-            4 => 64,                                    // MAX_BLOCK_DIM_Z
-            5 => i32::MAX as i64,                       // MAX_GRID_DIM_X
-            6 | 7 => 65535,                             // MAX_GRID_DIM_Y/Z
-            8 => 48 * 1024,                             // MAX_SHARED_MEMORY_PER_BLOCK
-            9 => 64 * 1024,                             // TOTAL_CONSTANT_MEMORY
-            10 => occupancy::WARP_SIZE as i64,          // WARP_SIZE
-            11 => i32::MAX as i64,                      // MAX_PITCH
-            12 => d.registers_per_sm as i64,            // MAX_REGISTERS_PER_BLOCK
-            13 => d.clock_mhz as i64 * 1000,            // CLOCK_RATE (kHz)
-            14 => 512,                                  // TEXTURE_ALIGNMENT
-            15 => 1,                                    // GPU_OVERLAP
-            16 => sms as i64,                           // MULTIPROCESSOR_COUNT (MPS-limited)
-            17 | 18 => 0,                               // KERNEL_EXEC_TIMEOUT, INTEGRATED
-            19 => 1,                                    // CAN_MAP_HOST_MEMORY
-            20 => 0,                                    // COMPUTE_MODE default
-            31 | 32 => 1,                               // CONCURRENT_KERNELS, ECC_ENABLED
-            33 => 0x18 + dev as i64,                    // PCI_BUS_ID
-            34 | 50 => 0,                               // PCI_DEVICE_ID, PCI_DOMAIN_ID
-            35 => 0,                                    // TCC_DRIVER
-            36 => d.memory_clock_mhz as i64 * 1000,     // MEMORY_CLOCK_RATE (kHz)
-            37 => 5120,                                 // GLOBAL_MEMORY_BUS_WIDTH
-            38 => 50 << 20,                             // L2_CACHE_SIZE
-            39 => d.max_threads_per_sm as i64,          // MAX_THREADS_PER_MULTIPROCESSOR
-            40 => 3,                                    // ASYNC_ENGINE_COUNT
-            41 => 1,                                    // UNIFIED_ADDRESSING
-            75 => d.compute_capability.0 as i64,        // COMPUTE_CAPABILITY_MAJOR
-            76 => d.compute_capability.1 as i64,        // COMPUTE_CAPABILITY_MINOR
-            78 => 1,                                    // STREAM_PRIORITIES_SUPPORTED
-            81 => d.shared_memory_per_sm as i64,        // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
-            82 => d.registers_per_sm as i64,            // MAX_REGISTERS_PER_MULTIPROCESSOR
-            83 | 89 => 1,                               // MANAGED_MEMORY, CONCURRENT_MANAGED_ACCESS
+            1 => 1024,                                        // MAX_THREADS_PER_BLOCK
+            2 | 3 => 1024,                                    // MAX_BLOCK_DIM_X/Y
+            4 => 64,                                          // MAX_BLOCK_DIM_Z
+            5 => i32::MAX as i64,                             // MAX_GRID_DIM_X
+            6 | 7 => 65535,                                   // MAX_GRID_DIM_Y/Z
+            8 => 48 * 1024,                                   // MAX_SHARED_MEMORY_PER_BLOCK
+            9 => 64 * 1024,                                   // TOTAL_CONSTANT_MEMORY
+            10 => occupancy::WARP_SIZE as i64,                // WARP_SIZE
+            11 => i32::MAX as i64,                            // MAX_PITCH
+            12 => d.registers_per_sm as i64,                  // MAX_REGISTERS_PER_BLOCK
+            13 => d.clock_mhz as i64 * 1000,                  // CLOCK_RATE (kHz)
+            14 => 512,                                        // TEXTURE_ALIGNMENT
+            15 => 1,                                          // GPU_OVERLAP
+            16 => sms as i64,                                 // MULTIPROCESSOR_COUNT (MPS-limited)
+            17 | 18 => 0,                                     // KERNEL_EXEC_TIMEOUT, INTEGRATED
+            19 => 1,                                          // CAN_MAP_HOST_MEMORY
+            20 => 0,                                          // COMPUTE_MODE default
+            31 | 32 => 1,                                     // CONCURRENT_KERNELS, ECC_ENABLED
+            33 => 0x18 + dev as i64,                          // PCI_BUS_ID
+            34 | 50 => 0,                                     // PCI_DEVICE_ID, PCI_DOMAIN_ID
+            35 => 0,                                          // TCC_DRIVER
+            36 => d.memory_clock_mhz as i64 * 1000,           // MEMORY_CLOCK_RATE (kHz)
+            37 => 5120,                                       // GLOBAL_MEMORY_BUS_WIDTH
+            38 => 50 << 20,                                   // L2_CACHE_SIZE
+            39 => d.max_threads_per_sm as i64,                // MAX_THREADS_PER_MULTIPROCESSOR
+            40 => 3,                                          // ASYNC_ENGINE_COUNT
+            41 => 1,                                          // UNIFIED_ADDRESSING
+            75 => d.compute_capability.0 as i64,              // COMPUTE_CAPABILITY_MAJOR
+            76 => d.compute_capability.1 as i64,              // COMPUTE_CAPABILITY_MINOR
+            78 => 1,                                          // STREAM_PRIORITIES_SUPPORTED
+            81 => d.shared_memory_per_sm as i64, // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+            82 => d.registers_per_sm as i64,     // MAX_REGISTERS_PER_MULTIPROCESSOR
+            83 | 89 => 1,                        // MANAGED_MEMORY, CONCURRENT_MANAGED_ACCESS
             97 => d.shared_memory_per_block_optin as i64, // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-            106 => d.max_blocks_per_sm as i64,          // MAX_BLOCKS_PER_MULTIPROCESSOR
+            106 => d.max_blocks_per_sm as i64,   // MAX_BLOCKS_PER_MULTIPROCESSOR
             111 => d.reserved_shared_memory_per_block as i64, // RESERVED_SHARED_MEMORY_PER_BLOCK
-            115 => 0,                                   // MEMORY_POOLS_SUPPORTED: no async allocator
+            115 => 0,                            // MEMORY_POOLS_SUPPORTED: no async allocator
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         };
         unsafe { out(v, value as c_int) }
@@ -221,13 +244,23 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CUdevic
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let mut o = d.lock();
-        let existing = o.primary.get(&(dev as usize)).map(|pc| (pc.handle, pc.flags));
+        let existing = o
+            .primary
+            .get(&(dev as usize))
+            .map(|pc| (pc.handle, pc.flags));
         let hnd = match existing {
             Some((hnd, _)) if o.ctxs.contains_key(&hnd) => hnd,
             other => {
                 let flags = other.map(|x| x.1).unwrap_or(0);
                 let hnd = d.new_context(&mut o, dev as usize, flags, true)?;
-                o.primary.insert(dev as usize, PrimaryCtx { handle: hnd, refs: 0, flags });
+                o.primary.insert(
+                    dev as usize,
+                    PrimaryCtx {
+                        handle: hnd,
+                        refs: 0,
+                        flags,
+                    },
+                );
                 hnd
             }
         };
@@ -240,7 +273,11 @@ fn primary_release(dev: CUdevice) -> Result<(), CUresult> {
     let d = driver()?;
     d.device(dev)?;
     let mut o = d.lock();
-    let pc = o.primary.get_mut(&(dev as usize)).filter(|pc| pc.refs > 0).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+    let pc = o
+        .primary
+        .get_mut(&(dev as usize))
+        .filter(|pc| pc.refs > 0)
+        .ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
     pc.refs -= 1;
     if pc.refs == 0 {
         let hnd = pc.handle;
@@ -280,7 +317,11 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) -> CUresult {
+pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
+    dev: CUdevice,
+    flags: *mut c_uint,
+    active: *mut c_int,
+) -> CUresult {
     guard(|| {
         let d = driver()?;
         d.device(dev)?;
@@ -301,7 +342,11 @@ fn primary_set_flags(dev: CUdevice, flags: c_uint) -> Result<(), CUresult> {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let mut o = d.lock();
-    let pc = o.primary.entry(dev as usize).or_insert(PrimaryCtx { handle: 0, refs: 0, flags: 0 });
+    let pc = o.primary.entry(dev as usize).or_insert(PrimaryCtx {
+        handle: 0,
+        refs: 0,
+        flags: 0,
+    });
     pc.flags = flags;
     let hnd = pc.handle;
     if let Some(c) = o.ctxs.get_mut(&hnd) {
@@ -336,19 +381,40 @@ fn ctx_create(ctx: *mut Handle, flags: c_uint, dev: CUdevice) -> Result<(), CUre
 
 /// CUDA 3.2–12 `cuCtxCreate`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate_v2(ctx: *mut Handle, flags: c_uint, dev: CUdevice) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate_v2(
+    ctx: *mut Handle,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
     guard(|| ctx_create(ctx, flags, dev))
 }
 
 /// CUDA 11.4+ `cuCtxCreate` with execution-affinity parameters (ignored).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate_v3(ctx: *mut Handle, _params: *mut c_void, n: c_int, flags: c_uint, dev: CUdevice) -> CUresult {
-    guard(|| if n < 0 { Err(CUDA_ERROR_INVALID_VALUE) } else { ctx_create(ctx, flags, dev) })
+pub unsafe extern "C" fn cuCtxCreate_v3(
+    ctx: *mut Handle,
+    _params: *mut c_void,
+    n: c_int,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    guard(|| {
+        if n < 0 {
+            Err(CUDA_ERROR_INVALID_VALUE)
+        } else {
+            ctx_create(ctx, flags, dev)
+        }
+    })
 }
 
 /// CUDA 12.5+ and 13 `cuCtxCreate` with a `CUctxCreateParams` (ignored).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate_v4(ctx: *mut Handle, _params: *mut c_void, flags: c_uint, dev: CUdevice) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate_v4(
+    ctx: *mut Handle,
+    _params: *mut c_void,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
     guard(|| ctx_create(ctx, flags, dev))
 }
 
@@ -411,7 +477,9 @@ fn ctx_push(ctx: Handle) -> Result<(), CUresult> {
 
 fn ctx_pop(ctx: *mut Handle) -> Result<(), CUresult> {
     driver()?;
-    let top = CTX_STACK.with(|s| s.borrow_mut().pop()).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+    let top = CTX_STACK
+        .with(|s| s.borrow_mut().pop())
+        .ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
     if !ctx.is_null() {
         unsafe { out(ctx, p(top))? };
     }
@@ -468,7 +536,10 @@ pub unsafe extern "C" fn cuCtxGetFlags(flags: *mut c_uint) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(least: *mut c_int, greatest: *mut c_int) -> CUresult {
+pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
+    least: *mut c_int,
+    greatest: *mut c_int,
+) -> CUresult {
     guard(|| {
         driver()?;
         if !least.is_null() {
@@ -489,11 +560,19 @@ fn ctx_synchronize(ctx: Option<Handle>) -> Result<(), CUresult> {
             Some(c) if !c.is_null() => h(c),
             _ => d.current(&o)?,
         };
-        let null_tail = o.ctxs.get(&hnd).ok_or(CUDA_ERROR_INVALID_CONTEXT)?.null_tail;
+        let null_tail = o
+            .ctxs
+            .get(&hnd)
+            .ok_or(CUDA_ERROR_INVALID_CONTEXT)?
+            .null_tail;
         if d.invalidate_global_captures(&mut o) {
             return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
         }
-        o.streams.values().filter(|s| s.ctx == hnd).map(|s| s.tail).fold(null_tail, u64::max)
+        o.streams
+            .values()
+            .filter(|s| s.ctx == hnd)
+            .map(|s| s.tail)
+            .fold(null_tail, u64::max)
     };
     sleep_until(until);
     Ok(())
@@ -522,7 +601,11 @@ fn load_module(module: *mut Handle, image: *const c_void) -> Result<(), CUresult
     // SAFETY: the image is NUL-terminated PTX text, or a binary whose header
     // we only read a few bytes of before rejecting it.
     let head = unsafe { std::slice::from_raw_parts(image as *const u8, 4) };
-    let bytes: &[u8] = if head == b"\x7fELF" { head } else { unsafe { CStr::from_ptr(image as *const c_char) }.to_bytes() };
+    let bytes: &[u8] = if head == b"\x7fELF" {
+        head
+    } else {
+        unsafe { CStr::from_ptr(image as *const c_char) }.to_bytes()
+    };
     let m = Module::parse(bytes).map_err(|e| {
         if std::env::var_os("GPUSIM_DEBUG").is_some() {
             eprintln!("gpusim: cuModuleLoadData: {e}");
@@ -538,7 +621,15 @@ fn load_module(module: *mut Handle, image: *const c_void) -> Result<(), CUresult
         let name = CString::new(k.name.clone()).map_err(|_| CUDA_ERROR_INVALID_PTX)?;
         // CUDA's default dynamic shared memory limit: what is left of 48 KiB.
         let max_dynamic_smem = (48 * 1024u32).saturating_sub(k.static_smem);
-        o.funcs.insert(fid & 0xffff_ffff_ffff, Function { ctx, kernel: k, name, max_dynamic_smem });
+        o.funcs.insert(
+            fid & 0xffff_ffff_ffff,
+            Function {
+                ctx,
+                kernel: k,
+                name,
+                max_dynamic_smem,
+            },
+        );
         funcs.push(fid & 0xffff_ffff_ffff);
     }
     let mh = o.fresh(Kind::Module);
@@ -568,7 +659,9 @@ pub unsafe extern "C" fn cuModuleLoad(module: *mut Handle, fname: *const c_char)
         if fname.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let path = unsafe { CStr::from_ptr(fname) }.to_string_lossy().into_owned();
+        let path = unsafe { CStr::from_ptr(fname) }
+            .to_string_lossy()
+            .into_owned();
         let mut text = std::fs::read(&path).map_err(|_| CUDA_ERROR_FILE_NOT_FOUND)?;
         text.push(0);
         load_module(module, text.as_ptr() as *const c_void)
@@ -590,7 +683,11 @@ pub unsafe extern "C" fn cuModuleUnload(module: Handle) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleGetFunction(func: *mut Handle, module: Handle, name: *const c_char) -> CUresult {
+pub unsafe extern "C" fn cuModuleGetFunction(
+    func: *mut Handle,
+    module: Handle,
+    name: *const c_char,
+) -> CUresult {
     guard(|| {
         let d = driver()?;
         if func.is_null() || name.is_null() {
@@ -600,13 +697,19 @@ pub unsafe extern "C" fn cuModuleGetFunction(func: *mut Handle, module: Handle, 
         let id = id_of(Kind::Module, h(module)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         let funcs = o.modules.get(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         let want = unsafe { CStr::from_ptr(name) };
-        let f = funcs.iter().find(|f| o.funcs[f].name.as_c_str() == want).ok_or(CUDA_ERROR_NOT_FOUND)?;
+        let f = funcs
+            .iter()
+            .find(|f| o.funcs[f].name.as_c_str() == want)
+            .ok_or(CUDA_ERROR_NOT_FOUND)?;
         unsafe { out(func, p(handle(Kind::Func, *f))) }
     })
 }
 
 /// Runs `f` on a function and the device its context is on.
-fn with_func<T>(func: Handle, f: impl FnOnce(&DeviceConfig, &mut Function) -> Result<T, CUresult>) -> Result<T, CUresult> {
+fn with_func<T>(
+    func: Handle,
+    f: impl FnOnce(&DeviceConfig, &mut Function) -> Result<T, CUresult>,
+) -> Result<T, CUresult> {
     let d = driver()?;
     let mut o = d.lock();
     let id = id_of(Kind::Func, h(func)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
@@ -640,15 +743,15 @@ pub unsafe extern "C" fn cuFuncGetAttribute(v: *mut c_int, attr: c_int, func: Ha
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuFuncSetAttribute(func: Handle, attr: c_int, value: c_int) -> CUresult {
     guard(|| {
-        with_func(func, |dev, f| {
-            match attr {
-                8 if value >= 0 && (value as u32) + f.kernel.static_smem <= dev.shared_memory_per_block_optin => {
-                    f.max_dynamic_smem = value as u32;
-                    Ok(())
-                }
-                9 if (-1..=100).contains(&value) => Ok(()),
-                _ => Err(CUDA_ERROR_INVALID_VALUE),
+        with_func(func, |dev, f| match attr {
+            8 if value >= 0
+                && (value as u32) + f.kernel.static_smem <= dev.shared_memory_per_block_optin =>
+            {
+                f.max_dynamic_smem = value as u32;
+                Ok(())
             }
+            9 if (-1..=100).contains(&value) => Ok(()),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
         })
     })
 }
@@ -661,7 +764,12 @@ pub unsafe extern "C" fn cuFuncGetName(name: *mut *const c_char, func: Handle) -
     })
 }
 
-fn occupancy_for(n: *mut c_int, func: Handle, block: c_int, dyn_smem: usize) -> Result<(), CUresult> {
+fn occupancy_for(
+    n: *mut c_int,
+    func: Handle,
+    block: c_int,
+    dyn_smem: usize,
+) -> Result<(), CUresult> {
     let blocks = with_func(func, |dev, f| {
         if block <= 0 || dyn_smem > u32::MAX as usize {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -682,7 +790,12 @@ fn occupancy_for(n: *mut c_int, func: Handle, block: c_int, dyn_smem: usize) -> 
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessor(n: *mut c_int, func: Handle, block: c_int, dyn_smem: usize) -> CUresult {
+pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessor(
+    n: *mut c_int,
+    func: Handle,
+    block: c_int,
+    dyn_smem: usize,
+) -> CUresult {
     guard(|| occupancy_for(n, func, block, dyn_smem))
 }
 
@@ -705,7 +818,10 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
         let d = driver()?;
         let o = d.lock();
         let c = d.current(&o)?;
-        let s = d.state.device(o.ctxs[&c].device).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+        let s = d
+            .state
+            .device(o.ctxs[&c].device)
+            .ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
         let used = s.mem_used.load(std::sync::atomic::Ordering::Relaxed);
         unsafe {
             out(free, s.total_memory().saturating_sub(used) as usize)?;
@@ -723,7 +839,11 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) -> C
         }
         let mut o = d.lock();
         let ctx = d.current(&o)?;
-        if o.streams.values().any(|s| s.capture.as_ref().is_some_and(|c| c.mode == CU_STREAM_CAPTURE_MODE_GLOBAL)) {
+        if o.streams.values().any(|s| {
+            s.capture
+                .as_ref()
+                .is_some_and(|c| c.mode == CU_STREAM_CAPTURE_MODE_GLOBAL)
+        }) {
             d.invalidate_global_captures(&mut o);
             return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
         }
@@ -763,7 +883,11 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         }
         let mut o = d.lock();
         d.current(&o)?;
-        if d.free_allocation(&mut o, dptr) { Ok(()) } else { Err(CUDA_ERROR_INVALID_VALUE) }
+        if d.free_allocation(&mut o, dptr) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_VALUE)
+        }
     })
 }
 
@@ -821,7 +945,11 @@ fn memcpy(dir: Dir, dst: u64, src: u64, n: usize, stream: Option<Handle>) -> Res
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+) -> CUresult {
     guard(|| memcpy(Dir::HtoD, dst, src as u64, n, None))
 }
 #[unsafe(no_mangle)]
@@ -833,15 +961,30 @@ pub unsafe extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: 
     guard(|| memcpy(Dir::DtoD, dst, src, n, None))
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, n: usize, s: Handle) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+    s: Handle,
+) -> CUresult {
     guard(|| memcpy(Dir::HtoD, dst, src as u64, n, Some(s)))
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: CUdeviceptr, n: usize, s: Handle) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    n: usize,
+    s: Handle,
+) -> CUresult {
     guard(|| memcpy(Dir::DtoH, dst as u64, src, n, Some(s)))
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: Handle) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    s: Handle,
+) -> CUresult {
     guard(|| memcpy(Dir::DtoD, dst, src, n, Some(s)))
 }
 
@@ -883,7 +1026,16 @@ fn stream_create(out_s: *mut Handle, flags: c_uint, priority: c_int) -> Result<(
     let ctx = d.current(&o)?;
     let hnd = o.fresh(Kind::Stream);
     let id = id_of(Kind::Stream, hnd).expect("fresh stream handle");
-    o.streams.insert(id, Stream { ctx, flags, priority: priority.clamp(-5, 0), tail: 0, capture: None });
+    o.streams.insert(
+        id,
+        Stream {
+            ctx,
+            flags,
+            priority: priority.clamp(-5, 0),
+            tail: 0,
+            capture: None,
+        },
+    );
     unsafe { out(out_s, p(hnd)) }
 }
 
@@ -893,7 +1045,11 @@ pub unsafe extern "C" fn cuStreamCreate(s: *mut Handle, flags: c_uint) -> CUresu
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamCreateWithPriority(s: *mut Handle, flags: c_uint, priority: c_int) -> CUresult {
+pub unsafe extern "C" fn cuStreamCreateWithPriority(
+    s: *mut Handle,
+    flags: c_uint,
+    priority: c_int,
+) -> CUresult {
     guard(|| stream_create(s, flags, priority))
 }
 
@@ -911,7 +1067,10 @@ fn stream_destroy(s: Handle) -> Result<(), CUresult> {
     let d = driver()?;
     let mut o = d.lock();
     let id = id_of(Kind::Stream, h(s)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-    o.streams.remove(&id).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
+    o.streams
+        .remove(&id)
+        .map(|_| ())
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
 
 #[unsafe(no_mangle)]
@@ -958,7 +1117,11 @@ pub unsafe extern "C" fn cuStreamQuery(s: Handle) -> CUresult {
         let mut o = d.lock();
         let (ctx, sid) = d.stream(&o, h(s))?;
         refuse_if_capturing(d, &mut o, sid)?;
-        if d.stream_ready(&o, ctx, sid) > now_ns() { Err(CUDA_ERROR_NOT_READY) } else { Ok(()) }
+        if d.stream_ready(&o, ctx, sid) > now_ns() {
+            Err(CUDA_ERROR_NOT_READY)
+        } else {
+            Ok(())
+        }
     })
 }
 
@@ -969,7 +1132,12 @@ pub unsafe extern "C" fn cuStreamWaitEvent(s: Handle, ev: Handle, _flags: c_uint
         let mut o = d.lock();
         let (ctx, sid) = d.stream(&o, h(s))?;
         let eid = id_of(Kind::Event, h(ev)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        let at = o.events.get(&eid).ok_or(CUDA_ERROR_INVALID_HANDLE)?.at.unwrap_or(0);
+        let at = o
+            .events
+            .get(&eid)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?
+            .at
+            .unwrap_or(0);
         let t = d.stream_ready(&o, ctx, sid).max(at);
         d.set_tail(&mut o, ctx, sid, t);
         Ok(())
@@ -988,7 +1156,10 @@ fn begin_capture(s: Handle, mode: c_uint) -> Result<(), CUresult> {
     if st.capture.is_some() {
         return Err(CUDA_ERROR_ILLEGAL_STATE);
     }
-    st.capture = Some(Capture { mode, ..Capture::default() });
+    st.capture = Some(Capture {
+        mode,
+        ..Capture::default()
+    });
     Ok(())
 }
 
@@ -1012,13 +1183,18 @@ pub unsafe extern "C" fn cuStreamEndCapture(s: Handle, graph: *mut Handle) -> CU
         let mut o = d.lock();
         let (_, sid) = d.stream(&o, h(s))?;
         let id = sid.ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
-        let cap = o.streams.get_mut(&id).and_then(|st| st.capture.take()).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        let cap = o
+            .streams
+            .get_mut(&id)
+            .and_then(|st| st.capture.take())
+            .ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
         if cap.invalidated {
             unsafe { out(graph, std::ptr::null_mut())? };
             return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
         }
         let gh = o.fresh(Kind::Graph);
-        o.graphs.insert(id_of(Kind::Graph, gh).expect("graph handle"), cap.nodes);
+        o.graphs
+            .insert(id_of(Kind::Graph, gh).expect("graph handle"), cap.nodes);
         unsafe { out(graph, p(gh)) }
     })
 }
@@ -1050,7 +1226,14 @@ pub unsafe extern "C" fn cuEventCreate(ev: *mut Handle, flags: c_uint) -> CUresu
         let mut o = d.lock();
         let ctx = d.current(&o)?;
         let hnd = o.fresh(Kind::Event);
-        o.events.insert(id_of(Kind::Event, hnd).expect("event handle"), Event { ctx, flags, at: None });
+        o.events.insert(
+            id_of(Kind::Event, hnd).expect("event handle"),
+            Event {
+                ctx,
+                flags,
+                at: None,
+            },
+        );
         unsafe { out(ev, p(hnd)) }
     })
 }
@@ -1114,7 +1297,10 @@ fn elapsed(ms: *mut f32, start: Handle, end: Handle) -> Result<(), CUresult> {
     if (fa | fb) & CU_EVENT_DISABLE_TIMING != 0 {
         return Err(CUDA_ERROR_INVALID_HANDLE);
     }
-    let (a, b) = (a.ok_or(CUDA_ERROR_INVALID_HANDLE)?, b.ok_or(CUDA_ERROR_INVALID_HANDLE)?);
+    let (a, b) = (
+        a.ok_or(CUDA_ERROR_INVALID_HANDLE)?,
+        b.ok_or(CUDA_ERROR_INVALID_HANDLE)?,
+    );
     if a.max(b) > now_ns() {
         return Err(CUDA_ERROR_NOT_READY);
     }
@@ -1127,7 +1313,11 @@ pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: Handle, end: Ha
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, start: Handle, end: Handle) -> CUresult {
+pub unsafe extern "C" fn cuEventElapsedTime_v2(
+    ms: *mut f32,
+    start: Handle,
+    end: Handle,
+) -> CUresult {
     guard(|| elapsed(ms, start, end))
 }
 
@@ -1135,7 +1325,10 @@ fn event_destroy(ev: Handle) -> Result<(), CUresult> {
     let d = driver()?;
     let mut o = d.lock();
     let eid = id_of(Kind::Event, h(ev)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-    o.events.remove(&eid).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
+    o.events
+        .remove(&eid)
+        .map(|_| ())
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
 
 #[unsafe(no_mangle)]
@@ -1201,14 +1394,27 @@ pub struct LaunchConfig {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchKernelEx(cfg: *const LaunchConfig, f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuLaunchKernelEx(
+    cfg: *const LaunchConfig,
+    f: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
     guard(|| {
         if cfg.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         // SAFETY: non-null config supplied by the caller.
         let c = unsafe { &*cfg };
-        launch(f, c.grid, c.block, c.shared_mem_bytes, c.stream, params, extra)
+        launch(
+            f,
+            c.grid,
+            c.block,
+            c.shared_mem_bytes,
+            c.stream,
+            params,
+            extra,
+        )
     })
 }
 
@@ -1223,12 +1429,17 @@ fn instantiate(exec: *mut Handle, graph: Handle) -> Result<(), CUresult> {
     let gid = id_of(Kind::Graph, h(graph)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     let nodes = o.graphs.get(&gid).ok_or(CUDA_ERROR_INVALID_HANDLE)?.clone();
     let eh = o.fresh(Kind::GraphExec);
-    o.execs.insert(id_of(Kind::GraphExec, eh).expect("exec handle"), nodes);
+    o.execs
+        .insert(id_of(Kind::GraphExec, eh).expect("exec handle"), nodes);
     unsafe { out(exec, p(eh)) }
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithFlags(exec: *mut Handle, graph: Handle, _flags: u64) -> CUresult {
+pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
+    exec: *mut Handle,
+    graph: Handle,
+    _flags: u64,
+) -> CUresult {
     guard(|| instantiate(exec, graph))
 }
 
@@ -1266,7 +1477,11 @@ pub unsafe extern "C" fn cuGraphDestroy(graph: Handle) -> CUresult {
     guard(|| {
         let d = driver()?;
         let id = id_of(Kind::Graph, h(graph)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        d.lock().graphs.remove(&id).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
+        d.lock()
+            .graphs
+            .remove(&id)
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
     })
 }
 
@@ -1275,14 +1490,23 @@ pub unsafe extern "C" fn cuGraphExecDestroy(exec: Handle) -> CUresult {
     guard(|| {
         let d = driver()?;
         let id = id_of(Kind::GraphExec, h(exec)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        d.lock().execs.remove(&id).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
+        d.lock()
+            .execs
+            .remove(&id)
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
     })
 }
 
 // ---------------------------------------------------------------- cuGetProcAddress
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> CUresult {
+pub unsafe extern "C" fn cuGetProcAddress(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+) -> CUresult {
     guard(|| match procaddr::lookup(symbol, pfn, version, flags).0 {
         CUDA_SUCCESS => Ok(()),
         e => Err(e),
@@ -1302,6 +1526,10 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
         if !status.is_null() {
             unsafe { out(status, st)? };
         }
-        if code == CUDA_SUCCESS { Ok(()) } else { Err(code) }
+        if code == CUDA_SUCCESS {
+            Ok(())
+        } else {
+            Err(code)
+        }
     })
 }

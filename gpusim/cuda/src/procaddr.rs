@@ -108,9 +108,17 @@ fn table() -> &'static HashMap<&'static str, Variants> {
 /// query status. As on NVIDIA's driver (seen with 580.159), a symbol that
 /// does not resolve is still CUDA_SUCCESS with a NULL pointer; the status says
 /// whether it is unknown or newer than `version`.
-pub fn lookup(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> (CUresult, c_int) {
+pub fn lookup(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+) -> (CUresult, c_int) {
     if symbol.is_null() || pfn.is_null() || flags > 2 || version > DRIVER_VERSION {
-        return (CUDA_ERROR_INVALID_VALUE, CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
+        return (
+            CUDA_ERROR_INVALID_VALUE,
+            CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND,
+        );
     }
     // SAFETY: a NUL-terminated symbol name from the caller.
     let name = unsafe { CStr::from_ptr(symbol) }.to_str().unwrap_or("");

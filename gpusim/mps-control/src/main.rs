@@ -88,7 +88,10 @@ fn start_background() -> ExitCode {
         }
     };
     let mut cmd = Command::new(exe);
-    cmd.arg("-f").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("-f")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from our session.
     unsafe {
         cmd.pre_exec(|| {
@@ -107,7 +110,10 @@ fn start_background() -> ExitCode {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!("gpusim-mps-control: the daemon did not come up at {}", sock.display());
+    eprintln!(
+        "gpusim-mps-control: the daemon did not come up at {}",
+        sock.display()
+    );
     ExitCode::FAILURE
 }
 
@@ -125,7 +131,10 @@ struct Daemon {
 
 impl Default for Daemon {
     fn default() -> Self {
-        Daemon { default_percent: 100.0, servers: BTreeMap::new() }
+        Daemon {
+            default_percent: 100.0,
+            servers: BTreeMap::new(),
+        }
     }
 }
 
@@ -135,7 +144,9 @@ impl Daemon {
         std::fs::create_dir_all(&dir)?;
         let sock = mps::control_socket();
         if UnixStream::connect(&sock).is_ok() {
-            return Err(std::io::Error::other("An instance of this daemon is already running"));
+            return Err(std::io::Error::other(
+                "An instance of this daemon is already running",
+            ));
         }
         let _ = std::fs::remove_file(&sock);
         let listener = UnixListener::bind(&sock)?;
@@ -179,30 +190,54 @@ impl Daemon {
             .spawn()
             .map_err(|e| format!("cannot start an MPS server: {e}"))?;
         let pid = child.id();
-        self.servers.insert(pid, Server { uid, child, percent: self.default_percent, clients: Vec::new() });
+        self.servers.insert(
+            pid,
+            Server {
+                uid,
+                child,
+                percent: self.default_percent,
+                clients: Vec::new(),
+            },
+        );
         Ok(pid)
     }
 
     fn server(&mut self, pid: &str) -> Result<&mut Server, String> {
-        let p: u32 = pid.parse().map_err(|_| format!("invalid server PID {pid:?}"))?;
-        self.servers.get_mut(&p).ok_or_else(|| format!("Server {p} not found"))
+        let p: u32 = pid
+            .parse()
+            .map_err(|_| format!("invalid server PID {pid:?}"))?;
+        self.servers
+            .get_mut(&p)
+            .ok_or_else(|| format!("Server {p} not found"))
     }
 
     fn handle(&mut self, line: &str) -> Result<Vec<String>, String> {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let arg = |i: usize| words.get(i).copied().ok_or_else(|| format!("{}: missing argument", words[0]));
+        let arg = |i: usize| {
+            words
+                .get(i)
+                .copied()
+                .ok_or_else(|| format!("{}: missing argument", words[0]))
+        };
         match words.first().copied().unwrap_or("") {
             "get_server_list" => Ok(self.servers.keys().map(|p| p.to_string()).collect()),
             "start_server" => {
                 let uid = match (words.get(1), words.get(2)) {
-                    (Some(&"-uid"), Some(u)) => u.parse().map_err(|_| format!("invalid uid {u:?}"))?,
+                    (Some(&"-uid"), Some(u)) => {
+                        u.parse().map_err(|_| format!("invalid uid {u:?}"))?
+                    }
                     _ => return Err("usage: start_server -uid UID".into()),
                 };
                 self.start_server(uid).map(|_| Vec::new())
             }
             "shutdown_server" => {
-                let pid: u32 = arg(1)?.parse().map_err(|_| format!("invalid server PID {:?}", words[1]))?;
-                let mut s = self.servers.remove(&pid).ok_or_else(|| format!("Server {pid} not found"))?;
+                let pid: u32 = arg(1)?
+                    .parse()
+                    .map_err(|_| format!("invalid server PID {:?}", words[1]))?;
+                let mut s = self
+                    .servers
+                    .remove(&pid)
+                    .ok_or_else(|| format!("Server {pid} not found"))?;
                 let _ = s.child.kill();
                 let _ = s.child.wait();
                 Ok(Vec::new())
@@ -212,12 +247,16 @@ impl Daemon {
                 s.clients.retain(|&c| pid_alive(c));
                 Ok(s.clients.iter().map(|c| c.to_string()).collect())
             }
-            "get_default_active_thread_percentage" => Ok(vec![format_percent(self.default_percent)]),
+            "get_default_active_thread_percentage" => {
+                Ok(vec![format_percent(self.default_percent)])
+            }
             "set_default_active_thread_percentage" => {
                 self.default_percent = parse_percent(arg(1)?)?;
                 Ok(vec![format_percent(self.default_percent)])
             }
-            "get_active_thread_percentage" => Ok(vec![format_percent(self.server(arg(1)?)?.percent)]),
+            "get_active_thread_percentage" => {
+                Ok(vec![format_percent(self.server(arg(1)?)?.percent)])
+            }
             "set_active_thread_percentage" => {
                 let pct = parse_percent(arg(2)?)?;
                 let s = self.server(arg(1)?)?;

@@ -57,7 +57,10 @@ fn state() -> Result<&'static SharedState, NvmlReturn> {
     if INIT_COUNT.load(Relaxed) == 0 {
         return Err(NVML_ERROR_UNINITIALIZED);
     }
-    slot().lock().unwrap_or_else(|e| e.into_inner()).ok_or(NVML_ERROR_UNINITIALIZED)
+    slot()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .ok_or(NVML_ERROR_UNINITIALIZED)
 }
 
 fn init() -> Result<(), NvmlReturn> {
@@ -205,7 +208,10 @@ fn by_index(i: c_uint, h: *mut *mut c_void) -> Result<(), NvmlReturn> {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: c_uint, h: *mut *mut c_void) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
+    i: c_uint,
+    h: *mut *mut c_void,
+) -> NvmlReturn {
     guard(|| by_index(i, h))
 }
 #[unsafe(no_mangle)]
@@ -217,22 +223,34 @@ fn pci_bus_id(i: usize) -> String {
     format!("00000000:{:02X}:00.0", 0x18 + i)
 }
 
-fn find_by(key: *const c_char, h: *mut *mut c_void, f: impl Fn(usize, &str) -> bool) -> Result<(), NvmlReturn> {
+fn find_by(
+    key: *const c_char,
+    h: *mut *mut c_void,
+    f: impl Fn(usize, &str) -> bool,
+) -> Result<(), NvmlReturn> {
     let st = state()?;
     if key.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
     // SAFETY: NUL-terminated string from the caller.
     let k = unsafe { CStr::from_ptr(key) }.to_string_lossy();
-    let i = (0..st.device_count()).find(|&i| f(i, &k)).ok_or(NVML_ERROR_NOT_FOUND)?;
+    let i = (0..st.device_count())
+        .find(|&i| f(i, &k))
+        .ok_or(NVML_ERROR_NOT_FOUND)?;
     unsafe { out(h, handle_of(i)) }
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, h: *mut *mut c_void) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
+    uuid: *const c_char,
+    h: *mut *mut c_void,
+) -> NvmlReturn {
     guard(|| {
         let st = state()?;
-        find_by(uuid, h, |i, k| st.device(i).is_some_and(|d| d.uuid_string().eq_ignore_ascii_case(k)))
+        find_by(uuid, h, |i, k| {
+            st.device(i)
+                .is_some_and(|d| d.uuid_string().eq_ignore_ascii_case(k))
+        })
     })
 }
 
@@ -244,11 +262,17 @@ fn by_pci(id: *const c_char, h: *mut *mut c_void) -> Result<(), NvmlReturn> {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(id: *const c_char, h: *mut *mut c_void) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
+    id: *const c_char,
+    h: *mut *mut c_void,
+) -> NvmlReturn {
     guard(|| by_pci(id, h))
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(id: *const c_char, h: *mut *mut c_void) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(
+    id: *const c_char,
+    h: *mut *mut c_void,
+) -> NvmlReturn {
     guard(|| by_pci(id, h))
 }
 
@@ -258,19 +282,42 @@ pub unsafe extern "C" fn nvmlDeviceGetIndex(h: *mut c_void, i: *mut c_uint) -> N
 }
 
 /// Runs `f` on device `h` of the shared state.
-fn with_dev<T>(h: *mut c_void, f: impl FnOnce(&SharedState, usize) -> Result<T, NvmlReturn>) -> Result<T, NvmlReturn> {
+fn with_dev<T>(
+    h: *mut c_void,
+    f: impl FnOnce(&SharedState, usize) -> Result<T, NvmlReturn>,
+) -> Result<T, NvmlReturn> {
     let i = index_of(h)?;
     f(state()?, i)
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetName(h: *mut c_void, buf: *mut c_char, len: c_uint) -> NvmlReturn {
-    guard(|| with_dev(h, |st, i| write_str(buf, len, st.device(i).expect("index checked").name())))
+pub unsafe extern "C" fn nvmlDeviceGetName(
+    h: *mut c_void,
+    buf: *mut c_char,
+    len: c_uint,
+) -> NvmlReturn {
+    guard(|| {
+        with_dev(h, |st, i| {
+            write_str(buf, len, st.device(i).expect("index checked").name())
+        })
+    })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetUUID(h: *mut c_void, buf: *mut c_char, len: c_uint) -> NvmlReturn {
-    guard(|| with_dev(h, |st, i| write_str(buf, len, &st.device(i).expect("index checked").uuid_string())))
+pub unsafe extern "C" fn nvmlDeviceGetUUID(
+    h: *mut c_void,
+    buf: *mut c_char,
+    len: c_uint,
+) -> NvmlReturn {
+    guard(|| {
+        with_dev(h, |st, i| {
+            write_str(
+                buf,
+                len,
+                &st.device(i).expect("index checked").uuid_string(),
+            )
+        })
+    })
 }
 
 #[repr(C)]
@@ -311,10 +358,18 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo(h: *mut c_void, p: *mut PciInfo) -
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(h: *mut c_void, major: *mut c_int, minor: *mut c_int) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
+    h: *mut c_void,
+    major: *mut c_int,
+    minor: *mut c_int,
+) -> NvmlReturn {
     guard(|| {
         with_dev(h, |st, i| {
-            let cc = st.device(i).expect("index checked").config().compute_capability;
+            let cc = st
+                .device(i)
+                .expect("index checked")
+                .config()
+                .compute_capability;
             unsafe {
                 out(major, cc.0 as c_int)?;
                 out(minor, cc.1 as c_int)
@@ -346,7 +401,10 @@ pub const NVML_MEMORY_V2: c_uint = (std::mem::size_of::<MemoryV2>() as c_uint) |
 
 fn mem(st: &SharedState, i: usize) -> (u64, u64) {
     let d = st.device(i).expect("index checked");
-    (d.total_memory(), d.mem_used.load(Relaxed).min(d.total_memory()))
+    (
+        d.total_memory(),
+        d.mem_used.load(Relaxed).min(d.total_memory()),
+    )
 }
 
 #[unsafe(no_mangle)]
@@ -354,13 +412,25 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(h: *mut c_void, m: *mut Memory)
     guard(|| {
         with_dev(h, |st, i| {
             let (total, used) = mem(st, i);
-            unsafe { out(m, Memory { total, free: total - used, used }) }
+            unsafe {
+                out(
+                    m,
+                    Memory {
+                        total,
+                        free: total - used,
+                        used,
+                    },
+                )
+            }
         })
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(h: *mut c_void, m: *mut MemoryV2) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    h: *mut c_void,
+    m: *mut MemoryV2,
+) -> NvmlReturn {
     guard(|| {
         with_dev(h, |st, i| {
             if m.is_null() {
@@ -371,7 +441,18 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(h: *mut c_void, m: *mut Memo
                 return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
             }
             let (total, used) = mem(st, i);
-            unsafe { out(m, MemoryV2 { version: NVML_MEMORY_V2, total, reserved: 0, free: total - used, used }) }
+            unsafe {
+                out(
+                    m,
+                    MemoryV2 {
+                        version: NVML_MEMORY_V2,
+                        total,
+                        reserved: 0,
+                        free: total - used,
+                        used,
+                    },
+                )
+            }
         })
     })
 }
@@ -383,12 +464,23 @@ pub struct Utilization {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(h: *mut c_void, u: *mut Utilization) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
+    h: *mut c_void,
+    u: *mut Utilization,
+) -> NvmlReturn {
     guard(|| {
         with_dev(h, |st, i| {
             let (gpu, _) = st.utilization(i, UTIL_WINDOW_NS, now_ns(), None);
             // Copies are not tracked per window: memory utilisation reads 0.
-            unsafe { out(u, Utilization { gpu: (gpu * 100.0).round() as c_uint, memory: 0 }) }
+            unsafe {
+                out(
+                    u,
+                    Utilization {
+                        gpu: (gpu * 100.0).round() as c_uint,
+                        memory: 0,
+                    },
+                )
+            }
         })
     })
 }
@@ -404,7 +496,10 @@ pub struct ProcessUtilizationSample {
 }
 
 fn realtime_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 #[unsafe(no_mangle)]
@@ -421,7 +516,10 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
             }
             let (now, wall) = (now_ns(), realtime_us());
             // The window: since last_seen (if recent), else the last second.
-            let since_ns = wall.saturating_sub(last_seen_us).saturating_mul(1000).min(UTIL_WINDOW_NS).max(1);
+            let since_ns = wall
+                .saturating_sub(last_seen_us)
+                .saturating_mul(1000)
+                .clamp(1, UTIL_WINDOW_NS);
             let procs = st.device(i).expect("index checked").live_processes(st);
             let list: Vec<ProcessUtilizationSample> = procs
                 .iter()
@@ -476,9 +574,17 @@ pub struct ProcessInfoV1 {
 fn process_list(st: &SharedState, i: usize, mps: bool) -> Vec<(u32, u64)> {
     let procs: Vec<ProcessInfo> = st.device(i).expect("index checked").live_processes(st);
     if mps {
-        return procs.iter().filter(|p| p.mps_server != 0).map(|p| (p.pid, p.mem_used)).collect();
+        return procs
+            .iter()
+            .filter(|p| p.mps_server != 0)
+            .map(|p| (p.pid, p.mem_used))
+            .collect();
     }
-    let mut list: Vec<(u32, u64)> = procs.iter().filter(|p| p.mps_server == 0).map(|p| (p.pid, p.mem_used)).collect();
+    let mut list: Vec<(u32, u64)> = procs
+        .iter()
+        .filter(|p| p.mps_server == 0)
+        .map(|p| (p.pid, p.mem_used))
+        .collect();
     for p in procs.iter().filter(|p| p.mps_server != 0) {
         match list.iter_mut().find(|(pid, _)| *pid == p.mps_server) {
             Some(e) => e.1 += p.mem_used,
@@ -488,7 +594,12 @@ fn process_list(st: &SharedState, i: usize, mps: bool) -> Vec<(u32, u64)> {
     list
 }
 
-fn fill<T>(list: Vec<(u32, u64)>, count: *mut c_uint, infos: *mut T, make: impl Fn(u32, u64) -> T) -> Result<(), NvmlReturn> {
+fn fill<T>(
+    list: Vec<(u32, u64)>,
+    count: *mut c_uint,
+    infos: *mut T,
+    make: impl Fn(u32, u64) -> T,
+) -> Result<(), NvmlReturn> {
     if count.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
@@ -509,50 +620,121 @@ fn fill<T>(list: Vec<(u32, u64)>, count: *mut c_uint, infos: *mut T, make: impl 
 }
 
 fn v2(pid: u32, m: u64) -> ProcessInfoV2 {
-    ProcessInfoV2 { pid, used_gpu_memory: m, gpu_instance_id: u32::MAX, compute_instance_id: u32::MAX }
+    ProcessInfoV2 {
+        pid,
+        used_gpu_memory: m,
+        gpu_instance_id: u32::MAX,
+        compute_instance_id: u32::MAX,
+    }
 }
 
 macro_rules! process_entry {
     ($name:ident, $info:ty, $mps:expr, $make:expr) => {
         #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(h: *mut c_void, count: *mut c_uint, infos: *mut $info) -> NvmlReturn {
-            guard(|| with_dev(h, |st, i| fill(process_list(st, i, $mps), count, infos, $make)))
+        pub unsafe extern "C" fn $name(
+            h: *mut c_void,
+            count: *mut c_uint,
+            infos: *mut $info,
+        ) -> NvmlReturn {
+            guard(|| {
+                with_dev(h, |st, i| {
+                    fill(process_list(st, i, $mps), count, infos, $make)
+                })
+            })
         }
     };
 }
 
-process_entry!(nvmlDeviceGetComputeRunningProcesses_v3, ProcessInfoV2, false, v2);
-process_entry!(nvmlDeviceGetComputeRunningProcesses_v2, ProcessInfoV2, false, v2);
-process_entry!(nvmlDeviceGetComputeRunningProcesses, ProcessInfoV1, false, |pid, m| ProcessInfoV1 { pid, used_gpu_memory: m });
-process_entry!(nvmlDeviceGetMPSComputeRunningProcesses_v3, ProcessInfoV2, true, v2);
-process_entry!(nvmlDeviceGetMPSComputeRunningProcesses_v2, ProcessInfoV2, true, v2);
-process_entry!(nvmlDeviceGetMPSComputeRunningProcesses, ProcessInfoV1, true, |pid, m| ProcessInfoV1 { pid, used_gpu_memory: m });
+process_entry!(
+    nvmlDeviceGetComputeRunningProcesses_v3,
+    ProcessInfoV2,
+    false,
+    v2
+);
+process_entry!(
+    nvmlDeviceGetComputeRunningProcesses_v2,
+    ProcessInfoV2,
+    false,
+    v2
+);
+process_entry!(
+    nvmlDeviceGetComputeRunningProcesses,
+    ProcessInfoV1,
+    false,
+    |pid, m| ProcessInfoV1 {
+        pid,
+        used_gpu_memory: m
+    }
+);
+process_entry!(
+    nvmlDeviceGetMPSComputeRunningProcesses_v3,
+    ProcessInfoV2,
+    true,
+    v2
+);
+process_entry!(
+    nvmlDeviceGetMPSComputeRunningProcesses_v2,
+    ProcessInfoV2,
+    true,
+    v2
+);
+process_entry!(
+    nvmlDeviceGetMPSComputeRunningProcesses,
+    ProcessInfoV1,
+    true,
+    |pid, m| ProcessInfoV1 {
+        pid,
+        used_gpu_memory: m
+    }
+);
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(h: *mut c_void, mw: *mut c_uint) -> NvmlReturn {
-    guard(|| with_dev(h, |st, i| unsafe { out(mw, st.power_mw(i, now_ns()) as c_uint) }))
+    guard(|| {
+        with_dev(h, |st, i| unsafe {
+            out(mw, st.power_mw(i, now_ns()) as c_uint)
+        })
+    })
 }
 
 fn power_limit(h: *mut c_void, mw: *mut c_uint) -> Result<(), NvmlReturn> {
-    with_dev(h, |st, i| unsafe { out(mw, st.device(i).expect("index checked").config().tdp_watts * 1000) })
+    with_dev(h, |st, i| unsafe {
+        out(
+            mw,
+            st.device(i).expect("index checked").config().tdp_watts * 1000,
+        )
+    })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(h: *mut c_void, mw: *mut c_uint) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(
+    h: *mut c_void,
+    mw: *mut c_uint,
+) -> NvmlReturn {
     guard(|| power_limit(h, mw))
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimit(h: *mut c_void, mw: *mut c_uint) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimit(
+    h: *mut c_void,
+    mw: *mut c_uint,
+) -> NvmlReturn {
     guard(|| power_limit(h, mw))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(h: *mut c_void, mj: *mut u64) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
+    h: *mut c_void,
+    mj: *mut u64,
+) -> NvmlReturn {
     guard(|| with_dev(h, |st, i| unsafe { out(mj, st.energy_mj(i, now_ns())) }))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetTemperature(h: *mut c_void, sensor: c_int, t: *mut c_uint) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+    h: *mut c_void,
+    sensor: c_int,
+    t: *mut c_uint,
+) -> NvmlReturn {
     guard(|| {
         with_dev(h, |st, i| {
             if sensor != 0 {
@@ -578,10 +760,18 @@ fn clock(h: *mut c_void, kind: c_int, mhz: *mut c_uint) -> Result<(), NvmlReturn
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetClockInfo(h: *mut c_void, kind: c_int, mhz: *mut c_uint) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
+    h: *mut c_void,
+    kind: c_int,
+    mhz: *mut c_uint,
+) -> NvmlReturn {
     guard(|| clock(h, kind, mhz))
 }
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(h: *mut c_void, kind: c_int, mhz: *mut c_uint) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(
+    h: *mut c_void,
+    kind: c_int,
+    mhz: *mut c_uint,
+) -> NvmlReturn {
     guard(|| clock(h, kind, mhz))
 }
