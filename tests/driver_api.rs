@@ -80,6 +80,7 @@ fn cudart_style_client_runs_kernels_and_gets_real_error_codes() {
         ("set_current_bogus", "201"),
         ("free_bogus", "1"),
         ("null_out_pointer", "1"),
+        ("export_table", "801"), // CUDA_ERROR_NOT_SUPPORTED: gpusim has no private export tables
         ("copy_out_of_range", "1"),
     ] {
         assert_eq!(one(&m, k), want, "{k}");
@@ -106,6 +107,13 @@ fn cudart_style_client_runs_kernels_and_gets_real_error_codes() {
             "{n} waves: {ms} ms, {ratio}x one wave"
         );
     }
+    let ex: Vec<&str> = one(&m, "launch_ex").split(' ').collect();
+    assert_eq!(ex[0], "0", "cuLaunchKernelEx failed");
+    let ex_ms: f64 = ex[1].parse().unwrap();
+    assert!(
+        (0.9..1.1).contains(&(ex_ms / one_wave)),
+        "cuLaunchKernelEx took {ex_ms} ms"
+    );
     let graph_ms: f64 = one(&m, "graph_ms").parse().unwrap();
     assert!(
         (2.7..3.6).contains(&(graph_ms / one_wave)),

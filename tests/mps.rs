@@ -85,6 +85,14 @@ fn percentages_apply_to_new_clients_only() {
         "client {} not in {clients:?}",
         running.id()
     );
+    // NVML lists the server as the compute process and the client under MPS.
+    if let Some(lists) = crate::nvml::process_lists(&sim) {
+        assert_eq!(
+            lists,
+            (vec![server], vec![running.id()]),
+            "NVML (compute, MPS) process lists"
+        );
+    }
 
     // Lower it again while that client runs: it keeps the share it started with.
     sim.mps_control(&format!("set_active_thread_percentage {server} 25\n"));

@@ -27,6 +27,8 @@ print(json.dumps({
     "pids": [p.pid for p in procs],
     "proc_mem": [p.usedGpuMemory for p in procs],
     "by_uuid": pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID(pynvml.nvmlDeviceGetUUID(h))),
+    "by_pci": pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByPciBusId(pynvml.nvmlDeviceGetPciInfo(h).busId)),
+    "samples": [(s.pid, s.smUtil) for s in pynvml.nvmlDeviceGetProcessUtilization(h, 0)],
 }))
 pynvml.nvmlShutdown()
 "#;
@@ -82,6 +84,14 @@ fn pynvml_reads_device_memory_utilisation_and_power() {
     assert!(v["name"].as_str().unwrap().contains("H100"), "{v}");
     assert!(v["uuid"].as_str().unwrap().starts_with("GPU-"), "{v}");
     assert_eq!(v["by_uuid"], 0);
+    assert_eq!(v["by_pci"], 0);
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 1, "{v}");
+    assert_eq!(samples[0][0], load_pid);
+    assert!(
+        (1..=60).contains(&samples[0][1].as_u64().unwrap()),
+        "per-process SM utilisation: {v}"
+    );
     assert_eq!(v["total"], 80u64 << 30);
     let used = v["used"].as_u64().unwrap();
     assert!(used >= 256 << 20, "the load holds 256 MiB: {v}");
@@ -100,4 +110,28 @@ fn pynvml_reads_device_memory_utilisation_and_power() {
     assert_eq!(v["cuda"], 13000);
     assert_eq!(v["pids"], serde_json::json!([load_pid]), "{v}");
     assert!(v["proc_mem"][0].as_u64().unwrap() >= 256 << 20);
+}
+
+/// NVML's (compute, MPS compute) process PIDs as pynvml reads them; `None`
+/// (with a note) where pynvml is not installed and not required.
+pub fn process_lists(sim: &Sim) -> Option<(Vec<u32>, Vec<u32>)> {
+    if !pynvml_available() {
+        assert!(
+            std::env::var_os("VAGUS_REQUIRE_PYNVML").is_none(),
+            "pynvml is required here"
+        );
+        eprintln!("NVML process lists not checked: python3 cannot import pynvml");
+        return None;
+    }
+    let script = "import json, pynvml\npynvml.nvmlInit()\nh = pynvml.nvmlDeviceGetHandleByIndex(0)\n\
+        print(json.dumps([[p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)],\
+        [p.pid for p in pynvml.nvmlDeviceGetMPSComputeRunningProcesses(h)]]))";
+    let out = sim.cmd("python3").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: (Vec<u32>, Vec<u32>) = serde_json::from_slice(&out.stdout).unwrap();
+    Some(v)
 }

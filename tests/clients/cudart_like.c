@@ -17,6 +17,14 @@ typedef uint64_t CUdeviceptr;
 typedef CUresult (*GetProc)(const char *, void **, int, uint64_t, int *);
 
 static GetProc get_proc;
+
+/* CUlaunchConfig */
+typedef struct {
+  unsigned grid[3], block[3], shared_mem_bytes;
+  H stream;
+  void *attrs;
+  unsigned num_attrs;
+} LaunchConfig;
 static void *lib;
 
 static void *sym(const char *name, int version) {
@@ -83,6 +91,8 @@ int main(void) {
   CUresult (*cuGraphInstantiate)(H *, H, unsigned long long) = sym("cuGraphInstantiate", 12000);
   CUresult (*cuGraphLaunch)(H, H) = sym("cuGraphLaunch", 12000);
   CUresult (*cuStreamDestroy)(H) = sym("cuStreamDestroy", 12000);
+  CUresult (*cuLaunchKernelEx)(const LaunchConfig *, H, void **, void **) = sym("cuLaunchKernelEx", 12000);
+  CUresult (*cuGetExportTable)(const void **, const void *) = sym("cuGetExportTable", 12000);
   CUresult (*cuEventDestroy)(H) = sym("cuEventDestroy", 12000);
   CUresult (*cuEventElapsedTime)(float *, H, H) = sym("cuEventElapsedTime", 12000);
   CUresult (*cuMemAlloc)(CUdeviceptr *, size_t) = sym("cuMemAlloc", 12000);
@@ -145,6 +155,16 @@ int main(void) {
     printf("launch_waves %d %d %.3f\n", waves, r, ms);
   }
 
+  /* cuLaunchKernelEx runs the same one-wave kernel. */
+  LaunchConfig lc = {{sms * 8, 1, 1}, {256, 1, 1}, 0, stream, NULL, 0};
+  cuEventRecord(e0, stream);
+  CUresult rex = cuLaunchKernelEx(&lc, spin, params, NULL);
+  cuEventRecord(e1, stream);
+  cuStreamSynchronize(stream);
+  float exms = 0;
+  cuEventElapsedTime(&exms, e0, e1);
+  printf("launch_ex %d %.3f\n", rex, exms);
+
   /* Stream capture: three kernels become a graph that replays them. */
   H cstream, graph = NULL, exec = NULL;
   int capturing = -1;
@@ -180,6 +200,11 @@ int main(void) {
   printf("elapsed_unrecorded %d\n", cuEventElapsedTime(&ms, unrecorded, e1));
   CUdeviceptr big;
   printf("alloc_too_much %d\n", cuMemAlloc(&big, (size_t)1 << 50));
+  if (getenv("CLIENT_STALE_HANDLES")) {
+    const void *table = NULL;
+    char uuid[16] = {0};
+    printf("export_table %d\n", cuGetExportTable(&table, uuid));
+  }
 
   CUdeviceptr d;
   char in[64] = "gpusim round trip", back[64] = {0};
