@@ -41,18 +41,7 @@ fn reaches_the_requested_qps_below_saturation() {
 fn halving_the_mps_share_doubles_multi_wave_latency() {
     let sim = Sim::new("mpshalf");
     // 4224 blocks of 256 threads: 4 waves on 132 SMs, 8 on 66.
-    let args = [
-        "--qps",
-        "20",
-        "--duration",
-        "2s",
-        "--kernels",
-        "1",
-        "--grid",
-        "4224",
-        "--work-cycles",
-        "1000000",
-    ];
+    let args = multi_wave("20", "2s", "1000000");
     let full = sim.load(&args, &[("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "100")]);
     let half = sim.load(&args, &[("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "50")]);
     assert_eq!(f(&full, "device.sms"), 132.0);
@@ -71,20 +60,7 @@ fn two_processes_on_one_device_are_each_slower_than_alone() {
     let sim = Sim::new("contend");
     // Four-wave kernels of ~1 ms; different rates so the two arrival
     // sequences drift across each other rather than lock in phase.
-    let args = |qps: &'static str| {
-        [
-            "--qps",
-            qps,
-            "--duration",
-            "3s",
-            "--kernels",
-            "1",
-            "--grid",
-            "4224",
-            "--work-cycles",
-            "500000",
-        ]
-    };
+    let args = |qps| multi_wave(qps, "3s", "500000");
     // Each alone keeps the device ~40% busy; together ~80%.
     let alone_a = sim.load(&args("400"), &[]);
     let alone_b = sim.load(&args("417"), &[]);

@@ -4,18 +4,7 @@
 
 use crate::support::*;
 
-const MULTI_WAVE: [&str; 10] = [
-    "--qps",
-    "20",
-    "--duration",
-    "1s",
-    "--kernels",
-    "1",
-    "--grid",
-    "4224",
-    "--work-cycles",
-    "1000000",
-];
+const MULTI_WAVE: [&str; 10] = multi_wave("20", "1s", "1000000");
 
 #[test]
 fn without_a_daemon_commands_fail_like_the_real_tool() {
@@ -63,18 +52,7 @@ fn percentages_apply_to_new_clients_only() {
             .trim(),
         "50.0"
     );
-    let long = [
-        "--qps",
-        "20",
-        "--duration",
-        "3s",
-        "--kernels",
-        "1",
-        "--grid",
-        "4224",
-        "--work-cycles",
-        "1000000",
-    ];
+    let long = multi_wave("20", "3s", "1000000");
     let running = sim.spawn_load(&long, &[]);
     std::thread::sleep(std::time::Duration::from_millis(1000));
     let clients = sim.mps_control(&format!("get_client_list {server}\n")).0;

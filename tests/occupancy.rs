@@ -3,8 +3,6 @@
 //! capability 9.0) for a table of register, shared memory and block sizes.
 
 use crate::support::*;
-use std::io::Write;
-use std::process::Stdio;
 
 /// Blocks per SM on an H100 (cc 9.0): 2048 threads, 64K registers, 228 KiB
 /// shared memory, 32 blocks per SM, 1 KiB reserved per block.
@@ -60,20 +58,9 @@ fn occupancy_matches_the_calculator() {
         .iter()
         .map(|(r, s, b, d)| format!("k_{r}_{s} {b} {d}\n"))
         .collect();
-    let mut child = sim
-        .cmd(c_client("occupancy"))
-        .arg(&file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = sim.cmd(c_client("occupancy"));
+    cmd.arg(&file);
+    let out = run_with_stdin(cmd, &input);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
     let lines: Vec<&str> = text.lines().collect();

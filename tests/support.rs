@@ -119,20 +119,7 @@ impl Sim {
 
     /// Sends commands to the MPS control double; returns (stdout, success).
     pub fn mps_control(&mut self, input: &str) -> (String, bool) {
-        use std::io::Write;
-        let mut c = self.cmd(bin("gpusim-mps-control"));
-        let mut child = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = run_with_stdin(self.cmd(bin("gpusim-mps-control")), input);
         (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             out.status.success(),
@@ -176,4 +163,38 @@ pub fn f(v: &serde_json::Value, path: &str) -> f64 {
         .fold(v, |v, k| &v[k])
         .as_f64()
         .unwrap_or_else(|| panic!("no number at {path} in {v}"))
+}
+
+/// Runs `cmd` with `input` on its standard input and collects its output.
+pub fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `vagus load` flags for one kernel per request of 4224 blocks of 256
+/// threads: 4 waves on 132 SMs, 8 on 66.
+pub const fn multi_wave<'a>(qps: &'a str, duration: &'a str, cycles: &'a str) -> [&'a str; 10] {
+    [
+        "--qps",
+        qps,
+        "--duration",
+        duration,
+        "--kernels",
+        "1",
+        "--grid",
+        "4224",
+        "--work-cycles",
+        cycles,
+    ]
 }
