@@ -82,6 +82,7 @@ fn cudart_style_client_runs_kernels_and_gets_real_error_codes() {
         ("null_out_pointer", "1"),
         ("export_table", "801"), // CUDA_ERROR_NOT_SUPPORTED: gpusim has no private export tables
         ("copy_out_of_range", "1"),
+        ("module_of_destroyed_context", "400"),
     ] {
         assert_eq!(one(&m, k), want, "{k}");
     }

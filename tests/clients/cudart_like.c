@@ -239,6 +239,11 @@ int main(void) {
     printf("free_bogus %d\n", cuMemFree(0x1000));
     printf("null_out_pointer %d\n", cuDeviceGet(NULL, 0));
     printf("copy_out_of_range %d\n", cuMemcpyHtoD(0x10, in, 64));
+    H own2, mod2, f2;
+    cuCtxCreate(&own2, 0, dev);
+    cuModuleLoadData(&mod2, PTX);
+    cuCtxDestroy(own2);
+    printf("module_of_destroyed_context %d\n", cuModuleGetFunction(&f2, mod2, "spin"));
   }
 
   /* What cuGetProcAddress answers for versioned names. */

@@ -123,7 +123,8 @@ pub struct PrimaryCtx {
 pub struct Objects {
     next: u64,
     pub ctxs: HashMap<u64, Ctx>,
-    pub modules: HashMap<u64, Vec<u64>>,
+    /// Module id → (its context, its functions' ids).
+    pub modules: HashMap<u64, (u64, Vec<u64>)>,
     pub funcs: HashMap<u64, Function>,
     pub streams: HashMap<u64, Stream>,
     pub events: HashMap<u64, Event>,
@@ -303,6 +304,7 @@ impl Driver {
     /// Frees everything a context owns.
     pub fn destroy_context(&self, o: &mut Objects, ctx: u64) {
         let Some(c) = o.ctxs.remove(&ctx) else { return };
+        o.modules.retain(|_, m| m.0 != ctx);
         o.funcs.retain(|_, f| f.ctx != ctx);
         o.streams.retain(|_, s| s.ctx != ctx);
         o.events.retain(|_, e| e.ctx != ctx);

@@ -633,7 +633,7 @@ fn load_module(module: *mut Handle, image: *const c_void) -> Result<(), CUresult
         funcs.push(fid & 0xffff_ffff_ffff);
     }
     let mh = o.fresh(Kind::Module);
-    o.modules.insert(mh & 0xffff_ffff_ffff, funcs);
+    o.modules.insert(mh & 0xffff_ffff_ffff, (ctx, funcs));
     unsafe { out(module, p(mh)) }
 }
 
@@ -674,7 +674,7 @@ pub unsafe extern "C" fn cuModuleUnload(module: Handle) -> CUresult {
         let d = driver()?;
         let mut o = d.lock();
         let id = id_of(Kind::Module, h(module)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        let funcs = o.modules.remove(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let (_, funcs) = o.modules.remove(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         for f in funcs {
             o.funcs.remove(&f);
         }
@@ -695,11 +695,11 @@ pub unsafe extern "C" fn cuModuleGetFunction(
         }
         let o = d.lock();
         let id = id_of(Kind::Module, h(module)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        let funcs = o.modules.get(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let (_, funcs) = o.modules.get(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         let want = unsafe { CStr::from_ptr(name) };
         let f = funcs
             .iter()
-            .find(|f| o.funcs[f].name.as_c_str() == want)
+            .find(|f| o.funcs.get(f).is_some_and(|f| f.name.as_c_str() == want))
             .ok_or(CUDA_ERROR_NOT_FOUND)?;
         unsafe { out(func, p(handle(Kind::Func, *f))) }
     })
