@@ -108,3 +108,43 @@ fn gpusim_status_shows_the_work_done() {
         "{text}"
     );
 }
+
+#[test]
+fn devices_come_from_the_toml_file_and_the_environment() {
+    let sim = Sim::new("devices");
+    let toml = sim.dir.join("gpusim.toml");
+    std::fs::write(
+        &toml,
+        "device_count = 2\n[device]\nsms = 64\nname = \"Test GPU\"\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut c = sim.vagus(&["load", "--json", "--qps", "50", "--duration", "1s"]);
+        c.args(extra).env("GPUSIM_CONFIG", &toml);
+        c.output().unwrap()
+    };
+    let r = report(run(&["--device", "1"]));
+    assert_eq!(r["device"]["name"], "Test GPU");
+    assert_eq!(r["device"]["sms"], 64);
+    let out = run(&["--device", "2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cuDeviceGet(2)") && err.contains("CUDA_ERROR_INVALID_DEVICE"),
+        "{err}"
+    );
+
+    let mut c = sim.vagus(&["gpusim", "status", "--json"]);
+    c.env("GPUSIM_CONFIG", &toml);
+    let v: serde_json::Value = serde_json::from_slice(&c.output().unwrap().stdout).unwrap();
+    assert_eq!(v["devices"].as_array().unwrap().len(), 2);
+    assert_eq!(v["devices"][0]["kernels_total"], 0, "{v}");
+    assert_eq!(v["devices"][1]["kernels_total"], 200, "{v}");
+
+    let bad = sim.dir.join("bad.toml");
+    std::fs::write(&bad, "[device]\nsmz = 64\n").unwrap();
+    let mut c = sim.vagus(&["load", "--duration", "1s"]);
+    c.env("GPUSIM_CONFIG", &bad);
+    let err = stderr_of(c);
+    assert!(err.contains("bad.toml") && err.contains("smz"), "{err}");
+}

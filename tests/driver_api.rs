@@ -5,9 +5,9 @@
 use crate::support::*;
 use std::collections::HashMap;
 
-fn run_client(sim: &Sim) -> HashMap<String, Vec<String>> {
+fn run_client(sim: &Sim, name: &str) -> HashMap<String, Vec<String>> {
     let out = sim
-        .cmd(c_client("cudart_like"))
+        .cmd(c_client(name))
         .env("CLIENT_STALE_HANDLES", "1")
         .output()
         .unwrap();
@@ -39,7 +39,7 @@ fn one<'a>(m: &'a HashMap<String, Vec<String>>, k: &str) -> &'a str {
 #[test]
 fn cudart_style_client_runs_kernels_and_gets_real_error_codes() {
     let sim = Sim::new("cudart");
-    let m = run_client(&sim);
+    let m = run_client(&sim, "cudart_like");
     assert_eq!(one(&m, "done"), "1");
     for (k, want) in [
         ("init", "0"),
@@ -156,5 +156,75 @@ fn launches_after_the_driver_fails_to_initialise_are_errors_not_crashes() {
     assert!(
         err.contains("GPUSIM_SMS") && err.contains("lots"),
         "stderr should name the bad variable: {err}"
+    );
+}
+
+#[test]
+fn the_rest_of_the_api_surface_behaves_like_the_driver() {
+    let sim = Sim::new("surface");
+    let m = run_client(&sim, "api_surface");
+    assert_eq!(one(&m, "done"), "1");
+    for (k, want) in [
+        ("init", "0"),
+        ("device_count", "1"),
+        ("name_rc", "0"),
+        ("uuid_nonzero", "1"),
+        ("total_mem_gib", "80"),
+        // Device attributes as an H100 SXM reports them.
+        ("attr_1", "1024"),
+        ("attr_10", "32"),
+        ("attr_12", "65536"),
+        ("attr_13", "1980000"),
+        ("attr_39", "2048"),
+        ("attr_75", "9"),
+        ("attr_76", "0"),
+        ("attr_81", "233472"),
+        ("attr_82", "65536"),
+        ("attr_97", "232448"),
+        ("attr_106", "32"),
+        ("attr_111", "1024"),
+        ("attr_unknown", "1"),
+        // Primary context: flags survive until retained; active while retained.
+        ("primary_set_flags", "0"),
+        ("primary_state", "4 0"),
+        ("primary_state_retained", "4 1"),
+        ("primary_state_released", "4 0"),
+        ("release", "0"),
+        // CUDA 12.x and 13 context creation, and the context stack.
+        ("ctx_create_v3", "0"),
+        ("v3_is_current", "1"),
+        ("ctx_create_v4", "0"),
+        ("pop_returns_v4", "1"),
+        ("then_v3_current", "1"),
+        ("push", "0"),
+        ("ctx_device", "0"),
+        ("load_ex", "0"),
+        ("func_name", "spin"),
+        ("func_regs", "8"),
+        ("occupancy_with_flags", "16"),
+        ("mem_info_delta_mib", "2"),
+        ("priority_range", "0 -5"),
+        ("stream_priority", "1"),
+        ("async_roundtrip", "1"),
+        // A 20 ms kernel is seen running (CUDA_ERROR_NOT_READY), then done.
+        ("stream_query_busy", "600"),
+        ("event_query_busy", "600"),
+        ("elapsed_busy", "600"),
+        ("event_sync", "0"),
+        ("event_query_done", "0"),
+        ("stream_query_done", "0"),
+        ("ctx_sync", "0"),
+        ("error_name", "CUDA_ERROR_OUT_OF_MEMORY"),
+        ("error_string", "out of memory"),
+        ("error_name_unknown", "1"),
+        ("unload", "0"),
+        ("unload_twice", "400"),
+    ] {
+        assert_eq!(one(&m, k), want, "{k}");
+    }
+    let ms: f64 = one(&m, "elapsed_ms").parse().unwrap();
+    assert!(
+        (19.5..22.0).contains(&ms),
+        "a 40M-cycle block at 1980 MHz runs ~20.2 ms, events said {ms}"
     );
 }
