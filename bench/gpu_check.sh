@@ -3,7 +3,8 @@
 # real NVIDIA driver and, with the same flags, on gpusim; probe MPS.
 # Usage: bench/gpu_check.sh BIN_DIR OUT_DIR
 #   BIN_DIR holds release builds of vagus, libgpusim_cuda.so, libgpusim_nvml.so,
-#   gpusim-mps-control and the compiled tests/clients/cudart_like.c.
+#   gpusim-mps-control and the compiled tests/clients/cudart_like.c (and,
+#   optionally, tests/clients/api_surface.c).
 set -u
 BIN=$(cd "$1" && pwd); OUT=$2; mkdir -p "$OUT"
 log() { echo "== $*"; }
@@ -17,7 +18,14 @@ log "vagus load, real driver"; timeout 60 "$BIN/vagus" load $FLAGS | tee "$OUT/l
 log "vagus load, gpusim";      LD_LIBRARY_PATH=$SIMLIB timeout 60 "$BIN/vagus" load $FLAGS | tee "$OUT/load_gpusim.json"
 log "client, real driver";     timeout 60 "$BIN/cudart_like" > "$OUT/client_real.txt" 2>&1; echo "rc $?"
 log "client, gpusim";          LD_LIBRARY_PATH=$SIMLIB timeout 60 "$BIN/cudart_like" > "$OUT/client_gpusim.txt" 2>&1; echo "rc $?"
-paste "$OUT/client_real.txt" "$OUT/client_gpusim.txt" | awk -F'\t' '{ printf "%-45s | %s%s\n", $1, $2, ($1==$2 ? "" : "   <- differs") }'
+compare() { paste "$1" "$2" | awk -F'\t' '{ printf "%-45s | %s%s\n", $1, $2, ($1==$2 ? "" : "   <- differs") }'; }
+compare "$OUT/client_real.txt" "$OUT/client_gpusim.txt"
+if [ -x "$BIN/api_surface" ]; then
+  log "API surface, real driver | gpusim"
+  timeout 60 "$BIN/api_surface" > "$OUT/surface_real.txt" 2>&1; echo "rc $?"
+  LD_LIBRARY_PATH=$SIMLIB timeout 60 "$BIN/api_surface" > "$OUT/surface_gpusim.txt" 2>&1; echo "rc $?"
+  compare "$OUT/surface_real.txt" "$OUT/surface_gpusim.txt"
+fi
 
 if command -v nvidia-cuda-mps-control >/dev/null; then
   log "MPS: real control daemon"

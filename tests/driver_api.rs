@@ -169,7 +169,7 @@ fn the_rest_of_the_api_surface_behaves_like_the_driver() {
         ("device_count", "1"),
         ("name_rc", "0"),
         ("uuid_nonzero", "1"),
-        ("total_mem_gib", "80"),
+        ("total_mem_gib", "79"), // 81559 MiB
         // Device attributes as an H100 SXM reports them.
         ("attr_1", "1024"),
         ("attr_10", "32"),
@@ -188,7 +188,7 @@ fn the_rest_of_the_api_surface_behaves_like_the_driver() {
         ("primary_set_flags", "0"),
         ("primary_state", "4 0"),
         ("primary_state_retained", "4 1"),
-        ("primary_state_released", "4 0"),
+        ("primary_state_released", "0 0"), // flags reset with the last release
         ("release", "0"),
         // CUDA 12.x and 13 context creation, and the context stack.
         ("ctx_create_v3", "0"),

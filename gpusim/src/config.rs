@@ -35,7 +35,8 @@ impl Default for DeviceConfig {
             shared_memory_per_sm: 228 * 1024,
             shared_memory_per_block_optin: 227 * 1024,
             reserved_shared_memory_per_block: 1024,
-            memory_bytes: 80 << 30,
+            // What an H100 80GB HBM3 reports: 81559 MiB.
+            memory_bytes: H100_MEMORY_BYTES,
             clock_mhz: 1980,
             memory_clock_mhz: 2619,
             tdp_watts: 700,
@@ -80,6 +81,9 @@ pub enum ConfigError {
     #[error("invalid gpusim configuration: {0}")]
     Invalid(String),
 }
+
+/// Total memory an H100 80GB HBM3 reports (81559 MiB).
+pub const H100_MEMORY_BYTES: u64 = 81559 << 20;
 
 /// Upper bounds of the shared state layout.
 pub const MAX_DEVICES: usize = 16;
@@ -282,7 +286,7 @@ mod tests {
         let c = with(&[]).unwrap();
         assert_eq!(c.devices.len(), 1);
         assert_eq!(c.devices[0].sms, 132);
-        assert_eq!(c.devices[0].memory_bytes, 80 << 30);
+        assert_eq!(c.devices[0].memory_bytes, 81559 << 20);
     }
 
     #[test]

@@ -280,6 +280,9 @@ fn primary_release(dev: CUdevice) -> Result<(), CUresult> {
         .ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
     pc.refs -= 1;
     if pc.refs == 0 {
+        // The last release destroys the context and resets its flags, as
+        // NVIDIA's driver does.
+        pc.flags = 0;
         let hnd = pc.handle;
         d.destroy_context(&mut o, hnd);
     }
