@@ -9,3 +9,4 @@ mod load;
 mod mps;
 mod nvml;
 mod occupancy;
+mod shim;

@@ -43,8 +43,19 @@ pub fn libdir() -> PathBuf {
     .clone()
 }
 
-/// Compiles tests/clients/NAME.c once and returns the executable.
+/// Compiles tests/clients/NAME.c once (loading libcuda with dlopen) and
+/// returns the executable.
 pub fn c_client(name: &str) -> PathBuf {
+    compile_client(name, &["-ldl"])
+}
+
+/// Compiles tests/clients/NAME.c linked directly against gpusim's libcuda.
+pub fn c_client_linked(name: &str) -> PathBuf {
+    let lib = format!("-L{}", libdir().display());
+    compile_client(name, &[&lib, "-lcuda", "-lpthread"])
+}
+
+fn compile_client(name: &str, link: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("clients")
         .join(format!("{name}.c"));
@@ -58,7 +69,7 @@ pub fn c_client(name: &str) -> PathBuf {
             .arg("-o")
             .arg(&tmp)
             .arg(&src)
-            .arg("-ldl")
+            .args(link)
             .status()
             .expect("run cc");
         assert!(st.success(), "compiling {} failed", src.display());

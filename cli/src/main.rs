@@ -4,6 +4,7 @@
 
 mod gpusim_cmd;
 mod load;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run an inference-like CUDA workload (real driver or gpusim) and report latency.
     Load(load::LoadArgs),
+    /// Run a program under the shim and report its kernels when it exits.
+    Run(run::RunArgs),
     /// gpusim, the simulated GPU: where its libraries are, what its devices are doing.
     Gpusim {
         #[command(subcommand)]
@@ -34,6 +37,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Load(args) => load::run(args),
+        Command::Run(args) => match run::run(args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Gpusim { command } => gpusim_cmd::run(command),
     };
     match result {

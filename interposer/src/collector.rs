@@ -1,0 +1,82 @@
+//! The background thread that turns sampled events into statistics, and the
+//! final flush at exit.
+
+use crate::lock::ForkLock;
+use crate::sampler::Collector;
+use crate::segment;
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::time::{Duration, Instant};
+
+static RUNNING: AtomicBool = AtomicBool::new(false);
+pub static STATE: ForkLock<Option<Collector>> = ForkLock::new(None);
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into our timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Starts the collector thread if it is not running.
+pub fn ensure_running() {
+    if RUNNING.load(Relaxed) || RUNNING.swap(true, AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("vagus-collector".into())
+        .spawn(run);
+    if spawned.is_err() {
+        RUNNING.store(false, Release);
+    }
+}
+
+fn run() {
+    let mut last_publish = 0;
+    loop {
+        let Some(seg) = segment::get() else { return };
+        let now = now_ns();
+        let outstanding = STATE.with(|c| {
+            let c = c.get_or_insert_with(Collector::default);
+            let n = c.poll(seg);
+            if now.saturating_sub(last_publish) >= 100_000_000 {
+                c.publish(seg, now);
+                last_publish = now;
+            }
+            n
+        });
+        std::thread::sleep(Duration::from_micros(if outstanding > 0 {
+            500
+        } else {
+            2000
+        }));
+    }
+}
+
+/// At exit: collect what has completed (waiting briefly for kernels still in
+/// flight) and publish, so short programs report too. Bounded: never blocks
+/// exit for more than a quarter second.
+pub extern "C" fn flush_at_exit() {
+    let Some(seg) = segment::get() else { return };
+    let deadline = Instant::now() + Duration::from_millis(250);
+    while Instant::now() < deadline {
+        let left = STATE.try_with(|c| {
+            let c = c.get_or_insert_with(Collector::default);
+            let n = c.poll(seg);
+            c.publish(seg, now_ns());
+            n
+        });
+        match left {
+            Some(0) => return,
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+pub fn reset_after_fork() {
+    RUNNING.store(false, Relaxed);
+    STATE.force_unlock();
+    STATE.with(|c| *c = None);
+}

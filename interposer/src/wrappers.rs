@@ -1,0 +1,601 @@
+//! The wrapped driver entry points. Each has the driver's exact signature,
+//! forwards to the real function, and observes around the call. The launch
+//! wrappers take no lock, make no system call and allocate nothing unless
+//! the launch is sampled.
+#![allow(non_snake_case, clippy::missing_safety_doc, clippy::too_many_arguments)]
+
+use crate::cuda::*;
+use crate::lock::ForkLock;
+use crate::resolve::{Hook, driver_symbol, substitute_by_pointer};
+use crate::sampler::{self, Sample};
+use crate::segment;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering::*};
+use vagus_proto::shm::{self, SHARDS, Segment, Shard};
+
+macro_rules! hooks {
+    ($($name:ident),* $(,)?) => {
+        #[allow(non_camel_case_types, dead_code, clippy::upper_case_acronyms)]
+        #[derive(Clone, Copy)]
+        #[repr(usize)]
+        enum H { $($name),* }
+        /// Every wrapped entry point, in `H` order.
+        pub static HOOKS: [Hook; [$(stringify!($name)),*].len()] =
+            [$(Hook::new(concat!(stringify!($name), "\0"), $name as *const ())),*];
+    };
+}
+
+hooks!(
+    cuLaunchKernel,
+    cuLaunchKernel_ptsz,
+    cuLaunchKernelEx,
+    cuLaunchKernelEx_ptsz,
+    cuLaunchCooperativeKernel,
+    cuLaunchCooperativeKernel_ptsz,
+    cuGraphLaunch,
+    cuGraphLaunch_ptsz,
+    cuStreamSynchronize,
+    cuStreamSynchronize_ptsz,
+    cuCtxSynchronize,
+    cuEventSynchronize,
+    cuStreamBeginCapture,
+    cuStreamBeginCapture_v2,
+    cuStreamEndCapture,
+    cuStreamEndCapture_ptsz,
+    cuModuleGetFunction,
+    cuMemAlloc_v2,
+    cuMemFree_v2,
+    cuCtxDestroy_v2,
+    cuDevicePrimaryCtxRetain,
+    cuDevicePrimaryCtxRelease_v2,
+    cuDevicePrimaryCtxReset_v2,
+    cuGetProcAddress,
+    cuGetProcAddress_v2,
+);
+
+/// The real function behind hook `h`, as type `F`.
+macro_rules! real {
+    ($h:expr, $f:ty) => {{
+        let p = HOOKS[$h as usize].real();
+        if p == 0 {
+            return CUDA_ERROR_NOT_INITIALIZED;
+        }
+        // SAFETY: the driver's function of this name has this signature.
+        unsafe { std::mem::transmute::<usize, $f>(p) }
+    }};
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Driver functions the shim calls itself.
+pub struct Helpers {
+    pub ctx_get_current: CtxGetCurrentFn,
+    pub ctx_set_current: CtxSetCurrentFn,
+    pub ctx_get_device: CtxGetDeviceFn,
+    pub event_create: EventCreateFn,
+    pub event_record: EventRecordFn,
+    pub event_query: EventFn,
+    pub event_elapsed: EventElapsedFn,
+    pub stream_is_capturing: StreamIsCapturingFn,
+    pub occupancy: OccupancyFn,
+    pub device_attribute: DeviceGetAttributeFn,
+    pub func_get_name: Option<FuncGetNameFn>,
+}
+
+/// The helpers, once the driver is loaded; `None` before (or without) it.
+pub fn helpers() -> Option<&'static Helpers> {
+    static H: OnceLock<Helpers> = OnceLock::new();
+    if let Some(h) = H.get() {
+        return Some(h);
+    }
+    let f = |n: &CStr| driver_symbol(n);
+    let need = [
+        f(c"cuCtxGetCurrent"),
+        f(c"cuCtxSetCurrent"),
+        f(c"cuCtxGetDevice"),
+        f(c"cuEventCreate"),
+        f(c"cuEventRecord"),
+        f(c"cuEventQuery"),
+        f(c"cuEventElapsedTime"),
+        f(c"cuStreamIsCapturing"),
+        f(c"cuOccupancyMaxActiveBlocksPerMultiprocessor"),
+        f(c"cuDeviceGetAttribute"),
+    ];
+    if need.contains(&0) {
+        return None;
+    }
+    let name = f(c"cuFuncGetName");
+    // SAFETY: each address is the driver function of that name and signature.
+    let h = unsafe {
+        Helpers {
+            ctx_get_current: std::mem::transmute::<usize, CtxGetCurrentFn>(need[0]),
+            ctx_set_current: std::mem::transmute::<usize, CtxSetCurrentFn>(need[1]),
+            ctx_get_device: std::mem::transmute::<usize, CtxGetDeviceFn>(need[2]),
+            event_create: std::mem::transmute::<usize, EventCreateFn>(need[3]),
+            event_record: std::mem::transmute::<usize, EventRecordFn>(need[4]),
+            event_query: std::mem::transmute::<usize, EventFn>(need[5]),
+            event_elapsed: std::mem::transmute::<usize, EventElapsedFn>(need[6]),
+            stream_is_capturing: std::mem::transmute::<usize, StreamIsCapturingFn>(need[7]),
+            occupancy: std::mem::transmute::<usize, OccupancyFn>(need[8]),
+            device_attribute: std::mem::transmute::<usize, DeviceGetAttributeFn>(need[9]),
+            func_get_name: (name != 0).then(|| std::mem::transmute::<usize, FuncGetNameFn>(name)),
+        }
+    };
+    Some(H.get_or_init(|| h))
+}
+
+// ---------------------------------------------------------------- registries
+
+/// Kernel names by function handle (from `cuModuleGetFunction`).
+static NAMES: ForkLock<Option<HashMap<usize, String>>> = ForkLock::new(None);
+/// Allocation sizes by device pointer.
+static ALLOCS: ForkLock<Option<HashMap<u64, u64>>> = ForkLock::new(None);
+/// Primary contexts by device: (context, references).
+static PRIMARY: [(AtomicUsize, AtomicI32); 16] =
+    [const { (AtomicUsize::new(0), AtomicI32::new(0)) }; 16];
+
+/// A kernel's name: as looked up, else as the driver tells, else its address.
+pub fn function_name(func: usize) -> String {
+    if let Some(n) = NAMES.with(|m| m.as_ref().and_then(|m| m.get(&func).cloned())) {
+        return n;
+    }
+    if let Some(get) = helpers().and_then(|h| h.func_get_name) {
+        let mut p: *const c_char = std::ptr::null();
+        // SAFETY: the driver writes a pointer to the function's static name.
+        if unsafe { get(&mut p, func as CUfunction) } == CUDA_SUCCESS && !p.is_null() {
+            // SAFETY: NUL-terminated string owned by the driver.
+            return unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        }
+    }
+    format!("kernel@{func:#x}")
+}
+
+// ---------------------------------------------------------------- capture tracking
+
+const CAPTURE_SLOTS: usize = 64;
+static CAPTURING: [AtomicUsize; CAPTURE_SLOTS] = [const { AtomicUsize::new(0) }; CAPTURE_SLOTS];
+static CAPTURES: AtomicU32 = AtomicU32::new(0);
+
+fn capture_started(stream: CUstream) {
+    if CAPTURING.iter().any(|s| {
+        s.compare_exchange(0, stream as usize, AcqRel, Relaxed)
+            .is_ok()
+    }) {
+        sampler::captures_active(CAPTURES.fetch_add(1, AcqRel) + 1);
+    }
+}
+
+fn capture_ended(stream: CUstream) {
+    if CAPTURING.iter().any(|s| {
+        s.compare_exchange(stream as usize, 0, AcqRel, Relaxed)
+            .is_ok()
+    }) {
+        sampler::captures_active(CAPTURES.fetch_sub(1, AcqRel) - 1);
+    }
+}
+
+#[inline]
+fn capturing(stream: CUstream) -> bool {
+    CAPTURES.load(Relaxed) != 0 && CAPTURING.iter().any(|s| s.load(Relaxed) == stream as usize)
+}
+
+pub fn reset_after_fork() {
+    NAMES.force_unlock();
+    ALLOCS.force_unlock();
+    for s in &CAPTURING {
+        s.store(0, Relaxed);
+    }
+    CAPTURES.store(0, Relaxed);
+    sampler::captures_active(0);
+    SHARD.with(|s| s.set(usize::MAX));
+}
+
+// ---------------------------------------------------------------- the launch path
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+#[inline]
+fn shard(seg: &Segment) -> &Shard {
+    let i = SHARD.with(|s| {
+        let i = s.get();
+        if i != usize::MAX {
+            return i;
+        }
+        let i = NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS;
+        s.set(i);
+        i
+    });
+    &seg.stats.shards[i]
+}
+
+/// Observes one launch around `call`.
+#[inline(always)]
+fn observe(
+    stream: CUstream,
+    graph: bool,
+    describe: impl FnOnce() -> Sample,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
+    let Some(seg) = segment::get() else {
+        return call();
+    };
+    let shard = shard(seg);
+    if capturing(stream) {
+        let r = call();
+        if r == CUDA_SUCCESS {
+            shard.captured.fetch_add(1, Relaxed);
+        }
+        return r;
+    }
+    let pending = if sampler::due() {
+        sampler::begin(stream, describe())
+    } else {
+        None
+    };
+    let r = call();
+    let ok = r == CUDA_SUCCESS;
+    if let Some(p) = pending {
+        sampler::finish(p, ok);
+    }
+    if ok {
+        if graph {
+            &shard.graph_launches
+        } else {
+            &shard.launches
+        }
+        .fetch_add(1, Relaxed);
+    }
+    r
+}
+
+fn kernel_sample(f: CUfunction, grid: [c_uint; 3], block: [c_uint; 3], smem: c_uint) -> Sample {
+    Sample {
+        func: f as usize,
+        blocks: grid.iter().map(|&g| g as u64).product(),
+        block_threads: block.iter().product(),
+        shared_bytes: smem,
+        ..Sample::default()
+    }
+}
+
+macro_rules! launch_kernel {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            f: CUfunction,
+            gx: c_uint,
+            gy: c_uint,
+            gz: c_uint,
+            bx: c_uint,
+            by: c_uint,
+            bz: c_uint,
+            smem: c_uint,
+            stream: CUstream,
+            params: *mut *mut c_void,
+            extra: *mut *mut c_void,
+        ) -> CUresult {
+            let real = real!(H::$name, LaunchKernelFn);
+            observe(
+                stream,
+                false,
+                || kernel_sample(f, [gx, gy, gz], [bx, by, bz], smem),
+                || unsafe { real(f, gx, gy, gz, bx, by, bz, smem, stream, params, extra) },
+            )
+        }
+    };
+}
+launch_kernel!(cuLaunchKernel);
+launch_kernel!(cuLaunchKernel_ptsz);
+
+macro_rules! launch_cooperative {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            f: CUfunction,
+            gx: c_uint,
+            gy: c_uint,
+            gz: c_uint,
+            bx: c_uint,
+            by: c_uint,
+            bz: c_uint,
+            smem: c_uint,
+            stream: CUstream,
+            params: *mut *mut c_void,
+        ) -> CUresult {
+            let real = real!(H::$name, LaunchCooperativeFn);
+            observe(
+                stream,
+                false,
+                || kernel_sample(f, [gx, gy, gz], [bx, by, bz], smem),
+                || unsafe { real(f, gx, gy, gz, bx, by, bz, smem, stream, params) },
+            )
+        }
+    };
+}
+launch_cooperative!(cuLaunchCooperativeKernel);
+launch_cooperative!(cuLaunchCooperativeKernel_ptsz);
+
+macro_rules! launch_ex {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            config: *const LaunchConfig,
+            f: CUfunction,
+            params: *mut *mut c_void,
+            extra: *mut *mut c_void,
+        ) -> CUresult {
+            let real = real!(H::$name, LaunchExFn);
+            if config.is_null() {
+                return unsafe { real(config, f, params, extra) };
+            }
+            // SAFETY: non-null config from the caller.
+            let c = unsafe { &*config };
+            observe(
+                c.stream,
+                false,
+                || kernel_sample(f, c.grid, c.block, c.shared_mem_bytes),
+                || unsafe { real(config, f, params, extra) },
+            )
+        }
+    };
+}
+launch_ex!(cuLaunchKernelEx);
+launch_ex!(cuLaunchKernelEx_ptsz);
+
+macro_rules! graph_launch {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(exec: *mut c_void, stream: CUstream) -> CUresult {
+            let real = real!(H::$name, GraphLaunchFn);
+            observe(
+                stream,
+                true,
+                || Sample {
+                    graph: true,
+                    ..Sample::default()
+                },
+                || unsafe { real(exec, stream) },
+            )
+        }
+    };
+}
+graph_launch!(cuGraphLaunch);
+graph_launch!(cuGraphLaunch_ptsz);
+
+// ---------------------------------------------------------------- synchronisation
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime (vDSO) writes into our timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Times how long the host waits in `call`.
+fn timed_wait(call: impl FnOnce() -> CUresult) -> CUresult {
+    let Some(seg) = segment::get() else {
+        return call();
+    };
+    let t0 = now_ns();
+    let r = call();
+    let dt = now_ns().saturating_sub(t0);
+    let st = &seg.stats;
+    st.syncs.fetch_add(1, Relaxed);
+    st.sync_wait_ns.fetch_add(dt, Relaxed);
+    st.sync_hist[shm::bucket_of(dt)].fetch_add(1, Relaxed);
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
+    let real = real!(H::cuStreamSynchronize, StreamFn);
+    timed_wait(|| unsafe { real(stream) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult {
+    let real = real!(H::cuStreamSynchronize_ptsz, StreamFn);
+    timed_wait(|| unsafe { real(stream) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
+    let real = real!(H::cuCtxSynchronize, VoidFn);
+    timed_wait(|| unsafe { real() })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
+    let real = real!(H::cuEventSynchronize, EventFn);
+    timed_wait(|| unsafe { real(event) })
+}
+
+// ---------------------------------------------------------------- stream capture
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamBeginCapture(stream: CUstream) -> CUresult {
+    let real = real!(H::cuStreamBeginCapture, BeginCaptureV1Fn);
+    let r = unsafe { real(stream) };
+    if r == CUDA_SUCCESS {
+        capture_started(stream);
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamBeginCapture_v2(stream: CUstream, mode: c_uint) -> CUresult {
+    let real = real!(H::cuStreamBeginCapture_v2, BeginCaptureFn);
+    let r = unsafe { real(stream, mode) };
+    if r == CUDA_SUCCESS {
+        capture_started(stream);
+    }
+    r
+}
+
+macro_rules! end_capture {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(stream: CUstream, graph: *mut *mut c_void) -> CUresult {
+            let real = real!(H::$name, EndCaptureFn);
+            // The capture ends whether or not it succeeded.
+            let r = unsafe { real(stream, graph) };
+            capture_ended(stream);
+            r
+        }
+    };
+}
+end_capture!(cuStreamEndCapture);
+end_capture!(cuStreamEndCapture_ptsz);
+
+// ---------------------------------------------------------------- modules, memory, contexts
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleGetFunction(
+    f: *mut CUfunction,
+    module: CUmodule,
+    name: *const c_char,
+) -> CUresult {
+    let real = real!(H::cuModuleGetFunction, GetFunctionFn);
+    let r = unsafe { real(f, module, name) };
+    if r == CUDA_SUCCESS && !f.is_null() && !name.is_null() && segment::get().is_some() {
+        // SAFETY: the driver succeeded, so both pointers are valid.
+        let (handle, name) = unsafe {
+            (
+                *f as usize,
+                CStr::from_ptr(name).to_string_lossy().into_owned(),
+            )
+        };
+        NAMES.with(|m| m.get_or_insert_with(HashMap::new).insert(handle, name));
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) -> CUresult {
+    let real = real!(H::cuMemAlloc_v2, MemAllocFn);
+    let r = unsafe { real(dptr, size) };
+    if r == CUDA_SUCCESS
+        && !dptr.is_null()
+        && let Some(seg) = segment::get()
+    {
+        // SAFETY: the driver wrote the pointer.
+        let p = unsafe { *dptr };
+        ALLOCS.with(|m| m.get_or_insert_with(HashMap::new).insert(p, size as u64));
+        let now = seg.stats.bytes_in_use.fetch_add(size as u64, Relaxed) + size as u64;
+        seg.stats.bytes_peak.fetch_max(now, Relaxed);
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    let real = real!(H::cuMemFree_v2, MemFreeFn);
+    let r = unsafe { real(dptr) };
+    if r == CUDA_SUCCESS
+        && let Some(seg) = segment::get()
+        && let Some(size) = ALLOCS.with(|m| m.as_mut().and_then(|m| m.remove(&dptr)))
+    {
+        let _ = seg
+            .stats
+            .bytes_in_use
+            .fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(size)));
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
+    let real = real!(H::cuCtxDestroy_v2, CtxDestroyFn);
+    sampler::forget_context(ctx as usize);
+    unsafe { real(ctx) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult {
+    let real = real!(H::cuDevicePrimaryCtxRetain, PrimaryRetainFn);
+    let r = unsafe { real(ctx, dev) };
+    if r == CUDA_SUCCESS
+        && !ctx.is_null()
+        && let Some((c, refs)) = PRIMARY.get(dev as usize)
+    {
+        // SAFETY: the driver wrote the context.
+        c.store(unsafe { *ctx } as usize, Relaxed);
+        refs.fetch_add(1, Relaxed);
+    }
+    r
+}
+
+fn primary_gone(dev: CUdevice, reset: bool) {
+    if let Some((c, refs)) = PRIMARY.get(dev as usize)
+        && (reset || refs.fetch_sub(1, Relaxed) <= 1)
+    {
+        refs.store(0, Relaxed);
+        sampler::forget_context(c.load(Relaxed));
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
+    let real = real!(H::cuDevicePrimaryCtxRelease_v2, PrimaryReleaseFn);
+    primary_gone(dev, false);
+    unsafe { real(dev) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
+    let real = real!(H::cuDevicePrimaryCtxReset_v2, PrimaryReleaseFn);
+    primary_gone(dev, true);
+    unsafe { real(dev) }
+}
+
+// ---------------------------------------------------------------- cuGetProcAddress
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGetProcAddress(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+) -> CUresult {
+    let real = real!(H::cuGetProcAddress, GetProcFn);
+    let r = unsafe { real(symbol, pfn, version, flags) };
+    if r == CUDA_SUCCESS && !pfn.is_null() {
+        // SAFETY: the driver wrote the out-pointer.
+        unsafe {
+            if !(*pfn).is_null() {
+                *pfn = substitute_by_pointer(*pfn);
+            }
+        }
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGetProcAddress_v2(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+    status: *mut c_int,
+) -> CUresult {
+    let real = real!(H::cuGetProcAddress_v2, GetProcV2Fn);
+    let r = unsafe { real(symbol, pfn, version, flags, status) };
+    if r == CUDA_SUCCESS && !pfn.is_null() {
+        // SAFETY: the driver wrote the out-pointer.
+        unsafe {
+            if !(*pfn).is_null() {
+                *pfn = substitute_by_pointer(*pfn);
+            }
+        }
+    }
+    r
+}

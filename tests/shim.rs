@@ -1,0 +1,300 @@
+//! The interposer (`libvagus_shim.so`) and `vagus run`, on gpusim: exact
+//! launch counts whichever way a client reaches the driver, event-timed GPU
+//! time and occupancy that match gpusim's, stream capture left intact, and a
+//! host program that never notices the shim.
+
+use crate::support::*;
+use std::process::{Command, Output};
+
+/// `vagus run --sim --json-out` around `program args`; returns (summary, output).
+fn vagus_run(
+    sim: &Sim,
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+) -> (serde_json::Value, Output) {
+    let json = sim.dir.join(format!("run-{}.json", rand_suffix()));
+    let out = sim
+        .vagus(&["run", "--sim", "--json-out", json.to_str().unwrap(), "--"])
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "vagus run failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (v, out)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn launch_counts_are_exact_for_three_kinds_of_client() {
+    let sim = Sim::new("shim-counts");
+    // Linked against libcuda.
+    let (v, out) = vagus_run(&sim, c_client_linked("shim_client"), &["launches", "300"]);
+    assert!(stdout(&out).contains("ok"));
+    assert_eq!(v["launches"], 300, "{v}");
+    assert_eq!(v["top_kernels"][0]["name"], "spin");
+
+    // dlopen + dlsym (cudarc, in vagus load).
+    let vagus = bin("vagus");
+    let (v, _) = vagus_run(
+        &sim,
+        &vagus,
+        &["load", "--qps", "200", "--duration", "1s", "--kernels", "3"],
+    );
+    assert_eq!(v["launches"], 600, "{v}");
+    assert_eq!(v["top_kernels"][0]["name"], "vagus_busy_wait");
+    assert!(
+        v["peak_bytes"].as_u64().unwrap() >= 64 << 20,
+        "vagus load holds 64 MiB: {v}"
+    );
+
+    // Everything through cuGetProcAddress_v2, as cudart does. The client's
+    // own checks (error codes, capture behaviour) must hold under the shim.
+    let (v, out) = vagus_run(&sim, c_client("cudart_like"), &[]);
+    let text = stdout(&out);
+    for line in [
+        "done 1",
+        "launch_block_too_big 1",
+        "capture_sync 900",
+        "capture_end_invalidated 901",
+        "graph_launch 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} under the shim:\n{text}"
+        );
+    }
+    // 3 timed launches + 1 cuLaunchKernelEx; 3 + 1 captured; 1 graph launch.
+    assert_eq!(
+        (
+            v["launches"].as_u64(),
+            v["captured_launches"].as_u64(),
+            v["graph_launches"].as_u64()
+        ),
+        (Some(4), Some(4), Some(1)),
+        "{v}"
+    );
+}
+
+#[test]
+fn sampled_gpu_time_and_occupancy_match_gpusim() {
+    let sim = Sim::new("shim-timing");
+    // 128 registers per thread: 2 blocks of 256 threads per SM (occupancy 0.25);
+    // 264 blocks are one wave on 132 SMs; 1M cycles at 1980 MHz = 505.05 µs.
+    let ptx = sim.dir.join("heavy.ptx");
+    std::fs::write(
+        &ptx,
+        gpusim::ptx::BUSY_WAIT_PTX.replace("cycles_param=0 regs=8", "cycles_param=0 regs=128"),
+    )
+    .unwrap();
+    let args = [
+        "load",
+        "--qps",
+        "50",
+        "--duration",
+        "1s",
+        "--kernels",
+        "2",
+        "--grid",
+        "264",
+        "--work-cycles",
+        "1000000",
+    ];
+    let mut full = args.to_vec();
+    full.extend(["--ptx", ptx.to_str().unwrap()]);
+    let (v, _) = vagus_run(&sim, bin("vagus"), &full);
+    let top = &v["top_kernels"][0];
+    assert_eq!(v["launches"], 100);
+    assert_eq!(
+        v["sampled_launches"], 100,
+        "rare launches are all timed: {v}"
+    );
+    let per_kernel_us =
+        top["gpu_time_ms"].as_f64().unwrap() * 1000.0 / top["launches"].as_f64().unwrap();
+    let truth_us = 1_000_000.0 / 1980.0;
+    assert!(
+        (per_kernel_us / truth_us - 1.0).abs() < 0.02,
+        "shim measured {per_kernel_us} µs, gpusim ran {truth_us} µs"
+    );
+    let p50_us = v["kernel_ms"]["p50"].as_f64().unwrap() * 1000.0;
+    assert!(
+        (p50_us / truth_us - 1.0).abs() < 0.09,
+        "histogram p50 {p50_us} µs"
+    );
+
+    // gpusim's occupancy API, asked directly, for the same kernel and block.
+    let out = run_with_stdin(
+        {
+            let mut c = sim.cmd(c_client("occupancy"));
+            c.arg(&ptx);
+            c
+        },
+        "vagus_busy_wait 256 0\n",
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let blocks: f64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert_eq!(blocks, 2.0, "{line}");
+    assert_eq!(
+        top["occupancy"].as_f64().unwrap(),
+        blocks * 8.0 / 64.0,
+        "{v}"
+    );
+    // One wave over every SM: SM-time equals GPU time.
+    let ratio =
+        v["occupancy_weighted_sm_ms"].as_f64().unwrap() / v["gpu_time_ms"].as_f64().unwrap();
+    assert!((ratio - 1.0).abs() < 1e-6, "{v}");
+}
+
+#[test]
+fn stream_capture_is_counted_and_left_intact() {
+    let sim = Sim::new("shim-capture");
+    let (v, out) = vagus_run(
+        &sim,
+        c_client_linked("shim_client"),
+        &["capture", "10", "5", "3"],
+    );
+    assert!(
+        stdout(&out).contains("ok"),
+        "the capture must succeed under the shim: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["launches"], 10);
+    assert_eq!(v["captured_launches"], 5);
+    assert_eq!(v["graph_launches"], 3);
+    // Every launch outside the capture was timed; none inside it was.
+    assert_eq!(v["sampled_launches"], 13, "{v}");
+}
+
+#[test]
+fn many_threads_and_fork_keep_exact_counts() {
+    let sim = Sim::new("shim-threads");
+    let client = c_client_linked("shim_client");
+    let (v, out) = vagus_run(&sim, &client, &["threads", "64", "200"]);
+    assert!(stdout(&out).contains("ok"));
+    assert_eq!(v["launches"], 64 * 200, "{v}");
+
+    let (v, out) = vagus_run(&sim, &client, &["fork", "7", "11"]);
+    assert!(stdout(&out).contains("ok"));
+    let mut per_process: Vec<u64> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["launches"].as_u64().unwrap())
+        .collect();
+    per_process.sort();
+    assert_eq!(
+        per_process,
+        vec![7, 11],
+        "the child gets its own segment: {v}"
+    );
+}
+
+/// Runs the linked client directly with the shim preloaded and segments in `dir`.
+fn preloaded(sim: &Sim, dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = sim.cmd(c_client_linked("shim_client"));
+    c.args(args)
+        .env("LD_PRELOAD", bin("libvagus_shim.so"))
+        .env("VAGUS_SHM_DIR", dir);
+    c
+}
+
+#[test]
+fn without_a_segment_directory_the_shim_passes_through_with_one_warning() {
+    let sim = Sim::new("shim-noagent");
+    let out = preloaded(&sim, &sim.dir.join("no-such-dir"), &["threads", "8", "50"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && stdout(&out).contains("ok"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("vagus shim").count(), 1, "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("pass-through"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_corrupt_control_block_is_ignored_with_one_warning() {
+    use vagus_proto::shm::{ControlValues, SEGMENT_BYTES, Segment};
+    let sim = Sim::new("shim-corrupt");
+    let dir = sim.dir.join("segments");
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = preloaded(&sim, &dir, &["seconds", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seg_path = dir.join(format!("{}.shm", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::metadata(&seg_path).map(|m| m.len()).unwrap_or(0) < SEGMENT_BYTES as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segment at {}",
+            seg_path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Write a valid block, then break its checksum, twice: one warning only.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg_path)
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: shared mapping of the segment file for the test's writes.
+    let seg = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            SEGMENT_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        &*(p as *const Segment)
+    };
+    for _ in 0..2 {
+        seg.control.write(ControlValues {
+            budget_ppm: 500_000,
+            paused: false,
+            sample_period: 1,
+            overhead_ppm: 0,
+        });
+        seg.control
+            .checksum
+            .store(12345, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let launched: u64 = stdout(&out)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(seg.stats.launches(), launched, "counting goes on");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("control block is corrupt").count(), 1, "{err}");
+}
