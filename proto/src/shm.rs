@@ -130,7 +130,7 @@ pub struct Segment {
 /// The segment's size in bytes.
 pub const SEGMENT_BYTES: usize = std::mem::size_of::<Segment>();
 // Small enough to map cheaply, a whole number of words.
-const _: () = assert!(SEGMENT_BYTES % 8 == 0 && SEGMENT_BYTES < 64 * 1024);
+const _: () = assert!(SEGMENT_BYTES.is_multiple_of(8) && SEGMENT_BYTES < 64 * 1024);
 
 /// Histogram bucket of a value in ns: eight buckets per power of two from
 /// 1.024 µs (so a value is known within 9%); bucket 0 holds everything below,
