@@ -12,9 +12,21 @@ fn vagus_run(
     program: impl AsRef<std::ffi::OsStr>,
     args: &[&str],
 ) -> (serde_json::Value, Output) {
+    vagus_run_with(sim, &[], program, args)
+}
+
+/// As `vagus_run`, with extra `vagus run` flags.
+fn vagus_run_with(
+    sim: &Sim,
+    flags: &[&str],
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+) -> (serde_json::Value, Output) {
     let json = sim.dir.join(format!("run-{}.json", rand_suffix()));
     let out = sim
-        .vagus(&["run", "--sim", "--json-out", json.to_str().unwrap(), "--"])
+        .vagus(&["run", "--sim", "--json-out", json.to_str().unwrap()])
+        .args(flags)
+        .arg("--")
         .arg(program)
         .args(args)
         .output()
@@ -297,4 +309,199 @@ fn a_corrupt_control_block_is_ignored_with_one_warning() {
     assert_eq!(seg.stats.launches(), launched, "counting goes on");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("control block is corrupt").count(), 1, "{err}");
+}
+
+/// A running, compute-bound shimmed client (1 ms kernels filling every SM,
+/// back to back) and a writable view of its segment.
+struct Controlled {
+    child: std::process::Child,
+    seg: &'static vagus_proto::shm::Segment,
+    state: gpusim::state::SharedState,
+}
+
+impl Controlled {
+    fn start(sim: &Sim, seconds: &str) -> Controlled {
+        use vagus_proto::shm::SEGMENT_BYTES;
+        let dir = sim.dir.join("segments");
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = preloaded(sim, &dir, &["seconds", seconds, "2112"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let path = dir.join(format!("{}.shm", child.id()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < SEGMENT_BYTES as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no segment at {}",
+                path.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: shared mapping of the segment, kept for the test's lifetime.
+        let seg = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                SEGMENT_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            &*(p as *const vagus_proto::shm::Segment)
+        };
+        let state_path = sim.state();
+        let cfg = gpusim::SimConfig::from_lookup(|k| {
+            (k == "GPUSIM_STATE").then(|| state_path.display().to_string())
+        })
+        .unwrap();
+        let state = gpusim::state::SharedState::open(&cfg).unwrap();
+        Controlled { child, seg, state }
+    }
+
+    fn set(&self, budget: f64, paused: bool) {
+        self.seg.control.write(vagus_proto::shm::ControlValues {
+            budget_ppm: (budget * 1e6) as u32,
+            paused,
+            sample_period: 0,
+            overhead_ppm: 0,
+        });
+    }
+
+    /// The process's SM-time share of the device over `[from, to)`, as gpusim saw it.
+    fn share(&self, from: u64, to: u64) -> f64 {
+        self.state
+            .utilization(0, to - from, to, Some(self.child.id()))
+            .1
+    }
+}
+
+fn now() -> u64 {
+    gpusim::clock::now_ns()
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
+#[test]
+fn an_sm_time_budget_of_0_3_holds_over_one_second_windows() {
+    let sim = Sim::new("shim-budget");
+    let c = Controlled::start(&sim, "5");
+    sleep_ms(300);
+    let free = c.share(now() - 250_000_000, now());
+    assert!(
+        free > 0.8,
+        "unthrottled the client keeps the device busy: {free}"
+    );
+    c.set(0.3, false);
+    sleep_ms(300);
+    for _ in 0..3 {
+        let t0 = now();
+        sleep_ms(1000);
+        let share = c.share(t0, now());
+        assert!(
+            (share - 0.3).abs() <= 0.03,
+            "SM-time share {share} over one second under a 0.3 budget"
+        );
+    }
+    let out = c.child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn budget_changes_and_pauses_take_effect_within_10_ms() {
+    let sim = Sim::new("shim-change");
+    let c = Controlled::start(&sim, "3");
+    sleep_ms(200);
+    // Pause: nothing launches from 10 ms on.
+    c.set(1.0, true);
+    sleep_ms(10);
+    let frozen = c.seg.stats.launches();
+    sleep_ms(300);
+    assert_eq!(
+        c.seg.stats.launches(),
+        frozen,
+        "a launch got through 10 ms after the pause"
+    );
+    // Resume under a budget of 0.9, then drop it to 0.1: the share measured
+    // from 10 ms after each change is already the new one.
+    c.set(0.9, false);
+    sleep_ms(400);
+    c.set(0.1, false);
+    let t = now();
+    sleep_ms(10);
+    let t10 = now();
+    sleep_ms(400);
+    let low = c.share(t10, now());
+    assert!(
+        (low - 0.1).abs() <= 0.04,
+        "share {low} from 10 ms after lowering the budget to 0.1 (set at {t})"
+    );
+    c.set(0.9, false);
+    sleep_ms(10);
+    let t10 = now();
+    sleep_ms(400);
+    let high = c.share(t10, now());
+    assert!(
+        (high - 0.9).abs() <= 0.06,
+        "share {high} from 10 ms after raising the budget to 0.9"
+    );
+    let out = c.child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn vagus_run_budget_flag_limits_from_the_start() {
+    let sim = Sim::new("shim-runbudget");
+    let client = c_client_linked("shim_client");
+    let t0 = now();
+    let (v, out) = vagus_run_with(
+        &sim,
+        &["--budget", "0.5"],
+        &client,
+        &["seconds", "2", "2112"],
+    );
+    let t1 = now();
+    assert!(stdout(&out).contains("ok"));
+    let pid = v["processes"][0]["pid"].as_u64().unwrap() as u32;
+    let state_path = sim.state();
+    let cfg = gpusim::SimConfig::from_lookup(|k| {
+        (k == "GPUSIM_STATE").then(|| state_path.display().to_string())
+    })
+    .unwrap();
+    let state = gpusim::state::SharedState::open(&cfg).unwrap();
+    // Skip the first 100 ms (process start), then the whole run is at half the device.
+    let share = state.utilization(0, t1 - t0 - 100_000_000, t1, Some(pid)).1;
+    assert!(
+        (share - 0.5).abs() <= 0.05,
+        "SM-time share {share} under vagus run --budget 0.5: {v}"
+    );
+    let err = stderr_of_failure(sim.vagus(&["run", "--budget", "1.5", "--", "true"]));
+    assert!(
+        err.contains("invalid budget") && err.contains("1.5"),
+        "{err}"
+    );
+}
+
+fn stderr_of_failure(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

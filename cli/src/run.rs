@@ -18,12 +18,25 @@ pub struct RunArgs {
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
+    /// SM-time budget, a fraction of the device in (0, 1], in force from the
+    /// start (an agent may change it later through the control block).
+    #[arg(long, value_name = "F", value_parser = parse_budget)]
+    pub budget: Option<f64>,
     /// Print no summary on stderr.
     #[arg(long)]
     pub quiet: bool,
     /// The program and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!(
+            "invalid budget {s:?}: expected a fraction of the device in (0, 1], e.g. 0.3"
+        )),
+    }
 }
 
 /// Runs the program; returns the exit status to leave with.
@@ -53,6 +66,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
         None => shim.clone().into_os_string(),
     };
     cmd.env("LD_PRELOAD", preload);
+    if let Some(b) = args.budget {
+        cmd.env("VAGUS_BUDGET", b.to_string());
+    }
     if args.sim {
         let lib = crate::gpusim_cmd::libdir()?;
         let mut path = lib.into_os_string();

@@ -40,6 +40,7 @@ fn run() {
         let now = now_ns();
         let outstanding = STATE.with(|c| {
             let c = c.get_or_insert_with(Collector::default);
+            c.apply_control(seg);
             let n = c.poll(seg);
             if now.saturating_sub(last_publish) >= 100_000_000 {
                 c.publish(seg, now);

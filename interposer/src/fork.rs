@@ -9,6 +9,7 @@ extern "C" fn child() {
     crate::sampler::reset_after_fork();
     crate::collector::reset_after_fork();
     crate::wrappers::reset_after_fork();
+    crate::budget::reset_after_fork();
 }
 
 /// Registers the fork handler and the exit flush, once.

@@ -12,11 +12,12 @@
 //! - fork gives the child its own segment and collector; exit flushes
 //!   statistics for at most a quarter second.
 //!
-//! Modules: `resolve` (real functions, `dlsym` and `cuGetProcAddress`
+//! Modules: `budget` (the SM-time budget and pause), `resolve` (real functions, `dlsym` and `cuGetProcAddress`
 //! substitution), `wrappers` (the entry points), `segment`, `sampler` (event
 //! timing, the queue, the collector's arithmetic), `collector` (its thread),
 //! `fork`, `lock`, `cuda` (types).
 
+mod budget;
 mod collector;
 mod cuda;
 mod fork;
@@ -31,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 static WARNED_PASSTHROUGH: AtomicBool = AtomicBool::new(false);
 static WARNED_CONTROL: AtomicBool = AtomicBool::new(false);
+static WARNED_BUDGET: AtomicBool = AtomicBool::new(false);
 
 /// Prints a warning the first time only.
 fn warn_once(flag: &AtomicBool, msg: &str) {

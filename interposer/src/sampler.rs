@@ -16,7 +16,7 @@ use std::cell::{Cell, UnsafeCell};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
-use vagus_proto::shm::{self, ControlRead, Segment, TopKernelView};
+use vagus_proto::shm::{self, ControlRead, ControlValues, Segment, TopKernelView};
 
 /// The period in force: time one launch in this many.
 pub static PERIOD: AtomicU32 = AtomicU32::new(1);
@@ -292,7 +292,8 @@ pub struct Collector {
     last_rate_ns: u64,
     /// Σ sampled GPU time × the fraction of the device's SMs each launch could use.
     occupancy_weighted_ns: f64,
-    control_warned: bool,
+    /// The last valid control block.
+    control: Option<ControlValues>,
 }
 
 static ACTIVE_CAPTURES: AtomicU32 = AtomicU32::new(0);
@@ -374,6 +375,7 @@ impl Collector {
             self.occupancy_of(s)
         };
         self.occupancy_weighted_ns += ns as f64 * sm_fraction;
+        crate::budget::charge_measured(s.graph, (ns as f64 * sm_fraction) as u64);
         let key = if s.graph { 0 } else { s.func };
         let f = self.funcs.entry(key).or_default();
         if f.name.is_empty() {
@@ -435,6 +437,25 @@ impl Collector {
         (sm_fraction, occ)
     }
 
+    /// Applies the control block: budget and pause at once, sampling knobs at
+    /// the next publish. A corrupt block is ignored (with one warning) and the
+    /// last valid settings stay in force. Called every few milliseconds.
+    pub fn apply_control(&mut self, seg: &Segment) {
+        match seg.control.read() {
+            ControlRead::Valid(v) => {
+                if self.control != Some(v) {
+                    crate::budget::set(v.budget_ppm, v.paused);
+                    self.control = Some(v);
+                }
+            }
+            ControlRead::Corrupt => crate::warn_once(
+                &crate::WARNED_CONTROL,
+                "the control block is corrupt; ignoring it",
+            ),
+            ControlRead::Absent | ControlRead::Busy => {}
+        }
+    }
+
     /// Publishes the top kernels, adapts the sampling period and reads the
     /// control block. Called every ~100 ms.
     pub fn publish(&mut self, seg: &Segment, now_ns: u64) {
@@ -467,20 +488,7 @@ impl Collector {
                 });
             }
         }
-        let control = match seg.control.read() {
-            ControlRead::Valid(v) => Some(v),
-            ControlRead::Corrupt => {
-                if !self.control_warned {
-                    self.control_warned = true;
-                    crate::warn_once(
-                        &crate::WARNED_CONTROL,
-                        "the control block is corrupt; ignoring it",
-                    );
-                }
-                None
-            }
-            _ => None,
-        };
+        let control = self.control;
         let period = match control {
             Some(c) if c.sample_period > 0 => c.sample_period,
             _ => {

@@ -37,6 +37,9 @@ fn slow_get() -> Option<&'static Segment> {
                         SEGMENT.store(seg as *const Segment as usize, Relaxed);
                         STATE.store(READY, Release);
                         crate::fork::install();
+                        crate::budget::from_env();
+                        // The collector also watches the control block.
+                        crate::collector::ensure_running();
                         return Some(seg);
                     }
                     Err(why) => {

@@ -4,6 +4,7 @@
 //! the launch is sampled.
 #![allow(non_snake_case, clippy::missing_safety_doc, clippy::too_many_arguments)]
 
+use crate::budget;
 use crate::cuda::*;
 use crate::lock::ForkLock;
 use crate::resolve::{Hook, driver_symbol, substitute_by_pointer};
@@ -233,15 +234,20 @@ fn observe(
         }
         return r;
     }
+    budget::wait_turn();
     let pending = if sampler::due() {
         sampler::begin(stream, describe())
     } else {
         None
     };
+    let timed = pending.is_some();
     let r = call();
     let ok = r == CUDA_SUCCESS;
     if let Some(p) = pending {
         sampler::finish(p, ok);
+    }
+    if ok && !timed {
+        budget::charge_estimate(graph);
     }
     if ok {
         if graph {

@@ -4,7 +4,8 @@
  *   capture N K G       N launches, K captured into a graph, the graph launched G times
  *   threads T M         T threads, each launching M kernels on its own stream
  *   fork N M            the child launches N kernels, then the parent M
- *   seconds S           launch 1 ms kernels for S seconds; prints the count
+ *   seconds S [GRID]    launch 1 ms kernels of GRID blocks (default 132) for S
+ *                       seconds, each waited for; prints the count
  * Prints "ok" and exits 0 when every call succeeded. */
 #include <pthread.h>
 #include <stdint.h>
@@ -60,9 +61,10 @@ static void setup(void) {
   CHECK(cuModuleGetFunction(&fn, mod, "spin"));
 }
 
+static unsigned grid = 132;
 static void launch(H stream, uint64_t cycles) {
   void *params[] = {&cycles};
-  CHECK(cuLaunchKernel(fn, 132, 1, 1, 128, 1, 1, 0, stream, params, NULL));
+  CHECK(cuLaunchKernel(fn, grid, 1, 1, 128, 1, 1, 0, stream, params, NULL));
 }
 
 static void launches(int n) {
@@ -130,6 +132,7 @@ int main(int argc, char **argv) {
       H s;
       long n = 0;
       CHECK(cuStreamCreate(&s, 1));
+      if (b > 0) grid = b;
       double end = now() + a;
       while (now() < end) {
         launch(s, 1980000); /* ~1 ms */
