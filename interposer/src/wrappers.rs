@@ -84,6 +84,8 @@ pub struct Helpers {
     pub occupancy: OccupancyFn,
     pub device_attribute: DeviceGetAttributeFn,
     pub func_get_name: Option<FuncGetNameFn>,
+    /// CUDA 12.3+: names of `CUkernel` handles, which cudart launches with.
+    pub kernel_get_name: Option<FuncGetNameFn>,
 }
 
 /// The helpers, once the driver is loaded; `None` before (or without) it.
@@ -109,6 +111,7 @@ pub fn helpers() -> Option<&'static Helpers> {
         return None;
     }
     let name = f(c"cuFuncGetName");
+    let kernel_name = f(c"cuKernelGetName");
     // SAFETY: each address is the driver function of that name and signature.
     let h = unsafe {
         Helpers {
@@ -123,6 +126,7 @@ pub fn helpers() -> Option<&'static Helpers> {
             occupancy: std::mem::transmute::<usize, OccupancyFn>(need[8]),
             device_attribute: std::mem::transmute::<usize, DeviceGetAttributeFn>(need[9]),
             func_get_name: (name != 0).then(|| std::mem::transmute::<usize, FuncGetNameFn>(name)),
+            kernel_get_name: (kernel_name != 0).then(|| std::mem::transmute::<usize, FuncGetNameFn>(kernel_name)),
         }
     };
     Some(H.get_or_init(|| h))
@@ -143,9 +147,11 @@ pub fn function_name(func: usize) -> String {
     if let Some(n) = NAMES.with(|m| m.as_ref().and_then(|m| m.get(&func).cloned())) {
         return n;
     }
-    if let Some(get) = helpers().and_then(|h| h.func_get_name) {
+    let h = helpers();
+    for get in [h.and_then(|h| h.func_get_name), h.and_then(|h| h.kernel_get_name)].into_iter().flatten() {
         let mut p: *const c_char = std::ptr::null();
-        // SAFETY: the driver writes a pointer to the function's static name.
+        // SAFETY: the driver writes a pointer to the function's static name
+        // (or fails for a handle of the other kind).
         if unsafe { get(&mut p, func as CUfunction) } == CUDA_SUCCESS && !p.is_null() {
             // SAFETY: NUL-terminated string owned by the driver.
             return unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
