@@ -61,6 +61,9 @@ pub struct SimConfig {
     pub pcie_bytes_per_s: u64,
     /// The shared state file.
     pub state_path: PathBuf,
+    /// `cuLaunchKernel` returns at once without running anything: a driver
+    /// with (almost) no launch cost, for measuring what an interposer adds.
+    pub null_launch: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,7 @@ struct FileConfig {
     launch_overhead_ns: Option<u64>,
     pcie_gb_per_s: Option<f64>,
     state: Option<PathBuf>,
+    null_launch: Option<bool>,
     device: Option<DeviceConfig>,
 }
 
@@ -190,6 +194,17 @@ impl SimConfig {
         if let Some(v) = var("GPUSIM_STATE").filter(|v| !v.is_empty()) {
             state = Some(PathBuf::from(v));
         }
+        let null_launch = match var("GPUSIM_NULL_LAUNCH").as_deref().map(str::trim) {
+            None | Some("") | Some("0") | Some("false") => file.null_launch.unwrap_or(false),
+            Some("1") | Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError::Env {
+                    name: "GPUSIM_NULL_LAUNCH",
+                    value: other.to_string(),
+                    why: "expected 1, true, 0 or false".into(),
+                });
+            }
+        };
 
         let mut cfg = SimConfig {
             devices: vec![dev; count as usize],
@@ -197,6 +212,7 @@ impl SimConfig {
             launch_overhead_ns: overhead,
             pcie_bytes_per_s: (pcie * 1e9) as u64,
             state_path: PathBuf::new(),
+            null_launch,
         };
         cfg.validate()?;
         cfg.state_path = state.unwrap_or_else(|| cfg.default_state_path());

@@ -34,6 +34,7 @@ pub fn ensure_running() {
 }
 
 fn run() {
+    crate::mark_collector_thread();
     let mut last_publish = 0;
     loop {
         let Some(seg) = segment::get() else { return };
@@ -41,9 +42,10 @@ fn run() {
         let outstanding = STATE.with(|c| {
             let c = c.get_or_insert_with(Collector::default);
             c.apply_control(seg);
+            c.adapt_period(seg, now);
             let n = c.poll(seg);
             if now.saturating_sub(last_publish) >= 100_000_000 {
-                c.publish(seg, now);
+                c.publish(seg);
                 last_publish = now;
             }
             n
@@ -66,7 +68,7 @@ pub extern "C" fn flush_at_exit() {
         let left = STATE.try_with(|c| {
             let c = c.get_or_insert_with(Collector::default);
             let n = c.poll(seg);
-            c.publish(seg, now_ns());
+            c.publish(seg);
             n
         });
         match left {

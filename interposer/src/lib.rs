@@ -30,6 +30,45 @@ mod wrappers;
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
+/// Counts heap allocations made by the host's threads inside the shim (the
+/// collector's own are not counted), so a benchmark can show the launch path
+/// allocates nothing.
+struct CountingAllocator;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+thread_local! {
+    static IS_COLLECTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+// SAFETY: forwards to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if !IS_COLLECTOR.try_with(|c| c.get()).unwrap_or(true) {
+            ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Heap allocations the shim has made on the host's threads so far.
+#[unsafe(no_mangle)]
+pub extern "C" fn vagus_shim_allocations() -> u64 {
+    ALLOCATIONS.load(Relaxed)
+}
+
+/// Marks the calling thread as the collector (its allocations are its own).
+fn mark_collector_thread() {
+    IS_COLLECTOR.with(|c| c.set(true));
+}
+
 static WARNED_PASSTHROUGH: AtomicBool = AtomicBool::new(false);
 static WARNED_CONTROL: AtomicBool = AtomicBool::new(false);
 static WARNED_BUDGET: AtomicBool = AtomicBool::new(false);

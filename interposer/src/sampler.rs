@@ -456,9 +456,9 @@ impl Collector {
         }
     }
 
-    /// Publishes the top kernels, adapts the sampling period and reads the
-    /// control block. Called every ~100 ms.
-    pub fn publish(&mut self, seg: &Segment, now_ns: u64) {
+    /// Publishes the estimated totals and the top kernels. Called every
+    /// ~100 ms and at exit.
+    pub fn publish(&mut self, seg: &Segment) {
         // Every launch stands for the same share of the unsampled ones:
         // scale the measured totals by launches / sampled launches.
         let st = &seg.stats;
@@ -488,14 +488,22 @@ impl Collector {
                 });
             }
         }
+    }
+
+    /// Sets the sampling period from the launch rate over the last ≥ 5 ms
+    /// (or as the control block fixes it). Called every collector iteration,
+    /// so a burst of launches stops being timed one by one within milliseconds.
+    pub fn adapt_period(&mut self, seg: &Segment, now_ns: u64) {
+        let dt = now_ns.saturating_sub(self.last_rate_ns);
+        if dt < 5_000_000 {
+            return;
+        }
+        let launches = seg.stats.launches() + seg.stats.graph_launches();
         let control = self.control;
         let period = match control {
             Some(c) if c.sample_period > 0 => c.sample_period,
             _ => {
-                // Launch rate since the last publish → the period that keeps
-                // timing within the overhead budget.
-                let dt = now_ns.saturating_sub(self.last_rate_ns).max(1);
-                let rate = (launches - self.last_launches) as f64 * 1e9 / dt as f64;
+                let rate = launches.saturating_sub(self.last_launches) as f64 * 1e9 / dt as f64;
                 let budget = control
                     .map(|c| c.overhead_ppm as u64)
                     .filter(|&p| p > 0)

@@ -126,7 +126,8 @@ pub fn helpers() -> Option<&'static Helpers> {
             occupancy: std::mem::transmute::<usize, OccupancyFn>(need[8]),
             device_attribute: std::mem::transmute::<usize, DeviceGetAttributeFn>(need[9]),
             func_get_name: (name != 0).then(|| std::mem::transmute::<usize, FuncGetNameFn>(name)),
-            kernel_get_name: (kernel_name != 0).then(|| std::mem::transmute::<usize, FuncGetNameFn>(kernel_name)),
+            kernel_get_name: (kernel_name != 0)
+                .then(|| std::mem::transmute::<usize, FuncGetNameFn>(kernel_name)),
         }
     };
     Some(H.get_or_init(|| h))
@@ -148,7 +149,13 @@ pub fn function_name(func: usize) -> String {
         return n;
     }
     let h = helpers();
-    for get in [h.and_then(|h| h.func_get_name), h.and_then(|h| h.kernel_get_name)].into_iter().flatten() {
+    for get in [
+        h.and_then(|h| h.func_get_name),
+        h.and_then(|h| h.kernel_get_name),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let mut p: *const c_char = std::ptr::null();
         // SAFETY: the driver writes a pointer to the function's static name
         // (or fails for a handle of the other kind).

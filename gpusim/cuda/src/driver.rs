@@ -167,6 +167,7 @@ pub fn init() -> CUresult {
                     .filter_map(|i| state.device(i))
                     .map(|d| d.config())
                     .collect();
+                crate::NULL_LAUNCH.store(cfg.null_launch, std::sync::atomic::Ordering::Relaxed);
                 Ok(Driver {
                     cfg,
                     state,
