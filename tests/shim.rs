@@ -505,3 +505,70 @@ fn stderr_of_failure(mut c: Command) -> String {
     assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+#[test]
+fn exit_with_launches_in_flight_is_quick_and_counted() {
+    let sim = Sim::new("shim-inflight");
+    let t = std::time::Instant::now();
+    // 50 kernels of 10 ms: half a second of GPU work still queued at exit.
+    let (v, out) = vagus_run(&sim, c_client_linked("shim_client"), &["inflight", "50"]);
+    assert!(stdout(&out).contains("ok"));
+    assert_eq!(v["launches"], 50, "{v}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "exit took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn another_preloaded_library_calling_dlsym_reentrantly_is_fine() {
+    let sim = Sim::new("shim-reenter");
+    let lib = target_dir().join("test-client-libreenter.so");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/reenter.c");
+    let st = Command::new("cc")
+        .args(["-O1", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let shim = bin("libvagus_shim.so");
+    let dir = sim.dir.join("segments");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Both orders: the other library before the shim, and after it.
+    for order in [
+        format!("{}:{}", lib.display(), shim.display()),
+        format!("{}:{}", shim.display(), lib.display()),
+    ] {
+        let mut c = sim.cmd(c_client_linked("shim_client"));
+        let out = c
+            .args(["launches", "100"])
+            .env("LD_PRELOAD", &order)
+            .env("VAGUS_SHM_DIR", &dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && stdout(&out).contains("ok"),
+            "{order}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // And the launches are counted once, through both wrappers.
+    let json = sim.dir.join("reenter.json");
+    let out = sim
+        .vagus(&["run", "--sim", "--json-out", json.to_str().unwrap(), "--"])
+        .arg(c_client_linked("shim_client"))
+        .args(["launches", "100"])
+        .env("LD_PRELOAD", &lib)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["launches"], 100, "{v}");
+}

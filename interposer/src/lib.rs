@@ -80,19 +80,53 @@ fn warn_once(flag: &AtomicBool, msg: &str) {
     }
 }
 
-/// The shim's `dlsym`: the real answer, except that wrapped driver entry
-/// points come back as their wrappers.
+/// The shim's `dlsym`. Lookups with a handle (or `RTLD_DEFAULT`) get the real
+/// answer, except that wrapped driver entry points come back as their
+/// wrappers. `RTLD_NEXT` lookups are answered relative to the *caller's*
+/// object, as glibc would answer them — forwarding them from here would make
+/// them relative to the shim and hand a library its own function back
+/// (infinite recursion in malloc or driver wrappers that other preloaded
+/// libraries install). So this entry point only captures its return address
+/// and jumps to the implementation.
 ///
 /// # Safety
 /// As `dlsym(3)`.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+    core::arch::naked_asm!("mov rdx, [rsp]", "jmp {imp}", imp = sym dlsym_from);
+}
+
+/// As the x86-64 version: the return address is in the link register.
+///
+/// # Safety
+/// As `dlsym(3)`.
+#[cfg(target_arch = "aarch64")]
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
+    core::arch::naked_asm!("mov x2, x30", "b {imp}", imp = sym dlsym_from);
+}
+
+/// `dlsym` for a caller whose return address is `caller`.
+unsafe extern "C" fn dlsym_from(
+    handle: *mut c_void,
+    symbol: *const c_char,
+    caller: *const c_void,
+) -> *mut c_void {
+    if symbol.is_null() {
+        return std::ptr::null_mut();
+    }
+    if handle == libc::RTLD_NEXT {
+        return resolve::next_after(caller, symbol);
+    }
     let Some(real) = resolve::real_dlsym() else {
         return std::ptr::null_mut();
     };
     // SAFETY: forwarding the caller's arguments.
     let found = unsafe { real(handle, symbol) };
-    if found.is_null() || symbol.is_null() {
+    if found.is_null() {
         return found;
     }
     resolve::substitute_by_name(symbol, found)

@@ -163,3 +163,79 @@ pub fn substitute_by_pointer(found: *mut c_void) -> *mut c_void {
         .find(|h| h.real.load(Relaxed) == p)
         .map_or(found, |h| h.wrapper as *mut c_void)
 }
+
+/// Objects loaded after the caller's, at most this many, are searched.
+const MAX_OBJECTS: usize = 512;
+
+struct Walk {
+    caller: usize,
+    seen_caller: bool,
+    after: [(*const c_char, usize); MAX_OBJECTS],
+    n: usize,
+}
+
+unsafe extern "C" fn visit(
+    info: *mut libc::dl_phdr_info,
+    _size: usize,
+    data: *mut c_void,
+) -> libc::c_int {
+    // SAFETY: dl_iterate_phdr passes a valid info and our Walk.
+    let (info, walk) = unsafe { (&*info, &mut *(data as *mut Walk)) };
+    if walk.seen_caller {
+        if walk.n < MAX_OBJECTS {
+            walk.after[walk.n] = (info.dlpi_name, info.dlpi_addr as usize);
+            walk.n += 1;
+        }
+        return 0;
+    }
+    // SAFETY: the program headers of a loaded object.
+    let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    let base = info.dlpi_addr as usize;
+    walk.seen_caller = phdrs.iter().any(|ph| {
+        let start = base + ph.p_vaddr as usize;
+        ph.p_type == libc::PT_LOAD && (start..start + ph.p_memsz as usize).contains(&walk.caller)
+    });
+    0
+}
+
+/// `dlsym(RTLD_NEXT, symbol)` as seen from the object containing `caller`:
+/// the first object loaded after it that itself defines `symbol`. Allocates
+/// nothing (it may be called while an allocator initialises).
+pub fn next_after(caller: *const c_void, symbol: *const c_char) -> *mut c_void {
+    let Some(real) = real_dlsym() else {
+        return std::ptr::null_mut();
+    };
+    let mut walk = Walk {
+        caller: caller as usize,
+        seen_caller: false,
+        after: [(std::ptr::null(), 0); MAX_OBJECTS],
+        n: 0,
+    };
+    // SAFETY: iterating loaded objects with a callback that only reads them.
+    unsafe { libc::dl_iterate_phdr(Some(visit), &mut walk as *mut Walk as *mut c_void) };
+    if !walk.seen_caller {
+        // Code outside any object (JIT): the best answer is the shim's next.
+        // SAFETY: the real dlsym with the caller's arguments.
+        return unsafe { real(libc::RTLD_NEXT, symbol) };
+    }
+    for &(name, base) in &walk.after[..walk.n] {
+        // SAFETY: names from dl_iterate_phdr are NUL-terminated; the vDSO and
+        // unnamed objects do not open and are skipped.
+        unsafe {
+            if name.is_null() || *name == 0 {
+                continue;
+            }
+            let h = libc::dlopen(name, libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+            if h.is_null() {
+                continue;
+            }
+            let p = real(h, symbol);
+            libc::dlclose(h);
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            if !p.is_null() && libc::dladdr(p, &mut info) != 0 && info.dli_fbase as usize == base {
+                return p;
+            }
+        }
+    }
+    std::ptr::null_mut()
+}

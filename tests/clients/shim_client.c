@@ -4,6 +4,7 @@
  *   capture N K G       N launches, K captured into a graph, the graph launched G times
  *   threads T M         T threads, each launching M kernels on its own stream
  *   fork N M            the child launches N kernels, then the parent M
+ *   inflight N          launch N 10 ms kernels and exit without waiting for them
  *   seconds S [GRID]    launch 1 ms kernels of GRID blocks (default 132) for S
  *                       seconds, each waited for; prints the count
  * Prints "ok" and exits 0 when every call succeeded. */
@@ -128,6 +129,10 @@ int main(int argc, char **argv) {
       if (a > 256) a = 256;
       for (int i = 0; i < a; i++) pthread_create(&t[i], NULL, thread_main, NULL);
       for (int i = 0; i < a; i++) pthread_join(t[i], NULL);
+    } else if (!strcmp(mode, "inflight")) {
+      H s;
+      CHECK(cuStreamCreate(&s, 1));
+      for (int i = 0; i < a; i++) launch(s, 19800000);
     } else if (!strcmp(mode, "seconds")) {
       H s;
       long n = 0;
