@@ -60,6 +60,7 @@ fn launch_counts_are_exact_for_three_kinds_of_client() {
     assert!(stdout(&out).contains("ok"));
     assert_eq!(v["launches"], 300, "{v}");
     assert_eq!(v["top_kernels"][0]["name"], "spin");
+    assert_eq!(v["modules_loaded"], 1);
 
     // dlopen + dlsym (cudarc, in vagus load).
     let vagus = bin("vagus");
@@ -91,6 +92,11 @@ fn launch_counts_are_exact_for_three_kinds_of_client() {
             "missing {line:?} under the shim:\n{text}"
         );
     }
+    assert_eq!(
+        (v["modules_loaded"].as_u64(), v["contexts_created"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
     // 3 timed launches + 1 cuLaunchKernelEx; 3 + 1 captured; 1 graph launch.
     assert_eq!(
         (

@@ -176,6 +176,7 @@ fn summarise(dir: &Path) -> Result<serde_json::Value> {
     let (mut launches, mut graph, mut captured, mut sampled, mut sampled_ns, mut gpu_ns) =
         (0, 0, 0, 0, 0, 0);
     let (mut syncs, mut sync_ns, mut peak, mut occ_sm_ns) = (0, 0, 0, 0);
+    let (mut contexts, mut modules) = (0, 0);
     let mut khist = [0u64; shm::HIST_BUCKETS];
     let mut shist = [0u64; shm::HIST_BUCKETS];
     let mut top: Vec<shm::TopKernelView> = Vec::new();
@@ -193,6 +194,8 @@ fn summarise(dir: &Path) -> Result<serde_json::Value> {
         syncs += s.syncs.load(Relaxed);
         sync_ns += s.sync_wait_ns.load(Relaxed);
         peak += s.bytes_peak.load(Relaxed);
+        contexts += s.contexts_created.load(Relaxed);
+        modules += s.modules_loaded.load(Relaxed);
         for (a, b) in khist.iter_mut().zip(s.kernel_hist()) {
             *a += b;
         }
@@ -226,6 +229,8 @@ fn summarise(dir: &Path) -> Result<serde_json::Value> {
         "kernel_ms": { "p50": ms(shm::quantile(&khist, 0.5)), "p99": ms(shm::quantile(&khist, 0.99)) },
         "sync_wait_ms": { "total": ms(sync_ns), "p99": ms(shm::quantile(&shist, 0.99)), "count": syncs },
         "peak_bytes": peak,
+        "contexts_created": contexts,
+        "modules_loaded": modules,
         "top_kernels": top.iter().map(|t| serde_json::json!({
             "name": t.name, "launches": t.launches, "gpu_time_ms": ms(t.gpu_ns),
             "occupancy": t.occupancy, "block_threads": t.block_threads,

@@ -88,3 +88,17 @@ pub type StreamIsCapturingFn = unsafe extern "C" fn(CUstream, *mut c_int) -> CUr
 pub type OccupancyFn = unsafe extern "C" fn(*mut c_int, CUfunction, c_int, usize) -> CUresult;
 pub type DeviceGetAttributeFn = unsafe extern "C" fn(*mut c_int, c_int, CUdevice) -> CUresult;
 pub type FuncGetNameFn = unsafe extern "C" fn(*mut *const c_char, CUfunction) -> CUresult;
+pub type CtxCreateV2Fn = unsafe extern "C" fn(*mut CUcontext, c_uint, CUdevice) -> CUresult;
+pub type CtxCreateV3Fn =
+    unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_int, c_uint, CUdevice) -> CUresult;
+pub type CtxCreateV4Fn =
+    unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_uint, CUdevice) -> CUresult;
+pub type ModuleLoadDataFn = unsafe extern "C" fn(*mut CUmodule, *const c_void) -> CUresult;
+pub type ModuleLoadDataExFn = unsafe extern "C" fn(
+    *mut CUmodule,
+    *const c_void,
+    c_uint,
+    *mut c_int,
+    *mut *mut c_void,
+) -> CUresult;
+pub type ModuleLoadFn = unsafe extern "C" fn(*mut CUmodule, *const c_char) -> CUresult;

@@ -47,6 +47,12 @@ hooks!(
     cuStreamEndCapture,
     cuStreamEndCapture_ptsz,
     cuModuleGetFunction,
+    cuModuleLoad,
+    cuModuleLoadData,
+    cuModuleLoadDataEx,
+    cuCtxCreate_v2,
+    cuCtxCreate_v3,
+    cuCtxCreate_v4,
     cuMemAlloc_v2,
     cuMemFree_v2,
     cuCtxDestroy_v2,
@@ -529,6 +535,84 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
             .fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(size)));
     }
     r
+}
+
+/// Counts a success of `r` in `counter`.
+fn count_ok(
+    r: CUresult,
+    counter: impl FnOnce(&Segment) -> &std::sync::atomic::AtomicU64,
+) -> CUresult {
+    if r == CUDA_SUCCESS {
+        if let Some(seg) = segment::get() {
+            counter(seg).fetch_add(1, Relaxed);
+        }
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleLoad(module: *mut CUmodule, fname: *const c_char) -> CUresult {
+    let real = real!(H::cuModuleLoad, ModuleLoadFn);
+    count_ok(unsafe { real(module, fname) }, |s| &s.stats.modules_loaded)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleLoadData(module: *mut CUmodule, image: *const c_void) -> CUresult {
+    let real = real!(H::cuModuleLoadData, ModuleLoadDataFn);
+    count_ok(unsafe { real(module, image) }, |s| &s.stats.modules_loaded)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleLoadDataEx(
+    module: *mut CUmodule,
+    image: *const c_void,
+    n: c_uint,
+    options: *mut c_int,
+    values: *mut *mut c_void,
+) -> CUresult {
+    let real = real!(H::cuModuleLoadDataEx, ModuleLoadDataExFn);
+    count_ok(unsafe { real(module, image, n, options, values) }, |s| {
+        &s.stats.modules_loaded
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate_v2(
+    ctx: *mut CUcontext,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    let real = real!(H::cuCtxCreate_v2, CtxCreateV2Fn);
+    count_ok(unsafe { real(ctx, flags, dev) }, |s| {
+        &s.stats.contexts_created
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate_v3(
+    ctx: *mut CUcontext,
+    params: *mut c_void,
+    n: c_int,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    let real = real!(H::cuCtxCreate_v3, CtxCreateV3Fn);
+    count_ok(unsafe { real(ctx, params, n, flags, dev) }, |s| {
+        &s.stats.contexts_created
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate_v4(
+    ctx: *mut CUcontext,
+    params: *mut c_void,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    let real = real!(H::cuCtxCreate_v4, CtxCreateV4Fn);
+    count_ok(unsafe { real(ctx, params, flags, dev) }, |s| {
+        &s.stats.contexts_created
+    })
 }
 
 #[unsafe(no_mangle)]

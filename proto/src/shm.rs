@@ -108,6 +108,10 @@ pub struct Stats {
     pub occupancy_weighted_sm_ns: AtomicU64,
     pub bytes_in_use: AtomicU64,
     pub bytes_peak: AtomicU64,
+    /// Contexts made with `cuCtxCreate` (any version).
+    pub contexts_created: AtomicU64,
+    /// Modules loaded (`cuModuleLoad`, `cuModuleLoadData`, `cuModuleLoadDataEx`).
+    pub modules_loaded: AtomicU64,
     pub syncs: AtomicU64,
     pub sync_wait_ns: AtomicU64,
     /// The sampling period in force.
