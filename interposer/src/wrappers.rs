@@ -538,14 +538,9 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
 }
 
 /// Counts a success of `r` in `counter`.
-fn count_ok(
-    r: CUresult,
-    counter: impl FnOnce(&Segment) -> &std::sync::atomic::AtomicU64,
-) -> CUresult {
-    if r == CUDA_SUCCESS {
-        if let Some(seg) = segment::get() {
-            counter(seg).fetch_add(1, Relaxed);
-        }
+fn count_ok(r: CUresult, counter: impl FnOnce(&Segment) -> &std::sync::atomic::AtomicU64) -> CUresult {
+    if let (CUDA_SUCCESS, Some(seg)) = (r, segment::get()) {
+        counter(seg).fetch_add(1, Relaxed);
     }
     r
 }
