@@ -75,9 +75,11 @@ fn two_processes_on_one_device_are_each_slower_than_alone() {
         // noise: alone it is the kernel's own ~1.02 ms, shared it includes
         // waiting for SMs the other process holds.
         let device = f(both, "kernel_ms.mean") / f(alone, "kernel_ms.mean");
-        let latency = f(both, "latency_ms.mean") / f(alone, "latency_ms.mean");
+        // The tail shows the waiting; the mean is too easily moved by a
+        // moment of host noise in the run alone.
+        let tail = f(both, "latency_ms.p90") / f(alone, "latency_ms.p90");
         assert!(
-            device > 1.1 && latency > 1.05,
+            device > 1.1 && tail > 1.2,
             "sharing should slow each process: alone {alone} shared {both}"
         );
     }

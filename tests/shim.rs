@@ -578,3 +578,46 @@ fn another_preloaded_library_calling_dlsym_reentrantly_is_fine() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["launches"], 100, "{v}");
 }
+
+#[test]
+fn cooperative_and_graph_launches_are_counted_and_budgeted() {
+    let sim = Sim::new("shim-coop");
+    let (v, out) = vagus_run(&sim, c_client_linked("shim_client"), &["cooperative", "40"]);
+    assert!(
+        stdout(&out).contains("ok"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        (
+            v["launches"].as_u64(),
+            v["graph_launches"].as_u64(),
+            v["captured_launches"].as_u64()
+        ),
+        (Some(40), Some(40), Some(1)),
+        "{v}"
+    );
+    // Under a budget of 1% the graph launches are held back too: their
+    // SM-time (a graph counts as using the whole device) over 0.01 is the
+    // least the run can take.
+    let t = std::time::Instant::now();
+    let (v, _) = vagus_run_with(
+        &sim,
+        &["--budget", "0.01"],
+        c_client_linked("shim_client"),
+        &["cooperative", "40"],
+    );
+    let took_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(v["graph_launches"], 40);
+    let graphs = v["top_kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "(CUDA graph)")
+        .expect("graph entry");
+    let graph_ms = graphs["gpu_time_ms"].as_f64().unwrap();
+    assert!(
+        took_ms > 0.8 * graph_ms / 0.01,
+        "took {took_ms} ms for {graph_ms} ms of graph SM-time at budget 0.01: {v}"
+    );
+}

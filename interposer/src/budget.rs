@@ -2,9 +2,12 @@
 //!
 //! A token bucket in device-time: the process earns `budget × wall time` and
 //! each launch spends its SM-time (GPU time × the fraction of the device's SMs
-//! it could occupy). Sampled launches are charged their event-measured cost
-//! when the collector reads their events; the others are charged the running
-//! average of what sampled launches of their kind cost. A launch that finds
+//! it could occupy). Every launch is charged the running average of what
+//! sampled launches of its kind cost; when a sampled launch's events are read,
+//! the difference between its measured cost and that estimate is charged too.
+//! Until the first sample of a kind has been measured, a launch of that kind
+//! waits for it (at most 50 ms), so a burst cannot slip through before the
+//! shim knows what it costs. A launch that finds
 //! the process in debt sleeps — never spins — in slices of at most 2 ms,
 //! rechecking the settings, so a change takes effect within milliseconds. No
 //! lock is taken; with no budget the launch path reads one atomic.
@@ -12,7 +15,7 @@
 //! Settings come from the control block (polled by the collector every few
 //! milliseconds) or, at start, from `VAGUS_BUDGET`.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 use std::time::Duration;
 
 const UNLIMITED: u32 = 1_000_000;
@@ -28,8 +31,11 @@ static GATE: AtomicU64 = AtomicU64::new(UNLIMITED as u64);
 static DEBT: AtomicI64 = AtomicI64::new(0);
 static LAST_REFILL: AtomicU64 = AtomicU64::new(0);
 /// Average SM-time cost of a launch, kernels and graphs, in ns.
-static COST_KERNEL: AtomicU64 = AtomicU64::new(0);
-static COST_GRAPH: AtomicU64 = AtomicU64::new(0);
+static COST: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Sampled launches of each kind whose events have not been read yet.
+static OUTSTANDING: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+/// Longest a launch waits for the first measurement of its kind.
+const CALIBRATION_SLICES: u32 = 25;
 
 pub fn set(budget_ppm: u32, paused: bool) {
     let b = if budget_ppm == 0 {
@@ -67,14 +73,15 @@ fn now_ns() -> u64 {
 /// Before a launch: returns at once when no budget is set or the process has
 /// credit; otherwise sleeps until it has.
 #[inline]
-pub fn wait_turn() {
+pub fn wait_turn(graph: bool) {
     if GATE.load(Relaxed) != UNLIMITED as u64 {
-        wait_slow();
+        wait_slow(graph as usize);
     }
 }
 
 #[cold]
-fn wait_slow() {
+fn wait_slow(kind: usize) {
+    let mut calibration = 0;
     loop {
         let g = GATE.load(Relaxed);
         if g & PAUSED_BIT != 0 {
@@ -84,6 +91,14 @@ fn wait_slow() {
         let budget = (g & 0xffff_ffff) as i64;
         if budget >= UNLIMITED as i64 {
             return;
+        }
+        if COST[kind].load(Relaxed) == 0
+            && OUTSTANDING[kind].load(Relaxed) > 0
+            && calibration < CALIBRATION_SLICES
+        {
+            calibration += 1;
+            std::thread::sleep(SLICE);
+            continue;
         }
         let now = now_ns();
         let last = LAST_REFILL.swap(now, Relaxed);
@@ -103,26 +118,37 @@ fn wait_slow() {
     }
 }
 
-/// Charges an unsampled launch the average cost of its kind.
+/// Charges a launch the average cost of its kind; returns the amount.
 #[inline]
-pub fn charge_estimate(graph: bool) {
-    if GATE.load(Relaxed) != UNLIMITED as u64 {
-        let c = if graph { &COST_GRAPH } else { &COST_KERNEL }.load(Relaxed);
-        DEBT.fetch_add(c as i64, Relaxed);
+pub fn charge_estimate(graph: bool) -> u64 {
+    if GATE.load(Relaxed) == UNLIMITED as u64 {
+        return 0;
     }
+    let c = COST[graph as usize].load(Relaxed);
+    DEBT.fetch_add(c as i64, Relaxed);
+    c
 }
 
-/// Charges a sampled launch its measured SM-time and updates the average.
-pub fn charge_measured(graph: bool, sm_ns: u64) {
+/// A sampled launch of this kind is waiting for its events to be read.
+pub fn sample_queued(graph: bool) {
+    OUTSTANDING[graph as usize].fetch_add(1, Relaxed);
+}
+
+/// A sampled launch was measured at `sm_ns` of SM-time (`None`: it could not
+/// be) after `charged` was charged for it at launch.
+pub fn sample_done(graph: bool, measured: Option<u64>, charged: u64) {
+    let kind = graph as usize;
+    let _ = OUTSTANDING[kind].fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    let Some(sm_ns) = measured else { return };
     if GATE.load(Relaxed) != UNLIMITED as u64 {
-        DEBT.fetch_add(sm_ns as i64, Relaxed);
+        DEBT.fetch_add(sm_ns as i64 - charged as i64, Relaxed);
     }
-    let avg = if graph { &COST_GRAPH } else { &COST_KERNEL };
+    let avg = &COST[kind];
     let old = avg.load(Relaxed);
     // Exponential average over ~8 samples; the first sample sets it.
     avg.store(
         if old == 0 {
-            sm_ns
+            sm_ns.max(1)
         } else {
             old - old / 8 + sm_ns / 8
         },
@@ -131,6 +157,9 @@ pub fn charge_measured(graph: bool, sm_ns: u64) {
 }
 
 pub fn reset_after_fork() {
+    for n in &OUTSTANDING {
+        n.store(0, Relaxed);
+    }
     DEBT.store(0, Relaxed);
     LAST_REFILL.store(0, Relaxed);
 }

@@ -95,6 +95,8 @@ pub struct Sample {
     pub block_threads: u32,
     pub shared_bytes: u32,
     pub graph: bool,
+    /// What the budget charged for this launch when it was made.
+    pub charged: u64,
 }
 
 struct Slot {
@@ -252,8 +254,9 @@ pub fn begin(stream: CUstream, mut sample: Sample) -> Option<Pending> {
 }
 
 /// After the launch: records the end event and queues the sample, or gives
-/// the pair back if the launch failed.
-pub fn finish(p: Pending, launched: bool) {
+/// the pair back if the launch failed. `charged` is what the budget charged.
+pub fn finish(mut p: Pending, launched: bool, charged: u64) {
+    p.sample.charged = charged;
     let pair = &POOLS_[p.sample.pool as usize].pairs[p.sample.pair as usize];
     let recorded = launched
         && helpers().is_some_and(|h| {
@@ -264,6 +267,7 @@ pub fn finish(p: Pending, launched: bool) {
         pair.busy.store(false, Release);
         return;
     }
+    crate::budget::sample_queued(p.sample.graph);
     crate::collector::ensure_running();
 }
 
@@ -330,6 +334,7 @@ impl Collector {
             let pool = &POOLS_[s.pool as usize];
             let pair = &pool.pairs[s.pair as usize];
             if pool.generation.load(Acquire) != s.generation {
+                crate::budget::sample_done(s.graph, None, s.charged);
                 continue;
             }
             let (start, end) = (
@@ -354,8 +359,9 @@ impl Collector {
                 None => keep.push(s),
                 Some(ms) => {
                     pair.busy.store(false, Release);
-                    if let Some(ms) = ms {
-                        self.record(seg, &s, (ms as f64 * 1e6).max(0.0) as u64);
+                    match ms {
+                        Some(ms) => self.record(seg, &s, (ms as f64 * 1e6).max(0.0) as u64),
+                        None => crate::budget::sample_done(s.graph, None, s.charged),
                     }
                 }
             }
@@ -375,7 +381,7 @@ impl Collector {
             self.occupancy_of(s)
         };
         self.occupancy_weighted_ns += ns as f64 * sm_fraction;
-        crate::budget::charge_measured(s.graph, (ns as f64 * sm_fraction) as u64);
+        crate::budget::sample_done(s.graph, Some((ns as f64 * sm_fraction) as u64), s.charged);
         let key = if s.graph { 0 } else { s.func };
         let f = self.funcs.entry(key).or_default();
         if f.name.is_empty() {

@@ -253,20 +253,21 @@ fn observe(
         }
         return r;
     }
-    budget::wait_turn();
+    budget::wait_turn(graph);
     let pending = if sampler::due() {
         sampler::begin(stream, describe())
     } else {
         None
     };
-    let timed = pending.is_some();
     let r = call();
     let ok = r == CUDA_SUCCESS;
+    let charged = if ok {
+        budget::charge_estimate(graph)
+    } else {
+        0
+    };
     if let Some(p) = pending {
-        sampler::finish(p, ok);
-    }
-    if ok && !timed {
-        budget::charge_estimate(graph);
+        sampler::finish(p, ok, charged);
     }
     if ok {
         if graph {
@@ -538,7 +539,10 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
 }
 
 /// Counts a success of `r` in `counter`.
-fn count_ok(r: CUresult, counter: impl FnOnce(&Segment) -> &std::sync::atomic::AtomicU64) -> CUresult {
+fn count_ok(
+    r: CUresult,
+    counter: impl FnOnce(&Segment) -> &std::sync::atomic::AtomicU64,
+) -> CUresult {
     if let (CUDA_SUCCESS, Some(seg)) = (r, segment::get()) {
         counter(seg).fetch_add(1, Relaxed);
     }

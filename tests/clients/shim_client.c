@@ -4,6 +4,7 @@
  *   capture N K G       N launches, K captured into a graph, the graph launched G times
  *   threads T M         T threads, each launching M kernels on its own stream
  *   fork N M            the child launches N kernels, then the parent M
+ *   cooperative N       N cooperative launches, then N graph launches of a 1-kernel graph
  *   inflight N          launch N 10 ms kernels and exit without waiting for them
  *   seconds S [GRID]    launch 1 ms kernels of GRID blocks (default 132) for S
  *                       seconds, each waited for; prints the count
@@ -26,6 +27,7 @@ CUresult cuCtxSetCurrent(H);
 CUresult cuModuleLoadData(H *, const void *);
 CUresult cuModuleGetFunction(H *, H, const char *);
 CUresult cuLaunchKernel(H, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, H, void **, void **);
+CUresult cuLaunchCooperativeKernel(H, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, H, void **);
 CUresult cuStreamCreate(H *, unsigned);
 CUresult cuStreamSynchronize(H);
 CUresult cuStreamBeginCapture_v2(H, int);
@@ -129,6 +131,18 @@ int main(int argc, char **argv) {
       if (a > 256) a = 256;
       for (int i = 0; i < a; i++) pthread_create(&t[i], NULL, thread_main, NULL);
       for (int i = 0; i < a; i++) pthread_join(t[i], NULL);
+    } else if (!strcmp(mode, "cooperative")) {
+      H s, graph = NULL, exec = NULL;
+      uint64_t cycles = 20000;
+      void *params[] = {&cycles};
+      CHECK(cuStreamCreate(&s, 1));
+      for (int i = 0; i < a; i++) CHECK(cuLaunchCooperativeKernel(fn, 132, 1, 1, 128, 1, 1, 0, s, params));
+      CHECK(cuStreamBeginCapture_v2(s, 2));
+      launch(s, 19800);
+      CHECK(cuStreamEndCapture(s, &graph));
+      CHECK(cuGraphInstantiateWithFlags(&exec, graph, 0));
+      for (int i = 0; i < a; i++) CHECK(cuGraphLaunch(exec, s));
+      CHECK(cuStreamSynchronize(s));
     } else if (!strcmp(mode, "inflight")) {
       H s;
       CHECK(cuStreamCreate(&s, 1));

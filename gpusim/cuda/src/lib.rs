@@ -1391,6 +1391,34 @@ pub unsafe extern "C" fn cuLaunchKernel(
 /// `GPUSIM_NULL_LAUNCH`: launches return at once (set by cuInit).
 pub static NULL_LAUNCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// A cooperative launch: the same as `cuLaunchKernel` on gpusim, which
+/// places every block of a grid that fits anyway.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel(
+    f: Handle,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    smem: c_uint,
+    s: Handle,
+    params: *mut *mut c_void,
+) -> CUresult {
+    guard(|| {
+        launch(
+            f,
+            [gx, gy, gz],
+            [bx, by, bz],
+            smem,
+            s,
+            params,
+            std::ptr::null_mut(),
+        )
+    })
+}
+
 /// `CUlaunchConfig`.
 #[repr(C)]
 pub struct LaunchConfig {

@@ -93,6 +93,7 @@ fn table() -> &'static HashMap<&'static str, Variants> {
             "cuEventDestroy" => [(2000, cuEventDestroy), (4000, cuEventDestroy_v2)],
             "cuLaunchKernel" => [(4000, cuLaunchKernel)],
             "cuLaunchKernelEx" => [(11060, cuLaunchKernelEx)],
+            "cuLaunchCooperativeKernel" => [(9000, cuLaunchCooperativeKernel)],
             "cuGraphInstantiate" => [(10000, cuGraphInstantiate_v2), (12000, cuGraphInstantiateWithFlags)],
             "cuGraphInstantiateWithFlags" => [(11040, cuGraphInstantiateWithFlags)],
             "cuGraphLaunch" => [(10000, cuGraphLaunch)],
