@@ -214,7 +214,7 @@ fn summarise(dir: &Path) -> Result<serde_json::Value> {
         processes.push(serde_json::json!({
             "pid": h.pid.load(Relaxed), "launches": s.launches(), "graph_launches": s.graph_launches(),
             "sample_period": s.sample_period.load(Relaxed), "cgroup": shm::read_str(&h.cgroup),
-            "passthrough": h.passthrough.load(Relaxed) != 0,
+            "mps_percent": h.mps_percent_milli.load(Relaxed) as f64 / 1000.0,
         }));
     }
     top.sort_by_key(|t| std::cmp::Reverse(t.gpu_ns));

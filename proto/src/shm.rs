@@ -51,8 +51,7 @@ pub struct Header {
     /// `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` the process started with, ×1000
     /// (0 when unset).
     pub mps_percent_milli: AtomicU32,
-    /// Non-zero once the shim is a pass-through (it found something wrong).
-    pub passthrough: AtomicU32,
+    _pad: AtomicU32,
     /// The process's cgroup path (NUL-padded).
     pub cgroup: [AtomicU64; CGROUP_BYTES / 8],
 }
