@@ -222,6 +222,41 @@ fn many_threads_and_fork_keep_exact_counts() {
     );
 }
 
+/// Waits for the shim in process `pid` to create its segment in `dir`, then
+/// maps it writable (for the test's control-block writes) for the rest of the test.
+fn wait_for_segment(dir: &std::path::Path, pid: u32) -> &'static vagus_proto::shm::Segment {
+    use vagus_proto::shm::SEGMENT_BYTES;
+    let path = dir.join(format!("{pid}.shm"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < SEGMENT_BYTES as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segment at {}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a shared mapping of the segment, never unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            SEGMENT_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        &*(p as *const vagus_proto::shm::Segment)
+    }
+}
+
 /// Runs the linked client directly with the shim preloaded and segments in `dir`.
 fn preloaded(sim: &Sim, dir: &std::path::Path, args: &[&str]) -> Command {
     let mut c = sim.cmd(c_client_linked("shim_client"));
@@ -248,7 +283,7 @@ fn without_a_segment_directory_the_shim_passes_through_with_one_warning() {
 
 #[test]
 fn a_corrupt_control_block_is_ignored_with_one_warning() {
-    use vagus_proto::shm::{ControlValues, SEGMENT_BYTES, Segment};
+    use vagus_proto::shm::ControlValues;
     let sim = Sim::new("shim-corrupt");
     let dir = sim.dir.join("segments");
     std::fs::create_dir_all(&dir).unwrap();
@@ -257,37 +292,9 @@ fn a_corrupt_control_block_is_ignored_with_one_warning() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let seg_path = dir.join(format!("{}.shm", child.id()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::fs::metadata(&seg_path).map(|m| m.len()).unwrap_or(0) < SEGMENT_BYTES as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no segment at {}",
-            seg_path.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let seg = wait_for_segment(&dir, child.id());
     std::thread::sleep(std::time::Duration::from_millis(300));
     // Write a valid block, then break its checksum, twice: one warning only.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&seg_path)
-        .unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: shared mapping of the segment file for the test's writes.
-    let seg = unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            SEGMENT_BYTES,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED);
-        &*(p as *const Segment)
-    };
     for _ in 0..2 {
         seg.control.write(ControlValues {
             budget_ppm: 500_000,
@@ -327,7 +334,6 @@ struct Controlled {
 
 impl Controlled {
     fn start(sim: &Sim, seconds: &str) -> Controlled {
-        use vagus_proto::shm::SEGMENT_BYTES;
         let dir = sim.dir.join("segments");
         std::fs::create_dir_all(&dir).unwrap();
         let child = preloaded(sim, &dir, &["seconds", seconds, "2112"])
@@ -335,35 +341,7 @@ impl Controlled {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let path = dir.join(format!("{}.shm", child.id()));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < SEGMENT_BYTES as u64 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no segment at {}",
-                path.display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: shared mapping of the segment, kept for the test's lifetime.
-        let seg = unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                SEGMENT_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            );
-            assert_ne!(p, libc::MAP_FAILED);
-            &*(p as *const vagus_proto::shm::Segment)
-        };
+        let seg = wait_for_segment(&dir, child.id());
         let state_path = sim.state();
         let cfg = gpusim::SimConfig::from_lookup(|k| {
             (k == "GPUSIM_STATE").then(|| state_path.display().to_string())

@@ -60,16 +60,6 @@ pub fn from_env() {
     }
 }
 
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime (vDSO) writes into our timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Before a launch: returns at once when no budget is set or the process has
 /// credit; otherwise sleeps until it has.
 #[inline]
@@ -100,7 +90,7 @@ fn wait_slow(kind: usize) {
             std::thread::sleep(SLICE);
             continue;
         }
-        let now = now_ns();
+        let now = crate::now_ns();
         let last = LAST_REFILL.swap(now, Relaxed);
         if last != 0 && now > last {
             let earned = (now - last) as i64 * budget / UNLIMITED as i64;

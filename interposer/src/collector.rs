@@ -10,16 +10,6 @@ use std::time::{Duration, Instant};
 static RUNNING: AtomicBool = AtomicBool::new(false);
 pub static STATE: ForkLock<Option<Collector>> = ForkLock::new(None);
 
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into our timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Starts the collector thread if it is not running.
 pub fn ensure_running() {
     if RUNNING.load(Relaxed) || RUNNING.swap(true, AcqRel) {
@@ -38,7 +28,7 @@ fn run() {
     let mut last_publish = 0;
     loop {
         let Some(seg) = segment::get() else { return };
-        let now = now_ns();
+        let now = crate::now_ns();
         let outstanding = STATE.with(|c| {
             let c = c.get_or_insert_with(Collector::default);
             c.apply_control(seg);

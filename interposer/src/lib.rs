@@ -73,6 +73,17 @@ static WARNED_PASSTHROUGH: AtomicBool = AtomicBool::new(false);
 static WARNED_CONTROL: AtomicBool = AtomicBool::new(false);
 static WARNED_BUDGET: AtomicBool = AtomicBool::new(false);
 
+/// CLOCK_MONOTONIC in ns (through the vDSO: no system call).
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into our timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Prints a warning the first time only.
 fn warn_once(flag: &AtomicBool, msg: &str) {
     if !flag.swap(true, Relaxed) {

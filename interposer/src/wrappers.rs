@@ -396,24 +396,14 @@ graph_launch!(cuGraphLaunch_ptsz);
 
 // ---------------------------------------------------------------- synchronisation
 
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime (vDSO) writes into our timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Times how long the host waits in `call`.
 fn timed_wait(call: impl FnOnce() -> CUresult) -> CUresult {
     let Some(seg) = segment::get() else {
         return call();
     };
-    let t0 = now_ns();
+    let t0 = crate::now_ns();
     let r = call();
-    let dt = now_ns().saturating_sub(t0);
+    let dt = crate::now_ns().saturating_sub(t0);
     let st = &seg.stats;
     st.syncs.fetch_add(1, Relaxed);
     st.sync_wait_ns.fetch_add(dt, Relaxed);
