@@ -342,13 +342,21 @@ impl Controlled {
             .spawn()
             .unwrap();
         let seg = wait_for_segment(&dir, child.id());
-        let state_path = sim.state();
-        let cfg = gpusim::SimConfig::from_lookup(|k| {
-            (k == "GPUSIM_STATE").then(|| state_path.display().to_string())
-        })
-        .unwrap();
-        let state = gpusim::state::SharedState::open(&cfg).unwrap();
-        Controlled { child, seg, state }
+        Controlled {
+            child,
+            seg,
+            state: sim.device_state(),
+        }
+    }
+
+    /// Waits for the client to end and checks it succeeded.
+    fn finish(self) {
+        let out = self.child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn set(&self, budget: f64, paused: bool) {
@@ -397,12 +405,7 @@ fn an_sm_time_budget_of_0_3_holds_over_one_second_windows() {
             "SM-time share {share} over one second under a 0.3 budget"
         );
     }
-    let out = c.child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.finish();
 }
 
 #[test]
@@ -443,12 +446,7 @@ fn budget_changes_and_pauses_take_effect_within_10_ms() {
         (high - 0.9).abs() <= 0.06,
         "share {high} from 10 ms after raising the budget to 0.9"
     );
-    let out = c.child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.finish();
 }
 
 #[test]
@@ -465,12 +463,7 @@ fn vagus_run_budget_flag_limits_from_the_start() {
     let t1 = now();
     assert!(stdout(&out).contains("ok"));
     let pid = v["processes"][0]["pid"].as_u64().unwrap() as u32;
-    let state_path = sim.state();
-    let cfg = gpusim::SimConfig::from_lookup(|k| {
-        (k == "GPUSIM_STATE").then(|| state_path.display().to_string())
-    })
-    .unwrap();
-    let state = gpusim::state::SharedState::open(&cfg).unwrap();
+    let state = sim.device_state();
     // Skip the first 100 ms (process start), then the whole run is at half the device.
     let share = state.utilization(0, t1 - t0 - 100_000_000, t1, Some(pid)).1;
     assert!(

@@ -96,6 +96,16 @@ impl Sim {
         self.dir.join("gpusim.state")
     }
 
+    /// This simulated host's device state, as gpusim's processes share it.
+    pub fn device_state(&self) -> gpusim::state::SharedState {
+        let path = self.state();
+        let cfg = gpusim::SimConfig::from_lookup(|k| {
+            (k == "GPUSIM_STATE").then(|| path.display().to_string())
+        })
+        .expect("state path configuration");
+        gpusim::state::SharedState::open(&cfg).expect("open gpusim state")
+    }
+
     /// A command that runs against this simulated host.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new(program);
