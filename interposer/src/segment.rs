@@ -19,11 +19,12 @@ static SEGMENT: AtomicUsize = AtomicUsize::new(0);
 /// The segment, or `None` when the shim passes calls through unobserved.
 #[inline]
 pub fn get() -> Option<&'static Segment> {
-    if STATE.load(Acquire) == READY {
+    match STATE.load(Acquire) {
         // SAFETY: set once to a live mapping before READY is published.
-        return Some(unsafe { &*(SEGMENT.load(Relaxed) as *const Segment) });
+        READY => Some(unsafe { &*(SEGMENT.load(Relaxed) as *const Segment) }),
+        PASSTHROUGH => None,
+        _ => slow_get(),
     }
-    slow_get()
 }
 
 #[cold]
