@@ -3,5 +3,7 @@
 //!
 //! - [`shm`]: the segment each shimmed process writes its statistics into and
 //!   reads its control block from (shim ↔ agent, `vagus run`).
+//! - [`wire`]: the agent ↔ brain messages and their framing.
 
 pub mod shm;
+pub mod wire;

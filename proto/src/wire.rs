@@ -1,0 +1,669 @@
+//! Agent ↔ brain messages and how they travel.
+//!
+//! A frame is `[length: u32 LE][version: u16 LE][kind: u8][payload]`, where
+//! `length` counts everything after itself and the payload is the message
+//! body in postcard's compact serde encoding. The header is read before the
+//! payload, so a frame that is too large is refused before it is buffered,
+//! and a message kind this build does not know (from a newer peer) is
+//! answered with [`FrameError::UnknownKind`] instead of a decoding failure.
+//! A connection starts with the agent's [`Hello`] (the range of protocol
+//! versions it speaks) and the brain's [`Welcome`] (the version chosen, see
+//! [`negotiate`]); every later frame carries that version.
+
+use serde::{Deserialize, Serialize};
+
+/// The newest protocol this build speaks, and the oldest it still accepts.
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Default largest frame (header included) a peer accepts.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Bytes before the payload: length, version, kind.
+pub const HEADER_BYTES: usize = 4 + 2 + 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MpsState {
+    pub server_pid: u32,
+    /// Active thread percentage of the server, 0–100.
+    pub percent: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub sms: u32,
+    pub memory_bytes: u64,
+    pub tdp_watts: u32,
+    pub mps: Option<MpsState>,
+}
+
+/// The agent's first message: who it is and what the node has.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub min_version: u16,
+    pub max_version: u16,
+    pub node: String,
+    pub agent_version: String,
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// The brain's answer: the protocol version both will use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub version: u16,
+    pub brain_version: String,
+}
+
+/// One GPU over one window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuWindow {
+    pub index: u32,
+    /// Fraction of the window any kernel ran, 0–1.
+    pub utilization: f32,
+    /// Fraction of SM-time used, 0–1.
+    pub sm_utilization: f32,
+    pub memory_used_bytes: u64,
+    pub power_mw: u32,
+    pub temperature_c: u32,
+}
+
+/// One process over one window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessWindow {
+    pub pid: u32,
+    pub ns_pid: u32,
+    pub gpu: u32,
+    pub cgroup_id: u64,
+    pub container: String,
+    pub pod: String,
+    pub namespace: String,
+    pub launches: u64,
+    pub gpu_time_ns: u64,
+    pub occupancy_weighted_sm_ns: u64,
+    pub memory_bytes: u64,
+    /// The MPS percentage it started with (0: not an MPS client).
+    pub mps_percent: f32,
+    /// HdrHistograms in their V2 serialisation (kernel durations, sync waits).
+    pub kernel_hist: Vec<u8>,
+    pub sync_hist: Vec<u8>,
+}
+
+/// What an agent saw on its node over one window (default 100 ms).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryWindow {
+    pub node: String,
+    /// Per-connection sequence number, from 0.
+    pub seq: u64,
+    pub start_unix_ns: u64,
+    pub duration_ns: u64,
+    pub gpus: Vec<GpuWindow>,
+    pub processes: Vec<ProcessWindow>,
+    /// Windows dropped from the outage buffer before this one.
+    pub dropped_windows: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub seq: u64,
+    pub unix_ns: u64,
+}
+
+/// What the brain asks an agent to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CommandKind {
+    /// Set a shimmed process's SM-time budget (millionths of the device; 0: none).
+    SetShimBudget {
+        pid: u32,
+        budget_ppm: u32,
+    },
+    /// Pause or resume a shimmed process's launches.
+    PauseProcess {
+        pid: u32,
+        paused: bool,
+    },
+    /// Set an MPS server's active thread percentage (for clients created afterwards).
+    SetMpsPercentage {
+        gpu: u32,
+        server_pid: u32,
+        percent: f32,
+    },
+    StartMpsServer {
+        gpu: u32,
+        uid: u32,
+    },
+    StopMpsServer {
+        gpu: u32,
+        server_pid: u32,
+    },
+    /// Stop placing work on a GPU and let what runs there finish.
+    DrainGpu {
+        gpu: u32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Unique per brain; an agent applies each id at most once.
+    pub id: u64,
+    pub kind: CommandKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Applied,
+    /// Seen before: not applied again (the first outcome stands).
+    Duplicate,
+    Failed(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub id: u64,
+    pub outcome: Outcome,
+}
+
+/// A refusal sent before closing: why the peer's frame or hello was refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub reason: String,
+}
+
+/// Every message, with its kind byte.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Hello(Hello),
+    Welcome(Welcome),
+    Telemetry(TelemetryWindow),
+    Heartbeat(Heartbeat),
+    Command(Command),
+    CommandResult(CommandResult),
+    Refusal(Refusal),
+}
+
+impl Message {
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Hello(_) => 1,
+            Message::Welcome(_) => 2,
+            Message::Telemetry(_) => 3,
+            Message::Heartbeat(_) => 4,
+            Message::Command(_) => 5,
+            Message::CommandResult(_) => 6,
+            Message::Refusal(_) => 7,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame length {len} is shorter than its header")]
+    TooShort { len: usize },
+    #[error("stream ended inside a frame ({have} of {want} bytes)")]
+    Truncated { have: usize, want: usize },
+    #[error(
+        "unknown message kind {kind} (peer speaks protocol version {version}; this build {PROTOCOL_VERSION})"
+    )]
+    UnknownKind { kind: u8, version: u16 },
+    #[error(
+        "protocol version {version} is not in the supported range {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
+    )]
+    UnsupportedVersion { version: u16 },
+    #[error("malformed {kind_name} payload: {reason}")]
+    BadPayload {
+        kind_name: &'static str,
+        reason: String,
+    },
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    [
+        "?",
+        "Hello",
+        "Welcome",
+        "Telemetry",
+        "Heartbeat",
+        "Command",
+        "CommandResult",
+        "Refusal",
+    ]
+    .get(kind as usize)
+    .copied()
+    .unwrap_or("?")
+}
+
+/// Encodes `msg` as one frame at protocol `version`, appending to `out`.
+pub fn encode(
+    msg: &Message,
+    version: u16,
+    max_frame: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_BYTES]);
+    let body = match msg {
+        Message::Hello(m) => postcard::to_extend(m, std::mem::take(out)),
+        Message::Welcome(m) => postcard::to_extend(m, std::mem::take(out)),
+        Message::Telemetry(m) => postcard::to_extend(m, std::mem::take(out)),
+        Message::Heartbeat(m) => postcard::to_extend(m, std::mem::take(out)),
+        Message::Command(m) => postcard::to_extend(m, std::mem::take(out)),
+        Message::CommandResult(m) => postcard::to_extend(m, std::mem::take(out)),
+        Message::Refusal(m) => postcard::to_extend(m, std::mem::take(out)),
+    };
+    *out = body.map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = out.len() - start;
+    if len > max_frame {
+        out.truncate(start);
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    out[start..start + 4].copy_from_slice(&((len - 4) as u32).to_le_bytes());
+    out[start + 4..start + 6].copy_from_slice(&version.to_le_bytes());
+    out[start + 6] = msg.kind();
+    Ok(())
+}
+
+/// Decodes a message from a frame's kind and payload.
+pub fn decode(version: u16, kind: u8, payload: &[u8]) -> Result<Message, FrameError> {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Err(FrameError::UnsupportedVersion { version });
+    }
+    fn body<'a, T: Deserialize<'a>>(kind: u8, payload: &'a [u8]) -> Result<T, FrameError> {
+        match postcard::take_from_bytes::<T>(payload) {
+            Ok((v, [])) => Ok(v),
+            Ok((_, rest)) => Err(FrameError::BadPayload {
+                kind_name: kind_name(kind),
+                reason: format!("{} bytes left over", rest.len()),
+            }),
+            Err(e) => Err(FrameError::BadPayload {
+                kind_name: kind_name(kind),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    Ok(match kind {
+        1 => Message::Hello(body(kind, payload)?),
+        2 => Message::Welcome(body(kind, payload)?),
+        3 => Message::Telemetry(body(kind, payload)?),
+        4 => Message::Heartbeat(body(kind, payload)?),
+        5 => Message::Command(body(kind, payload)?),
+        6 => Message::CommandResult(body(kind, payload)?),
+        7 => Message::Refusal(body(kind, payload)?),
+        _ => return Err(FrameError::UnknownKind { kind, version }),
+    })
+}
+
+/// Splits a byte stream into messages. Feed it what arrives with
+/// [`FrameDecoder::push`]; take messages with [`FrameDecoder::next_message`].
+/// After an error the connection is to be closed: the decoder stays failed.
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max_frame: usize,
+    failed: Option<FrameError>,
+}
+
+impl FrameDecoder {
+    pub fn new(max_frame: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            max_frame,
+            failed: None,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed.
+    pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.take();
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+            self.buf = Vec::new();
+        }
+        r
+    }
+
+    fn take(&mut self) -> Result<Option<Message>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        if len + 4 > self.max_frame {
+            return Err(FrameError::TooLarge {
+                len: len + 4,
+                max: self.max_frame,
+            });
+        }
+        if len < HEADER_BYTES - 4 {
+            return Err(FrameError::TooShort { len });
+        }
+        if self.buf.len() < len + 4 {
+            return Ok(None);
+        }
+        let version = u16::from_le_bytes([self.buf[4], self.buf[5]]);
+        let kind = self.buf[6];
+        let msg = decode(version, kind, &self.buf[HEADER_BYTES..len + 4]);
+        self.buf.drain(..len + 4);
+        msg.map(Some)
+    }
+
+    /// At end of stream: an error if a frame was cut short.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let want = if self.buf.len() >= 4 {
+            u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize + 4
+        } else {
+            4
+        };
+        Err(FrameError::Truncated {
+            have: self.buf.len(),
+            want,
+        })
+    }
+}
+
+/// The version two peers speak: the newest both support.
+pub fn negotiate(theirs: (u16, u16), ours: (u16, u16)) -> Result<u16, String> {
+    let lo = theirs.0.max(ours.0);
+    let hi = theirs.1.min(ours.1);
+    if theirs.0 > theirs.1 {
+        return Err(format!(
+            "peer announced an empty version range {}..={}",
+            theirs.0, theirs.1
+        ));
+    }
+    if lo > hi {
+        return Err(format!(
+            "no common protocol version: peer speaks {}..={}, this build {}..={}",
+            theirs.0, theirs.1, ours.0, ours.1
+        ));
+    }
+    Ok(hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn samples() -> Vec<Message> {
+        let gpu = GpuInfo {
+            index: 0,
+            uuid: "GPU-1".into(),
+            model: "NVIDIA H100 80GB HBM3".into(),
+            sms: 132,
+            memory_bytes: 81559 << 20,
+            tdp_watts: 700,
+            mps: Some(MpsState {
+                server_pid: 465,
+                percent: 50.0,
+            }),
+        };
+        let proc_ = ProcessWindow {
+            pid: 42,
+            ns_pid: 7,
+            gpu: 0,
+            cgroup_id: 1234,
+            container: "c1".into(),
+            pod: "llm-0".into(),
+            namespace: "prod".into(),
+            launches: 10_000,
+            gpu_time_ns: 5_000_000,
+            occupancy_weighted_sm_ns: 2_500_000,
+            memory_bytes: 1 << 30,
+            mps_percent: 40.0,
+            kernel_hist: vec![1, 2, 3, 4],
+            sync_hist: vec![],
+        };
+        vec![
+            Message::Hello(Hello {
+                min_version: 1,
+                max_version: 1,
+                node: "node-a".into(),
+                agent_version: "0.1.0".into(),
+                gpus: vec![
+                    gpu.clone(),
+                    GpuInfo {
+                        mps: None,
+                        index: 1,
+                        ..gpu
+                    },
+                ],
+            }),
+            Message::Welcome(Welcome {
+                version: 1,
+                brain_version: "0.1.0".into(),
+            }),
+            Message::Telemetry(TelemetryWindow {
+                node: "node-a".into(),
+                seq: 9,
+                start_unix_ns: 1_700_000_000_000_000_000,
+                duration_ns: 100_000_000,
+                gpus: vec![GpuWindow {
+                    index: 0,
+                    utilization: 0.5,
+                    sm_utilization: 0.25,
+                    memory_used_bytes: 1 << 30,
+                    power_mw: 300_000,
+                    temperature_c: 55,
+                }],
+                processes: vec![proc_.clone(), ProcessWindow { pid: 43, ..proc_ }],
+                dropped_windows: 3,
+            }),
+            Message::Heartbeat(Heartbeat { seq: 1, unix_ns: 2 }),
+            Message::Command(Command {
+                id: 77,
+                kind: CommandKind::SetShimBudget {
+                    pid: 42,
+                    budget_ppm: 300_000,
+                },
+            }),
+            Message::Command(Command {
+                id: 78,
+                kind: CommandKind::SetMpsPercentage {
+                    gpu: 0,
+                    server_pid: 465,
+                    percent: 40.0,
+                },
+            }),
+            Message::Command(Command {
+                id: 79,
+                kind: CommandKind::DrainGpu { gpu: 1 },
+            }),
+            Message::CommandResult(CommandResult {
+                id: 77,
+                outcome: Outcome::Applied,
+            }),
+            Message::CommandResult(CommandResult {
+                id: 77,
+                outcome: Outcome::Failed("no such pid".into()),
+            }),
+            Message::Refusal(Refusal {
+                reason: "certificate names node-b".into(),
+            }),
+        ]
+    }
+
+    pub(super) fn stream() -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in samples() {
+            encode(&m, PROTOCOL_VERSION, DEFAULT_MAX_FRAME, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn every_message_round_trips_through_frames_split_anywhere() {
+        let bytes = stream();
+        for chunk in [1, 2, 3, 7, 64, bytes.len()] {
+            let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+            let mut got = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                d.push(piece);
+                while let Some(m) = d.next_message().unwrap() {
+                    got.push(m);
+                }
+            }
+            d.finish().unwrap();
+            assert_eq!(got, samples(), "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn oversized_truncated_unknown_and_garbage_frames_are_named_errors() {
+        let mut big = Vec::new();
+        let e = encode(&samples()[2], 1, 64, &mut big).unwrap_err();
+        assert!(matches!(e, FrameError::TooLarge { max: 64, .. }), "{e}");
+        assert!(big.is_empty(), "nothing is left behind");
+
+        let mut d = FrameDecoder::new(1024);
+        d.push(&(5000u32).to_le_bytes());
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::TooLarge {
+                len: 5004,
+                max: 1024
+            })
+        ));
+        assert!(d.next_message().is_err(), "the decoder stays failed");
+
+        let bytes = stream();
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&bytes[..bytes.len() - 3]);
+        while d.next_message().unwrap().is_some() {}
+        assert!(matches!(d.finish(), Err(FrameError::Truncated { .. })));
+
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&[3, 0, 0, 0, 2, 0, 200]);
+        let e = d.next_message().unwrap_err();
+        assert_eq!(e, FrameError::UnsupportedVersion { version: 2 });
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&[3, 0, 0, 0, 1, 0, 200]);
+        let e = d.next_message().unwrap_err();
+        assert_eq!(
+            e,
+            FrameError::UnknownKind {
+                kind: 200,
+                version: 1
+            }
+        );
+        assert!(e.to_string().contains("unknown message kind 200"), "{e}");
+
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&[5, 0, 0, 0, 1, 0, 5, 0xff, 0xff]);
+        let e = d.next_message().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FrameError::BadPayload {
+                    kind_name: "Command",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&[2, 0, 0, 0, 1, 0]);
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::TooShort { len: 2 })
+        ));
+    }
+
+    #[test]
+    fn version_negotiation_picks_the_newest_common_version() {
+        assert_eq!(negotiate((1, 3), (1, 2)), Ok(2));
+        assert_eq!(negotiate((2, 2), (1, 5)), Ok(2));
+        assert!(
+            negotiate((3, 4), (1, 2))
+                .unwrap_err()
+                .contains("no common protocol version")
+        );
+        assert!(negotiate((4, 3), (1, 9)).unwrap_err().contains("empty"));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! The frame decoder against arbitrary and mutated input: it returns
+    //! messages or errors and never panics, whatever arrives.
+    use super::tests::{samples, stream};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `bytes` in `chunk`-sized pieces; checks the decoder's contract.
+    fn feed(bytes: &[u8], chunk: usize) {
+        let mut d = FrameDecoder::new(4096);
+        for piece in bytes.chunks(chunk.max(1)) {
+            d.push(piece);
+            loop {
+                match d.next_message() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(_) => {
+                        assert!(d.next_message().is_err(), "a failed decoder stays failed");
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = d.finish();
+    }
+
+    fn cases() -> u32 {
+        std::env::var("VAGUS_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2_000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), chunk in 1usize..64) {
+            feed(&bytes, chunk);
+        }
+
+        #[test]
+        fn mutated_valid_frames_never_panic(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
+            chunk in 1usize..64,
+        ) {
+            // The corpus: a valid stream of every message kind, then bytes
+            // overwritten (length fields included) and the tail cut off.
+            let mut bytes = stream();
+            for (at, v) in flips {
+                let i = at % bytes.len();
+                bytes[i] = v;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            feed(&bytes, chunk);
+        }
+
+        #[test]
+        fn any_valid_message_round_trips(i in 0usize..10, version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION) {
+            let m = samples()[i].clone();
+            let mut out = Vec::new();
+            encode(&m, version, DEFAULT_MAX_FRAME, &mut out).unwrap();
+            let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+            d.push(&out);
+            prop_assert_eq!(d.next_message().unwrap(), Some(m));
+        }
+    }
+}
