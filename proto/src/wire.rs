@@ -236,39 +236,37 @@ fn kind_name(kind: u8) -> &'static str {
     .unwrap_or("?")
 }
 
-/// Encodes `msg` as one frame at protocol `version`, appending to `out`.
+/// Encodes `msg` as one frame at protocol `version`, appending to `out`
+/// (which is left as it was on error).
 pub fn encode(
     msg: &Message,
     version: u16,
     max_frame: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER_BYTES]);
     let body = match msg {
-        Message::Hello(m) => postcard::to_extend(m, std::mem::take(out)),
-        Message::Welcome(m) => postcard::to_extend(m, std::mem::take(out)),
-        Message::Telemetry(m) => postcard::to_extend(m, std::mem::take(out)),
-        Message::Heartbeat(m) => postcard::to_extend(m, std::mem::take(out)),
-        Message::Command(m) => postcard::to_extend(m, std::mem::take(out)),
-        Message::CommandResult(m) => postcard::to_extend(m, std::mem::take(out)),
-        Message::Refusal(m) => postcard::to_extend(m, std::mem::take(out)),
-    };
-    *out = body.map_err(|e| FrameError::Encode(e.to_string()))?;
-    let len = out.len() - start;
+        Message::Hello(m) => postcard::to_allocvec(m),
+        Message::Welcome(m) => postcard::to_allocvec(m),
+        Message::Telemetry(m) => postcard::to_allocvec(m),
+        Message::Heartbeat(m) => postcard::to_allocvec(m),
+        Message::Command(m) => postcard::to_allocvec(m),
+        Message::CommandResult(m) => postcard::to_allocvec(m),
+        Message::Refusal(m) => postcard::to_allocvec(m),
+    }
+    .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = HEADER_BYTES + body.len();
     if len > max_frame {
-        out.truncate(start);
         return Err(FrameError::TooLarge {
             len,
             max: max_frame,
         });
     }
-    out[start..start + 4].copy_from_slice(&((len - 4) as u32).to_le_bytes());
-    out[start + 4..start + 6].copy_from_slice(&version.to_le_bytes());
-    out[start + 6] = msg.kind();
+    out.extend_from_slice(&((len - 4) as u32).to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.push(msg.kind());
+    out.extend_from_slice(&body);
     Ok(())
 }
-
 /// Decodes a message from a frame's kind and payload.
 pub fn decode(version: u16, kind: u8, payload: &[u8]) -> Result<Message, FrameError> {
     if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
@@ -526,9 +524,14 @@ mod tests {
     #[test]
     fn oversized_truncated_unknown_and_garbage_frames_are_named_errors() {
         let mut big = Vec::new();
+        encode(&samples()[3], 1, 64, &mut big).unwrap();
+        let before = big.clone();
         let e = encode(&samples()[2], 1, 64, &mut big).unwrap_err();
         assert!(matches!(e, FrameError::TooLarge { max: 64, .. }), "{e}");
-        assert!(big.is_empty(), "nothing is left behind");
+        assert_eq!(
+            big, before,
+            "frames already encoded are kept, nothing partial is added"
+        );
 
         let mut d = FrameDecoder::new(1024);
         d.push(&(5000u32).to_le_bytes());
