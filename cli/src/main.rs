@@ -26,10 +26,31 @@ enum Command {
     Load(load::LoadArgs),
     /// Run a program under the shim and report its kernels when it exits.
     Run(run::RunArgs),
+    /// Certificates for the agent-brain transport (mutual TLS).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// gpusim, the simulated GPU: where its libraries are, what its devices are doing.
     Gpusim {
         #[command(subcommand)]
         command: gpusim_cmd::GpusimCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a CA, the brain's certificate and one per agent into a directory.
+    Init {
+        /// Directory to write ca.pem/ca.key and NAME.pem/NAME.key into.
+        #[arg(long, env = "VAGUS_CERTS_DIR")]
+        dir: std::path::PathBuf,
+        /// Agent node names, comma-separated (each certificate names its node).
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+        /// The brain's certificate name (agents connect to this name).
+        #[arg(long, default_value = "brain")]
+        brain: String,
     },
 }
 
@@ -42,6 +63,17 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Gpusim { command } => gpusim_cmd::run(command),
+        Command::Certs {
+            command: CertsCommand::Init { dir, agents, brain },
+        } => vagus_transport::certs::init(&dir, &brain, &agents)
+            .map(|()| {
+                println!(
+                    "wrote a CA and certificates for {brain} and {} agent(s) to {}",
+                    agents.len(),
+                    dir.display()
+                )
+            })
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,239 @@
+//! The brain's endpoint: accepts agents, checks who they are, ingests their
+//! telemetry and sends them commands.
+
+use crate::TransportError;
+use crate::frames::{FrameReader, send};
+use crate::tls::{Identity, server_config};
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use vagus_proto::wire::{self, Command, CommandResult, Message, Refusal, TelemetryWindow, Welcome};
+
+/// What the brain has learnt from its agents.
+#[derive(Default)]
+pub struct Ingest {
+    /// The latest window of each node.
+    pub latest: HashMap<String, TelemetryWindow>,
+    pub windows: u64,
+    pub bytes: u64,
+    /// Connections refused, by reason.
+    pub rejected: HashMap<String, u64>,
+    pub results: Vec<CommandResult>,
+    /// Nodes connected now, with the channel that carries their commands.
+    connected: HashMap<String, mpsc::UnboundedSender<Command>>,
+}
+
+impl Ingest {
+    pub fn is_connected(&self, node: &str) -> bool {
+        self.connected.get(node).is_some_and(|c| !c.is_closed())
+    }
+}
+
+pub struct Brain {
+    endpoint: quinn::Endpoint,
+    pub state: Arc<Mutex<Ingest>>,
+    name: String,
+}
+
+fn lock(s: &Mutex<Ingest>) -> std::sync::MutexGuard<'_, Ingest> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn reject(state: &Mutex<Ingest>, reason: &str) {
+    *lock(state).rejected.entry(reason.to_string()).or_default() += 1;
+}
+
+impl Brain {
+    /// Listens on `addr` with the brain's identity. Must run in a Tokio runtime.
+    pub fn bind(addr: SocketAddr, id: &Identity) -> Result<Brain, TransportError> {
+        let endpoint = quinn::Endpoint::server(server_config(id)?, addr).map_err(|source| {
+            TransportError::Io {
+                what: format!("bind {addr}"),
+                source,
+            }
+        })?;
+        Ok(Brain {
+            endpoint,
+            state: Arc::new(Mutex::new(Ingest::default())),
+            name: env!("CARGO_PKG_VERSION").into(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("bound endpoint")
+    }
+
+    /// Queues a command for a connected node.
+    pub fn command(&self, node: &str, c: Command) -> Result<(), TransportError> {
+        let st = lock(&self.state);
+        let tx = st
+            .connected
+            .get(node)
+            .ok_or_else(|| TransportError::Connection(format!("node {node} is not connected")))?;
+        tx.send(c)
+            .map_err(|_| TransportError::Connection(format!("node {node} disconnected")))
+    }
+
+    /// Accepts connections until the endpoint closes.
+    pub async fn run(&self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let state = self.state.clone();
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => {
+                        if let Err((reason, e)) = serve(conn, state.clone(), name).await {
+                            reject(&state, reason);
+                            let _ = e;
+                        }
+                    }
+                    Err(e) => reject(&state, &format!("handshake: {}", short(&e.to_string()))),
+                }
+            });
+        }
+    }
+}
+
+fn short(s: &str) -> String {
+    s.split(':').next().unwrap_or(s).trim().to_string()
+}
+
+/// Tells the agent why, lets it read that (it closes, or a second passes),
+/// then closes the connection.
+async fn refuse_and_close(
+    conn: &quinn::Connection,
+    tx: &mut quinn::SendStream,
+    r: Refusal,
+    code: u32,
+    reason: &[u8],
+) {
+    let _ = send(tx, &Message::Refusal(r), wire::PROTOCOL_VERSION).await;
+    let _ = tx.finish();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.closed()).await;
+    conn.close(code.into(), reason);
+}
+
+/// One agent's connection. An error names why it was refused.
+async fn serve(
+    conn: quinn::Connection,
+    state: Arc<Mutex<Ingest>>,
+    brain_version: String,
+) -> Result<(), (&'static str, TransportError)> {
+    let chain = conn
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .filter(|c| !c.is_empty())
+        .ok_or((
+            "no client certificate",
+            TransportError::Protocol("no client certificate".into()),
+        ))?;
+    let (mut tx, rx) = conn.accept_bi().await.map_err(|e| {
+        (
+            "closed before hello",
+            TransportError::Connection(e.to_string()),
+        )
+    })?;
+    let mut reader = FrameReader::new(rx, wire::DEFAULT_MAX_FRAME);
+    let hello = match reader.next().await {
+        Ok(Some(Message::Hello(h))) => h,
+        Ok(_) => {
+            return Err((
+                "no hello",
+                TransportError::Protocol("expected Hello".into()),
+            ));
+        }
+        Err(e) => return Err(("bad hello", e)),
+    };
+    let refuse = |why: String| Refusal { reason: why };
+    // The certificate must be valid for the node name the agent announces.
+    let named = ServerName::try_from(hello.node.as_str())
+        .ok()
+        .and_then(|n| {
+            webpki::EndEntityCert::try_from(&chain[0])
+                .ok()
+                .map(|c| c.verify_is_valid_for_subject_name(&n).is_ok())
+        })
+        .unwrap_or(false);
+    if !named {
+        let r = refuse(format!(
+            "certificate is not valid for node {:?}",
+            hello.node
+        ));
+        refuse_and_close(&conn, &mut tx, r, 1, b"certificate does not name the node").await;
+        return Err((
+            "certificate names another node",
+            TransportError::Refused(hello.node),
+        ));
+    }
+    let version = match wire::negotiate(
+        (hello.min_version, hello.max_version),
+        (wire::MIN_PROTOCOL_VERSION, wire::PROTOCOL_VERSION),
+    ) {
+        Ok(v) => v,
+        Err(why) => {
+            refuse_and_close(
+                &conn,
+                &mut tx,
+                refuse(why.clone()),
+                2,
+                b"no common protocol version",
+            )
+            .await;
+            return Err(("no common protocol version", TransportError::Protocol(why)));
+        }
+    };
+    send(
+        &mut tx,
+        &Message::Welcome(Welcome {
+            version,
+            brain_version,
+        }),
+        version,
+    )
+    .await
+    .map_err(|e| ("welcome", e))?;
+    let node = hello.node.clone();
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    lock(&state).connected.insert(node.clone(), cmd_tx);
+
+    // Telemetry: one unidirectional stream, in order.
+    let st = state.clone();
+    let telemetry_conn = conn.clone();
+    let telemetry = tokio::spawn(async move {
+        let Ok(rx) = telemetry_conn.accept_uni().await else {
+            return;
+        };
+        let mut r = FrameReader::new(rx, wire::DEFAULT_MAX_FRAME);
+        while let Ok(Some(m)) = r.next().await {
+            if let Message::Telemetry(w) = m {
+                let mut s = lock(&st);
+                s.windows += 1;
+                s.bytes += w
+                    .processes
+                    .iter()
+                    .map(|p| p.kernel_hist.len() + p.sync_hist.len())
+                    .sum::<usize>() as u64;
+                s.latest.insert(w.node.clone(), w);
+            }
+        }
+    });
+    // Commands out, results in, on the handshake stream.
+    loop {
+        tokio::select! {
+            c = cmd_rx.recv() => match c {
+                Some(c) => if send(&mut tx, &Message::Command(c), version).await.is_err() { break },
+                None => break,
+            },
+            m = reader.next() => match m {
+                Ok(Some(Message::CommandResult(r))) => lock(&state).results.push(r),
+                Ok(Some(_)) => {}
+                _ => break,
+            },
+        }
+    }
+    telemetry.abort();
+    lock(&state).connected.remove(&node);
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `vagus_proto::wire` frames over QUIC streams.
+
+use crate::TransportError;
+use vagus_proto::wire::{self, FrameDecoder, Message};
+
+/// Reads messages from a receive stream.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    pub fn new(recv: quinn::RecvStream, max_frame: usize) -> FrameReader {
+        FrameReader {
+            recv,
+            decoder: FrameDecoder::new(max_frame),
+        }
+    }
+
+    /// The next message; `None` when the peer finished the stream cleanly.
+    pub async fn next(&mut self) -> Result<Option<Message>, TransportError> {
+        loop {
+            if let Some(m) = self
+                .decoder
+                .next_message()
+                .map_err(|e| TransportError::Protocol(e.to_string()))?
+            {
+                return Ok(Some(m));
+            }
+            match self.recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
+                Ok(None) => {
+                    self.decoder
+                        .finish()
+                        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(TransportError::Connection(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Writes one message as a frame.
+pub async fn send(
+    stream: &mut quinn::SendStream,
+    msg: &Message,
+    version: u16,
+) -> Result<(), TransportError> {
+    let mut buf = Vec::new();
+    wire::encode(msg, version, wire::DEFAULT_MAX_FRAME, &mut buf)
+        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+    stream
+        .write_all(&buf)
+        .await
+        .map_err(|e| TransportError::Connection(e.to_string()))
+}
