@@ -37,10 +37,10 @@ impl Applied {
     fn remember(&mut self, id: u64, o: Outcome) {
         if self.outcomes.insert(id, o).is_none() {
             self.order.push_back(id);
-            if self.order.len() > Self::KEEP {
-                if let Some(old) = self.order.pop_front() {
-                    self.outcomes.remove(&old);
-                }
+            if self.order.len() > Self::KEEP
+                && let Some(old) = self.order.pop_front()
+            {
+                self.outcomes.remove(&old);
             }
         }
     }
