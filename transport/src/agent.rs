@@ -16,19 +16,30 @@ pub struct Link {
     /// The command stream (brain → agent) and its results (agent → brain).
     commands: FrameReader,
     results: quinn::SendStream,
-    applied: Applied,
     _endpoint: quinn::Endpoint,
 }
 
-/// Command ids already applied, with their outcome (the last 4096).
+/// Command ids already applied, with their outcome (the last 4096). Kept by
+/// the agent across reconnections, so a command the brain resends after a
+/// reconnect is not applied twice.
 #[derive(Default)]
-struct Applied {
+pub struct Applied {
     outcomes: HashMap<u64, Outcome>,
     order: VecDeque<u64>,
 }
 
 impl Applied {
     const KEEP: usize = 4096;
+
+    /// The outcome to report for `c`: `apply`'s the first time, `Duplicate` after.
+    pub fn outcome(&mut self, c: &Command, apply: impl FnOnce(&Command) -> Outcome) -> Outcome {
+        if self.seen(c.id) {
+            return Outcome::Duplicate;
+        }
+        let o = apply(c);
+        self.remember(c.id, o.clone());
+        o
+    }
 
     fn seen(&self, id: u64) -> bool {
         self.outcomes.contains_key(&id)
@@ -108,7 +119,6 @@ impl Link {
             telemetry,
             commands,
             results: tx,
-            applied: Applied::default(),
             _endpoint: endpoint,
         })
     }
@@ -117,35 +127,195 @@ impl Link {
         send(&mut self.telemetry, &Message::Telemetry(w), self.version).await
     }
 
-    /// Waits for the next command, applies it with `apply` unless its id was
-    /// applied before, and answers with the outcome. `None` when the brain
+    /// The next command from the brain; `None` when it closed the stream.
+    pub async fn next_command(&mut self) -> Result<Option<Command>, TransportError> {
+        match self.commands.next().await? {
+            Some(Message::Command(c)) => Ok(Some(c)),
+            Some(_) => Err(TransportError::Protocol("expected a Command".into())),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn send_result(&mut self, r: CommandResult) -> Result<(), TransportError> {
+        send(&mut self.results, &Message::CommandResult(r), self.version).await
+    }
+
+    /// Waits for the next command, applies it with `apply` unless `applied`
+    /// has seen its id, and answers with the outcome. `None` when the brain
     /// closed the stream.
     pub async fn serve_one(
         &mut self,
+        applied: &mut Applied,
         apply: impl FnOnce(&Command) -> Outcome,
     ) -> Result<Option<Command>, TransportError> {
-        let c = match self.commands.next().await? {
-            Some(Message::Command(c)) => c,
-            Some(_) => return Err(TransportError::Protocol("expected a Command".into())),
-            None => return Ok(None),
+        let Some(c) = self.next_command().await? else {
+            return Ok(None);
         };
-        let outcome = if self.applied.seen(c.id) {
-            Outcome::Duplicate
-        } else {
-            let o = apply(&c);
-            self.applied.remember(c.id, o.clone());
-            o
-        };
-        send(
-            &mut self.results,
-            &Message::CommandResult(CommandResult { id: c.id, outcome }),
-            self.version,
-        )
-        .await?;
+        let outcome = applied.outcome(&c, apply);
+        self.send_result(CommandResult { id: c.id, outcome })
+            .await?;
         Ok(Some(c))
     }
 
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+/// How an agent keeps its connection.
+pub struct AgentConfig {
+    pub brain: SocketAddr,
+    /// The name the brain's certificate carries.
+    pub brain_name: String,
+    pub identity: Identity,
+    pub hello: Hello,
+    /// Windows kept while disconnected; the oldest are dropped beyond this.
+    pub buffer_windows: usize,
+    pub backoff_min: std::time::Duration,
+    pub backoff_max: std::time::Duration,
+}
+
+/// What the agent's connection has done, for its metrics.
+#[derive(Clone, Debug, Default)]
+pub struct AgentStats {
+    pub connects: u64,
+    pub windows_sent: u64,
+    pub windows_dropped: u64,
+    pub commands_applied: u64,
+    pub last_error: Option<String>,
+}
+
+/// The delay before reconnection attempt `n` (from 0): doubling from
+/// `min` up to `max`, then scaled by a jitter factor in [0.5, 1.5).
+pub fn backoff(
+    n: u32,
+    min: std::time::Duration,
+    max: std::time::Duration,
+    jitter: f64,
+) -> std::time::Duration {
+    let base = min.saturating_mul(1u32 << n.min(16)).min(max);
+    base.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
+}
+
+/// A cheap jitter source: the low bits of the clock.
+fn jitter() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (n % 1000) as f64 / 1000.0
+}
+
+/// Runs the agent's side of the transport until `windows` closes: connects
+/// (retrying with exponential backoff and jitter), sends every window that
+/// `windows` yields — buffering up to `buffer_windows` while disconnected,
+/// dropping the oldest and reporting how many in the next window sent — and
+/// answers commands, applying each id at most once across reconnections.
+pub async fn run(
+    cfg: AgentConfig,
+    mut windows: tokio::sync::mpsc::Receiver<TelemetryWindow>,
+    mut apply: impl FnMut(&Command) -> Outcome,
+    stats: std::sync::Arc<std::sync::Mutex<AgentStats>>,
+) {
+    let stat = |f: &mut dyn FnMut(&mut AgentStats)| {
+        f(&mut stats.lock().unwrap_or_else(|e| e.into_inner()))
+    };
+    let mut buffer: VecDeque<TelemetryWindow> = VecDeque::new();
+    let mut unreported = 0u64;
+    let mut applied = Applied::default();
+    let mut attempt = 0u32;
+    let push =
+        |buffer: &mut VecDeque<TelemetryWindow>, unreported: &mut u64, w: TelemetryWindow| {
+            buffer.push_back(w);
+            while buffer.len() > cfg.buffer_windows.max(1) {
+                buffer.pop_front();
+                *unreported += 1;
+                stat(&mut |s| s.windows_dropped += 1);
+            }
+        };
+    loop {
+        // Connect, buffering what arrives meanwhile.
+        let mut link = loop {
+            match Link::connect(
+                cfg.brain,
+                &cfg.brain_name,
+                &cfg.identity,
+                cfg.hello.clone(),
+                true,
+            )
+            .await
+            {
+                Ok(l) => break l,
+                Err(e) => stat(&mut |s| s.last_error = Some(e.to_string())),
+            }
+            let wait =
+                tokio::time::sleep(backoff(attempt, cfg.backoff_min, cfg.backoff_max, jitter()));
+            attempt = attempt.saturating_add(1);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    w = windows.recv() => match w {
+                        Some(w) => push(&mut buffer, &mut unreported, w),
+                        None => return,
+                    },
+                    _ = &mut wait => break,
+                }
+            }
+        };
+        attempt = 0;
+        stat(&mut |s| s.connects += 1);
+        'connected: loop {
+            // Send what is buffered, oldest first; the first carries the drop count.
+            while let Some(front) = buffer.front() {
+                let mut w = front.clone();
+                w.dropped_windows += unreported;
+                if link.send_window(w).await.is_err() {
+                    break 'connected;
+                }
+                buffer.pop_front();
+                unreported = 0;
+                stat(&mut |s| s.windows_sent += 1);
+            }
+            tokio::select! {
+                w = windows.recv() => match w {
+                    Some(w) => push(&mut buffer, &mut unreported, w),
+                    None => {
+                        link.close();
+                        return;
+                    }
+                },
+                c = link.next_command() => match c {
+                    Ok(Some(c)) => {
+                        let before = applied.seen(c.id);
+                        let outcome = applied.outcome(&c, &mut apply);
+                        if !before {
+                            stat(&mut |s| s.commands_applied += 1);
+                        }
+                        if link.send_result(CommandResult { id: c.id, outcome }).await.is_err() {
+                            break 'connected;
+                        }
+                    }
+                    _ => break 'connected,
+                },
+            }
+        }
+        link.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        assert_eq!(backoff(0, min, max, 0.5), min);
+        assert_eq!(backoff(3, min, max, 0.5), Duration::from_millis(800));
+        assert_eq!(backoff(10, min, max, 0.5), max);
+        assert_eq!(backoff(40, min, max, 0.5), max, "no overflow");
+        assert_eq!(backoff(1, min, max, 0.0), Duration::from_millis(100));
+        assert_eq!(backoff(1, min, max, 1.0), Duration::from_millis(300));
     }
 }

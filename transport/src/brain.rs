@@ -21,6 +21,10 @@ pub struct Ingest {
     /// Connections refused, by reason.
     pub rejected: HashMap<String, u64>,
     pub results: Vec<CommandResult>,
+    /// Σ of the dropped-window counts agents reported.
+    pub dropped_reported: u64,
+    /// Commands not yet answered, by node: sent again when the node reconnects.
+    pending: HashMap<String, std::collections::BTreeMap<u64, Command>>,
     /// Nodes connected now, with the channel that carries their commands.
     connected: HashMap<String, mpsc::UnboundedSender<Command>>,
 }
@@ -65,15 +69,27 @@ impl Brain {
         self.endpoint.local_addr().expect("bound endpoint")
     }
 
-    /// Queues a command for a connected node.
-    pub fn command(&self, node: &str, c: Command) -> Result<(), TransportError> {
-        let st = lock(&self.state);
-        let tx = st
-            .connected
-            .get(node)
-            .ok_or_else(|| TransportError::Connection(format!("node {node} is not connected")))?;
-        tx.send(c)
-            .map_err(|_| TransportError::Connection(format!("node {node} disconnected")))
+    /// Sends a command to a node, now if it is connected, else when it
+    /// (re)connects; it is sent again after every reconnection until the
+    /// node answers it. Returns whether it went out now.
+    pub fn command(&self, node: &str, c: Command) -> bool {
+        let mut st = lock(&self.state);
+        st.pending
+            .entry(node.to_string())
+            .or_default()
+            .insert(c.id, c.clone());
+        st.connected.get(node).is_some_and(|tx| tx.send(c).is_ok())
+    }
+
+    /// Closes the endpoint: every connection ends at once.
+    pub fn shutdown(&self) {
+        self.endpoint.close(0u32.into(), b"brain shutting down");
+    }
+
+    /// Waits until the closed connections have been told (the socket is
+    /// released once the `Brain` is dropped too).
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
     }
 
     /// Accepts connections until the endpoint closes.
@@ -196,7 +212,13 @@ async fn serve(
     .map_err(|e| ("welcome", e))?;
     let node = hello.node.clone();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
-    lock(&state).connected.insert(node.clone(), cmd_tx);
+    {
+        let mut st = lock(&state);
+        for c in st.pending.get(&node).into_iter().flat_map(|p| p.values()) {
+            let _ = cmd_tx.send(c.clone());
+        }
+        st.connected.insert(node.clone(), cmd_tx);
+    }
 
     // Telemetry: one unidirectional stream, in order.
     let st = state.clone();
@@ -210,6 +232,7 @@ async fn serve(
             if let Message::Telemetry(w) = m {
                 let mut s = lock(&st);
                 s.windows += 1;
+                s.dropped_reported += w.dropped_windows;
                 s.bytes += w
                     .processes
                     .iter()
@@ -227,7 +250,13 @@ async fn serve(
                 None => break,
             },
             m = reader.next() => match m {
-                Ok(Some(Message::CommandResult(r))) => lock(&state).results.push(r),
+                Ok(Some(Message::CommandResult(r))) => {
+                    let mut st = lock(&state);
+                    if let Some(p) = st.pending.get_mut(&node) {
+                        p.remove(&r.id);
+                    }
+                    st.results.push(r);
+                }
                 Ok(Some(_)) => {}
                 _ => break,
             },

@@ -54,6 +54,16 @@ impl Identity {
     }
 }
 
+/// QUIC settings both sides use: keep-alives every 300 ms and a 1 s idle
+/// timeout, so a peer that vanished (killed, unplugged) is noticed within a
+/// second and the agent starts reconnecting.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(std::time::Duration::from_millis(300)));
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(1_000).into()));
+    Arc::new(t)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -72,7 +82,9 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, TransportErro
         .map_err(tls)?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(tls)?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport());
+    Ok(server)
 }
 
 /// The agent's side: trusts the CA and presents its certificate (or none,
@@ -94,5 +106,7 @@ pub fn client_config(
     };
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(tls)?;
-    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport());
+    Ok(client)
 }

@@ -87,11 +87,12 @@ async fn telemetry_flows_and_a_command_applies_once_when_sent_twice() {
             budget_ppm: 300_000,
         },
     };
-    brain.command("node-a", c.clone()).unwrap();
-    brain.command("node-a", c).unwrap();
+    assert!(brain.command("node-a", c.clone()));
+    assert!(brain.command("node-a", c));
     let mut applied = 0;
+    let mut seen = vagus_transport::agent::Applied::default();
     for _ in 0..2 {
-        link.serve_one(|_| {
+        link.serve_one(&mut seen, |_| {
             applied += 1;
             Outcome::Applied
         })
@@ -197,4 +198,119 @@ async fn certs_init_writes_a_set_that_connects() {
         Err(TransportError::Io { .. })
     ));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_brain_restart_the_agent_reconnects_and_delivers_what_it_buffered() {
+    use std::sync::{Arc, Mutex};
+    use vagus_transport::agent::{AgentConfig, AgentStats, run};
+    let ca = Ca::new("test CA").unwrap();
+    let brain_id = ca.issue("brain").unwrap();
+    let first = Arc::new(Brain::bind("127.0.0.1:0".parse().unwrap(), &id(&brain_id, &ca)).unwrap());
+    let addr = first.local_addr();
+    let serving = first.clone();
+    let first_task = tokio::spawn(async move { serving.run().await });
+
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let stats = Arc::new(Mutex::new(AgentStats::default()));
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let cfg = AgentConfig {
+        brain: addr,
+        brain_name: "brain".into(),
+        identity: id(&ca.issue("node-a").unwrap(), &ca),
+        hello: hello("node-a"),
+        buffer_windows: 5,
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(400),
+    };
+    let log = applied.clone();
+    let agent = tokio::spawn(run(
+        cfg,
+        rx,
+        move |c| {
+            log.lock().unwrap().push(c.id);
+            Outcome::Applied
+        },
+        stats.clone(),
+    ));
+
+    for seq in 0..3 {
+        tx.send(window("node-a", seq)).await.unwrap();
+    }
+    until(|| first.state.lock().unwrap().windows == 3).await;
+    assert!(first.command(
+        "node-a",
+        Command {
+            id: 1,
+            kind: CommandKind::DrainGpu { gpu: 0 }
+        }
+    ));
+    until(|| first.state.lock().unwrap().results.len() == 1).await;
+
+    // The brain goes away; the agent keeps 5 of the next 8 windows.
+    first.shutdown();
+    first_task.abort();
+    until(|| !first.state.lock().unwrap().is_connected("node-a")).await;
+    first.wait_idle().await;
+    for seq in 3..11 {
+        tx.send(window("node-a", seq)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A new brain on the same address (once the old endpoint has let the
+    // socket go), with a command waiting for the node.
+    drop(first);
+    let mut bound = None;
+    for _ in 0..100 {
+        match Brain::bind(addr, &id(&brain_id, &ca)) {
+            Ok(b) => {
+                bound = Some(b);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let second = Arc::new(bound.expect("rebind the brain's address"));
+    assert!(
+        !second.command(
+            "node-a",
+            Command {
+                id: 2,
+                kind: CommandKind::DrainGpu { gpu: 1 }
+            }
+        ),
+        "not connected yet"
+    );
+    let serving = second.clone();
+    tokio::spawn(async move { serving.run().await });
+    let t = std::time::Instant::now();
+    until(|| second.state.lock().unwrap().is_connected("node-a")).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "reconnected after {:?}",
+        t.elapsed()
+    );
+    until(|| second.state.lock().unwrap().windows == 5).await;
+    {
+        let st = second.state.lock().unwrap();
+        assert_eq!(st.latest["node-a"].seq, 10);
+        assert_eq!(st.dropped_reported, 3, "the drops are reported once");
+    }
+    until(|| second.state.lock().unwrap().results.len() == 1).await;
+    assert_eq!(
+        *applied.lock().unwrap(),
+        vec![1, 2],
+        "the waiting command was delivered on reconnect"
+    );
+    let s = stats.lock().unwrap().clone();
+    assert_eq!(
+        (s.connects, s.windows_dropped, s.windows_sent),
+        (2, 3, 8),
+        "{s:?}"
+    );
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(2), agent)
+        .await
+        .expect("agent ends when its window source closes")
+        .unwrap();
 }
