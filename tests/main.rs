@@ -10,3 +10,4 @@ mod mps;
 mod nvml;
 mod occupancy;
 mod shim;
+mod transport;

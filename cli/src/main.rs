@@ -5,6 +5,7 @@
 mod gpusim_cmd;
 mod load;
 mod run;
+mod transport_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,6 +27,11 @@ enum Command {
     Load(load::LoadArgs),
     /// Run a program under the shim and report its kernels when it exits.
     Run(run::RunArgs),
+    /// The brain's transport endpoint: accepts agents over QUIC with mutual TLS
+    /// and prints what arrives as JSON lines.
+    Brain(transport_cmd::BrainArgs),
+    /// The agent's transport link: connects to the brain and streams windows.
+    Agent(transport_cmd::AgentArgs),
     /// Certificates for the agent-brain transport (mutual TLS).
     Certs {
         #[command(subcommand)]
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Gpusim { command } => gpusim_cmd::run(command),
+        Command::Brain(args) => transport_cmd::brain(args),
+        Command::Agent(args) => transport_cmd::agent(args),
         Command::Certs {
             command: CertsCommand::Init { dir, agents, brain },
         } => vagus_transport::certs::init(&dir, &brain, &agents)

@@ -44,6 +44,9 @@ pub struct Hello {
     pub min_version: u16,
     pub max_version: u16,
     pub node: String,
+    /// Random per agent run: window sequence numbers are unique within it,
+    /// so the brain can drop windows resent after a reconnection.
+    pub session: u64,
     pub agent_version: String,
     pub gpus: Vec<GpuInfo>,
 }
@@ -54,6 +57,11 @@ pub struct Welcome {
     pub version: u16,
     pub brain_version: String,
 }
+
+/// Brain → agent: every window up to `seq` of the current session has
+/// arrived; the agent may forget them. (Sent on the command stream as a
+/// [`Heartbeat`] whose `seq` is the acknowledged window.)
+pub type WindowAck = Heartbeat;
 
 /// One GPU over one window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -432,6 +440,7 @@ mod tests {
                 min_version: 1,
                 max_version: 1,
                 node: "node-a".into(),
+                session: 0x5eed,
                 agent_version: "0.1.0".into(),
                 gpus: vec![
                     gpu.clone(),

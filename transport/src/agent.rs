@@ -8,6 +8,13 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use vagus_proto::wire::{self, Command, CommandResult, Hello, Message, Outcome, TelemetryWindow};
 
+/// What the brain sends an agent.
+pub enum FromBrain {
+    Command(Command),
+    /// Every window up to this sequence number has arrived.
+    Ack(u64),
+}
+
 /// A connected agent.
 pub struct Link {
     pub version: u16,
@@ -129,9 +136,24 @@ impl Link {
 
     /// The next command from the brain; `None` when it closed the stream.
     pub async fn next_command(&mut self) -> Result<Option<Command>, TransportError> {
+        loop {
+            match self.next_from_brain().await? {
+                Some(FromBrain::Command(c)) => return Ok(Some(c)),
+                Some(FromBrain::Ack(_)) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next command or window acknowledgement; `None` when the brain
+    /// closed the stream.
+    pub async fn next_from_brain(&mut self) -> Result<Option<FromBrain>, TransportError> {
         match self.commands.next().await? {
-            Some(Message::Command(c)) => Ok(Some(c)),
-            Some(_) => Err(TransportError::Protocol("expected a Command".into())),
+            Some(Message::Command(c)) => Ok(Some(FromBrain::Command(c))),
+            Some(Message::Heartbeat(h)) => Ok(Some(FromBrain::Ack(h.seq))),
+            Some(_) => Err(TransportError::Protocol(
+                "expected a Command or an acknowledgement".into(),
+            )),
             None => Ok(None),
         }
     }
@@ -264,28 +286,43 @@ pub async fn run(
         };
         attempt = 0;
         stat(&mut |s| s.connects += 1);
+        // Windows stay in `buffer` until the brain acknowledges them: those
+        // written into a connection that then died are sent again.
+        let mut sent = 0usize;
         'connected: loop {
-            // Send what is buffered, oldest first; the first carries the drop count.
-            while let Some(front) = buffer.front() {
-                let mut w = front.clone();
-                w.dropped_windows += unreported;
-                if link.send_window(w).await.is_err() {
+            while sent < buffer.len() {
+                if unreported > 0 {
+                    // The first window not yet sent carries the drop count.
+                    buffer[sent].dropped_windows += unreported;
+                    unreported = 0;
+                }
+                if link.send_window(buffer[sent].clone()).await.is_err() {
                     break 'connected;
                 }
-                buffer.pop_front();
-                unreported = 0;
+                sent += 1;
                 stat(&mut |s| s.windows_sent += 1);
             }
             tokio::select! {
                 w = windows.recv() => match w {
-                    Some(w) => push(&mut buffer, &mut unreported, w),
+                    Some(w) => {
+                        let before = buffer.len();
+                        push(&mut buffer, &mut unreported, w);
+                        // Dropping the oldest shifts what was sent.
+                        sent = sent.saturating_sub(before + 1 - buffer.len());
+                    }
                     None => {
                         link.close();
                         return;
                     }
                 },
-                c = link.next_command() => match c {
-                    Ok(Some(c)) => {
+                m = link.next_from_brain() => match m {
+                    Ok(Some(FromBrain::Ack(seq))) => {
+                        while buffer.front().is_some_and(|w| w.seq <= seq) && sent > 0 {
+                            buffer.pop_front();
+                            sent -= 1;
+                        }
+                    }
+                    Ok(Some(FromBrain::Command(c))) => {
                         let before = applied.seen(c.id);
                         let outcome = applied.outcome(&c, &mut apply);
                         if !before {

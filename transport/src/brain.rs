@@ -23,13 +23,49 @@ pub struct Ingest {
     pub results: Vec<CommandResult>,
     /// Σ of the dropped-window counts agents reported.
     pub dropped_reported: u64,
+    /// Windows that arrived twice (resent after a reconnection), ignored.
+    pub duplicates: u64,
+    /// The last window sequence seen per (node, agent session).
+    last_seq: HashMap<(String, u64), u64>,
     /// Commands not yet answered, by node: sent again when the node reconnects.
     pending: HashMap<String, std::collections::BTreeMap<u64, Command>>,
+    /// Where events go, if someone listens (see [`Brain::events`]).
+    events: Option<mpsc::UnboundedSender<Event>>,
     /// Nodes connected now, with the channel that carries their commands.
     connected: HashMap<String, mpsc::UnboundedSender<Command>>,
 }
 
+/// Something that happened at the brain's endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Connected {
+        node: String,
+        version: u16,
+    },
+    Window {
+        node: String,
+        seq: u64,
+        dropped: u64,
+    },
+    Result {
+        node: String,
+        result: CommandResult,
+    },
+    Rejected {
+        reason: String,
+    },
+    Disconnected {
+        node: String,
+    },
+}
+
 impl Ingest {
+    fn emit(&self, e: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
     pub fn is_connected(&self, node: &str) -> bool {
         self.connected.get(node).is_some_and(|c| !c.is_closed())
     }
@@ -46,7 +82,11 @@ fn lock(s: &Mutex<Ingest>) -> std::sync::MutexGuard<'_, Ingest> {
 }
 
 fn reject(state: &Mutex<Ingest>, reason: &str) {
-    *lock(state).rejected.entry(reason.to_string()).or_default() += 1;
+    let mut st = lock(state);
+    *st.rejected.entry(reason.to_string()).or_default() += 1;
+    st.emit(Event::Rejected {
+        reason: reason.to_string(),
+    });
 }
 
 impl Brain {
@@ -79,6 +119,13 @@ impl Brain {
             .or_default()
             .insert(c.id, c.clone());
         st.connected.get(node).is_some_and(|tx| tx.send(c).is_ok())
+    }
+
+    /// A stream of what happens from now on (one listener at a time).
+    pub fn events(&self) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.state).events = Some(tx);
+        rx
     }
 
     /// Closes the endpoint: every connection ends at once.
@@ -218,19 +265,38 @@ async fn serve(
             let _ = cmd_tx.send(c.clone());
         }
         st.connected.insert(node.clone(), cmd_tx);
+        st.emit(Event::Connected {
+            node: node.clone(),
+            version,
+        });
     }
 
     // Telemetry: one unidirectional stream, in order.
     let st = state.clone();
     let telemetry_conn = conn.clone();
+    let from = node.clone();
+    let session = hello.session;
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<u64>();
     let telemetry = tokio::spawn(async move {
         let Ok(rx) = telemetry_conn.accept_uni().await else {
             return;
         };
         let mut r = FrameReader::new(rx, wire::DEFAULT_MAX_FRAME);
         while let Ok(Some(m)) = r.next().await {
-            if let Message::Telemetry(w) = m {
+            if let Message::Telemetry(mut w) = m {
+                // The authenticated name, whatever the window says.
+                w.node = from.clone();
+                let _ = ack_tx.send(w.seq);
                 let mut s = lock(&st);
+                let last = s
+                    .last_seq
+                    .entry((from.clone(), session))
+                    .or_insert(u64::MAX);
+                if *last != u64::MAX && w.seq <= *last {
+                    s.duplicates += 1;
+                    continue;
+                }
+                *last = w.seq;
                 s.windows += 1;
                 s.dropped_reported += w.dropped_windows;
                 s.bytes += w
@@ -238,6 +304,11 @@ async fn serve(
                     .iter()
                     .map(|p| p.kernel_hist.len() + p.sync_hist.len())
                     .sum::<usize>() as u64;
+                s.emit(Event::Window {
+                    node: w.node.clone(),
+                    seq: w.seq,
+                    dropped: w.dropped_windows,
+                });
                 s.latest.insert(w.node.clone(), w);
             }
         }
@@ -245,6 +316,10 @@ async fn serve(
     // Commands out, results in, on the handshake stream.
     loop {
         tokio::select! {
+            Some(seq) = ack_rx.recv() => {
+                let ack = Message::Heartbeat(wire::Heartbeat { seq, unix_ns: 0 });
+                if send(&mut tx, &ack, version).await.is_err() { break }
+            }
             c = cmd_rx.recv() => match c {
                 Some(c) => if send(&mut tx, &Message::Command(c), version).await.is_err() { break },
                 None => break,
@@ -255,6 +330,7 @@ async fn serve(
                     if let Some(p) = st.pending.get_mut(&node) {
                         p.remove(&r.id);
                     }
+                    st.emit(Event::Result { node: node.clone(), result: r.clone() });
                     st.results.push(r);
                 }
                 Ok(Some(_)) => {}
@@ -263,6 +339,8 @@ async fn serve(
         }
     }
     telemetry.abort();
-    lock(&state).connected.remove(&node);
+    let mut st = lock(&state);
+    st.connected.remove(&node);
+    st.emit(Event::Disconnected { node });
     Ok(())
 }

@@ -18,6 +18,7 @@ fn hello(node: &str) -> Hello {
         min_version: 1,
         max_version: PROTOCOL_VERSION,
         node: node.into(),
+        session: 1,
         agent_version: "test".into(),
         gpus: vec![],
     }
