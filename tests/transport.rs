@@ -1,22 +1,35 @@
 //! `vagus brain --quic` and `vagus agent --brain` as processes: they connect
-//! with mutual TLS, and when the brain is killed with SIGKILL and restarted
-//! the agent is back within 2 s and delivers the windows it buffered.
+//! with mutual TLS, a command goes out and its result comes back, and when
+//! the brain is killed with SIGKILL and restarted the agent is back within
+//! 2 s, delivers the windows it buffered, and the result is still there.
 
 use crate::support::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A brain process and the JSON lines it prints.
 struct BrainProc {
     child: Child,
+    stdin: ChildStdin,
     lines: mpsc::Receiver<serde_json::Value>,
 }
 
 fn start_brain(sim: &Sim, addr: &str, certs: &std::path::Path) -> BrainProc {
+    let ledger = sim.dir.join("ledger.sqlite");
     let mut child = sim
-        .vagus(&["brain", "--quic", addr, "--certs", certs.to_str().unwrap()])
+        .vagus(&[
+            "brain",
+            "--quic",
+            addr,
+            "--certs",
+            certs.to_str().unwrap(),
+            "--ledger",
+            ledger.to_str().unwrap(),
+            "--log-windows",
+        ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -32,10 +45,20 @@ fn start_brain(sim: &Sim, addr: &str, certs: &std::path::Path) -> BrainProc {
             }
         }
     });
-    BrainProc { child, lines }
+    let stdin = child.stdin.take().unwrap();
+    BrainProc {
+        child,
+        stdin,
+        lines,
+    }
 }
 
 impl BrainProc {
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
     /// The next event matching `f` within `timeout`.
     fn wait_for(
         &self,
@@ -85,6 +108,10 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
     let addr = format!("127.0.0.1:{}", free_udp_port());
 
     let mut brain = start_brain(&sim, &addr, &certs);
+    let started = brain
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "started")
+        .expect("the brain starts");
+    assert_eq!(started["results_stored"], 0, "{started}");
     let mut agent = sim
         .vagus(&[
             "agent",
@@ -96,8 +123,9 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
             "node-a",
             "--hz",
             "20",
-            "--buffer-windows",
-            "10",
+            // About 10 of these small windows.
+            "--buffer-bytes",
+            "900",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -115,6 +143,27 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
     });
     assert!(w.is_some(), "windows do not arrive");
 
+    // A command goes out; the agent has no handler for it yet and says so.
+    brain.send(r#"{"issue": {"node": "node-a", "command": {"DrainGpu": {"gpu": 0}}}}"#);
+    let issued = brain
+        .wait_for(Duration::from_secs(5), is("issued"))
+        .expect("issued");
+    let id = issued["id"].as_u64().unwrap();
+    let result = brain
+        .wait_for(Duration::from_secs(5), |v| {
+            v["event"] == "result" && v["id"].as_u64() == Some(id)
+        })
+        .expect("the command's result");
+    assert!(
+        result["outcome"].as_str().unwrap().contains("no handler"),
+        "{result}"
+    );
+    brain.send("{\"nonsense\": 1}");
+    let err = brain
+        .wait_for(Duration::from_secs(5), is("error"))
+        .expect("bad input is answered");
+    assert!(err["error"].as_str().unwrap().contains("nonsense"), "{err}");
+
     // SIGKILL the brain; the agent keeps buffering (at most 10 windows).
     brain.child.kill().unwrap();
     brain.child.wait().unwrap();
@@ -122,6 +171,13 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
 
     let restarted = Instant::now();
     let mut brain = start_brain(&sim, &addr, &certs);
+    let started = brain
+        .wait_for(Duration::from_secs(5), is("started"))
+        .expect("the brain restarts");
+    assert_eq!(
+        started["results_stored"], 1,
+        "the stored result survived SIGKILL: {started}"
+    );
     let back = brain.wait_for(Duration::from_secs(5), is("connected"));
     let took = restarted.elapsed();
     assert!(back.is_some(), "the agent did not come back");
@@ -148,6 +204,16 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
     assert!(
         seqs.windows(2).all(|p| p[1] == p[0] + 1),
         "in order, none missing after the first: {seqs:?}"
+    );
+
+    brain.send(&format!("{{\"result\": {id}}}"));
+    let found = brain
+        .wait_for(Duration::from_secs(5), is("lookup"))
+        .expect("lookup");
+    assert_eq!(found["node"], "node-a", "{found}");
+    assert!(
+        found["outcome"].as_str().unwrap().contains("no handler"),
+        "{found}"
     );
 
     agent.kill().unwrap();

@@ -46,7 +46,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertsCommand {
-    /// Write a CA, the brain's certificate and one per agent into a directory.
+    /// Write a CA, the brain's certificate and one per agent into a directory
+    /// (on a directory with a CA already: issue the certificates missing).
     Init {
         /// Directory to write ca.pem/ca.key and NAME.pem/NAME.key into.
         #[arg(long, env = "VAGUS_CERTS_DIR")]
@@ -74,12 +75,19 @@ fn main() -> ExitCode {
         Command::Certs {
             command: CertsCommand::Init { dir, agents, brain },
         } => vagus_transport::certs::init(&dir, &brain, &agents)
-            .map(|()| {
-                println!(
-                    "wrote a CA and certificates for {brain} and {} agent(s) to {}",
-                    agents.len(),
-                    dir.display()
-                )
+            .map(|w| {
+                let ca = if w.new_ca {
+                    "a new CA"
+                } else {
+                    "the existing CA"
+                };
+                println!("{}: certificates from {ca}", dir.display());
+                if !w.issued.is_empty() {
+                    println!("  issued: {}", w.issued.join(", "));
+                }
+                if !w.kept.is_empty() {
+                    println!("  already present, kept: {}", w.kept.join(", "));
+                }
             })
             .map_err(anyhow::Error::from),
     };

@@ -2,6 +2,13 @@
 //! transport, run for real. What the agent's windows contain (processes,
 //! GPUs, histograms) comes with the node agent; here it sends the windows'
 //! frame — node, sequence, time — so the link itself can be run and tested.
+//!
+//! The brain prints JSON lines: events (connected, result, rejected,
+//! disconnected; windows with `--log-windows`), its ingest metrics every
+//! `--stats-every`, and answers to what it reads on standard input until the
+//! HTTP API exists: `{"issue": {"node": N, "command": KIND}}` issues a
+//! command (KIND as in `{"DrainGpu": {"gpu": 0}}`), `{"result": ID}` looks
+//! up a stored result.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -13,7 +20,8 @@ use vagus_proto::wire::{
     Command, CommandKind, Hello, MIN_PROTOCOL_VERSION, Outcome, PROTOCOL_VERSION, TelemetryWindow,
 };
 use vagus_transport::agent::{AgentConfig, AgentStats};
-use vagus_transport::brain::{Brain, Event};
+use vagus_transport::brain::{Brain, BrainOptions, Event};
+use vagus_transport::ingest::Snapshot;
 use vagus_transport::tls::Identity;
 
 #[derive(Args, Debug)]
@@ -27,6 +35,19 @@ pub struct BrainArgs {
     /// The brain's certificate name in that directory.
     #[arg(long, default_value = "brain")]
     pub name: String,
+    /// SQLite file of the command ledger (commands issued, results
+    /// reported); kept across restarts. Without it the ledger is in memory.
+    #[arg(long, env = "VAGUS_LEDGER")]
+    pub ledger: Option<PathBuf>,
+    /// Print every window as an event too.
+    #[arg(long)]
+    pub log_windows: bool,
+    /// Seconds between ingest-metrics lines (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub stats_every: f64,
+    /// Windows of histograms kept per process.
+    #[arg(long, default_value_t = 10)]
+    pub rolling_windows: usize,
 }
 
 #[derive(Args, Debug)]
@@ -46,9 +67,10 @@ pub struct AgentArgs {
     /// Windows per second.
     #[arg(long, default_value_t = 10.0)]
     pub hz: f64,
-    /// Windows kept while the brain is unreachable (oldest dropped beyond).
-    #[arg(long, default_value_t = 1024)]
-    pub buffer_windows: usize,
+    /// Bytes of windows kept until the brain acknowledges them (all of them
+    /// while it is unreachable); the oldest are dropped beyond.
+    #[arg(long, default_value_t = vagus_transport::agent::DEFAULT_BUFFER_BYTES)]
+    pub buffer_bytes: usize,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -75,19 +97,116 @@ fn event_json(e: &Event) -> serde_json::Value {
     }
 }
 
+fn stats_json(m: &Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "event": "stats",
+        "nodes": m.nodes,
+        "windows": m.totals.windows,
+        "windows_per_s": (m.windows_per_s * 10.0).round() / 10.0,
+        "bytes": m.totals.bytes,
+        "bytes_per_s": m.bytes_per_s.round(),
+        "lag_p50_us": m.lag_p50_us,
+        "lag_p99_us": m.lag_p99_us,
+        "lag_max_us": m.lag_max_us,
+        "duplicates": m.totals.duplicates,
+        "dropped_reported": m.totals.dropped_reported,
+        "results": m.totals.results,
+        "rejected": m.totals.rejected,
+    })
+}
+
+/// A line read on the brain's standard input.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+enum Request {
+    #[serde(rename = "issue")]
+    Issue { node: String, command: CommandKind },
+    #[serde(rename = "result")]
+    Result(u64),
+}
+
+async fn answer(brain: &Brain, line: &str) -> serde_json::Value {
+    let req: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => {
+            return serde_json::json!({"event": "error", "line": line, "error": e.to_string()});
+        }
+    };
+    match req {
+        Request::Issue { node, command } => match brain.issue(&node, command).await {
+            Ok(id) => serde_json::json!({"event": "issued", "node": node, "id": id}),
+            Err(e) => serde_json::json!({"event": "error", "line": line, "error": e.to_string()}),
+        },
+        Request::Result(id) => match brain.result(id).await {
+            Ok(Some((node, o))) => serde_json::json!({
+                "event": "lookup", "id": id, "node": node, "outcome": format!("{o:?}")
+            }),
+            Ok(None) => serde_json::json!({"event": "lookup", "id": id, "outcome": null}),
+            Err(e) => serde_json::json!({"event": "error", "line": line, "error": e.to_string()}),
+        },
+    }
+}
+
 pub fn brain(args: BrainArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.stats_every >= 0.0 && args.stats_every.is_finite(),
+        "--stats-every {} must be a number of seconds ≥ 0",
+        args.stats_every
+    );
     let id = Identity::load(&args.certs, &args.name)?;
+    let opts = BrainOptions {
+        ledger: args.ledger.clone(),
+        rolling_windows: args.rolling_windows,
+    };
     runtime()?.block_on(async {
-        let brain = Arc::new(Brain::bind(args.quic, &id)?);
-        let mut events = brain.events();
+        let brain = Arc::new(Brain::bind(args.quic, &id, &opts)?);
+        let mut events = brain.events(args.log_windows);
         eprintln!(
             "vagus brain: accepting agents on {} (QUIC, mutual TLS)",
             brain.local_addr()
         );
+        {
+            let st = brain.state.lock().unwrap_or_else(|e| e.into_inner());
+            let pending: usize = st.pending_total();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "started",
+                    "addr": brain.local_addr().to_string(),
+                    "results_stored": st.ingest.totals.results,
+                    "commands_pending": pending,
+                })
+            );
+        }
         let serving = brain.clone();
         tokio::spawn(async move { serving.run().await });
-        while let Some(e) = events.recv().await {
-            println!("{}", event_json(&e));
+        let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for l in std::io::stdin().lines().map_while(Result::ok) {
+                if line_tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let every = (args.stats_every > 0.0).then(|| Duration::from_secs_f64(args.stats_every));
+        let mut tick = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
+        tick.tick().await;
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        loop {
+            let v = tokio::select! {
+                e = events.recv() => match e {
+                    Some(e) => event_json(&e),
+                    None => break,
+                },
+                Some(l) = lines.recv() => {
+                    if l.trim().is_empty() { continue }
+                    answer(&brain, &l).await
+                }
+                _ = tick.tick(), if every.is_some() => stats_json(&brain.metrics()),
+            };
+            writeln!(out, "{v}").context("writing to standard output")?;
+            out.flush().context("writing to standard output")?;
         }
         Ok(())
     })
@@ -132,9 +251,10 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         brain_name: args.brain_name.clone(),
         identity: id,
         hello,
-        buffer_windows: args.buffer_windows,
+        buffer_bytes: args.buffer_bytes,
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(5),
+        endpoint: None,
     };
     runtime()?.block_on(async move {
         let (tx, rx) = tokio::sync::mpsc::channel(64);

@@ -171,6 +171,16 @@ pub struct CommandResult {
     pub outcome: Outcome,
 }
 
+/// The brain's acknowledgement: every window up to `windows_through` (of
+/// this connection's agent session) has arrived, and the results of these
+/// command ids are durably recorded. The agent forgets what was
+/// acknowledged and resends the rest after a reconnection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub windows_through: Option<u64>,
+    pub results: Vec<u64>,
+}
+
 /// A refusal sent before closing: why the peer's frame or hello was refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Refusal {
@@ -187,6 +197,7 @@ pub enum Message {
     Command(Command),
     CommandResult(CommandResult),
     Refusal(Refusal),
+    Ack(Ack),
 }
 
 impl Message {
@@ -199,6 +210,7 @@ impl Message {
             Message::Command(_) => 5,
             Message::CommandResult(_) => 6,
             Message::Refusal(_) => 7,
+            Message::Ack(_) => 8,
         }
     }
 }
@@ -238,6 +250,7 @@ fn kind_name(kind: u8) -> &'static str {
         "Command",
         "CommandResult",
         "Refusal",
+        "Ack",
     ]
     .get(kind as usize)
     .copied()
@@ -260,6 +273,7 @@ pub fn encode(
         Message::Command(m) => postcard::to_allocvec(m),
         Message::CommandResult(m) => postcard::to_allocvec(m),
         Message::Refusal(m) => postcard::to_allocvec(m),
+        Message::Ack(m) => postcard::to_allocvec(m),
     }
     .map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = HEADER_BYTES + body.len();
@@ -301,6 +315,7 @@ pub fn decode(version: u16, kind: u8, payload: &[u8]) -> Result<Message, FrameEr
         5 => Message::Command(body(kind, payload)?),
         6 => Message::CommandResult(body(kind, payload)?),
         7 => Message::Refusal(body(kind, payload)?),
+        8 => Message::Ack(body(kind, payload)?),
         _ => return Err(FrameError::UnknownKind { kind, version }),
     })
 }
@@ -501,6 +516,14 @@ mod tests {
             }),
             Message::Refusal(Refusal {
                 reason: "certificate names node-b".into(),
+            }),
+            Message::Ack(Ack {
+                windows_through: Some(41),
+                results: vec![7, 9],
+            }),
+            Message::Ack(Ack {
+                windows_through: None,
+                results: vec![],
             }),
         ]
     }

@@ -2,17 +2,19 @@
 //! and answers commands, applying each command id at most once.
 
 use crate::TransportError;
-use crate::frames::{FrameReader, send};
+use crate::frames::{FrameReader, send, send_encoded};
 use crate::tls::{Identity, client_config};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use vagus_proto::wire::{self, Command, CommandResult, Hello, Message, Outcome, TelemetryWindow};
+use vagus_proto::wire::{
+    self, Ack, Command, CommandResult, Hello, Message, Outcome, TelemetryWindow,
+};
 
 /// What the brain sends an agent.
 pub enum FromBrain {
     Command(Command),
-    /// Every window up to this sequence number has arrived.
-    Ack(u64),
+    /// Windows received and results stored.
+    Ack(Ack),
 }
 
 /// A connected agent.
@@ -26,9 +28,26 @@ pub struct Link {
     _endpoint: quinn::Endpoint,
 }
 
+/// A client endpoint (one UDP socket) for connecting to `brain`; many
+/// links can share one.
+pub fn client_endpoint(brain: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+    let bind: SocketAddr = if brain.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
+    quinn::Endpoint::client(bind).map_err(|source| TransportError::Io {
+        what: "client endpoint".into(),
+        source,
+    })
+}
+
 /// Command ids already applied, with their outcome (the last 4096). Kept by
-/// the agent across reconnections, so a command the brain resends after a
-/// reconnect is not applied twice.
+/// the agent across reconnections, so a command the brain sends again (after
+/// a reconnection, or a brain restart before the result was stored) is not
+/// applied twice: it is answered with the first outcome.
 #[derive(Default)]
 pub struct Applied {
     outcomes: HashMap<u64, Outcome>,
@@ -38,18 +57,24 @@ pub struct Applied {
 impl Applied {
     const KEEP: usize = 4096;
 
-    /// The outcome to report for `c`: `apply`'s the first time, `Duplicate` after.
-    pub fn outcome(&mut self, c: &Command, apply: impl FnOnce(&Command) -> Outcome) -> Outcome {
-        if self.seen(c.id) {
-            return Outcome::Duplicate;
+    /// The outcome to report for `c`, and whether `apply` ran: `apply`'s
+    /// the first time; after that the same outcome again, or `Duplicate`
+    /// once it is no longer remembered.
+    pub fn outcome(
+        &mut self,
+        c: &Command,
+        apply: impl FnOnce(&Command) -> Outcome,
+    ) -> (Outcome, bool) {
+        if let Some(o) = self.outcomes.get(&c.id) {
+            return (o.clone(), false);
+        }
+        if self.order.len() == Self::KEEP && self.order.front().is_some_and(|&old| c.id <= old) {
+            // Older than anything remembered: applied long ago.
+            return (Outcome::Duplicate, false);
         }
         let o = apply(c);
         self.remember(c.id, o.clone());
-        o
-    }
-
-    fn seen(&self, id: u64) -> bool {
-        self.outcomes.contains_key(&id)
+        (o, true)
     }
 
     fn remember(&mut self, id: u64, o: Outcome) {
@@ -66,8 +91,9 @@ impl Applied {
 
 impl Link {
     /// Connects to the brain at `addr` (whose certificate must name
-    /// `brain_name`) and completes the hello. `present_certificate: false`
-    /// connects without a client certificate (the brain refuses that).
+    /// `brain_name`) from a new endpoint and completes the hello.
+    /// `present_certificate: false` connects without a client certificate
+    /// (the brain refuses that).
     pub async fn connect(
         addr: SocketAddr,
         brain_name: &str,
@@ -75,20 +101,21 @@ impl Link {
         hello: Hello,
         present_certificate: bool,
     ) -> Result<Link, TransportError> {
-        let bind: SocketAddr = if addr.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()
-        .expect("literal");
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| TransportError::Io {
-            what: "client endpoint".into(),
-            source,
-        })?;
-        endpoint.set_default_client_config(client_config(id, present_certificate)?);
+        let endpoint = client_endpoint(addr)?;
+        let client = client_config(id, present_certificate)?;
+        Link::connect_from(&endpoint, client, addr, brain_name, hello).await
+    }
+
+    /// Connects from `endpoint` with the TLS configuration `client`.
+    pub async fn connect_from(
+        endpoint: &quinn::Endpoint,
+        client: quinn::ClientConfig,
+        addr: SocketAddr,
+        brain_name: &str,
+        hello: Hello,
+    ) -> Result<Link, TransportError> {
         let conn = endpoint
-            .connect(addr, brain_name)
+            .connect_with(client, addr, brain_name)
             .map_err(|e| TransportError::Connection(e.to_string()))?
             .await
             .map_err(|e| TransportError::Connection(e.to_string()))?;
@@ -126,12 +153,17 @@ impl Link {
             telemetry,
             commands,
             results: tx,
-            _endpoint: endpoint,
+            _endpoint: endpoint.clone(),
         })
     }
 
     pub async fn send_window(&mut self, w: TelemetryWindow) -> Result<(), TransportError> {
         send(&mut self.telemetry, &Message::Telemetry(w), self.version).await
+    }
+
+    /// Sends a window already encoded as a frame of this link's version.
+    async fn send_window_frame(&mut self, frame: &[u8]) -> Result<(), TransportError> {
+        send_encoded(&mut self.telemetry, frame).await
     }
 
     /// The next command from the brain; `None` when it closed the stream.
@@ -150,7 +182,7 @@ impl Link {
     pub async fn next_from_brain(&mut self) -> Result<Option<FromBrain>, TransportError> {
         match self.commands.next().await? {
             Some(Message::Command(c)) => Ok(Some(FromBrain::Command(c))),
-            Some(Message::Heartbeat(h)) => Ok(Some(FromBrain::Ack(h.seq))),
+            Some(Message::Ack(a)) => Ok(Some(FromBrain::Ack(a))),
             Some(_) => Err(TransportError::Protocol(
                 "expected a Command or an acknowledgement".into(),
             )),
@@ -173,7 +205,7 @@ impl Link {
         let Some(c) = self.next_command().await? else {
             return Ok(None);
         };
-        let outcome = applied.outcome(&c, apply);
+        let (outcome, _) = applied.outcome(&c, apply);
         self.send_result(CommandResult { id: c.id, outcome })
             .await?;
         Ok(Some(c))
@@ -184,6 +216,9 @@ impl Link {
     }
 }
 
+/// The default bound of the agent's outage buffer.
+pub const DEFAULT_BUFFER_BYTES: usize = 16 << 20;
+
 /// How an agent keeps its connection.
 pub struct AgentConfig {
     pub brain: SocketAddr,
@@ -191,10 +226,13 @@ pub struct AgentConfig {
     pub brain_name: String,
     pub identity: Identity,
     pub hello: Hello,
-    /// Windows kept while disconnected; the oldest are dropped beyond this.
-    pub buffer_windows: usize,
+    /// Bytes of encoded windows kept until the brain acknowledges them
+    /// (all of them while it is unreachable); the oldest are dropped beyond.
+    pub buffer_bytes: usize,
     pub backoff_min: std::time::Duration,
     pub backoff_max: std::time::Duration,
+    /// The endpoint to connect from; `None`: one of the agent's own.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 /// What the agent's connection has done, for its metrics.
@@ -204,6 +242,10 @@ pub struct AgentStats {
     pub windows_sent: u64,
     pub windows_dropped: u64,
     pub commands_applied: u64,
+    /// Results the brain has confirmed storing.
+    pub results_acknowledged: u64,
+    /// Bytes held in the outage buffer now.
+    pub buffered_bytes: usize,
     pub last_error: Option<String>,
 }
 
@@ -228,11 +270,151 @@ fn jitter() -> f64 {
     (n % 1000) as f64 / 1000.0
 }
 
+/// Bytes a buffered frame costs beyond its own (the queue entry, the
+/// allocation's header).
+const FRAME_OVERHEAD: usize = 48;
+
+/// A window waiting for the brain's acknowledgement.
+struct Pending {
+    seq: u64,
+    /// Drops this frame reports (they are reported again if it is dropped).
+    reports: u64,
+    frame: Vec<u8>,
+}
+
+impl Pending {
+    fn cost(&self) -> usize {
+        self.frame.capacity() + FRAME_OVERHEAD
+    }
+}
+
+/// Windows not yet acknowledged, encoded, oldest first, within a byte bound.
+struct Outbox {
+    frames: VecDeque<Pending>,
+    bytes: usize,
+    limit: usize,
+    /// `frames[..sent]` went into the current connection.
+    sent: usize,
+    /// Windows dropped and not yet carried by a frame.
+    unreported: u64,
+    /// Windows dropped after they went into the current connection: lost
+    /// only if it dies before acknowledging them, so reported only then.
+    /// The count and the newest sequence number among them.
+    in_flight_drops: (u64, u64),
+}
+
+impl Outbox {
+    fn new(limit: usize) -> Outbox {
+        Outbox {
+            frames: VecDeque::new(),
+            bytes: 0,
+            limit,
+            sent: 0,
+            unreported: 0,
+            in_flight_drops: (0, 0),
+        }
+    }
+
+    /// Adds a window; returns how many windows were dropped to fit it.
+    fn push(&mut self, w: TelemetryWindow) -> u64 {
+        let mut frame = Vec::new();
+        let mut dropped = 0;
+        let seq = w.seq;
+        let max = wire::DEFAULT_MAX_FRAME;
+        if wire::encode(
+            &Message::Telemetry(w),
+            wire::PROTOCOL_VERSION,
+            max,
+            &mut frame,
+        )
+        .is_err()
+        {
+            // Larger than any frame may be: it cannot be sent at all.
+            dropped += 1;
+            self.unreported += 1;
+        } else {
+            frame.shrink_to_fit();
+            let p = Pending {
+                seq,
+                reports: 0,
+                frame,
+            };
+            self.bytes += p.cost();
+            self.frames.push_back(p);
+        }
+        while self.bytes > self.limit
+            && let Some(p) = self.frames.pop_front()
+        {
+            self.bytes -= p.cost();
+            if self.sent > 0 {
+                self.sent -= 1;
+                self.in_flight_drops.0 += 1 + p.reports;
+                self.in_flight_drops.1 = p.seq;
+            } else {
+                self.unreported += 1 + p.reports;
+            }
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// A new connection: everything unacknowledged goes again, and windows
+    /// dropped in flight on the old one count as lost.
+    fn reconnected(&mut self) {
+        self.sent = 0;
+        self.unreported += std::mem::take(&mut self.in_flight_drops).0;
+    }
+
+    /// Forgets the windows up to `through`, which the brain has.
+    fn acknowledged(&mut self, through: u64) {
+        if self.in_flight_drops.0 > 0 && self.in_flight_drops.1 <= through {
+            self.in_flight_drops = (0, 0);
+        }
+        while self.sent > 0
+            && let Some(p) = self.frames.front()
+            && p.seq <= through
+        {
+            self.bytes -= p.cost();
+            self.frames.pop_front();
+            self.sent -= 1;
+        }
+    }
+
+    /// The next frame to send, at protocol `version`, carrying the count of
+    /// windows dropped and not yet reported; marks it sent.
+    fn next(&mut self, version: u16) -> Option<Vec<u8>> {
+        let p = self.frames.get_mut(self.sent)?;
+        if self.unreported > 0 || version != wire::PROTOCOL_VERSION {
+            // Decode, amend, encode again, and keep the amended frame: it
+            // goes again if this connection dies before the acknowledgement.
+            // (The outbox encoded it, so it decodes; should it not, or not
+            // encode, it goes as it is.)
+            let mut d = wire::FrameDecoder::new(wire::DEFAULT_MAX_FRAME);
+            d.push(&p.frame);
+            if let Ok(Some(Message::Telemetry(mut w))) = d.next_message() {
+                w.dropped_windows += self.unreported;
+                let mut out = Vec::new();
+                let m = Message::Telemetry(w);
+                if wire::encode(&m, version, wire::DEFAULT_MAX_FRAME, &mut out).is_ok() {
+                    out.shrink_to_fit();
+                    self.bytes = self.bytes + out.capacity() - p.frame.capacity();
+                    p.reports += std::mem::take(&mut self.unreported);
+                    p.frame = out;
+                }
+            }
+        }
+        self.sent += 1;
+        Some(p.frame.clone())
+    }
+}
+
 /// Runs the agent's side of the transport until `windows` closes: connects
 /// (retrying with exponential backoff and jitter), sends every window that
-/// `windows` yields — buffering up to `buffer_windows` while disconnected,
-/// dropping the oldest and reporting how many in the next window sent — and
-/// answers commands, applying each id at most once across reconnections.
+/// `windows` yields — keeping each until the brain acknowledges it, within
+/// `buffer_bytes`, dropping the oldest and reporting how many in the next
+/// window sent — and answers commands, applying each id at most once across
+/// reconnections and keeping each result until the brain confirms it
+/// stored it (resending it after a reconnection until then).
 pub async fn run(
     cfg: AgentConfig,
     mut windows: tokio::sync::mpsc::Receiver<TelemetryWindow>,
@@ -242,31 +424,52 @@ pub async fn run(
     let stat = |f: &mut dyn FnMut(&mut AgentStats)| {
         f(&mut stats.lock().unwrap_or_else(|e| e.into_inner()))
     };
-    let mut buffer: VecDeque<TelemetryWindow> = VecDeque::new();
-    let mut unreported = 0u64;
+    let mut outbox = Outbox::new(cfg.buffer_bytes);
+    let mut unconfirmed: BTreeMap<u64, CommandResult> = BTreeMap::new();
     let mut applied = Applied::default();
     let mut attempt = 0u32;
-    let push =
-        |buffer: &mut VecDeque<TelemetryWindow>, unreported: &mut u64, w: TelemetryWindow| {
-            buffer.push_back(w);
-            while buffer.len() > cfg.buffer_windows.max(1) {
-                buffer.pop_front();
-                *unreported += 1;
-                stat(&mut |s| s.windows_dropped += 1);
+    let take = |outbox: &mut Outbox, w: TelemetryWindow| {
+        let dropped = outbox.push(w);
+        let bytes = outbox.bytes;
+        stat(&mut |s| {
+            s.windows_dropped += dropped;
+            s.buffered_bytes = bytes;
+        });
+    };
+    let endpoint = match cfg.endpoint.clone() {
+        Some(e) => e,
+        None => match client_endpoint(cfg.brain) {
+            Ok(e) => e,
+            Err(e) => {
+                stat(&mut |s| s.last_error = Some(e.to_string()));
+                return;
             }
-        };
+        },
+    };
+    let client = match client_config(&cfg.identity, true) {
+        Ok(c) => c,
+        Err(e) => {
+            stat(&mut |s| s.last_error = Some(e.to_string()));
+            return;
+        }
+    };
     loop {
         // Connect, buffering what arrives meanwhile.
         let mut link = loop {
-            match Link::connect(
-                cfg.brain,
-                &cfg.brain_name,
-                &cfg.identity,
-                cfg.hello.clone(),
-                true,
-            )
-            .await
-            {
+            let hello = cfg.hello.clone();
+            let connect =
+                Link::connect_from(&endpoint, client.clone(), cfg.brain, &cfg.brain_name, hello);
+            tokio::pin!(connect);
+            let connected = loop {
+                tokio::select! {
+                    r = &mut connect => break r,
+                    w = windows.recv() => match w {
+                        Some(w) => take(&mut outbox, w),
+                        None => return,
+                    },
+                }
+            };
+            match connected {
                 Ok(l) => break l,
                 Err(e) => stat(&mut |s| s.last_error = Some(e.to_string())),
             }
@@ -277,7 +480,7 @@ pub async fn run(
             loop {
                 tokio::select! {
                     w = windows.recv() => match w {
-                        Some(w) => push(&mut buffer, &mut unreported, w),
+                        Some(w) => take(&mut outbox, w),
                         None => return,
                     },
                     _ = &mut wait => break,
@@ -286,53 +489,62 @@ pub async fn run(
         };
         attempt = 0;
         stat(&mut |s| s.connects += 1);
-        // Windows stay in `buffer` until the brain acknowledges them: those
-        // written into a connection that then died are sent again.
-        let mut sent = 0usize;
-        'connected: loop {
-            while sent < buffer.len() {
-                if unreported > 0 {
-                    // The first window not yet sent carries the drop count.
-                    buffer[sent].dropped_windows += unreported;
-                    unreported = 0;
+        // Everything unacknowledged goes again: what was written into a
+        // connection that then died may never have arrived.
+        outbox.reconnected();
+        let mut alive = true;
+        for r in unconfirmed.values() {
+            if link.send_result(r.clone()).await.is_err() {
+                alive = false;
+                break;
+            }
+        }
+        while alive {
+            while let Some(frame) = outbox.next(link.version) {
+                if link.send_window_frame(&frame).await.is_err() {
+                    alive = false;
+                    break;
                 }
-                if link.send_window(buffer[sent].clone()).await.is_err() {
-                    break 'connected;
-                }
-                sent += 1;
                 stat(&mut |s| s.windows_sent += 1);
+            }
+            if !alive {
+                break;
             }
             tokio::select! {
                 w = windows.recv() => match w {
-                    Some(w) => {
-                        let before = buffer.len();
-                        push(&mut buffer, &mut unreported, w);
-                        // Dropping the oldest shifts what was sent.
-                        sent = sent.saturating_sub(before + 1 - buffer.len());
-                    }
+                    Some(w) => take(&mut outbox, w),
                     None => {
                         link.close();
                         return;
                     }
                 },
                 m = link.next_from_brain() => match m {
-                    Ok(Some(FromBrain::Ack(seq))) => {
-                        while buffer.front().is_some_and(|w| w.seq <= seq) && sent > 0 {
-                            buffer.pop_front();
-                            sent -= 1;
+                    Ok(Some(FromBrain::Ack(a))) => {
+                        if let Some(through) = a.windows_through {
+                            outbox.acknowledged(through);
                         }
+                        let mut confirmed = 0;
+                        for id in a.results {
+                            confirmed += u64::from(unconfirmed.remove(&id).is_some());
+                        }
+                        let bytes = outbox.bytes;
+                        stat(&mut |s| {
+                            s.results_acknowledged += confirmed;
+                            s.buffered_bytes = bytes;
+                        });
                     }
                     Ok(Some(FromBrain::Command(c))) => {
-                        let before = applied.seen(c.id);
-                        let outcome = applied.outcome(&c, &mut apply);
-                        if !before {
+                        let (outcome, ran) = applied.outcome(&c, &mut apply);
+                        if ran {
                             stat(&mut |s| s.commands_applied += 1);
                         }
-                        if link.send_result(CommandResult { id: c.id, outcome }).await.is_err() {
-                            break 'connected;
+                        let r = CommandResult { id: c.id, outcome };
+                        unconfirmed.insert(c.id, r.clone());
+                        if link.send_result(r).await.is_err() {
+                            alive = false;
                         }
                     }
-                    _ => break 'connected,
+                    _ => alive = false,
                 },
             }
         }
@@ -354,5 +566,115 @@ mod tests {
         assert_eq!(backoff(40, min, max, 0.5), max, "no overflow");
         assert_eq!(backoff(1, min, max, 0.0), Duration::from_millis(100));
         assert_eq!(backoff(1, min, max, 1.0), Duration::from_millis(300));
+    }
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+
+    fn w(seq: u64) -> TelemetryWindow {
+        TelemetryWindow {
+            node: "node-a".into(),
+            seq,
+            start_unix_ns: 1_700_000_000_000_000_000 + seq,
+            duration_ns: 50_000_000,
+            gpus: vec![],
+            processes: vec![],
+            dropped_windows: 0,
+        }
+    }
+
+    fn decode(frame: &[u8]) -> TelemetryWindow {
+        let mut d = wire::FrameDecoder::new(wire::DEFAULT_MAX_FRAME);
+        d.push(frame);
+        match d.next_message() {
+            Ok(Some(Message::Telemetry(w))) => w,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn drops_the_oldest_beyond_its_bytes_and_reports_them_once() {
+        let mut o = Outbox::new(900);
+        for seq in 0..30 {
+            o.push(w(seq));
+        }
+        assert!(o.bytes <= 900, "{}", o.bytes);
+        let kept = o.frames.len() as u64;
+        assert_eq!(o.bytes, o.frames.iter().map(Pending::cost).sum::<usize>());
+        assert!((8..=12).contains(&kept), "{kept} windows in 900 bytes");
+        assert_eq!(o.unreported, 30 - kept);
+        let first = decode(&o.next(wire::PROTOCOL_VERSION).unwrap());
+        assert_eq!((first.seq, first.dropped_windows), (30 - kept, 30 - kept));
+        let second = decode(&o.next(wire::PROTOCOL_VERSION).unwrap());
+        assert_eq!(second.dropped_windows, 0, "reported once");
+        o.acknowledged(first.seq);
+        assert_eq!(o.frames.len() as u64, kept - 1);
+        assert_eq!(o.sent, 1, "the second is sent, not acknowledged");
+        // A reconnection sends what is unacknowledged again.
+        o.reconnected();
+        assert_eq!(
+            decode(&o.next(wire::PROTOCOL_VERSION).unwrap()).seq,
+            second.seq
+        );
+    }
+
+    #[test]
+    fn a_report_sent_into_a_dead_connection_goes_again() {
+        let mut o = Outbox::new(900);
+        for seq in 0..30 {
+            o.push(w(seq));
+        }
+        let dropped = o.unreported;
+        let first = decode(&o.next(wire::PROTOCOL_VERSION).unwrap());
+        assert_eq!(first.dropped_windows, dropped);
+        // The connection dies unacknowledged; the report goes again.
+        o.reconnected();
+        assert_eq!(
+            decode(&o.next(wire::PROTOCOL_VERSION).unwrap()).dropped_windows,
+            dropped
+        );
+        // Unless the frame itself is dropped: the next frame then carries
+        // its report and the drop of the frame itself.
+        o.reconnected();
+        o.limit = o.bytes - 1;
+        o.push(w(30));
+        o.push(w(31));
+        let next = decode(&o.next(wire::PROTOCOL_VERSION).unwrap());
+        assert!(
+            next.dropped_windows >= dropped + 2,
+            "{} of {}",
+            next.dropped_windows,
+            dropped + 2
+        );
+        assert_eq!(o.bytes, o.frames.iter().map(Pending::cost).sum::<usize>());
+    }
+
+    #[test]
+    fn windows_dropped_in_flight_are_reported_only_if_the_connection_dies() {
+        let mut o = Outbox::new(900);
+        let fit = {
+            let mut n = 0;
+            while o.push(w(n)) == 0 {
+                n += 1;
+            }
+            n
+        };
+        let mut o = Outbox::new(900);
+        for seq in 0..fit {
+            o.push(w(seq));
+            o.next(wire::PROTOCOL_VERSION);
+        }
+        assert_eq!(o.push(w(fit)), 1, "window 0 goes, in flight");
+        assert_eq!(o.unreported, 0);
+        o.acknowledged(3);
+        assert_eq!(o.in_flight_drops, (0, 0), "it arrived after all");
+        o.push(w(fit + 1));
+        o.next(wire::PROTOCOL_VERSION);
+        while o.push(w(fit + 2)) == 0 {}
+        assert_eq!(o.unreported, 0);
+        o.reconnected();
+        assert!(o.unreported > 0, "the connection died: maybe lost");
     }
 }

@@ -3,36 +3,39 @@
 
 use crate::TransportError;
 use crate::frames::{FrameReader, send};
+use crate::ingest::{Accepted, Ingest, Snapshot};
+use crate::ledger::{Ledger, Recorded, unix_ns};
 use crate::tls::{Identity, server_config};
 use rustls::pki_types::{CertificateDer, ServerName};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use vagus_proto::wire::{self, Command, CommandResult, Message, Refusal, TelemetryWindow, Welcome};
+use vagus_proto::wire::{
+    self, Ack, Command, CommandKind, CommandResult, Message, Outcome, Refusal, Welcome,
+};
 
-/// What the brain has learnt from its agents.
-#[derive(Default)]
-pub struct Ingest {
-    /// The latest window of each node.
-    pub latest: HashMap<String, TelemetryWindow>,
-    pub windows: u64,
-    pub bytes: u64,
-    /// Connections refused, by reason.
-    pub rejected: HashMap<String, u64>,
-    pub results: Vec<CommandResult>,
-    /// Σ of the dropped-window counts agents reported.
-    pub dropped_reported: u64,
-    /// Windows that arrived twice (resent after a reconnection), ignored.
-    pub duplicates: u64,
-    /// The last window sequence seen per (node, agent session).
-    last_seq: HashMap<(String, u64), u64>,
+/// Results kept in memory for a quick look (all are in the ledger).
+const RECENT_RESULTS: usize = 1024;
+/// How often a connection acknowledges the windows it received.
+const ACK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The brain's view of its agents: cluster state and ingest metrics
+/// ([`Ingest`]), commands waiting for an answer, who is connected.
+pub struct BrainState {
+    pub ingest: Ingest,
+    /// The latest results, newest last (the ledger has them all).
+    pub recent_results: VecDeque<(String, CommandResult)>,
     /// Commands not yet answered, by node: sent again when the node reconnects.
-    pending: HashMap<String, std::collections::BTreeMap<u64, Command>>,
-    /// Where events go, if someone listens (see [`Brain::events`]).
-    events: Option<mpsc::UnboundedSender<Event>>,
-    /// Nodes connected now, with the channel that carries their commands.
-    connected: HashMap<String, mpsc::UnboundedSender<Command>>,
+    pending: HashMap<String, BTreeMap<u64, Command>>,
+    /// Where events go, if someone listens (see [`Brain::events`]), and
+    /// whether windows are among them.
+    events: Option<(mpsc::UnboundedSender<Event>, bool)>,
+    /// Nodes connected now: the connection's number and the channel that
+    /// carries its commands.
+    connected: HashMap<String, (u64, mpsc::UnboundedSender<Command>)>,
+    connections: u64,
 }
 
 /// Something that happened at the brain's endpoint.
@@ -47,6 +50,7 @@ pub enum Event {
         seq: u64,
         dropped: u64,
     },
+    /// A result stored in the ledger (once per command).
     Result {
         node: String,
         result: CommandResult,
@@ -59,48 +63,103 @@ pub enum Event {
     },
 }
 
-impl Ingest {
+impl BrainState {
     fn emit(&self, e: Event) {
-        if let Some(tx) = &self.events {
+        if let Some((tx, windows)) = &self.events
+            && (*windows || !matches!(e, Event::Window { .. }))
+        {
             let _ = tx.send(e);
         }
     }
 
     pub fn is_connected(&self, node: &str) -> bool {
-        self.connected.get(node).is_some_and(|c| !c.is_closed())
+        self.connected
+            .get(node)
+            .is_some_and(|(_, c)| !c.is_closed())
+    }
+
+    /// Commands issued and not answered yet, all nodes.
+    pub fn pending_total(&self) -> usize {
+        self.pending.values().map(BTreeMap::len).sum()
+    }
+
+    /// Commands issued to `node` and not answered yet.
+    pub fn pending(&self, node: &str) -> Vec<u64> {
+        self.pending
+            .get(node)
+            .map(|p| p.keys().copied().collect())
+            .unwrap_or_default()
     }
 }
 
 pub struct Brain {
     endpoint: quinn::Endpoint,
-    pub state: Arc<Mutex<Ingest>>,
+    pub state: Arc<Mutex<BrainState>>,
+    ledger: Ledger,
     name: String,
 }
 
-fn lock(s: &Mutex<Ingest>) -> std::sync::MutexGuard<'_, Ingest> {
+fn lock(s: &Mutex<BrainState>) -> std::sync::MutexGuard<'_, BrainState> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn reject(state: &Mutex<Ingest>, reason: &str) {
+fn reject(state: &Mutex<BrainState>, reason: &str) {
     let mut st = lock(state);
-    *st.rejected.entry(reason.to_string()).or_default() += 1;
+    st.ingest.rejected(reason);
     st.emit(Event::Rejected {
         reason: reason.to_string(),
     });
 }
 
+/// How a brain keeps its state.
+#[derive(Clone, Debug)]
+pub struct BrainOptions {
+    /// The command ledger's SQLite file; `None` keeps it in memory (lost
+    /// on exit).
+    pub ledger: Option<std::path::PathBuf>,
+    /// Windows of histograms kept per process.
+    pub rolling_windows: usize,
+}
+
+impl Default for BrainOptions {
+    fn default() -> Self {
+        BrainOptions {
+            ledger: None,
+            rolling_windows: 10,
+        }
+    }
+}
+
 impl Brain {
     /// Listens on `addr` with the brain's identity. Must run in a Tokio runtime.
-    pub fn bind(addr: SocketAddr, id: &Identity) -> Result<Brain, TransportError> {
+    pub fn bind(
+        addr: SocketAddr,
+        id: &Identity,
+        opts: &BrainOptions,
+    ) -> Result<Brain, TransportError> {
+        let (ledger, recovered) = match &opts.ledger {
+            Some(path) => Ledger::open(path)?,
+            None => Ledger::in_memory()?,
+        };
         let endpoint = quinn::Endpoint::server(server_config(id)?, addr).map_err(|source| {
             TransportError::Io {
                 what: format!("bind {addr}"),
                 source,
             }
         })?;
+        let mut ingest = Ingest::new(opts.rolling_windows);
+        ingest.totals.results = recovered.results;
         Ok(Brain {
             endpoint,
-            state: Arc::new(Mutex::new(Ingest::default())),
+            state: Arc::new(Mutex::new(BrainState {
+                ingest,
+                recent_results: VecDeque::new(),
+                pending: recovered.pending.into_iter().collect(),
+                events: None,
+                connected: HashMap::new(),
+                connections: 0,
+            })),
+            ledger,
             name: env!("CARGO_PKG_VERSION").into(),
         })
     }
@@ -109,22 +168,51 @@ impl Brain {
         self.endpoint.local_addr().expect("bound endpoint")
     }
 
-    /// Sends a command to a node, now if it is connected, else when it
-    /// (re)connects; it is sent again after every reconnection until the
-    /// node answers it. Returns whether it went out now.
-    pub fn command(&self, node: &str, c: Command) -> bool {
+    /// Issues a command to a node: stores it in the ledger, then sends it
+    /// now if the node is connected, else when it (re)connects; it is sent
+    /// again after every reconnection, and after a brain restart, until the
+    /// node answers. Returns the command's id.
+    pub async fn issue(&self, node: &str, kind: CommandKind) -> Result<u64, TransportError> {
+        let c = self.ledger.issue(node, kind).await?;
+        let id = c.id;
         let mut st = lock(&self.state);
         st.pending
             .entry(node.to_string())
             .or_default()
-            .insert(c.id, c.clone());
-        st.connected.get(node).is_some_and(|tx| tx.send(c).is_ok())
+            .insert(id, c.clone());
+        if let Some((_, tx)) = st.connected.get(node) {
+            let _ = tx.send(c);
+        }
+        Ok(id)
     }
 
-    /// A stream of what happens from now on (one listener at a time).
-    pub fn events(&self) -> mpsc::UnboundedReceiver<Event> {
+    /// Sends a pending command again now (as a network duplicate would).
+    /// Returns whether it went out.
+    pub fn resend(&self, node: &str, id: u64) -> bool {
+        let st = lock(&self.state);
+        let Some(c) = st.pending.get(node).and_then(|p| p.get(&id)) else {
+            return false;
+        };
+        st.connected
+            .get(node)
+            .is_some_and(|(_, tx)| tx.send(c.clone()).is_ok())
+    }
+
+    /// The stored result of command `id` and the node that reported it.
+    pub async fn result(&self, id: u64) -> Result<Option<(String, Outcome)>, TransportError> {
+        self.ledger.result(id).await
+    }
+
+    /// The ingest metrics since the previous call.
+    pub fn metrics(&self) -> Snapshot {
+        lock(&self.state).ingest.snapshot()
+    }
+
+    /// A stream of what happens from now on (one listener at a time);
+    /// `windows`: whether each window is an event too.
+    pub fn events(&self, windows: bool) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.state).events = Some(tx);
+        lock(&self.state).events = Some((tx, windows));
         rx
     }
 
@@ -144,10 +232,11 @@ impl Brain {
         while let Some(incoming) = self.endpoint.accept().await {
             let state = self.state.clone();
             let name = self.name.clone();
+            let ledger = self.ledger.clone();
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(conn) => {
-                        if let Err((reason, e)) = serve(conn, state.clone(), name).await {
+                        if let Err((reason, e)) = serve(conn, state.clone(), ledger, name).await {
                             reject(&state, reason);
                             let _ = e;
                         }
@@ -181,7 +270,8 @@ async fn refuse_and_close(
 /// One agent's connection. An error names why it was refused.
 async fn serve(
     conn: quinn::Connection,
-    state: Arc<Mutex<Ingest>>,
+    state: Arc<Mutex<BrainState>>,
+    ledger: Ledger,
     brain_version: String,
 ) -> Result<(), (&'static str, TransportError)> {
     let chain = conn
@@ -259,88 +349,128 @@ async fn serve(
     .map_err(|e| ("welcome", e))?;
     let node = hello.node.clone();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
-    {
+    let me = {
         let mut st = lock(&state);
         for c in st.pending.get(&node).into_iter().flat_map(|p| p.values()) {
             let _ = cmd_tx.send(c.clone());
         }
-        st.connected.insert(node.clone(), cmd_tx);
+        st.connections += 1;
+        let me = st.connections;
+        st.connected.insert(node.clone(), (me, cmd_tx));
         st.emit(Event::Connected {
             node: node.clone(),
             version,
         });
-    }
+        me
+    };
 
-    // Telemetry: one unidirectional stream, in order.
-    let st = state.clone();
-    let telemetry_conn = conn.clone();
-    let from = node.clone();
-    let session = hello.session;
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<u64>();
-    let telemetry = tokio::spawn(async move {
-        let Ok(rx) = telemetry_conn.accept_uni().await else {
-            return;
-        };
-        let mut r = FrameReader::new(rx, wire::DEFAULT_MAX_FRAME);
-        while let Ok(Some(m)) = r.next().await {
-            if let Message::Telemetry(mut w) = m {
-                // The authenticated name, whatever the window says.
-                w.node = from.clone();
-                let _ = ack_tx.send(w.seq);
-                let mut s = lock(&st);
-                let last = s
-                    .last_seq
-                    .entry((from.clone(), session))
-                    .or_insert(u64::MAX);
-                if *last != u64::MAX && w.seq <= *last {
-                    s.duplicates += 1;
-                    continue;
-                }
-                *last = w.seq;
-                s.windows += 1;
-                s.dropped_reported += w.dropped_windows;
-                s.bytes += w
-                    .processes
-                    .iter()
-                    .map(|p| p.kernel_hist.len() + p.sync_hist.len())
-                    .sum::<usize>() as u64;
-                s.emit(Event::Window {
-                    node: w.node.clone(),
-                    seq: w.seq,
-                    dropped: w.dropped_windows,
-                });
-                s.latest.insert(w.node.clone(), w);
-            }
-        }
-    });
-    // Commands out, results in, on the handshake stream.
-    loop {
+    // Telemetry: one unidirectional stream, in order. `received` is one
+    // more than the last sequence number taken in (0: none yet).
+    let received = Arc::new(AtomicU64::new(0));
+    let telemetry = tokio::spawn(telemetry(
+        conn.clone(),
+        state.clone(),
+        node.clone(),
+        hello.session,
+        received.clone(),
+    ));
+    // Commands out; results in, stored, then acknowledged; windows
+    // acknowledged every ACK_EVERY.
+    let mut acked = 0;
+    let mut tick = tokio::time::interval(ACK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let through = |n: u64| n.checked_sub(1);
+    let outcome = loop {
         tokio::select! {
-            Some(seq) = ack_rx.recv() => {
-                let ack = Message::Heartbeat(wire::Heartbeat { seq, unix_ns: 0 });
-                if send(&mut tx, &ack, version).await.is_err() { break }
+            _ = tick.tick() => {
+                let now = received.load(Ordering::Acquire);
+                if now != acked {
+                    let ack = Message::Ack(Ack { windows_through: through(now), results: vec![] });
+                    if send(&mut tx, &ack, version).await.is_err() { break Ok(()) }
+                    acked = now;
+                }
             }
             c = cmd_rx.recv() => match c {
-                Some(c) => if send(&mut tx, &Message::Command(c), version).await.is_err() { break },
-                None => break,
+                Some(c) => if send(&mut tx, &Message::Command(c), version).await.is_err() { break Ok(()) },
+                None => break Ok(()),
             },
             m = reader.next() => match m {
                 Ok(Some(Message::CommandResult(r))) => {
-                    let mut st = lock(&state);
-                    if let Some(p) = st.pending.get_mut(&node) {
-                        p.remove(&r.id);
+                    let recorded = match ledger.record(&node, r.clone()).await {
+                        Ok(rec) => rec,
+                        // Not stored, so not acknowledged: the agent sends
+                        // it again when it reconnects.
+                        Err(e) => break Err(("ledger unavailable", e)),
+                    };
+                    {
+                        let mut st = lock(&state);
+                        if let Some(p) = st.pending.get_mut(&node) {
+                            p.remove(&r.id);
+                        }
+                        if recorded == Recorded::New {
+                            st.ingest.totals.results += 1;
+                            st.emit(Event::Result { node: node.clone(), result: r.clone() });
+                            if st.recent_results.len() == RECENT_RESULTS {
+                                st.recent_results.pop_front();
+                            }
+                            st.recent_results.push_back((node.clone(), r.clone()));
+                        }
                     }
-                    st.emit(Event::Result { node: node.clone(), result: r.clone() });
-                    st.results.push(r);
+                    let now = received.load(Ordering::Acquire);
+                    let ack = Message::Ack(Ack { windows_through: through(now), results: vec![r.id] });
+                    if send(&mut tx, &ack, version).await.is_err() { break Ok(()) }
+                    acked = now;
                 }
                 Ok(Some(_)) => {}
-                _ => break,
+                _ => break Ok(()),
             },
         }
-    }
+    };
     telemetry.abort();
+    if outcome.is_err() {
+        conn.close(3u32.into(), b"ledger unavailable");
+    }
     let mut st = lock(&state);
-    st.connected.remove(&node);
+    // A newer connection of the same node may have taken over already.
+    if st.connected.get(&node).is_some_and(|(c, _)| *c == me) {
+        st.connected.remove(&node);
+    }
     st.emit(Event::Disconnected { node });
-    Ok(())
+    outcome
+}
+
+/// Takes in one connection's windows until the stream ends.
+async fn telemetry(
+    conn: quinn::Connection,
+    state: Arc<Mutex<BrainState>>,
+    node: String,
+    session: u64,
+    received: Arc<AtomicU64>,
+) {
+    let Ok(rx) = conn.accept_uni().await else {
+        return;
+    };
+    let mut r = FrameReader::new(rx, wire::DEFAULT_MAX_FRAME);
+    let mut counted = 0;
+    while let Ok(Some(m)) = r.next().await {
+        let Message::Telemetry(mut w) = m else {
+            continue;
+        };
+        let now = unix_ns();
+        let bytes = (r.bytes - counted) as usize;
+        counted = r.bytes;
+        // The authenticated name, whatever the window says.
+        w.node.clear();
+        let (seq, dropped) = (w.seq, w.dropped_windows);
+        let mut st = lock(&state);
+        let accepted = st.ingest.window(&node, session, w, bytes, now);
+        received.store(seq + 1, Ordering::Release);
+        if accepted == Accepted::New {
+            st.emit(Event::Window {
+                node: node.clone(),
+                seq,
+                dropped,
+            });
+        }
+    }
 }

@@ -29,16 +29,51 @@ pub struct Issued {
     pub key_pem: String,
 }
 
+/// The common name of the CA `vagus certs init` creates.
+pub const CA_NAME: &str = "Vagus CA";
+
+fn ca_params(name: &str) -> Result<CertificateParams, TransportError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
 impl Ca {
+    /// Loads a CA that [`Ca::new`] made with common name `name`, from its
+    /// certificate and key. Certificates it issues carry the CA's name as
+    /// their issuer and the key's identifier as their authority key, so
+    /// they chain to the stored certificate; the key must be that
+    /// certificate's.
+    pub fn load(name: &str, cert_pem: &str, key_pem: &str) -> Result<Ca, TransportError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| err(format!("CA key: {e}")))?;
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .next()
+            .ok_or_else(|| err("no certificate in the CA's PEM file"))?
+            .map_err(|e| err(format!("CA certificate: {e:?}")))?;
+        // The certificate's public key field holds the key's raw public key.
+        let public = key.public_key_raw();
+        if !der.windows(public.len()).any(|w| w == public) {
+            return Err(err("the CA key does not belong to the CA certificate"));
+        }
+        if !der.windows(name.len()).any(|w| w == name.as_bytes()) {
+            return Err(err(format!("the CA certificate is not named {name:?}")));
+        }
+        Ok(Ca {
+            issuer: Issuer::new(ca_params(name)?, KeyPair::from_pem(key_pem).map_err(err)?),
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        })
+    }
+
     pub fn new(name: &str) -> Result<Ca, TransportError> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let mut params = ca_params(name)?;
         params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
         params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
         let key = KeyPair::generate().map_err(err)?;
@@ -118,26 +153,64 @@ fn write(path: &Path, text: &str, private: bool) -> Result<(), TransportError> {
         })
 }
 
+/// What `init` did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Written {
+    /// Whether it created the CA (else it used the one in the directory).
+    pub new_ca: bool,
+    /// Certificates issued now.
+    pub issued: Vec<String>,
+    /// Names that had a certificate already: left as they were.
+    pub kept: Vec<String>,
+}
+
 /// `vagus certs init`: writes `ca.pem` (and `ca.key`, private), then
-/// `<name>.pem`/`<name>.key` for the brain and for each agent.
-pub fn init(dir: &Path, brain: &str, agents: &[String]) -> Result<(), TransportError> {
-    std::fs::create_dir_all(dir).map_err(|source| TransportError::Io {
-        what: dir.display().to_string(),
-        source,
-    })?;
-    let ca = Ca::new("Vagus CA")?;
-    write(&dir.join("ca.pem"), ca.cert_pem(), false)?;
-    write(&dir.join("ca.key"), ca.key_pem(), true)?;
-    for name in std::iter::once(brain).chain(agents.iter().map(String::as_str)) {
-        if name.is_empty() || name == "ca" || name.contains('/') {
+/// `<name>.pem`/`<name>.key` for the brain and for each agent. Run on a
+/// directory that has a CA already, it uses that CA and issues only the
+/// certificates missing (adding agents to a running fleet).
+pub fn init(dir: &Path, brain: &str, agents: &[String]) -> Result<Written, TransportError> {
+    let names: Vec<&str> = std::iter::once(brain)
+        .chain(agents.iter().map(String::as_str))
+        .collect();
+    for name in &names {
+        if name.is_empty() || *name == "ca" || name.contains('/') || name.starts_with('.') {
             return Err(TransportError::Cert(format!(
                 "invalid certificate name {name:?}"
             )));
         }
-        let issued = ca.issue(name)?;
-        let (cert, key) = paths(dir, name);
-        write(&cert, &issued.cert_pem, false)?;
-        write(&key, &issued.key_pem, true)?;
     }
-    Ok(())
+    std::fs::create_dir_all(dir).map_err(|source| TransportError::Io {
+        what: dir.display().to_string(),
+        source,
+    })?;
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| TransportError::Io {
+            what: p.display().to_string(),
+            source,
+        })
+    };
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let mut done = Written::default();
+    let ca = if ca_cert.exists() || ca_key.exists() {
+        Ca::load(CA_NAME, &read(&ca_cert)?, &read(&ca_key)?)
+            .map_err(|e| TransportError::Cert(format!("{}: {e}", dir.display())))?
+    } else {
+        let ca = Ca::new(CA_NAME)?;
+        write(&ca_cert, ca.cert_pem(), false)?;
+        write(&ca_key, ca.key_pem(), true)?;
+        done.new_ca = true;
+        ca
+    };
+    for name in names {
+        let (cert, key) = paths(dir, name);
+        if cert.exists() && key.exists() {
+            done.kept.push(name.to_string());
+            continue;
+        }
+        let issued = ca.issue(name)?;
+        write(&key, &issued.key_pem, true)?;
+        write(&cert, &issued.cert_pem, false)?;
+        done.issued.push(name.to_string());
+    }
+    Ok(done)
 }

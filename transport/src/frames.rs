@@ -7,6 +7,8 @@ use vagus_proto::wire::{self, FrameDecoder, Message};
 pub struct FrameReader {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
+    /// Bytes read from the stream so far.
+    pub bytes: u64,
 }
 
 impl FrameReader {
@@ -14,6 +16,7 @@ impl FrameReader {
         FrameReader {
             recv,
             decoder: FrameDecoder::new(max_frame),
+            bytes: 0,
         }
     }
 
@@ -28,7 +31,10 @@ impl FrameReader {
                 return Ok(Some(m));
             }
             match self.recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
+                Ok(Some(chunk)) => {
+                    self.bytes += chunk.bytes.len() as u64;
+                    self.decoder.push(&chunk.bytes)
+                }
                 Ok(None) => {
                     self.decoder
                         .finish()
@@ -39,6 +45,17 @@ impl FrameReader {
             }
         }
     }
+}
+
+/// Writes frames already encoded.
+pub async fn send_encoded(
+    stream: &mut quinn::SendStream,
+    frames: &[u8],
+) -> Result<(), TransportError> {
+    stream
+        .write_all(frames)
+        .await
+        .map_err(|e| TransportError::Connection(e.to_string()))
 }
 
 /// Writes one message as a frame.

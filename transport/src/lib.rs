@@ -6,6 +6,8 @@
 //! - [`brain`]: accepts agents, checks that each certificate names the node
 //!   its `Hello` announces, negotiates the protocol version, ingests
 //!   telemetry and sends commands.
+//! - [`ledger`]: the brain's commands and their results in SQLite, committed
+//!   before a command is sent or a result acknowledged.
 //! - [`agent`]: connects, says hello, sends telemetry, answers commands
 //!   (each command id applied at most once).
 //!
@@ -17,6 +19,8 @@ pub mod agent;
 pub mod brain;
 pub mod certs;
 pub mod frames;
+pub mod ingest;
+pub mod ledger;
 pub mod tls;
 
 /// ALPN protocol id of Vagus's QUIC connections.
@@ -37,6 +41,8 @@ pub enum TransportError {
     Connection(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("command ledger: {0}")]
+    Ledger(String),
     #[error("refused by the brain: {0}")]
     Refused(String),
 }

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 use time::OffsetDateTime;
-use vagus_proto::wire::{Command, CommandKind, Hello, Outcome, PROTOCOL_VERSION, TelemetryWindow};
+use vagus_proto::wire::{
+    CommandKind, CommandResult, Hello, Outcome, PROTOCOL_VERSION, TelemetryWindow,
+};
 use vagus_transport::TransportError;
-use vagus_transport::agent::Link;
-use vagus_transport::brain::Brain;
+use vagus_transport::agent::{FromBrain, Link};
+use vagus_transport::brain::{Brain, BrainOptions};
 use vagus_transport::certs::{Ca, Issued};
 use vagus_transport::tls::Identity;
 
@@ -53,6 +55,7 @@ async fn brain() -> (std::sync::Arc<Brain>, Ca) {
         Brain::bind(
             "127.0.0.1:0".parse().unwrap(),
             &id(&ca.issue("brain").unwrap(), &ca),
+            &BrainOptions::default(),
         )
         .unwrap(),
     );
@@ -78,39 +81,64 @@ async fn telemetry_flows_and_a_command_applies_once_when_sent_twice() {
     for seq in 0..5 {
         link.send_window(window("node-a", seq)).await.unwrap();
     }
-    until(|| brain.state.lock().unwrap().windows == 5).await;
-    assert_eq!(brain.state.lock().unwrap().latest["node-a"].seq, 4);
+    until(|| brain.state.lock().unwrap().ingest.totals.windows == 5).await;
+    assert_eq!(
+        brain.state.lock().unwrap().ingest.nodes["node-a"].last_seq,
+        Some(4)
+    );
 
-    let c = Command {
-        id: 7,
-        kind: CommandKind::SetShimBudget {
-            pid: 42,
-            budget_ppm: 300_000,
-        },
+    let kind = CommandKind::SetShimBudget {
+        pid: 42,
+        budget_ppm: 300_000,
     };
-    assert!(brain.command("node-a", c.clone()));
-    assert!(brain.command("node-a", c));
+    let cid = brain.issue("node-a", kind.clone()).await.unwrap();
+    assert!(brain.resend("node-a", cid), "a duplicate on the wire");
     let mut applied = 0;
     let mut seen = vagus_transport::agent::Applied::default();
     for _ in 0..2 {
-        link.serve_one(&mut seen, |_| {
-            applied += 1;
-            Outcome::Applied
-        })
-        .await
-        .unwrap();
+        let c = link
+            .serve_one(&mut seen, |_| {
+                applied += 1;
+                Outcome::Applied
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.id, &c.kind), (cid, &kind));
     }
     assert_eq!(applied, 1, "a resent command is not applied again");
-    until(|| brain.state.lock().unwrap().results.len() == 2).await;
-    let results: Vec<Outcome> = brain
-        .state
-        .lock()
-        .unwrap()
-        .results
-        .iter()
-        .map(|r| r.outcome.clone())
-        .collect();
-    assert_eq!(results, vec![Outcome::Applied, Outcome::Duplicate]);
+    // A result the agent sends again (after a reconnection, not knowing
+    // whether it was stored) is acknowledged again and stored once.
+    link.send_result(CommandResult {
+        id: cid,
+        outcome: Outcome::Failed("must not replace the first".into()),
+    })
+    .await
+    .unwrap();
+    let mut acks = 0;
+    let mut windows_through = None;
+    while acks < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), link.next_from_brain())
+            .await
+            .expect("acknowledgements")
+            .unwrap()
+            .unwrap()
+        {
+            FromBrain::Ack(a) => {
+                acks += a.results.iter().filter(|&&r| r == cid).count();
+                windows_through = windows_through.max(a.windows_through);
+            }
+            FromBrain::Command(c) => panic!("unexpected {c:?}"),
+        }
+    }
+    assert_eq!(windows_through, Some(4), "the windows are acknowledged too");
+    assert_eq!(
+        brain.result(cid).await.unwrap(),
+        Some(("node-a".to_string(), Outcome::Applied))
+    );
+    let st = brain.state.lock().unwrap();
+    assert_eq!(st.ingest.totals.results, 1);
+    assert!(st.pending("node-a").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,8 +183,8 @@ async fn strangers_are_refused_and_the_brain_keeps_serving() {
         .await
         .unwrap();
     link.send_window(window("node-a", 0)).await.unwrap();
-    until(|| brain.state.lock().unwrap().windows == 1).await;
-    let rejected = brain.state.lock().unwrap().rejected.clone();
+    until(|| brain.state.lock().unwrap().ingest.totals.windows == 1).await;
+    let rejected = brain.state.lock().unwrap().ingest.totals.rejected.clone();
     assert!(
         rejected.get("certificate names another node") == Some(&1),
         "{rejected:?}"
@@ -168,8 +196,14 @@ async fn strangers_are_refused_and_the_brain_keeps_serving() {
 async fn certs_init_writes_a_set_that_connects() {
     let dir = std::env::temp_dir().join(format!("vagus-certs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    vagus_transport::certs::init(&dir, "brain", &["node-a".to_string(), "node-b".to_string()])
-        .unwrap();
+    let w = vagus_transport::certs::init(&dir, "brain", &["node-a".to_string()]).unwrap();
+    assert!(w.new_ca);
+    // Later, a node joins: the same CA signs its certificate.
+    let w =
+        vagus_transport::certs::init(&dir, "brain", &["node-a".into(), "node-b".into()]).unwrap();
+    assert!(!w.new_ca, "the existing CA is used");
+    assert_eq!(w.issued, vec!["node-b".to_string()]);
+    assert_eq!(w.kept, vec!["brain".to_string(), "node-a".to_string()]);
     use std::os::unix::fs::PermissionsExt;
     for f in ["ca.key", "brain.key", "node-a.key", "node-b.key"] {
         let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
@@ -179,6 +213,7 @@ async fn certs_init_writes_a_set_that_connects() {
         Brain::bind(
             "127.0.0.1:0".parse().unwrap(),
             &Identity::load(&dir, "brain").unwrap(),
+            &BrainOptions::default(),
         )
         .unwrap(),
     );
@@ -201,13 +236,34 @@ async fn certs_init_writes_a_set_that_connects() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The frame bytes of one test window, as the agent's outage buffer counts them.
+fn buffered_cost(seq: u64) -> usize {
+    let mut f = Vec::new();
+    vagus_proto::wire::encode(
+        &vagus_proto::wire::Message::Telemetry(window("node-a", seq)),
+        PROTOCOL_VERSION,
+        vagus_proto::wire::DEFAULT_MAX_FRAME,
+        &mut f,
+    )
+    .unwrap();
+    f.len() + 48
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_brain_restart_the_agent_reconnects_and_delivers_what_it_buffered() {
+async fn after_a_brain_restart_nothing_accepted_or_acknowledged_is_lost() {
     use std::sync::{Arc, Mutex};
     use vagus_transport::agent::{AgentConfig, AgentStats, run};
+    let dir = std::env::temp_dir().join(format!("vagus-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = BrainOptions {
+        ledger: Some(dir.join("ledger.sqlite")),
+        ..BrainOptions::default()
+    };
     let ca = Ca::new("test CA").unwrap();
     let brain_id = ca.issue("brain").unwrap();
-    let first = Arc::new(Brain::bind("127.0.0.1:0".parse().unwrap(), &id(&brain_id, &ca)).unwrap());
+    let first =
+        Arc::new(Brain::bind("127.0.0.1:0".parse().unwrap(), &id(&brain_id, &ca), &opts).unwrap());
     let addr = first.local_addr();
     let serving = first.clone();
     let first_task = tokio::spawn(async move { serving.run().await });
@@ -215,14 +271,16 @@ async fn after_a_brain_restart_the_agent_reconnects_and_delivers_what_it_buffere
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let stats = Arc::new(Mutex::new(AgentStats::default()));
     let applied = Arc::new(Mutex::new(Vec::new()));
+    // Room for 5 windows (windows 3..=9 have the same encoded size).
     let cfg = AgentConfig {
         brain: addr,
         brain_name: "brain".into(),
         identity: id(&ca.issue("node-a").unwrap(), &ca),
         hello: hello("node-a"),
-        buffer_windows: 5,
+        buffer_bytes: 5 * buffered_cost(9),
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
+        endpoint: None,
     };
     let log = applied.clone();
     let agent = tokio::spawn(run(
@@ -238,32 +296,38 @@ async fn after_a_brain_restart_the_agent_reconnects_and_delivers_what_it_buffere
     for seq in 0..3 {
         tx.send(window("node-a", seq)).await.unwrap();
     }
-    until(|| first.state.lock().unwrap().windows == 3).await;
-    assert!(first.command(
-        "node-a",
-        Command {
-            id: 1,
-            kind: CommandKind::DrainGpu { gpu: 0 }
-        }
-    ));
-    until(|| first.state.lock().unwrap().results.len() == 1).await;
+    until(|| first.state.lock().unwrap().ingest.totals.windows == 3).await;
+    let a = first
+        .issue("node-a", CommandKind::DrainGpu { gpu: 0 })
+        .await
+        .unwrap();
+    // Stored and acknowledged: the agent has let go of it.
+    until(|| stats.lock().unwrap().results_acknowledged == 1).await;
+    // The windows are acknowledged too (every 200 ms): the buffer empties.
+    until(|| stats.lock().unwrap().buffered_bytes == 0).await;
 
-    // The brain goes away; the agent keeps 5 of the next 8 windows.
+    // The brain goes away; the agent keeps 5 of the next 7 windows.
     first.shutdown();
     first_task.abort();
     until(|| !first.state.lock().unwrap().is_connected("node-a")).await;
     first.wait_idle().await;
-    for seq in 3..11 {
+    // Accepted while the node is away: stored, sent when it is back, even
+    // by the next brain.
+    let b = first
+        .issue("node-a", CommandKind::DrainGpu { gpu: 1 })
+        .await
+        .unwrap();
+    for seq in 3..10 {
         tx.send(window("node-a", seq)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A new brain on the same address (once the old endpoint has let the
-    // socket go), with a command waiting for the node.
+    // socket go) and the same ledger, with one more command waiting.
     drop(first);
     let mut bound = None;
     for _ in 0..100 {
-        match Brain::bind(addr, &id(&brain_id, &ca)) {
+        match Brain::bind(addr, &id(&brain_id, &ca), &opts) {
             Ok(b) => {
                 bound = Some(b);
                 break;
@@ -272,16 +336,17 @@ async fn after_a_brain_restart_the_agent_reconnects_and_delivers_what_it_buffere
         }
     }
     let second = Arc::new(bound.expect("rebind the brain's address"));
-    assert!(
-        !second.command(
-            "node-a",
-            Command {
-                id: 2,
-                kind: CommandKind::DrainGpu { gpu: 1 }
-            }
-        ),
-        "not connected yet"
+    assert_eq!(
+        second.result(a).await.unwrap(),
+        Some(("node-a".to_string(), Outcome::Applied)),
+        "the acknowledged result survived"
     );
+    assert_eq!(second.state.lock().unwrap().pending("node-a"), vec![b]);
+    let c = second
+        .issue("node-a", CommandKind::DrainGpu { gpu: 2 })
+        .await
+        .unwrap();
+    assert!(c > b, "ids are not reused");
     let serving = second.clone();
     tokio::spawn(async move { serving.run().await });
     let t = std::time::Instant::now();
@@ -291,22 +356,26 @@ async fn after_a_brain_restart_the_agent_reconnects_and_delivers_what_it_buffere
         "reconnected after {:?}",
         t.elapsed()
     );
-    until(|| second.state.lock().unwrap().windows == 5).await;
+    until(|| second.state.lock().unwrap().ingest.totals.windows == 5).await;
     {
         let st = second.state.lock().unwrap();
-        assert_eq!(st.latest["node-a"].seq, 10);
-        assert_eq!(st.dropped_reported, 3, "the drops are reported once");
+        assert_eq!(st.ingest.nodes["node-a"].last_seq, Some(9));
+        assert_eq!(
+            st.ingest.totals.dropped_reported, 2,
+            "the drops are reported once"
+        );
     }
-    until(|| second.state.lock().unwrap().results.len() == 1).await;
+    until(|| second.state.lock().unwrap().ingest.totals.results == 3).await;
     assert_eq!(
         *applied.lock().unwrap(),
-        vec![1, 2],
-        "the waiting command was delivered on reconnect"
+        vec![a, b, c],
+        "the waiting commands were delivered on reconnect"
     );
+    assert!(second.state.lock().unwrap().pending("node-a").is_empty());
     let s = stats.lock().unwrap().clone();
     assert_eq!(
         (s.connects, s.windows_dropped, s.windows_sent),
-        (2, 3, 8),
+        (2, 2, 8),
         "{s:?}"
     );
     drop(tx);
@@ -314,4 +383,5 @@ async fn after_a_brain_restart_the_agent_reconnects_and_delivers_what_it_buffere
         .await
         .expect("agent ends when its window source closes")
         .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

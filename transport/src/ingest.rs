@@ -1,0 +1,382 @@
+//! The brain's in-memory cluster state as telemetry arrives: per node, the
+//! latest window of each GPU and each process, the last few windows'
+//! histograms of each process (merged when asked), and the ingest metrics
+//! (windows, bytes, windows/s, agent → brain lag, duplicates, drops the
+//! agents reported, connections refused by reason).
+//!
+//! Histograms stay serialized (HdrHistogram V2, as the agent sent them)
+//! until someone reads them: a window costs the brain a copy of its bytes,
+//! not a decode, and the memory per node stays proportional to what the
+//! agent sent.
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::Deserializer;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use vagus_proto::wire::{GpuWindow, ProcessWindow, TelemetryWindow};
+
+/// The last `cap` windows' serialized histograms of one series.
+#[derive(Debug, Default)]
+pub struct Rolling {
+    windows: VecDeque<Vec<u8>>,
+}
+
+impl Rolling {
+    fn push(&mut self, cap: usize, h: Vec<u8>) {
+        if h.is_empty() {
+            return;
+        }
+        if self.windows.len() == cap {
+            self.windows.pop_front();
+        }
+        self.windows.push_back(h);
+    }
+
+    /// How many windows it holds.
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    /// The sum of the windows held; `None` if none is. A histogram that
+    /// does not decode is an error naming it (the agent sent it so).
+    pub fn merged(&self) -> Result<Option<Histogram<u64>>, String> {
+        let mut total: Option<Histogram<u64>> = None;
+        let mut de = Deserializer::new();
+        for (i, bytes) in self.windows.iter().enumerate() {
+            let h: Histogram<u64> = de
+                .deserialize(&mut &bytes[..])
+                .map_err(|e| format!("histogram {i} of the rolling window: {e:?}"))?;
+            match &mut total {
+                Some(t) => t
+                    .add(&h)
+                    .map_err(|e| format!("histogram {i} cannot be added: {e:?}"))?,
+                None => total = Some(h),
+            }
+        }
+        Ok(total)
+    }
+
+    fn bytes(&self) -> usize {
+        self.windows.iter().map(|w| w.capacity()).sum()
+    }
+}
+
+/// One process as the latest windows describe it.
+#[derive(Debug)]
+pub struct ProcessState {
+    /// The latest window's counters (its histogram fields are moved into
+    /// the rolling series and left empty here).
+    pub latest: ProcessWindow,
+    pub kernel: Rolling,
+    pub sync: Rolling,
+    /// The sequence number of the window that last mentioned it.
+    pub seen_seq: u64,
+}
+
+/// What the brain knows of one node.
+#[derive(Debug, Default)]
+pub struct NodeState {
+    /// The agent session whose windows these are (a restarted agent starts
+    /// a new one, and its sequence numbers start again).
+    pub session: u64,
+    pub last_seq: Option<u64>,
+    /// The end of the latest window, by the agent's clock.
+    pub window_end_unix_ns: u64,
+    /// The latest window of each GPU, by index.
+    pub gpus: BTreeMap<u32, GpuWindow>,
+    /// Each process, by (GPU, pid); a process no window has mentioned for
+    /// the rolling length is forgotten.
+    pub processes: HashMap<(u32, u32), ProcessState>,
+    pub windows: u64,
+    pub dropped_reported: u64,
+}
+
+impl NodeState {
+    /// Approximate heap bytes this node's state holds.
+    pub fn heap_bytes(&self) -> usize {
+        let p: usize = self
+            .processes
+            .values()
+            .map(|p| {
+                std::mem::size_of::<ProcessState>()
+                    + p.kernel.bytes()
+                    + p.sync.bytes()
+                    + p.latest.container.capacity()
+                    + p.latest.pod.capacity()
+                    + p.latest.namespace.capacity()
+            })
+            .sum();
+        p + self.gpus.len() * std::mem::size_of::<GpuWindow>()
+    }
+}
+
+/// What became of a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    New,
+    /// Its sequence number was seen before (resent after a reconnection).
+    Duplicate,
+}
+
+/// Counters since the brain started.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    pub windows: u64,
+    /// Frame bytes of the windows accepted.
+    pub bytes: u64,
+    pub duplicates: u64,
+    /// Σ of the dropped-window counts agents reported.
+    pub dropped_reported: u64,
+    /// Command results stored.
+    pub results: u64,
+    /// Connections refused, by reason.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// The ingest metrics over the interval since the previous snapshot.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub totals: Totals,
+    pub interval_s: f64,
+    pub windows_per_s: f64,
+    pub bytes_per_s: f64,
+    /// Agent → brain lag of the interval's windows: from the end of the
+    /// window (agent's clock) to its arrival (brain's clock), microseconds.
+    pub lag_p50_us: u64,
+    pub lag_p99_us: u64,
+    pub lag_max_us: u64,
+    pub nodes: usize,
+}
+
+/// The brain's cluster state and ingest metrics.
+pub struct Ingest {
+    pub nodes: HashMap<String, NodeState>,
+    pub totals: Totals,
+    /// Windows of history kept per histogram series.
+    rolling: usize,
+    lag_us: Histogram<u64>,
+    at_snapshot: (std::time::Instant, u64, u64),
+}
+
+impl Ingest {
+    /// Keeps `rolling` windows of histograms per process (at least 1).
+    pub fn new(rolling: usize) -> Ingest {
+        Ingest {
+            nodes: HashMap::new(),
+            totals: Totals::default(),
+            rolling: rolling.max(1),
+            // 1 µs .. 1 h, 3 significant digits.
+            lag_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            at_snapshot: (std::time::Instant::now(), 0, 0),
+        }
+    }
+
+    /// Takes in one window from `node` (agent `session`), `frame_bytes`
+    /// long, arriving at `now_unix_ns`.
+    pub fn window(
+        &mut self,
+        node: &str,
+        session: u64,
+        mut w: TelemetryWindow,
+        frame_bytes: usize,
+        now_unix_ns: u64,
+    ) -> Accepted {
+        let rolling = self.rolling;
+        let n = match self.nodes.get_mut(node) {
+            Some(n) => n,
+            None => self.nodes.entry(node.to_string()).or_default(),
+        };
+        if n.session != session {
+            n.session = session;
+            n.last_seq = None;
+        }
+        if n.last_seq.is_some_and(|last| w.seq <= last) {
+            self.totals.duplicates += 1;
+            return Accepted::Duplicate;
+        }
+        n.last_seq = Some(w.seq);
+        n.windows += 1;
+        n.dropped_reported += w.dropped_windows;
+        n.window_end_unix_ns = w.start_unix_ns.saturating_add(w.duration_ns);
+        for g in w.gpus.drain(..) {
+            n.gpus.insert(g.index, g);
+        }
+        for mut p in w.processes.drain(..) {
+            let kernel = std::mem::take(&mut p.kernel_hist);
+            let sync = std::mem::take(&mut p.sync_hist);
+            let s = n
+                .processes
+                .entry((p.gpu, p.pid))
+                .or_insert_with(|| ProcessState {
+                    latest: p.clone(),
+                    kernel: Rolling::default(),
+                    sync: Rolling::default(),
+                    seen_seq: w.seq,
+                });
+            s.kernel.push(rolling, kernel);
+            s.sync.push(rolling, sync);
+            s.latest = p;
+            s.seen_seq = w.seq;
+        }
+        let seq = w.seq;
+        n.processes.retain(|_, p| p.seen_seq + rolling as u64 > seq);
+
+        self.totals.windows += 1;
+        self.totals.bytes += frame_bytes as u64;
+        self.totals.dropped_reported += w.dropped_windows;
+        let lag_ns = now_unix_ns.saturating_sub(n.window_end_unix_ns);
+        self.lag_us.saturating_record((lag_ns / 1000).max(1));
+        Accepted::New
+    }
+
+    pub fn rejected(&mut self, reason: &str) {
+        *self.totals.rejected.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// The metrics since the previous snapshot (which this one ends).
+    pub fn snapshot(&mut self) -> Snapshot {
+        let now = std::time::Instant::now();
+        let (then, windows, bytes) = self.at_snapshot;
+        let interval_s = now.duration_since(then).as_secs_f64().max(1e-9);
+        let s = Snapshot {
+            totals: self.totals.clone(),
+            interval_s,
+            windows_per_s: (self.totals.windows - windows) as f64 / interval_s,
+            bytes_per_s: (self.totals.bytes - bytes) as f64 / interval_s,
+            lag_p50_us: self.lag_us.value_at_quantile(0.5),
+            lag_p99_us: self.lag_us.value_at_quantile(0.99),
+            lag_max_us: self.lag_us.max(),
+            nodes: self.nodes.len(),
+        };
+        self.lag_us.reset();
+        self.at_snapshot = (now, self.totals.windows, self.totals.bytes);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::{Serializer, V2Serializer};
+
+    fn hist(values: &[u64]) -> Vec<u8> {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2).unwrap();
+        for v in values {
+            h.record(*v).unwrap();
+        }
+        let mut out = Vec::new();
+        V2Serializer::new().serialize(&h, &mut out).unwrap();
+        out
+    }
+
+    fn process(pid: u32, kernel: Vec<u8>) -> ProcessWindow {
+        ProcessWindow {
+            pid,
+            ns_pid: pid,
+            gpu: 0,
+            cgroup_id: 1,
+            container: "c".into(),
+            pod: "p".into(),
+            namespace: "ns".into(),
+            launches: 10,
+            gpu_time_ns: 1000,
+            occupancy_weighted_sm_ns: 500,
+            memory_bytes: 1 << 20,
+            mps_percent: 100.0,
+            kernel_hist: kernel,
+            sync_hist: Vec::new(),
+        }
+    }
+
+    fn window(seq: u64, processes: Vec<ProcessWindow>) -> TelemetryWindow {
+        TelemetryWindow {
+            node: "n".into(),
+            seq,
+            start_unix_ns: seq * 100_000_000,
+            duration_ns: 100_000_000,
+            gpus: vec![],
+            processes,
+            dropped_windows: 0,
+        }
+    }
+
+    #[test]
+    fn histograms_roll_and_processes_expire() {
+        let mut i = Ingest::new(3);
+        for seq in 0..5 {
+            let w = window(
+                seq,
+                vec![process(7, hist(&[seq * 1000 + 1000])), process(8, vec![])],
+            );
+            assert_eq!(
+                i.window("n", 1, w, 100, (seq + 1) * 100_000_000 + 2_000_000),
+                Accepted::New
+            );
+        }
+        let n = &i.nodes["n"];
+        let p = &n.processes[&(0, 7)];
+        assert_eq!(p.kernel.len(), 3, "only the last 3 windows");
+        let h = p.kernel.merged().unwrap().unwrap();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.min(), h.lowest_equivalent(3000), "windows 2, 3, 4");
+        assert!(n.processes[&(0, 8)].kernel.merged().unwrap().is_none());
+        assert!(p.latest.kernel_hist.is_empty(), "moved, not kept twice");
+
+        // Process 8 goes away: forgotten once 3 windows have not mentioned it.
+        for seq in 5..8 {
+            i.window("n", 1, window(seq, vec![process(7, vec![])]), 100, 0);
+            let gone = !i.nodes["n"].processes.contains_key(&(0, 8));
+            assert_eq!(gone, seq >= 7, "window {seq}");
+        }
+        let s = i.snapshot();
+        assert_eq!(s.totals.windows, 8);
+        assert_eq!(s.totals.bytes, 800);
+        // Five windows 2 ms late, three with no lag at all (clamped to 1 µs).
+        assert!((1990..=2010).contains(&s.lag_p50_us), "{s:?}");
+    }
+
+    #[test]
+    fn duplicates_are_counted_per_session_and_a_new_session_starts_over() {
+        let mut i = Ingest::new(4);
+        assert_eq!(i.window("n", 1, window(5, vec![]), 10, 0), Accepted::New);
+        assert_eq!(
+            i.window("n", 1, window(5, vec![]), 10, 0),
+            Accepted::Duplicate
+        );
+        assert_eq!(
+            i.window("n", 1, window(3, vec![]), 10, 0),
+            Accepted::Duplicate
+        );
+        assert_eq!(
+            i.window("n", 2, window(0, vec![]), 10, 0),
+            Accepted::New,
+            "restarted agent"
+        );
+        assert_eq!(i.totals.duplicates, 2);
+        assert_eq!(i.totals.windows, 2);
+    }
+
+    #[test]
+    fn lag_is_measured_from_the_window_end() {
+        let mut i = Ingest::new(1);
+        // Window 0 ends at 100 ms; it arrives 3 ms and 40 ms later.
+        i.window("a", 1, window(0, vec![]), 10, 103_000_000);
+        i.window("b", 1, window(0, vec![]), 10, 140_000_000);
+        let s = i.snapshot();
+        assert!((2990..=3010).contains(&s.lag_p50_us), "{s:?}");
+        assert!((39_900..=40_100).contains(&s.lag_max_us), "{s:?}");
+        let next = i.snapshot();
+        assert_eq!(next.lag_max_us, 0, "each snapshot covers its own interval");
+    }
+
+    #[test]
+    fn a_corrupt_histogram_is_reported_when_read() {
+        let mut i = Ingest::new(2);
+        i.window("n", 1, window(0, vec![process(1, vec![1, 2, 3])]), 10, 0);
+        let e = i.nodes["n"].processes[&(0, 1)].kernel.merged().unwrap_err();
+        assert!(e.contains("histogram 0"), "{e}");
+    }
+}
