@@ -164,7 +164,9 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
         .expect("bad input is answered");
     assert!(err["error"].as_str().unwrap().contains("nonsense"), "{err}");
 
-    // SIGKILL the brain; the agent keeps buffering (at most 10 windows).
+    // SIGKILL the brain; the agent keeps buffering (at most 10 windows). Its
+    // connection's idle timeout is 5 s: that it is back within 1.5 + 2 s
+    // shows the restarted brain's stateless reset ended it.
     brain.child.kill().unwrap();
     brain.child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(1500));

@@ -58,11 +58,6 @@ pub struct Welcome {
     pub brain_version: String,
 }
 
-/// Brain → agent: every window up to `seq` of the current session has
-/// arrived; the agent may forget them. (Sent on the command stream as a
-/// [`Heartbeat`] whose `seq` is the acknowledged window.)
-pub type WindowAck = Heartbeat;
-
 /// One GPU over one window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GpuWindow {
@@ -83,6 +78,9 @@ pub struct ProcessWindow {
     pub ns_pid: u32,
     pub gpu: u32,
     pub cgroup_id: u64,
+    /// Who it is. Empty strings mean "as before": an agent sends them when
+    /// the process first appears and then only now and again (every tenth
+    /// window, say), so a brain that restarts learns them again soon.
     pub container: String,
     pub pod: String,
     pub namespace: String,

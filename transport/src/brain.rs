@@ -5,7 +5,7 @@ use crate::TransportError;
 use crate::frames::{FrameReader, send};
 use crate::ingest::{Accepted, Ingest, Snapshot};
 use crate::ledger::{Ledger, Recorded, unix_ns};
-use crate::tls::{Identity, server_config};
+use crate::tls::{Identity, brain_endpoint_config, server_config};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -18,8 +18,11 @@ use vagus_proto::wire::{
 
 /// Results kept in memory for a quick look (all are in the ledger).
 const RECENT_RESULTS: usize = 1024;
-/// How often a connection acknowledges the windows it received.
-const ACK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often a connection acknowledges the windows it received (results
+/// are acknowledged at once). An agent keeps about this long of windows
+/// beyond what has arrived; a shorter period costs every connection more
+/// packets and wake-ups.
+const ACK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The brain's view of its agents: cluster state and ingest metrics
 /// ([`Ingest`]), commands waiting for an answer, who is connected.
@@ -141,12 +144,18 @@ impl Brain {
             Some(path) => Ledger::open(path)?,
             None => Ledger::in_memory()?,
         };
-        let endpoint = quinn::Endpoint::server(server_config(id)?, addr).map_err(|source| {
-            TransportError::Io {
-                what: format!("bind {addr}"),
-                source,
-            }
-        })?;
+        let io = |source| TransportError::Io {
+            what: format!("bind {addr}"),
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(io)?;
+        let endpoint = quinn::Endpoint::new(
+            brain_endpoint_config(id),
+            Some(server_config(id)?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(io)?;
         let mut ingest = Ingest::new(opts.rolling_windows);
         ingest.totals.results = recovered.results;
         Ok(Brain {

@@ -218,6 +218,16 @@ impl Ingest {
                 });
             s.kernel.push(rolling, kernel);
             s.sync.push(rolling, sync);
+            // Empty identity strings mean "unchanged".
+            for (new, old) in [
+                (&mut p.container, &mut s.latest.container),
+                (&mut p.pod, &mut s.latest.pod),
+                (&mut p.namespace, &mut s.latest.namespace),
+            ] {
+                if new.is_empty() {
+                    std::mem::swap(new, old);
+                }
+            }
             s.latest = p;
             s.seen_seq = w.seq;
         }
@@ -325,9 +335,16 @@ mod tests {
         assert!(n.processes[&(0, 8)].kernel.merged().unwrap().is_none());
         assert!(p.latest.kernel_hist.is_empty(), "moved, not kept twice");
 
-        // Process 8 goes away: forgotten once 3 windows have not mentioned it.
+        // Process 8 goes away: forgotten once 3 windows have not mentioned
+        // it. Process 7's identity is not repeated: it is kept.
         for seq in 5..8 {
-            i.window("n", 1, window(seq, vec![process(7, vec![])]), 100, 0);
+            let mut p = process(7, vec![]);
+            p.container.clear();
+            p.pod.clear();
+            p.namespace.clear();
+            i.window("n", 1, window(seq, vec![p]), 100, 0);
+            let latest = &i.nodes["n"].processes[&(0, 7)].latest;
+            assert_eq!((latest.container.as_str(), latest.pod.as_str()), ("c", "p"));
             let gone = !i.nodes["n"].processes.contains_key(&(0, 8));
             assert_eq!(gone, seq >= 7, "window {seq}");
         }
