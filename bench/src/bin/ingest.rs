@@ -383,7 +383,11 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        eprintln!("{} agents connected after {:.1?}", a.agents, t.elapsed());
+        let connected = stats
+            .iter()
+            .filter(|s| s.lock().map(|s| s.connects > 0).unwrap_or(false))
+            .count();
+        eprintln!("{connected} of {} agents connected after {:.1?}", a.agents, t.elapsed());
         tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
     });
 
@@ -394,7 +398,7 @@ fn main() {
     let gen0 = generated.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let mut intervals = Vec::new();
-    rt.block_on(tokio::time::sleep(Duration::from_secs_f64(a.duration)));
+    rt.block_on(async { tokio::time::sleep(Duration::from_secs_f64(a.duration)).await });
     let wall = t0.elapsed().as_secs_f64();
     let (brain_cpu1, rss_end, hwm) = proc_usage(&pid);
     let (self_cpu1, _, _) = proc_usage("self");
