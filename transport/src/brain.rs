@@ -366,6 +366,7 @@ async fn serve(
         st.connections += 1;
         let me = st.connections;
         st.connected.insert(node.clone(), (me, cmd_tx));
+        st.ingest.hello(&hello);
         st.emit(Event::Connected {
             node: node.clone(),
             version,

@@ -12,7 +12,7 @@
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use vagus_proto::wire::{GpuWindow, ProcessWindow, TelemetryWindow};
+use vagus_proto::wire::{GpuInfo, GpuWindow, Hello, ProcessWindow, TelemetryWindow};
 
 /// The last `cap` windows' serialized histograms of one series.
 #[derive(Debug, Default)]
@@ -92,6 +92,9 @@ pub struct NodeState {
     pub processes: HashMap<(u32, u32), ProcessState>,
     pub windows: u64,
     pub dropped_reported: u64,
+    /// What the node's latest `Hello` said it has.
+    pub inventory: Vec<GpuInfo>,
+    pub agent_version: String,
 }
 
 impl NodeState {
@@ -240,6 +243,13 @@ impl Ingest {
         let lag_ns = now_unix_ns.saturating_sub(n.window_end_unix_ns);
         self.lag_us.saturating_record((lag_ns / 1000).max(1));
         Accepted::New
+    }
+
+    /// Records what a node's agent announced when it connected.
+    pub fn hello(&mut self, h: &Hello) {
+        let n = self.nodes.entry(h.node.clone()).or_default();
+        n.inventory = h.gpus.clone();
+        n.agent_version = h.agent_version.clone();
     }
 
     pub fn rejected(&mut self, reason: &str) {

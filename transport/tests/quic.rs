@@ -22,7 +22,15 @@ fn hello(node: &str) -> Hello {
         node: node.into(),
         session: 1,
         agent_version: "test".into(),
-        gpus: vec![],
+        gpus: vec![vagus_proto::wire::GpuInfo {
+            index: 0,
+            uuid: "GPU-00000000-0000-0000-0000-000000000000".into(),
+            model: "NVIDIA H100 80GB HBM3".into(),
+            sms: 132,
+            memory_bytes: 80 << 30,
+            tdp_watts: 700,
+            mps: None,
+        }],
     }
 }
 
@@ -82,10 +90,14 @@ async fn telemetry_flows_and_a_command_applies_once_when_sent_twice() {
         link.send_window(window("node-a", seq)).await.unwrap();
     }
     until(|| brain.state.lock().unwrap().ingest.totals.windows == 5).await;
-    assert_eq!(
-        brain.state.lock().unwrap().ingest.nodes["node-a"].last_seq,
-        Some(4)
-    );
+    {
+        let st = brain.state.lock().unwrap();
+        let n = &st.ingest.nodes["node-a"];
+        assert_eq!(n.last_seq, Some(4));
+        assert_eq!(n.agent_version, "test", "the hello's inventory is kept");
+        assert_eq!(n.inventory.len(), 1);
+        assert_eq!(n.inventory[0].sms, 132);
+    }
 
     let kind = CommandKind::SetShimBudget {
         pid: 42,

@@ -387,7 +387,11 @@ fn main() {
             .iter()
             .filter(|s| s.lock().map(|s| s.connects > 0).unwrap_or(false))
             .count();
-        eprintln!("{connected} of {} agents connected after {:.1?}", a.agents, t.elapsed());
+        eprintln!(
+            "{connected} of {} agents connected after {:.1?}",
+            a.agents,
+            t.elapsed()
+        );
         tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
     });
 
