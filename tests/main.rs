@@ -9,5 +9,6 @@ mod load;
 mod mps;
 mod nvml;
 mod occupancy;
+mod probes;
 mod shim;
 mod transport;
