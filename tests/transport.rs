@@ -143,7 +143,7 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
     });
     assert!(w.is_some(), "windows do not arrive");
 
-    // A command goes out; the agent has no handler for it yet and says so.
+    // A command goes out; this agent cannot drain a GPU yet and says so.
     brain.send(r#"{"issue": {"node": "node-a", "command": {"DrainGpu": {"gpu": 0}}}}"#);
     let issued = brain
         .wait_for(Duration::from_secs(5), is("issued"))
@@ -155,7 +155,10 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
         })
         .expect("the command's result");
     assert!(
-        result["outcome"].as_str().unwrap().contains("no handler"),
+        result["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("cannot apply DrainGpu"),
         "{result}"
     );
     brain.send("{\"nonsense\": 1}");
@@ -214,7 +217,10 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
         .expect("lookup");
     assert_eq!(found["node"], "node-a", "{found}");
     assert!(
-        found["outcome"].as_str().unwrap().contains("no handler"),
+        found["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("cannot apply DrainGpu"),
         "{found}"
     );
 

@@ -2,6 +2,7 @@
 //! libraries: flags are parsed here (clap, each with an environment variable)
 //! into validated configs that the subcommands receive.
 
+mod agent_cmd;
 mod gpusim_cmd;
 mod load;
 mod run;
@@ -30,8 +31,9 @@ enum Command {
     /// The brain's transport endpoint: accepts agents over QUIC with mutual TLS
     /// and prints what arrives as JSON lines.
     Brain(transport_cmd::BrainArgs),
-    /// The agent's transport link: connects to the brain and streams windows.
-    Agent(transport_cmd::AgentArgs),
+    /// The node agent: finds and measures every GPU process (eBPF, the shim's
+    /// segments, NVML), serves Prometheus metrics, streams to the brain.
+    Agent(agent_cmd::AgentArgs),
     /// Certificates for the agent-brain transport (mutual TLS).
     Certs {
         #[command(subcommand)]
@@ -71,7 +73,7 @@ fn main() -> ExitCode {
         },
         Command::Gpusim { command } => gpusim_cmd::run(command),
         Command::Brain(args) => transport_cmd::brain(args),
-        Command::Agent(args) => transport_cmd::agent(args),
+        Command::Agent(args) => agent_cmd::agent(args),
         Command::Certs {
             command: CertsCommand::Init { dir, agents, brain },
         } => vagus_transport::certs::init(&dir, &brain, &agents)

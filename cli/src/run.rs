@@ -8,7 +8,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
-use vagus_proto::shm::{self, Segment};
+use vagus_agent::segments::SegmentFile;
+use vagus_proto::shm;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -99,67 +100,6 @@ pub fn run(args: RunArgs) -> Result<u8> {
     })
 }
 
-/// A read-only mapping of one process's segment.
-struct Mapped {
-    ptr: *mut libc::c_void,
-}
-
-impl Mapped {
-    fn open(path: &Path) -> Result<Mapped> {
-        let f =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let len = f.metadata()?.len();
-        if len < shm::SEGMENT_BYTES as u64 {
-            bail!(
-                "{} is {len} bytes, not a segment of {}",
-                path.display(),
-                shm::SEGMENT_BYTES
-            );
-        }
-        use std::os::fd::AsRawFd;
-        // SAFETY: read-only shared mapping of a file we hold open.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                shm::SEGMENT_BYTES,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!(
-                "cannot map {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
-        let m = Mapped { ptr };
-        let h = &m.segment().header;
-        if h.magic.load(Relaxed) != shm::MAGIC || h.version.load(Relaxed) != shm::VERSION {
-            bail!(
-                "{} is not a version-{} Vagus segment",
-                path.display(),
-                shm::VERSION
-            );
-        }
-        Ok(m)
-    }
-
-    fn segment(&self) -> &Segment {
-        // SAFETY: a mapping of SEGMENT_BYTES; every field is an atomic.
-        unsafe { &*(self.ptr as *const Segment) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what open mapped.
-        unsafe { libc::munmap(self.ptr, shm::SEGMENT_BYTES) };
-    }
-}
-
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
@@ -170,7 +110,7 @@ fn summarise(dir: &Path) -> Result<serde_json::Value> {
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "shm") {
-            segs.push(Mapped::open(&p)?);
+            segs.push(SegmentFile::open_read_only(&p)?);
         }
     }
     let (mut launches, mut graph, mut captured, mut sampled, mut sampled_ns, mut gpu_ns) =

@@ -1,7 +1,5 @@
-//! `vagus brain --quic` and `vagus agent --brain`: the two ends of the
-//! transport, run for real. What the agent's windows contain (processes,
-//! GPUs, histograms) comes with the node agent; here it sends the windows'
-//! frame — node, sequence, time — so the link itself can be run and tested.
+//! `vagus brain --quic`: the brain's end of the transport (the agent's is
+//! `vagus agent --brain`, in `agent_cmd.rs`).
 //!
 //! The brain prints JSON lines: events (connected, result, rejected,
 //! disconnected; windows with `--log-windows`), its ingest metrics every
@@ -14,12 +12,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use vagus_proto::wire::{
-    Command, CommandKind, Hello, MIN_PROTOCOL_VERSION, Outcome, PROTOCOL_VERSION, TelemetryWindow,
-};
-use vagus_transport::agent::{AgentConfig, AgentStats};
+use vagus_proto::wire::CommandKind;
 use vagus_transport::brain::{Brain, BrainOptions, Event};
 use vagus_transport::ingest::Snapshot;
 use vagus_transport::tls::Identity;
@@ -48,29 +43,6 @@ pub struct BrainArgs {
     /// Windows of histograms kept per process.
     #[arg(long, default_value_t = 10)]
     pub rolling_windows: usize,
-}
-
-#[derive(Args, Debug)]
-pub struct AgentArgs {
-    /// The brain's QUIC address.
-    #[arg(long, env = "VAGUS_BRAIN")]
-    pub brain: SocketAddr,
-    /// Directory from `vagus certs init`.
-    #[arg(long, env = "VAGUS_CERTS_DIR")]
-    pub certs: PathBuf,
-    /// This node's name (its certificate must carry it).
-    #[arg(long, env = "VAGUS_NODE")]
-    pub node: String,
-    /// The name on the brain's certificate.
-    #[arg(long, default_value = "brain")]
-    pub brain_name: String,
-    /// Windows per second.
-    #[arg(long, default_value_t = 10.0)]
-    pub hz: f64,
-    /// Bytes of windows kept until the brain acknowledges them (all of them
-    /// while it is unreachable); the oldest are dropped beyond.
-    #[arg(long, default_value_t = vagus_transport::agent::DEFAULT_BUFFER_BYTES)]
-    pub buffer_bytes: usize,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -208,86 +180,6 @@ pub fn brain(args: BrainArgs) -> Result<()> {
             writeln!(out, "{v}").context("writing to standard output")?;
             out.flush().context("writing to standard output")?;
         }
-        Ok(())
-    })
-}
-
-/// The agent has nothing to apply commands to until the node agent lands:
-/// it says so in each result rather than pretending.
-fn cannot_apply(c: &Command) -> Outcome {
-    let what = match &c.kind {
-        CommandKind::SetShimBudget { .. } => "SetShimBudget",
-        CommandKind::PauseProcess { .. } => "PauseProcess",
-        CommandKind::SetMpsPercentage { .. } => "SetMpsPercentage",
-        CommandKind::StartMpsServer { .. } => "StartMpsServer",
-        CommandKind::StopMpsServer { .. } => "StopMpsServer",
-        CommandKind::DrainGpu { .. } => "DrainGpu",
-    };
-    Outcome::Failed(format!("this agent has no handler for {what} yet"))
-}
-
-pub fn agent(args: AgentArgs) -> Result<()> {
-    anyhow::ensure!(
-        args.hz > 0.0 && args.hz <= 1000.0,
-        "--hz {} must be in (0, 1000]",
-        args.hz
-    );
-    let id = Identity::load(&args.certs, &args.node)?;
-    let hello = Hello {
-        min_version: MIN_PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        node: args.node.clone(),
-        // Unique per run: the brain tells resent windows from a restarted agent's.
-        session: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ ((std::process::id() as u64) << 32),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        gpus: Vec::new(),
-    };
-    let cfg = AgentConfig {
-        brain: args.brain,
-        brain_name: args.brain_name.clone(),
-        identity: id,
-        hello,
-        buffer_bytes: args.buffer_bytes,
-        backoff_min: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(5),
-        endpoint: None,
-    };
-    runtime()?.block_on(async move {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let stats = Arc::new(Mutex::new(AgentStats::default()));
-        let node = args.node.clone();
-        let period = Duration::from_secs_f64(1.0 / args.hz);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            for seq in 0.. {
-                tick.tick().await;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                let w = TelemetryWindow {
-                    node: node.clone(),
-                    seq,
-                    start_unix_ns: now.saturating_sub(period.as_nanos() as u64),
-                    duration_ns: period.as_nanos() as u64,
-                    gpus: Vec::new(),
-                    processes: Vec::new(),
-                    dropped_windows: 0,
-                };
-                if tx.send(w).await.is_err() {
-                    return;
-                }
-            }
-        });
-        eprintln!(
-            "vagus agent {}: streaming to {} at {} Hz",
-            args.node, args.brain, args.hz
-        );
-        vagus_transport::agent::run(cfg, rx, cannot_apply, stats).await;
         Ok(())
     })
 }

@@ -1,0 +1,701 @@
+//! The node: every GPU process on the host, joined from the three places
+//! that know about it — the eBPF probes (every process that calls `cuInit`,
+//! shimmed or not), the shim's segments (launches, GPU time, kernel
+//! durations) and NVML (device memory, SM utilisation) — and attributed to
+//! its pod and container. [`Node::tick`] turns what changed since the last
+//! tick into a [`TelemetryWindow`]; [`Node::apply`] carries out the brain's
+//! commands; [`crate::metrics`] renders the current totals for Prometheus.
+
+use crate::cgroup::{self, Attribution};
+use crate::nvml::{GpuSample, Gpus};
+use crate::segments::SegmentDir;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Serializer, V2Serializer};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use vagus_ebpf::{Event, Probes, ProcCounters, SYNC_BUCKETS};
+use vagus_proto::shm::{self, ControlRead, ControlValues, HIST_BUCKETS};
+use vagus_proto::wire::{Command, CommandKind, GpuWindow, Outcome, ProcessWindow, TelemetryWindow};
+
+/// How the node collects.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node: String,
+    /// Where shims write their segments; `None`: no shim data.
+    pub segment_dir: Option<PathBuf>,
+    /// `libcuda` files to probe beyond those found (`libcuda.so.1` through
+    /// the loader's search path, and those GPU processes map).
+    pub libcuda: Vec<PathBuf>,
+    /// Load the eBPF probes.
+    pub bpf: bool,
+    /// Probe kernel launches too (costly).
+    pub launch_probes: bool,
+}
+
+/// Where a process's data comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    pub ebpf: bool,
+    pub shim: bool,
+    pub nvml: bool,
+}
+
+/// The shim's totals for one process.
+#[derive(Clone, Debug)]
+pub struct ShimTotals {
+    pub launches: u64,
+    pub gpu_ns: u64,
+    pub occupancy_weighted_sm_ns: u64,
+    pub bytes_in_use: u64,
+    pub syncs: u64,
+    pub sync_wait_ns: u64,
+    pub mps_percent: f32,
+    pub ns_pid: u32,
+    pub kernel_hist: [u64; HIST_BUCKETS],
+    pub sync_hist: [u64; HIST_BUCKETS],
+}
+
+/// One GPU process.
+#[derive(Clone, Debug, Default)]
+pub struct Proc {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub cgroup_path: Option<String>,
+    pub attribution: Attribution,
+    pub sources: Sources,
+    pub gpu: Option<u32>,
+    pub nvml_memory_bytes: Option<u64>,
+    pub sm_pct: Option<u32>,
+    pub ebpf: Option<ProcCounters>,
+    pub shim: Option<ShimTotals>,
+    pub exited: bool,
+    /// What the previous window already reported.
+    prev_shim: Option<ShimTotals>,
+    prev_sync_hist: Option<[u64; SYNC_BUCKETS]>,
+    windows: u64,
+}
+
+impl Proc {
+    /// Device memory as the best source knows it.
+    pub fn memory_bytes(&self) -> u64 {
+        self.nvml_memory_bytes
+            .or(self.shim.as_ref().map(|s| s.bytes_in_use))
+            .or(self
+                .ebpf
+                .map(|c| c.alloc_bytes.saturating_sub(c.freed_bytes)))
+            .unwrap_or(0)
+    }
+}
+
+/// What went wrong along the way, counted; the agent keeps running.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub events: u64,
+    /// Cgroup paths that did not parse, by error kind.
+    pub cgroup_errors: u64,
+    /// Processes gone before their details could be read.
+    pub vanished: u64,
+    pub libcuda_attached: u64,
+    pub windows: u64,
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    probes: Option<Probes>,
+    gpus: Option<Gpus>,
+    segments: Option<SegmentDir>,
+    resolver: Option<cgroup::Resolver>,
+    pub procs: BTreeMap<u32, Proc>,
+    pub last_gpus: Vec<GpuSample>,
+    /// Each limitation, said once (no probes, no NVML, ...).
+    pub notes: Vec<String>,
+    pub counters: Counters,
+    libcuda_seen: HashSet<PathBuf>,
+    seq: u64,
+}
+
+impl Node {
+    /// Starts collecting with whatever this host allows, noting what it lacks.
+    pub fn new(cfg: NodeConfig) -> Node {
+        let mut notes = Vec::new();
+        let probes = if cfg.bpf {
+            match Probes::load(cfg.launch_probes) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    notes.push(format!("running without eBPF probes: {e}"));
+                    None
+                }
+            }
+        } else {
+            notes.push("running without eBPF probes: disabled by configuration".into());
+            None
+        };
+        let gpus = match Gpus::init() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                notes.push(format!("running without NVML: {e}"));
+                None
+            }
+        };
+        let segments = cfg.segment_dir.clone().map(SegmentDir::new);
+        let resolver = cgroup::v2_root().map(cgroup::Resolver::new);
+        let mut node = Node {
+            cfg,
+            probes,
+            gpus,
+            segments,
+            resolver,
+            procs: BTreeMap::new(),
+            last_gpus: Vec::new(),
+            notes,
+            counters: Counters::default(),
+            libcuda_seen: HashSet::new(),
+            seq: 0,
+        };
+        let mut initial: Vec<PathBuf> = node.cfg.libcuda.clone();
+        if let Some(p) = find_on_loader_path("libcuda.so.1") {
+            initial.push(p);
+        }
+        for p in initial {
+            node.probe_libcuda(p);
+        }
+        node
+    }
+
+    pub fn has_probes(&self) -> bool {
+        self.probes.is_some()
+    }
+
+    pub fn gpus(&self) -> Option<&Gpus> {
+        self.gpus.as_ref()
+    }
+
+    /// Skipped shim segments, by reason.
+    pub fn segments_skipped(&self) -> BTreeMap<&'static str, u64> {
+        self.segments
+            .as_ref()
+            .map(|s| s.skipped.clone())
+            .unwrap_or_default()
+    }
+
+    fn probe_libcuda(&mut self, path: PathBuf) {
+        let Some(probes) = &mut self.probes else {
+            return;
+        };
+        if !self.libcuda_seen.insert(path.clone()) {
+            return;
+        }
+        match probes.attach_libcuda(&path) {
+            Ok(a) if !a.already => self.counters.libcuda_attached += 1,
+            Ok(_) => {}
+            Err(e) => self.notes.push(format!("{e}")),
+        }
+    }
+
+    fn proc_entry(&mut self, pid: u32) -> &mut Proc {
+        self.procs.entry(pid).or_insert_with(|| Proc {
+            pid,
+            ..Proc::default()
+        })
+    }
+
+    /// Fills in where a process runs, from its cgroup id or `/proc`.
+    fn attribute(&mut self, pid: u32, cgroup_id: u64) {
+        let path = match cgroup::path_of(pid) {
+            Some(p) => Some(p),
+            None => self.resolver.as_mut().and_then(|r| r.path(cgroup_id)),
+        };
+        let Some(path) = path else {
+            self.counters.vanished += 1;
+            return;
+        };
+        let attribution = match cgroup::attribute(&path) {
+            Ok(a) => a,
+            Err(_) => {
+                self.counters.cgroup_errors += 1;
+                Attribution::default()
+            }
+        };
+        let p = self.proc_entry(pid);
+        p.cgroup_path = Some(path);
+        p.attribution = attribution;
+    }
+
+    /// Gathers what changed and returns it as the next window.
+    pub fn tick(&mut self, now_unix_ns: u64, duration_ns: u64) -> TelemetryWindow {
+        // 1. The probes' events.
+        let mut events = Vec::new();
+        if let Some(probes) = &mut self.probes {
+            probes.drain(|e| events.push(e));
+        }
+        self.counters.events += events.len() as u64;
+        for e in events {
+            match e {
+                Event::CuInit {
+                    pid,
+                    cgroup_id,
+                    comm,
+                    ..
+                } => {
+                    let p = self.proc_entry(pid);
+                    p.sources.ebpf = true;
+                    p.comm = comm;
+                    p.cgroup_id = cgroup_id;
+                    self.attribute(pid, cgroup_id);
+                }
+                Event::Exit { pid, .. } => {
+                    if let Some(p) = self.procs.get_mut(&pid) {
+                        p.exited = true;
+                    }
+                }
+                Event::Exec { .. } | Event::Fork { .. } => {}
+            }
+        }
+        if let Some(probes) = &self.probes {
+            for (pid, c) in probes.all_counters() {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.ebpf = Some(c);
+                    p.sources.ebpf = true;
+                }
+            }
+        }
+        // 2. The shim's segments.
+        let mut shimmed = Vec::new();
+        if let Some(dir) = &mut self.segments {
+            dir.scan();
+            for seg in dir.segments() {
+                let s = seg.segment();
+                let h = &s.header;
+                let st = &s.stats;
+                let pid = h.pid.load(Relaxed);
+                shimmed.push((
+                    pid,
+                    shm::read_str(&h.cgroup),
+                    ShimTotals {
+                        launches: st.launches(),
+                        gpu_ns: st.estimated_gpu_ns.load(Relaxed),
+                        occupancy_weighted_sm_ns: st.occupancy_weighted_sm_ns.load(Relaxed),
+                        bytes_in_use: st.bytes_in_use.load(Relaxed),
+                        syncs: st.syncs.load(Relaxed),
+                        sync_wait_ns: st.sync_wait_ns.load(Relaxed),
+                        mps_percent: h.mps_percent_milli.load(Relaxed) as f32 / 1000.0,
+                        ns_pid: h.ns_pid.load(Relaxed),
+                        kernel_hist: st.kernel_hist(),
+                        sync_hist: st.sync_hist(),
+                    },
+                ));
+            }
+        }
+        for (pid, cgroup_path, totals) in shimmed {
+            let new = !self.procs.contains_key(&pid);
+            let p = self.proc_entry(pid);
+            p.sources.shim = true;
+            p.shim = Some(totals);
+            if new || p.cgroup_path.is_none() {
+                match cgroup::attribute(&cgroup_path) {
+                    Ok(a) => p.attribution = a,
+                    Err(_) => self.counters.cgroup_errors += 1,
+                }
+                let p = self.proc_entry(pid);
+                p.cgroup_path = Some(cgroup_path);
+                if p.comm.is_empty() {
+                    p.comm = comm_of(pid).unwrap_or_default();
+                }
+            }
+        }
+        // 3. NVML.
+        let samples = self.gpus.as_ref().map(Gpus::sample).unwrap_or_default();
+        let mut maps_to_scan = Vec::new();
+        for g in &samples {
+            for (&pid, &mem) in &g.processes {
+                let new = !self.procs.contains_key(&pid);
+                let p = self.proc_entry(pid);
+                p.sources.nvml = true;
+                p.gpu = Some(g.index);
+                p.nvml_memory_bytes = mem;
+                p.sm_pct = g.process_sm_pct.get(&pid).copied();
+                if new {
+                    p.comm = comm_of(pid).unwrap_or_default();
+                    if !p.sources.ebpf {
+                        maps_to_scan.push(pid);
+                    }
+                }
+            }
+        }
+        for pid in maps_to_scan {
+            // Seen by NVML before the probes saw it: probe the libcuda it
+            // maps, so the next process using that file is seen from cuInit.
+            for lib in libcuda_of(pid) {
+                self.probe_libcuda(lib);
+            }
+            if self
+                .procs
+                .get(&pid)
+                .is_some_and(|p| p.cgroup_path.is_none())
+            {
+                self.attribute(pid, 0);
+            }
+        }
+        self.last_gpus = samples;
+
+        // 4. The window.
+        let keyframe = self.seq.is_multiple_of(10);
+        let gpus: Vec<GpuWindow> = self
+            .last_gpus
+            .iter()
+            .map(|g| GpuWindow {
+                index: g.index,
+                utilization: g.utilization_pct.unwrap_or(0) as f32 / 100.0,
+                sm_utilization: self
+                    .procs
+                    .values()
+                    .filter(|p| p.gpu == Some(g.index))
+                    .filter_map(|p| p.sm_pct)
+                    .sum::<u32>()
+                    .min(100) as f32
+                    / 100.0,
+                memory_used_bytes: g.memory_used_bytes.unwrap_or(0),
+                power_mw: g.power_mw.unwrap_or(0),
+                temperature_c: g.temperature_c.unwrap_or(0),
+            })
+            .collect();
+        let mut processes = Vec::new();
+        for p in self.procs.values_mut() {
+            processes.push(window_of(p, keyframe));
+        }
+        // 5. Processes that exited are reported once more, then forgotten.
+        let gone: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|p| p.exited || (!p.sources.ebpf && !alive(p.pid)))
+            .map(|p| p.pid)
+            .collect();
+        for pid in gone {
+            self.procs.remove(&pid);
+            if let Some(probes) = &mut self.probes {
+                probes.forget(pid);
+            }
+        }
+        let w = TelemetryWindow {
+            node: self.cfg.node.clone(),
+            seq: self.seq,
+            start_unix_ns: now_unix_ns.saturating_sub(duration_ns),
+            duration_ns,
+            gpus,
+            processes,
+            dropped_windows: 0,
+        };
+        self.seq += 1;
+        self.counters.windows += 1;
+        w
+    }
+
+    /// What the node knows now, for operators and tests.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let procs: Vec<serde_json::Value> = self
+            .procs
+            .values()
+            .map(|p| {
+                serde_json::json!({
+                    "pid": p.pid,
+                    "comm": p.comm,
+                    "gpu": p.gpu,
+                    "sources": {"ebpf": p.sources.ebpf, "shim": p.sources.shim, "nvml": p.sources.nvml},
+                    "cgroup": p.cgroup_path,
+                    "pod_uid": p.attribution.pod_uid,
+                    "container_id": p.attribution.container_id,
+                    "qos": p.attribution.qos,
+                    "memory_bytes": p.memory_bytes(),
+                    "sm_percent": p.sm_pct,
+                    "ebpf": p.ebpf.map(|c| serde_json::json!({
+                        "cuinit_calls": c.cuinit_calls, "contexts_created": c.ctx_creates,
+                        "contexts_destroyed": c.ctx_destroys, "modules_loaded": c.module_loads,
+                        "allocations": c.allocs, "allocated_bytes": c.alloc_bytes,
+                        "frees": c.frees, "freed_bytes": c.freed_bytes,
+                        "syncs": c.syncs, "sync_wait_ns": c.sync_ns, "launches": c.launches,
+                    })),
+                    "shim": p.shim.as_ref().map(|s| serde_json::json!({
+                        "launches": s.launches, "gpu_ns": s.gpu_ns,
+                        "occupancy_weighted_sm_ns": s.occupancy_weighted_sm_ns,
+                        "bytes_in_use": s.bytes_in_use, "syncs": s.syncs,
+                        "sync_wait_ns": s.sync_wait_ns, "mps_percent": s.mps_percent,
+                    })),
+                })
+            })
+            .collect();
+        let gpus: Vec<serde_json::Value> = self
+            .last_gpus
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "index": g.index, "uuid": g.uuid, "model": g.model,
+                    "utilization_pct": g.utilization_pct,
+                    "memory_used_bytes": g.memory_used_bytes,
+                    "memory_total_bytes": g.memory_total_bytes,
+                    "power_mw": g.power_mw, "energy_mj": g.energy_mj,
+                    "temperature_c": g.temperature_c,
+                    "processes": g.processes.keys().collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "node": self.cfg.node,
+            "probes": self.probes.is_some(),
+            "nvml": self.gpus.is_some(),
+            "notes": self.notes,
+            "windows": self.counters.windows,
+            "segments_skipped": self.segments_skipped(),
+            "cgroup_errors": self.counters.cgroup_errors,
+            "vanished": self.counters.vanished,
+            "libcuda_attached": self.counters.libcuda_attached,
+            "gpus": gpus,
+            "processes": procs,
+        })
+    }
+
+    /// Carries out one of the brain's commands.
+    pub fn apply(&mut self, c: &Command) -> Outcome {
+        let control = |pid: u32, f: &dyn Fn(&mut ControlValues)| -> Outcome {
+            let Some(seg) = self.segments.as_ref().and_then(|d| d.of(pid)) else {
+                return Outcome::Failed(format!("process {pid} has no shim segment on this node"));
+            };
+            let mut v = match seg.segment().control.read() {
+                ControlRead::Valid(v) => v,
+                _ => ControlValues::default(),
+            };
+            f(&mut v);
+            match seg.set_control(v) {
+                Ok(()) => Outcome::Applied,
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        };
+        match &c.kind {
+            CommandKind::SetShimBudget { pid, budget_ppm } => {
+                control(*pid, &|v| v.budget_ppm = *budget_ppm)
+            }
+            CommandKind::PauseProcess { pid, paused } => control(*pid, &|v| v.paused = *paused),
+            other => Outcome::Failed(format!("this agent cannot apply {other:?} yet")),
+        }
+    }
+}
+
+/// The process's window: what changed since the previous one.
+fn window_of(p: &mut Proc, keyframe: bool) -> ProcessWindow {
+    let first = p.windows == 0;
+    p.windows += 1;
+    let (launches, gpu_ns, occ_ns, kernel_hist, mut sync_hist) = match &p.shim {
+        Some(s) => {
+            let prev = p.prev_shim.as_ref();
+            let d = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0));
+            let out = (
+                d(s.launches, prev.map(|x| x.launches)),
+                d(s.gpu_ns, prev.map(|x| x.gpu_ns)),
+                d(
+                    s.occupancy_weighted_sm_ns,
+                    prev.map(|x| x.occupancy_weighted_sm_ns),
+                ),
+                shim_hist_delta(&s.kernel_hist, prev.map(|x| &x.kernel_hist)),
+                shim_hist_delta(&s.sync_hist, prev.map(|x| &x.sync_hist)),
+            );
+            p.prev_shim = Some(s.clone());
+            out
+        }
+        None => (0, 0, 0, Vec::new(), Vec::new()),
+    };
+    if sync_hist.is_empty()
+        && let Some(c) = &p.ebpf
+    {
+        sync_hist = log2_hist_delta(&c.sync_hist, p.prev_sync_hist.as_ref());
+        p.prev_sync_hist = Some(c.sync_hist);
+    }
+    let identity = first || keyframe;
+    let a = &p.attribution;
+    ProcessWindow {
+        pid: p.pid,
+        ns_pid: p.shim.as_ref().map(|s| s.ns_pid).unwrap_or(p.pid),
+        gpu: p.gpu.unwrap_or(0),
+        cgroup_id: p.cgroup_id,
+        container: if identity {
+            a.container_id.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        pod: if identity {
+            a.pod_uid.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        namespace: String::new(),
+        launches,
+        gpu_time_ns: gpu_ns,
+        occupancy_weighted_sm_ns: occ_ns,
+        memory_bytes: p.memory_bytes(),
+        mps_percent: p.shim.as_ref().map(|s| s.mps_percent).unwrap_or(0.0),
+        kernel_hist,
+        sync_hist,
+    }
+}
+
+fn serialize(h: &Histogram<u64>) -> Vec<u8> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = V2Serializer::new().serialize(h, &mut out);
+    out
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("valid bounds")
+}
+
+/// The shim's log buckets added since `prev`, as an HdrHistogram of ns.
+fn shim_hist_delta(now: &[u64; HIST_BUCKETS], prev: Option<&[u64; HIST_BUCKETS]>) -> Vec<u8> {
+    let mut h = new_hist();
+    for (b, &n) in now.iter().enumerate() {
+        let d = n.saturating_sub(prev.map(|p| p[b]).unwrap_or(0));
+        if d > 0 {
+            let _ = h.record_n(shm::bucket_floor(b).max(1), d);
+        }
+    }
+    serialize(&h)
+}
+
+/// The probes' log2 buckets added since `prev`, as an HdrHistogram of ns.
+fn log2_hist_delta(now: &[u64; SYNC_BUCKETS], prev: Option<&[u64; SYNC_BUCKETS]>) -> Vec<u8> {
+    let mut h = new_hist();
+    for (b, &n) in now.iter().enumerate() {
+        let d = n.saturating_sub(prev.map(|p| p[b]).unwrap_or(0));
+        if d > 0 {
+            let _ = h.record_n(1u64 << b, d);
+        }
+    }
+    serialize(&h)
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn comm_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// The `libcuda` files a process maps, reached through its root (so a
+/// container's library is found from the host).
+pub fn libcuda_of(pid: u32) -> Vec<PathBuf> {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = Vec::new();
+    for line in maps.lines() {
+        let Some(path) = line.split_whitespace().nth(5) else {
+            continue;
+        };
+        let name = path.rsplit('/').next().unwrap_or("");
+        let is_cuda = name.starts_with("libcuda.so") || name.starts_with("libgpusim_cuda");
+        if is_cuda && path.starts_with('/') {
+            let p = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Where the dynamic loader would find `name` for a process started now:
+/// `LD_LIBRARY_PATH`, then the usual directories.
+pub fn find_on_loader_path(name: &str) -> Option<PathBuf> {
+    let env = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    env.split(':')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .chain(
+            [
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib64",
+                "/usr/lib",
+                "/usr/local/nvidia/lib64",
+                "/usr/local/cuda/lib64",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vagus_proto::shm::{MAGIC, SEGMENT_BYTES, VERSION};
+
+    /// A segment file as a shim would leave it, for process `pid`.
+    fn segment_file(dir: &std::path::Path, pid: u32) -> PathBuf {
+        let mut b = vec![0u8; SEGMENT_BYTES];
+        b[..8].copy_from_slice(&MAGIC.to_le_bytes());
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(SEGMENT_BYTES as u32).to_le_bytes());
+        b[16..20].copy_from_slice(&pid.to_le_bytes());
+        let p = dir.join(format!("{pid}.shm"));
+        std::fs::write(&p, b).unwrap();
+        p
+    }
+
+    #[test]
+    fn budgets_and_pauses_reach_the_control_block() {
+        let dir = std::env::temp_dir().join(format!("vagus-node-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        let path = segment_file(&dir, me);
+        let mut node = Node::new(NodeConfig {
+            node: "n".into(),
+            segment_dir: Some(dir.clone()),
+            libcuda: vec![],
+            bpf: false,
+            launch_probes: false,
+        });
+        assert!(node.notes.iter().any(|n| n.contains("without eBPF")));
+        let w = node.tick(1_000_000_000, 100_000_000);
+        assert!(w.processes.iter().any(|p| p.pid == me), "{w:?}");
+        let set = |kind| Command { id: 1, kind };
+        assert_eq!(
+            node.apply(&set(CommandKind::SetShimBudget {
+                pid: me,
+                budget_ppm: 250_000
+            })),
+            Outcome::Applied
+        );
+        assert_eq!(
+            node.apply(&set(CommandKind::PauseProcess {
+                pid: me,
+                paused: true
+            })),
+            Outcome::Applied
+        );
+        let seg = crate::segments::SegmentFile::open_read_only(&path).unwrap();
+        assert_eq!(
+            seg.segment().control.read(),
+            ControlRead::Valid(ControlValues {
+                budget_ppm: 250_000,
+                paused: true,
+                ..ControlValues::default()
+            }),
+            "the budget stays when the pause is set"
+        );
+        let Outcome::Failed(why) = node.apply(&set(CommandKind::SetShimBudget {
+            pid: 1,
+            budget_ppm: 1,
+        })) else {
+            panic!("no segment for pid 1");
+        };
+        assert!(why.contains("process 1 has no shim segment"), "{why}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
