@@ -262,3 +262,122 @@ fn broken_segments_are_skipped_and_counted() {
         "{metrics}"
     );
 }
+
+#[test]
+fn mps_percentages_set_through_the_brain_reach_new_clients_only() {
+    let mut sim = Sim::new("agent-mps");
+    // The agent starts the daemon (--mps-start); the test stops it.
+    sim.adopt_mps_daemon();
+    let certs = sim.dir.join("certs");
+    let out = sim
+        .vagus(&[
+            "certs",
+            "init",
+            "--dir",
+            certs.to_str().unwrap(),
+            "--agents",
+            "node-a",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let mut brain = start_brain(&sim, &addr, &certs);
+    let port = free_tcp_port();
+    let segdir = sim.dir.join("segments");
+    let child = sim
+        .vagus(&[
+            "agent",
+            "--node",
+            "node-a",
+            "--brain",
+            &addr,
+            "--certs",
+            certs.to_str().unwrap(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--segments",
+            segdir.to_str().unwrap(),
+            "--mps-pipe-dirs",
+            sim.dir.join("mps").to_str().unwrap(),
+            "--mps-control",
+            bin("gpusim-mps-control").to_str().unwrap(),
+            "--mps-start",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = Agent { child, port };
+    assert!(
+        brain
+            .wait_for(Duration::from_secs(20), |v| v["event"] == "connected")
+            .is_some(),
+        "the agent did not connect"
+    );
+
+    // The agent started the daemon; the first client starts a server at 100%.
+    let short = multi_wave("20", "1s", "1000000");
+    let first = sim.load(&short, &[]);
+    assert_eq!(first["device"]["sms"], 132, "{first}");
+    let snap = snapshot(port).unwrap();
+    let servers = snap["mps"][0]["servers"]
+        .as_array()
+        .expect("servers")
+        .clone();
+    assert_eq!(servers.len(), 1, "{snap}");
+    let server = servers[0]["pid"].as_u64().unwrap();
+    assert_eq!(servers[0]["percent"], 100.0);
+
+    // A client that keeps running while the brain halves the server's share.
+    let long = multi_wave("20", "3s", "1000000");
+    let running = sim.spawn_load(&long, &[]);
+    std::thread::sleep(Duration::from_millis(700));
+    brain.send(&format!(
+        r#"{{"issue": {{"node": "node-a", "command": {{"SetMpsPercentage": {{"gpu": 0, "server_pid": {server}, "percent": 50.0}}}}}}}}"#
+    ));
+    let id = brain
+        .wait_for(Duration::from_secs(5), |v| v["event"] == "issued")
+        .expect("issued")["id"]
+        .as_u64()
+        .unwrap();
+    let result = brain
+        .wait_for(Duration::from_secs(10), |v| {
+            v["event"] == "result" && v["id"].as_u64() == Some(id)
+        })
+        .expect("a result");
+    assert_eq!(result["outcome"], "Applied", "{result}");
+    let snap = snapshot(port).unwrap();
+    assert_eq!(snap["mps"][0]["servers"][0]["percent"], 50.0, "{snap}");
+
+    // A new client gets half the SMs; the running one kept all of them.
+    let after = sim.load(&short, &[]);
+    assert_eq!(after["device"]["sms"], 66, "{after}");
+    let kept = report(running.wait_with_output().unwrap());
+    assert_eq!(kept["device"]["sms"], 132, "{kept}");
+
+    // A bad percentage is refused with the reason, nothing changes.
+    brain.send(&format!(
+        r#"{{"issue": {{"node": "node-a", "command": {{"SetMpsPercentage": {{"gpu": 0, "server_pid": {server}, "percent": 250.0}}}}}}}}"#
+    ));
+    let result = brain
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "result")
+        .expect("a result");
+    assert!(
+        result["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("250 is not in (0, 100]"),
+        "{result}"
+    );
+    assert_eq!(
+        snapshot(port).unwrap()["mps"][0]["servers"][0]["percent"],
+        50.0
+    );
+    let _ = brain.child.kill();
+    let _ = brain.child.wait();
+}

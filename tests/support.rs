@@ -2,9 +2,11 @@
 //! test (its own state file and MPS pipe directory), and C clients compiled
 //! on demand.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 /// target/debug (or whichever profile built this test binary).
 pub fn target_dir() -> PathBuf {
@@ -147,6 +149,11 @@ impl Sim {
         )
     }
 
+    /// A daemon something else (the agent) started: stopped on drop too.
+    pub fn adopt_mps_daemon(&mut self) {
+        self.daemon = true;
+    }
+
     pub fn start_mps_daemon(&mut self) {
         let st = self
             .cmd(bin("gpusim-mps-control"))
@@ -218,4 +225,80 @@ pub const fn multi_wave<'a>(qps: &'a str, duration: &'a str, cycles: &'a str) ->
         "--work-cycles",
         cycles,
     ]
+}
+
+/// A brain process and the JSON lines it prints.
+pub struct BrainProc {
+    pub child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<serde_json::Value>,
+}
+
+pub fn start_brain(sim: &Sim, addr: &str, certs: &std::path::Path) -> BrainProc {
+    let ledger = sim.dir.join("ledger.sqlite");
+    let mut child = sim
+        .vagus(&[
+            "brain",
+            "--quic",
+            addr,
+            "--certs",
+            certs.to_str().unwrap(),
+            "--ledger",
+            ledger.to_str().unwrap(),
+            "--log-windows",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&l)
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let stdin = child.stdin.take().unwrap();
+    BrainProc {
+        child,
+        stdin,
+        lines,
+    }
+}
+
+impl BrainProc {
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The next event matching `f` within `timeout`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(v) if f(&v) => return Some(v),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -4,86 +4,8 @@
 //! 2 s, delivers the windows it buffered, and the result is still there.
 
 use crate::support::*;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// A brain process and the JSON lines it prints.
-struct BrainProc {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<serde_json::Value>,
-}
-
-fn start_brain(sim: &Sim, addr: &str, certs: &std::path::Path) -> BrainProc {
-    let ledger = sim.dir.join("ledger.sqlite");
-    let mut child = sim
-        .vagus(&[
-            "brain",
-            "--quic",
-            addr,
-            "--certs",
-            certs.to_str().unwrap(),
-            "--ledger",
-            ledger.to_str().unwrap(),
-            "--log-windows",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&l)
-                && tx.send(v).is_err()
-            {
-                return;
-            }
-        }
-    });
-    let stdin = child.stdin.take().unwrap();
-    BrainProc {
-        child,
-        stdin,
-        lines,
-    }
-}
-
-impl BrainProc {
-    fn send(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// The next event matching `f` within `timeout`.
-    fn wait_for(
-        &self,
-        timeout: Duration,
-        f: impl Fn(&serde_json::Value) -> bool,
-    ) -> Option<serde_json::Value> {
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(v) if f(&v) => return Some(v),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() {

@@ -6,12 +6,14 @@
 //!   ids (as the probes report them) back to paths.
 //! - [`segments`]: the shim's shared-memory segments, read and controlled.
 //! - [`nvml`]: the devices as NVML reports them.
+//! - [`mps`]: the MPS control daemon's client.
 //! - [`node`]: every GPU process joined from those sources; telemetry
 //!   windows; the brain's commands applied.
 //! - [`metrics`]: Prometheus exposition.
 
 pub mod cgroup;
 pub mod metrics;
+pub mod mps;
 pub mod node;
 pub mod nvml;
 pub mod segments;

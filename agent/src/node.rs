@@ -31,6 +31,11 @@ pub struct NodeConfig {
     pub bpf: bool,
     /// Probe kernel launches too (costly).
     pub launch_probes: bool,
+    /// MPS control daemons, one per GPU in index order (one alone serves
+    /// every GPU).
+    pub mps: Vec<crate::mps::MpsControl>,
+    /// Start those daemons when they are not running.
+    pub mps_start: bool,
 }
 
 /// Where a process's data comes from.
@@ -139,6 +144,13 @@ impl Node {
                 None
             }
         };
+        if cfg.mps_start {
+            for m in &cfg.mps {
+                if let Err(e) = m.ensure_daemon() {
+                    notes.push(format!("MPS control daemon not started: {e}"));
+                }
+            }
+        }
         let segments = cfg.segment_dir.clone().map(SegmentDir::new);
         let resolver = cgroup::v2_root().map(cgroup::Resolver::new);
         let mut node = Node {
@@ -440,8 +452,27 @@ impl Node {
                 })
             })
             .collect();
+        let mps: Vec<serde_json::Value> = self
+            .cfg
+            .mps
+            .iter()
+            .map(|m| {
+                let servers = m.servers().map(|list| {
+                    list.iter()
+                        .map(|s| serde_json::json!({"pid": s.pid, "percent": s.percent, "clients": s.clients}))
+                        .collect::<Vec<_>>()
+                });
+                serde_json::json!({
+                    "pipe_dir": m.pipe_dir,
+                    "default_percent": m.default_percentage().ok(),
+                    "servers": servers.as_ref().ok(),
+                    "error": servers.as_ref().err().map(|e| e.to_string()),
+                })
+            })
+            .collect();
         serde_json::json!({
             "node": self.cfg.node,
+            "mps": mps,
             "probes": self.probes.is_some(),
             "nvml": self.gpus.is_some(),
             "notes": self.notes,
@@ -471,12 +502,49 @@ impl Node {
                 Err(e) => Outcome::Failed(e.to_string()),
             }
         };
+        let mps = |gpu: u32| -> Result<&crate::mps::MpsControl, Outcome> {
+            match self.cfg.mps.as_slice() {
+                [] => Err(Outcome::Failed(
+                    "no MPS control daemon is configured on this node".into(),
+                )),
+                [one] => Ok(one),
+                many => many.get(gpu as usize).ok_or_else(|| {
+                    Outcome::Failed(format!("no MPS control daemon is configured for GPU {gpu}"))
+                }),
+            }
+        };
+        fn done<T>(r: Result<T, crate::mps::MpsError>) -> Outcome {
+            match r {
+                Ok(_) => Outcome::Applied,
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        }
         match &c.kind {
             CommandKind::SetShimBudget { pid, budget_ppm } => {
                 control(*pid, &|v| v.budget_ppm = *budget_ppm)
             }
             CommandKind::PauseProcess { pid, paused } => control(*pid, &|v| v.paused = *paused),
-            other => Outcome::Failed(format!("this agent cannot apply {other:?} yet")),
+            // Server 0: the default for servers started from now on.
+            CommandKind::SetMpsPercentage {
+                gpu,
+                server_pid,
+                percent,
+            } => match mps(*gpu) {
+                Ok(m) if *server_pid == 0 => done(m.set_default_percentage(*percent)),
+                Ok(m) => done(m.set_server_percentage(*server_pid, *percent)),
+                Err(o) => o,
+            },
+            CommandKind::StartMpsServer { gpu, uid } => match mps(*gpu) {
+                Ok(m) => done(m.ensure_daemon().and_then(|()| m.start_server(*uid))),
+                Err(o) => o,
+            },
+            CommandKind::StopMpsServer { gpu, server_pid } => match mps(*gpu) {
+                Ok(m) => done(m.shutdown_server(*server_pid)),
+                Err(o) => o,
+            },
+            CommandKind::DrainGpu { .. } => Outcome::Failed(
+                "this agent cannot apply DrainGpu yet: draining is not built".into(),
+            ),
         }
     }
 }
@@ -660,6 +728,8 @@ mod tests {
             libcuda: vec![],
             bpf: false,
             launch_probes: false,
+            mps: vec![],
+            mps_start: false,
         });
         assert!(node.notes.iter().any(|n| n.contains("without eBPF")));
         let w = node.tick(1_000_000_000, 100_000_000);

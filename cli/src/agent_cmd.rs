@@ -54,6 +54,20 @@ pub struct AgentArgs {
     /// Also probe kernel launches (a trap per launch; off by default).
     #[arg(long)]
     pub launch_probes: bool,
+    /// MPS pipe directories, one per GPU in index order (one alone serves
+    /// every GPU).
+    #[arg(long, env = "VAGUS_MPS_PIPE_DIRS", value_delimiter = ',')]
+    pub mps_pipe_dirs: Vec<PathBuf>,
+    /// The MPS control tool.
+    #[arg(
+        long,
+        env = "VAGUS_MPS_CONTROL",
+        default_value = "nvidia-cuda-mps-control"
+    )]
+    pub mps_control: PathBuf,
+    /// Start the MPS control daemons that are not running.
+    #[arg(long)]
+    pub mps_start: bool,
 }
 
 fn unix_ns() -> u64 {
@@ -142,6 +156,16 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         libcuda: args.libcuda.clone(),
         bpf: !args.no_bpf,
         launch_probes: args.launch_probes,
+        mps: args
+            .mps_pipe_dirs
+            .iter()
+            .map(|d| vagus_agent::mps::MpsControl {
+                binary: args.mps_control.clone(),
+                pipe_dir: d.clone(),
+                log_dir: None,
+            })
+            .collect(),
+        mps_start: args.mps_start,
     });
     for note in &node.notes {
         eprintln!("vagus agent: {note}");
