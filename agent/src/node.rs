@@ -768,4 +768,24 @@ mod tests {
         assert!(why.contains("process 1 has no shim segment"), "{why}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_process_gone_mid_read_is_counted_and_skipped() {
+        let mut node = Node::new(NodeConfig {
+            node: "n".into(),
+            segment_dir: None,
+            libcuda: vec![],
+            bpf: false,
+            launch_probes: false,
+            mps: vec![],
+            mps_start: false,
+        });
+        // No such process, and no cgroup with this id.
+        node.attribute(u32::MAX - 1, u64::MAX - 1);
+        assert_eq!(node.counters.vanished, 1);
+        assert!(!node.procs.contains_key(&(u32::MAX - 1)));
+        // The node goes on.
+        node.tick(1, 1);
+        assert_eq!(node.counters.windows, 1);
+    }
 }

@@ -158,6 +158,9 @@ const SYNCS: &[&str] = &[
     "cuStreamSynchronize",
     "cuStreamSynchronize_ptsz",
     "cuCtxSynchronize",
+    // CUDA 13's signature (a context argument), which cudart asks for
+    // through cuGetProcAddress on drivers that have it.
+    "cuCtxSynchronize_v2",
     "cuEventSynchronize",
 ];
 const UPROBES: &[(&str, &[&str])] = &[
@@ -338,6 +341,22 @@ impl Probes {
             }
         }
         Ok(done)
+    }
+
+    /// Attaches one of the object's uprobe programs (`vagus_sync`,
+    /// `vagus_launch`, ...) to `symbol` in `path`, for every process. For
+    /// measuring what a probe costs (`bench/`); the agent uses
+    /// [`Probes::attach_libcuda`].
+    pub fn attach_uprobe(
+        &mut self,
+        prog: &str,
+        path: &Path,
+        symbol: &str,
+    ) -> Result<(), ProbeError> {
+        let p: &mut UProbe = program(&mut self.ebpf, prog)?;
+        p.attach(Some(symbol), 0, path, None)
+            .map(|_| ())
+            .map_err(|e| attach_err(&format!("{prog} to {symbol} in {}", path.display()), e))
     }
 
     /// Takes every event waiting, oldest first.
