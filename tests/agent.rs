@@ -381,3 +381,58 @@ fn mps_percentages_set_through_the_brain_reach_new_clients_only() {
     let _ = brain.child.kill();
     let _ = brain.child.wait();
 }
+
+#[test]
+fn xid_errors_are_reported_once_each() {
+    let sim = Sim::new("agent-xid");
+    let segdir = sim.dir.join("segments");
+    let agent = start_agent(&sim, &segdir);
+    let first = snapshot(agent.port).unwrap();
+    assert_eq!(first["xid_errors"], serde_json::json!([]), "{first}");
+    assert!(
+        !first["notes"].to_string().contains("XID"),
+        "gpusim's NVML offers XID events: {}",
+        first["notes"]
+    );
+    for xid in ["79", "48", "79"] {
+        let out = sim
+            .vagus(&["gpusim", "xid", "--device", "0", "--xid", xid])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bad = sim
+        .vagus(&["gpusim", "xid", "--device", "7", "--xid", "79"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--device 7"));
+    let want = serde_json::json!([
+        {"gpu": 0, "xid": 48, "count": 1},
+        {"gpu": 0, "xid": 79, "count": 2},
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        got = snapshot(agent.port).unwrap()["xid_errors"].clone();
+        if got == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(got, want);
+    let (_, metrics) = get(agent.port, "/metrics").unwrap();
+    let last = metrics
+        .lines()
+        .find(|l| l.starts_with("DCGM_FI_DEV_XID_ERRORS{"))
+        .unwrap_or_else(|| panic!("no XID gauge in\n{metrics}"));
+    assert!(last.ends_with(" 79"), "the last XID: {last}");
+    assert!(
+        metrics.contains("vagus_gpu_xid_errors_total{gpu=\"0\",xid=\"79\",Hostname=\"node-a\"} 2")
+    );
+    promtool_check(&metrics);
+}

@@ -178,6 +178,35 @@ pub fn render(node: &Node, hostname: &str) -> String {
         }
     }
 
+    // Device faults: dcgm-exporter's last-XID gauge, and counts by XID.
+    if !node.last_gpus.is_empty() && node.has_xid_events() {
+        o.family(
+            "DCGM_FI_DEV_XID_ERRORS",
+            "gauge",
+            "Value of the last XID error encountered.",
+        );
+        for g in &node.last_gpus {
+            o.sample(
+                "DCGM_FI_DEV_XID_ERRORS",
+                &dev(g),
+                node.last_xid.get(&g.index).copied().unwrap_or(0),
+            );
+        }
+        o.family(
+            "vagus_gpu_xid_errors_total",
+            "counter",
+            "XID errors NVML reported, by GPU and XID.",
+        );
+        for ((gpu, xid), n) in &node.xid_counts {
+            let l = labels(&[
+                ("gpu", gpu.to_string()),
+                ("xid", xid.to_string()),
+                ("Hostname", hostname.to_string()),
+            ]);
+            o.sample("vagus_gpu_xid_errors_total", &l, n);
+        }
+    }
+
     // Processes.
     let procs: Vec<&Proc> = node.procs.values().collect();
     o.family(

@@ -119,6 +119,11 @@ pub struct Node {
     pub counters: Counters,
     libcuda_seen: HashSet<PathBuf>,
     seq: u64,
+    /// XIDs the watcher thread reported and this node has not taken yet.
+    xid_inbox: Option<std::sync::Arc<std::sync::Mutex<Vec<crate::nvml::Xid>>>>,
+    /// XID errors seen, by (GPU, XID), and the last one of each GPU.
+    pub xid_counts: BTreeMap<(u32, u64), u64>,
+    pub last_xid: BTreeMap<u32, u64>,
 }
 
 impl Node {
@@ -151,6 +156,16 @@ impl Node {
                 }
             }
         }
+        let xid_inbox = gpus.as_ref().and_then(|_| {
+            let inbox = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            match crate::nvml::watch_xids(inbox.clone()) {
+                Ok(_) => Some(inbox),
+                Err(why) => {
+                    notes.push(format!("running without XID events: {why}"));
+                    None
+                }
+            }
+        });
         let segments = cfg.segment_dir.clone().map(SegmentDir::new);
         let resolver = cgroup::v2_root().map(cgroup::Resolver::new);
         let mut node = Node {
@@ -165,6 +180,9 @@ impl Node {
             counters: Counters::default(),
             libcuda_seen: HashSet::new(),
             seq: 0,
+            xid_inbox,
+            xid_counts: BTreeMap::new(),
+            last_xid: BTreeMap::new(),
         };
         let mut initial: Vec<PathBuf> = node.cfg.libcuda.clone();
         if let Some(p) = find_on_loader_path("libcuda.so.1") {
@@ -174,6 +192,11 @@ impl Node {
             node.probe_libcuda(p);
         }
         node
+    }
+
+    /// Whether NVML reports XID errors to this node.
+    pub fn has_xid_events(&self) -> bool {
+        self.xid_inbox.is_some()
     }
 
     pub fn has_probes(&self) -> bool {
@@ -352,7 +375,18 @@ impl Node {
         }
         self.last_gpus = samples;
 
-        // 4. The window.
+        // 4. Device faults.
+        let xids: Vec<crate::nvml::Xid> = self
+            .xid_inbox
+            .as_ref()
+            .map(|i| std::mem::take(&mut *i.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default();
+        for x in &xids {
+            *self.xid_counts.entry((x.gpu, x.xid)).or_default() += 1;
+            self.last_xid.insert(x.gpu, x.xid);
+        }
+
+        // 5. The window.
         let keyframe = self.seq.is_multiple_of(10);
         let gpus: Vec<GpuWindow> = self
             .last_gpus
@@ -371,13 +405,18 @@ impl Node {
                 memory_used_bytes: g.memory_used_bytes.unwrap_or(0),
                 power_mw: g.power_mw.unwrap_or(0),
                 temperature_c: g.temperature_c.unwrap_or(0),
+                xids: xids
+                    .iter()
+                    .filter(|x| x.gpu == g.index)
+                    .map(|x| x.xid.min(u32::MAX as u64) as u32)
+                    .collect(),
             })
             .collect();
         let mut processes = Vec::new();
         for p in self.procs.values_mut() {
             processes.push(window_of(p, keyframe));
         }
-        // 5. Processes that exited are reported once more, then forgotten.
+        // 6. Processes that exited are reported once more, then forgotten.
         let gone: Vec<u32> = self
             .procs
             .values()
@@ -481,6 +520,7 @@ impl Node {
             "cgroup_errors": self.counters.cgroup_errors,
             "vanished": self.counters.vanished,
             "libcuda_attached": self.counters.libcuda_attached,
+            "xid_errors": self.xid_counts.iter().map(|((gpu, xid), n)| serde_json::json!({"gpu": gpu, "xid": xid, "count": n})).collect::<Vec<_>>(),
             "gpus": gpus,
             "processes": procs,
         })

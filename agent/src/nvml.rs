@@ -6,8 +6,10 @@
 //! is `None`; one bad field never loses the others.
 
 use nvml_wrapper::Nvml;
+use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::error::NvmlError;
 use std::collections::BTreeMap;
 use vagus_proto::wire::GpuInfo;
 
@@ -119,5 +121,94 @@ impl Gpus {
                 Some(s)
             })
             .collect()
+    }
+}
+
+/// An XID error NVML reported: a device fault (79: fallen off the bus, 48:
+/// double-bit ECC error, 13/31/43: a process's fault, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Xid {
+    pub gpu: u32,
+    pub xid: u64,
+}
+
+/// Watches every device for XID errors on a thread of its own (NVML's event
+/// wait blocks), appending them to `sink`. Errs, saying why, where NVML
+/// offers no XID events.
+pub fn watch_xids(
+    sink: std::sync::Arc<std::sync::Mutex<Vec<Xid>>>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let handle = std::thread::Builder::new()
+        .name("vagus-xid".into())
+        .spawn(move || {
+            let nvml = match Nvml::builder()
+                .lib_path(std::ffi::OsStr::new("libnvidia-ml.so.1"))
+                .init()
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("NVML: {e}")));
+                    return;
+                }
+            };
+            let mut set = match nvml.create_event_set() {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("NVML event sets: {e}")));
+                    return;
+                }
+            };
+            let mut registered = 0;
+            for i in 0..nvml.device_count().unwrap_or(0) {
+                let Ok(d) = nvml.device_by_index(i) else {
+                    continue;
+                };
+                let supported = d
+                    .supported_event_types()
+                    .is_ok_and(|t| t.contains(EventTypes::CRITICAL_XID_ERROR));
+                if !supported {
+                    continue;
+                }
+                set = match d.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+                    Ok(s) => {
+                        registered += 1;
+                        s
+                    }
+                    // NVML releases the set when registration fails.
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("NVML event registration: {}", e.error)));
+                        return;
+                    }
+                };
+            }
+            if registered == 0 {
+                let _ = ready_tx.send(Err("no device reports XID events".into()));
+                return;
+            }
+            let _ = ready_tx.send(Ok(()));
+            loop {
+                match set.wait(500) {
+                    Ok(ev) => {
+                        use nvml_wrapper::enums::event::XidError;
+                        if let (Ok(gpu), Some(XidError::Value(xid))) =
+                            (ev.device.index(), ev.event_data)
+                        {
+                            sink.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(Xid { gpu, xid });
+                        }
+                    }
+                    Err(NvmlError::Timeout) => {}
+                    // Anything else: back off rather than spin.
+                    Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the XID thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err("the XID thread ended".into()),
     }
 }

@@ -1,4 +1,4 @@
-//! `vagus gpusim libdir | status`.
+//! `vagus gpusim libdir | status | xid`.
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
@@ -19,6 +19,14 @@ pub enum GpusimCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Raise a simulated XID error on a device (NVML reports it to event sets).
+    Xid {
+        #[arg(long, default_value_t = 0)]
+        device: u32,
+        /// The XID number (e.g. 79: fallen off the bus; 48: double-bit ECC).
+        #[arg(long)]
+        xid: u64,
+    },
 }
 
 pub fn run(cmd: GpusimCommand) -> Result<()> {
@@ -28,6 +36,25 @@ pub fn run(cmd: GpusimCommand) -> Result<()> {
             Ok(())
         }
         GpusimCommand::Status { json } => status(json),
+        GpusimCommand::Xid { device, xid } => {
+            let cfg = SimConfig::from_env()?;
+            let st = SharedState::open(&cfg)
+                .with_context(|| format!("cannot open {}", cfg.state_path.display()))?;
+            if device as usize >= st.device_count() {
+                bail!(
+                    "--device {device}: the simulated host has {} device(s)",
+                    st.device_count()
+                );
+            }
+            gpusim::xid::inject(st.path(), device, xid).with_context(|| {
+                format!(
+                    "cannot write {}",
+                    gpusim::xid::log_path(st.path()).display()
+                )
+            })?;
+            println!("XID {xid} raised on device {device}");
+            Ok(())
+        }
     }
 }
 

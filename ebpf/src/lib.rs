@@ -415,6 +415,18 @@ where
 mod tests {
     use super::*;
 
+    /// Only in a build without clang (`VAGUS_BPF_CLANG=/nonexistent cargo
+    /// test -p vagus-ebpf`): loading says why instead of failing obscurely.
+    #[cfg(vagus_no_bpf)]
+    #[test]
+    fn a_build_without_probes_says_why() {
+        match Probes::load(false) {
+            Err(ProbeError::NotBuilt(why)) => assert!(why.contains("clang"), "{why}"),
+            Err(e) => panic!("expected NotBuilt, got {e}"),
+            Ok(_) => panic!("expected NotBuilt, got probes"),
+        }
+    }
+
     #[test]
     fn layouts_match_the_c_header() {
         // vagus.h: 4 u32, 2 u64, char[16]; 13 u64 + the histogram.

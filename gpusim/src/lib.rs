@@ -20,5 +20,6 @@ pub mod occupancy;
 pub mod ptx;
 pub mod schedule;
 pub mod state;
+pub mod xid;
 
 pub use config::{DeviceConfig, SimConfig};

@@ -69,6 +69,8 @@ pub struct GpuWindow {
     pub memory_used_bytes: u64,
     pub power_mw: u32,
     pub temperature_c: u32,
+    /// XID errors (device faults) NVML reported during the window.
+    pub xids: Vec<u32>,
 }
 
 /// One process over one window.
@@ -480,6 +482,7 @@ mod tests {
                     memory_used_bytes: 1 << 30,
                     power_mw: 300_000,
                     temperature_c: 55,
+                    xids: vec![79],
                 }],
                 processes: vec![proc_.clone(), ProcessWindow { pid: 43, ..proc_ }],
                 dropped_windows: 3,

@@ -136,6 +136,7 @@ fn template(node: &str, a: &Args, hists: &[Vec<u8>]) -> TelemetryWindow {
                 memory_used_bytes: 41 << 30,
                 power_mw: 412_000,
                 temperature_c: 61,
+                xids: Vec::new(),
             })
             .collect(),
         processes: (0..a.processes)

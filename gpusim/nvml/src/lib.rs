@@ -114,6 +114,7 @@ pub unsafe extern "C" fn nvmlErrorString(r: NvmlReturn) -> *const c_char {
         6 => b"Not Found\0",
         7 => b"Insufficient Size\0",
         9 => b"Driver Not Loaded\0",
+        10 => b"Timeout\0",
         25 => b"Argument version mismatch\0",
         _ => b"Unknown Error\0",
     };
@@ -774,4 +775,150 @@ pub unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(
     mhz: *mut c_uint,
 ) -> NvmlReturn {
     guard(|| clock(h, kind, mhz))
+}
+
+// ---------------------------------------------------------------- events (XID errors)
+
+pub const NVML_ERROR_TIMEOUT: NvmlReturn = 10;
+/// `nvmlEventTypeXidCriticalError`: the only event type gpusim raises.
+pub const NVML_EVENT_TYPE_XID_CRITICAL_ERROR: u64 = 0x8;
+
+/// `nvmlEventData_t`.
+#[repr(C)]
+pub struct NvmlEventData {
+    pub device: *mut c_void,
+    pub event_type: u64,
+    pub event_data: u64,
+    pub gpu_instance_id: c_uint,
+    pub compute_instance_id: c_uint,
+}
+
+/// An event set: the devices registered on it and the XIDs not yet handed out.
+struct EventSet {
+    devices: Vec<usize>,
+    reader: gpusim::xid::XidReader,
+    pending: std::collections::VecDeque<(usize, u64)>,
+}
+
+/// Event-set handles are boxed sets, recorded here so a bad handle is refused.
+static SETS: OnceLock<Mutex<std::collections::HashSet<usize>>> = OnceLock::new();
+
+fn sets() -> std::sync::MutexGuard<'static, std::collections::HashSet<usize>> {
+    SETS.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+fn event_set(h: *mut c_void) -> Result<&'static mut EventSet, NvmlReturn> {
+    if h.is_null() || !sets().contains(&(h as usize)) {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    // SAFETY: a live set this library created (recorded in SETS).
+    Ok(unsafe { &mut *(h as *mut EventSet) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetCreate(out_set: *mut *mut c_void) -> NvmlReturn {
+    guard(|| {
+        let st = state()?;
+        let set = Box::into_raw(Box::new(EventSet {
+            devices: Vec::new(),
+            reader: gpusim::xid::XidReader::new(st.path()),
+            pending: Default::default(),
+        })) as *mut c_void;
+        sets().insert(set as usize);
+        unsafe { out(out_set, set) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetFree(set: *mut c_void) -> NvmlReturn {
+    guard(|| {
+        event_set(set)?;
+        sets().remove(&(set as usize));
+        // SAFETY: created by nvmlEventSetCreate and now forgotten by SETS.
+        drop(unsafe { Box::from_raw(set as *mut EventSet) });
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
+    h: *mut c_void,
+    types: *mut u64,
+) -> NvmlReturn {
+    guard(|| {
+        index_of(h)?;
+        unsafe { out(types, NVML_EVENT_TYPE_XID_CRITICAL_ERROR) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceRegisterEvents(
+    h: *mut c_void,
+    types: u64,
+    set: *mut c_void,
+) -> NvmlReturn {
+    guard(|| {
+        let i = index_of(h)?;
+        let s = event_set(set)?;
+        if types & !NVML_EVENT_TYPE_XID_CRITICAL_ERROR != 0 {
+            return Err(NVML_ERROR_NOT_SUPPORTED);
+        }
+        if types != 0 && !s.devices.contains(&i) {
+            s.devices.push(i);
+        }
+        Ok(())
+    })
+}
+
+fn wait(set: *mut c_void, data: *mut NvmlEventData, timeout_ms: c_uint) -> Result<(), NvmlReturn> {
+    if data.is_null() {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    let deadline = now_ns() + timeout_ms as u64 * 1_000_000;
+    loop {
+        let s = event_set(set)?;
+        for (d, xid) in s.reader.poll() {
+            if s.devices.contains(&(d as usize)) {
+                s.pending.push_back((d as usize, xid));
+            }
+        }
+        if let Some((d, xid)) = s.pending.pop_front() {
+            return unsafe {
+                out(
+                    data,
+                    NvmlEventData {
+                        device: handle_of(d),
+                        event_type: NVML_EVENT_TYPE_XID_CRITICAL_ERROR,
+                        event_data: xid,
+                        gpu_instance_id: u32::MAX,
+                        compute_instance_id: u32::MAX,
+                    },
+                )
+            };
+        }
+        if now_ns() >= deadline {
+            return Err(NVML_ERROR_TIMEOUT);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetWait_v2(
+    set: *mut c_void,
+    data: *mut NvmlEventData,
+    timeout_ms: c_uint,
+) -> NvmlReturn {
+    guard(|| wait(set, data, timeout_ms))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetWait(
+    set: *mut c_void,
+    data: *mut NvmlEventData,
+    timeout_ms: c_uint,
+) -> NvmlReturn {
+    guard(|| wait(set, data, timeout_ms))
 }
