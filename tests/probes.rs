@@ -178,3 +178,38 @@ fn an_unshimmed_gpu_process_is_found_counted_and_attributed() {
     probes.forget(pid);
     assert!(probes.counters(pid).is_none());
 }
+
+#[test]
+fn launch_probes_count_every_launch_when_asked_for() {
+    let required = std::env::var("VAGUS_REQUIRE_BPF").is_ok_and(|v| v == "1");
+    let mut probes = match Probes::load(true) {
+        Ok(p) => p,
+        Err(e) if !required => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        Err(e) => panic!("VAGUS_REQUIRE_BPF=1 but the probes do not load: {e}"),
+    };
+    let attached = probes
+        .attach_libcuda(&libdir().join("libcuda.so.1"))
+        .unwrap();
+    assert!(
+        attached
+            .probes
+            .iter()
+            .any(|(p, s)| p == "vagus_launch" && s == "cuLaunchKernel"),
+        "{attached:?}"
+    );
+    let sim = Sim::new("probes-launch");
+    let child = sim.spawn_load(&["--qps", "200", "--duration", "1s", "--kernels", "3"], &[]);
+    let pid = child.id();
+    let mut exited = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !exited && Instant::now() < deadline {
+        probes.drain(|e| exited |= matches!(e, Event::Exit { pid: p, .. } if p == pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let report = report(child.wait_with_output().unwrap());
+    let c = probes.counters(pid).expect("counters");
+    assert_eq!(c.launches, report["kernels"].as_u64().unwrap(), "{c:?}");
+}
