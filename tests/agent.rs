@@ -268,23 +268,7 @@ fn mps_percentages_set_through_the_brain_reach_new_clients_only() {
     let mut sim = Sim::new("agent-mps");
     // The agent starts the daemon (--mps-start); the test stops it.
     sim.adopt_mps_daemon();
-    let certs = sim.dir.join("certs");
-    let out = sim
-        .vagus(&[
-            "certs",
-            "init",
-            "--dir",
-            certs.to_str().unwrap(),
-            "--agents",
-            "node-a",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let certs = certs_init(&sim, "node-a");
     let addr = format!("127.0.0.1:{}", free_udp_port());
     let mut brain = start_brain(&sim, &addr, &certs);
     let port = free_tcp_port();

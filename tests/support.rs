@@ -227,6 +227,28 @@ pub const fn multi_wave<'a>(qps: &'a str, duration: &'a str, cycles: &'a str) ->
     ]
 }
 
+/// `vagus certs init` for the brain and `agent` into `<sim>/certs`.
+pub fn certs_init(sim: &Sim, agent: &str) -> PathBuf {
+    let certs = sim.dir.join("certs");
+    let out = sim
+        .vagus(&[
+            "certs",
+            "init",
+            "--dir",
+            certs.to_str().unwrap(),
+            "--agents",
+            agent,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    certs
+}
+
 /// A brain process and the JSON lines it prints.
 pub struct BrainProc {
     pub child: Child,

@@ -10,23 +10,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() {
     let sim = Sim::new("transport");
-    let certs = sim.dir.join("certs");
-    let out = sim
-        .vagus(&[
-            "certs",
-            "init",
-            "--dir",
-            certs.to_str().unwrap(),
-            "--agents",
-            "node-a",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let certs = certs_init(&sim, "node-a");
     let addr = format!("127.0.0.1:{}", free_udp_port());
 
     let mut brain = start_brain(&sim, &addr, &certs);

@@ -241,31 +241,25 @@ pub fn render(node: &Node, hostname: &str) -> String {
     }
     let shimmed: Vec<&&Proc> = procs.iter().filter(|p| p.shim.is_some()).collect();
     if !shimmed.is_empty() {
-        o.family(
-            "vagus_process_launches_total",
-            "counter",
-            "Kernel launches counted by the shim.",
-        );
-        for p in &shimmed {
-            let s = p.shim.as_ref().expect("filtered");
-            o.sample(
+        type Total = fn(&crate::node::ShimTotals) -> f64;
+        let totals: [(&str, &str, Total); 2] = [
+            (
                 "vagus_process_launches_total",
-                &labels(&proc_labels(p, hostname)),
-                s.launches,
-            );
-        }
-        o.family(
-            "vagus_process_gpu_seconds_total",
-            "counter",
-            "GPU time of the process's kernels (estimated from timed samples).",
-        );
-        for p in &shimmed {
-            let s = p.shim.as_ref().expect("filtered");
-            o.sample(
+                "Kernel launches counted by the shim.",
+                |s| s.launches as f64,
+            ),
+            (
                 "vagus_process_gpu_seconds_total",
-                &labels(&proc_labels(p, hostname)),
-                s.gpu_ns as f64 / 1e9,
-            );
+                "GPU time of the process's kernels (estimated from timed samples).",
+                |s| s.gpu_ns as f64 / 1e9,
+            ),
+        ];
+        for (name, help, total) in totals {
+            o.family(name, "counter", help);
+            for p in &shimmed {
+                let s = p.shim.as_ref().expect("filtered");
+                o.sample(name, &labels(&proc_labels(p, hostname)), total(s));
+            }
         }
         o.family(
             "vagus_kernel_duration_seconds",
@@ -293,31 +287,25 @@ pub fn render(node: &Node, hostname: &str) -> String {
     }
     let probed: Vec<&&Proc> = procs.iter().filter(|p| p.ebpf.is_some()).collect();
     if !probed.is_empty() {
-        o.family(
-            "vagus_process_allocations_total",
-            "counter",
-            "Successful cuMemAlloc_v2 calls seen by the probes.",
-        );
-        for p in &probed {
-            let c = p.ebpf.expect("filtered");
-            o.sample(
+        type Count = fn(&vagus_ebpf::ProcCounters) -> u64;
+        let counters: [(&str, &str, Count); 2] = [
+            (
                 "vagus_process_allocations_total",
-                &labels(&proc_labels(p, hostname)),
-                c.allocs,
-            );
-        }
-        o.family(
-            "vagus_process_allocated_bytes_total",
-            "counter",
-            "Bytes allocated with cuMemAlloc_v2, seen by the probes.",
-        );
-        for p in &probed {
-            let c = p.ebpf.expect("filtered");
-            o.sample(
+                "Successful cuMemAlloc_v2 calls seen by the probes.",
+                |c| c.allocs,
+            ),
+            (
                 "vagus_process_allocated_bytes_total",
-                &labels(&proc_labels(p, hostname)),
-                c.alloc_bytes,
-            );
+                "Bytes allocated with cuMemAlloc_v2, seen by the probes.",
+                |c| c.alloc_bytes,
+            ),
+        ];
+        for (name, help, count) in counters {
+            o.family(name, "counter", help);
+            for p in &probed {
+                let c = p.ebpf.expect("filtered");
+                o.sample(name, &labels(&proc_labels(p, hostname)), count(&c));
+            }
         }
         o.family(
             "vagus_process_sync_wait_seconds",
