@@ -148,3 +148,74 @@ fn devices_come_from_the_toml_file_and_the_environment() {
     let err = stderr_of(c);
     assert!(err.contains("bad.toml") && err.contains("smz"), "{err}");
 }
+
+#[test]
+fn replay_prints_the_allocation_curve_and_names_bad_input() {
+    let sim = Sim::new("replay");
+    let nodes = sim.dir.join("nodes.csv");
+    let pods = sim.dir.join("pods.csv");
+    std::fs::write(
+        &nodes,
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,T4\nn1,64000,262144,1,T4\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &pods,
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,4000,1024,1,500\np1,4000,1024,1,1000\np2,1000,1024,0,0\n",
+    )
+    .unwrap();
+    let out = sim
+        .vagus(&[
+            "replay",
+            "--nodes",
+            nodes.to_str().unwrap(),
+            "--pods",
+            pods.to_str().unwrap(),
+            "--policy",
+            "best-fit",
+            "--seeds",
+            "1..3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["policy"], "best-fit");
+    assert_eq!(v["trace"], "pods");
+    assert_eq!(v["seeds"], serde_json::json!([1, 2, 3]));
+    let alloc = v["allocation"].as_object().unwrap();
+    assert_eq!(alloc.len(), 131, "0..=130");
+    // 3 GPUs: arrivals stop at 130% (3.9 GPUs), and never more than
+    // all of them are allocated.
+    let at130 = alloc["130"].as_f64().unwrap();
+    assert!(at130 > 50.0 && at130 <= 100.0, "{v}");
+
+    let bad = |args: &[&str], want: &str| {
+        let mut c = sim.vagus(&["replay", "--nodes", nodes.to_str().unwrap()]);
+        c.args(args);
+        let e = stderr_of(c);
+        assert!(e.contains(want), "{want:?} not in {e:?}");
+    };
+    bad(
+        &["--pods", pods.to_str().unwrap(), "--policy", "magic"],
+        "--policy \"magic\": one of random",
+    );
+    bad(
+        &["--pods", pods.to_str().unwrap(), "--seeds", "9..3"],
+        "--seeds \"9..3\"",
+    );
+    std::fs::write(
+        &pods,
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,x,1,1,500\n",
+    )
+    .unwrap();
+    bad(
+        &["--pods", pods.to_str().unwrap()],
+        "line 2: column cpu_milli is \"x\"",
+    );
+}

@@ -5,6 +5,7 @@
 mod agent_cmd;
 mod gpusim_cmd;
 mod load;
+mod replay_cmd;
 mod run;
 mod transport_cmd;
 
@@ -34,6 +35,8 @@ enum Command {
     /// The node agent: finds and measures every GPU process (eBPF, the shim's
     /// segments, NVML), serves Prometheus metrics, streams to the brain.
     Agent(agent_cmd::AgentArgs),
+    /// Replay a GPU-sharing trace with a placement policy (the FGD paper's method).
+    Replay(replay_cmd::ReplayArgs),
     /// Certificates for the agent-brain transport (mutual TLS).
     Certs {
         #[command(subcommand)]
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Gpusim { command } => gpusim_cmd::run(command),
         Command::Brain(args) => transport_cmd::brain(args),
         Command::Agent(args) => agent_cmd::agent(args),
+        Command::Replay(args) => replay_cmd::replay(args),
         Command::Certs {
             command: CertsCommand::Init { dir, agents, brain },
         } => vagus_transport::certs::init(&dir, &brain, &agents)

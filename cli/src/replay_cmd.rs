@@ -1,0 +1,129 @@
+//! `vagus replay`: replays a GPU-sharing trace (the openb CSV files) with a
+//! placement policy, the FGD paper's way, and prints the GPU allocation
+//! ratio against arrived load (mean over seeds).
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use std::path::PathBuf;
+use vagus_placement::policy::Kind;
+use vagus_placement::replay::{MAX_ARRIVED_PCT, mean_curve, replay_seeds};
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// Node list (`sn,cpu_milli,memory_mib,gpu,model`).
+    #[arg(long)]
+    pub nodes: PathBuf,
+    /// Pod list (`name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,…]`).
+    #[arg(long)]
+    pub pods: PathBuf,
+    /// random, dotprod, gpu-clustering, gpu-packing, best-fit or fgd.
+    #[arg(long, default_value = "fgd")]
+    pub policy: String,
+    /// Seeds: `A..B` (inclusive) or a comma-separated list.
+    #[arg(long, default_value = "42..51")]
+    pub seeds: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Threads (seeds run in parallel); default: the CPUs available.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+fn parse_seeds(s: &str) -> Result<Vec<u64>> {
+    let bad = || format!("--seeds {s:?}: expected A..B (inclusive) or a comma-separated list");
+    let seeds: Vec<u64> = if let Some((a, b)) = s.split_once("..") {
+        let (a, b): (u64, u64) = (
+            a.trim().parse().with_context(bad)?,
+            b.trim().parse().with_context(bad)?,
+        );
+        if a > b {
+            bail!("{}", bad());
+        }
+        (a..=b).collect()
+    } else {
+        s.split(',')
+            .map(|x| x.trim().parse().with_context(bad))
+            .collect::<Result<_>>()?
+    };
+    if seeds.is_empty() || seeds.len() > 10_000 {
+        bail!("--seeds {s:?}: between 1 and 10000 seeds");
+    }
+    Ok(seeds)
+}
+
+pub fn replay(args: ReplayArgs) -> Result<()> {
+    let kind = Kind::parse(&args.policy).with_context(|| {
+        let names: Vec<&str> = Kind::ALL.iter().map(|(n, _)| *n).collect();
+        format!("--policy {:?}: one of {}", args.policy, names.join(", "))
+    })?;
+    let seeds = parse_seeds(&args.seeds)?;
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let nodes =
+        vagus_placement::openb::nodes(&args.nodes.display().to_string(), &read(&args.nodes)?)?;
+    let pods = vagus_placement::openb::pods(&args.pods.display().to_string(), &read(&args.pods)?)?;
+    if nodes.is_empty() || pods.is_empty() {
+        bail!("the trace needs at least one node and one pod");
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let t = std::time::Instant::now();
+    let runs = replay_seeds(&nodes, &pods, kind, &seeds, threads);
+    let curve = mean_curve(&runs);
+    let trace = args
+        .pods
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mean = |f: fn(&vagus_placement::replay::Replay) -> usize| {
+        runs.iter().map(f).sum::<usize>() as f64 / runs.len() as f64
+    };
+    if args.json {
+        let allocation: serde_json::Map<String, serde_json::Value> = curve
+            .iter()
+            .enumerate()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    serde_json::json!((v * 1000.0).round() / 1000.0),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "policy": kind.name(),
+                "trace": trace,
+                "seeds": seeds,
+                "allocation": allocation,
+                "pods_mean": mean(|r| r.pods),
+                "failed_mean": mean(|r| r.failed),
+                "seconds": (t.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+            })
+        );
+    } else {
+        println!(
+            "{} on {trace}: {} seeds, {} nodes, {} GPUs, {:.1} s",
+            kind.name(),
+            seeds.len(),
+            nodes.len(),
+            nodes.iter().map(|n| n.gpus.len()).sum::<usize>(),
+            t.elapsed().as_secs_f64()
+        );
+        println!("arrived %  allocated %");
+        for k in (0..=MAX_ARRIVED_PCT).step_by(10) {
+            println!("{k:>9}  {:>11.2}", curve[k]);
+        }
+        println!(
+            "pods {:.0} per seed, {:.0} failed",
+            mean(|r| r.pods),
+            mean(|r| r.failed)
+        );
+    }
+    Ok(())
+}
