@@ -1,6 +1,7 @@
 //! `vagus replay`: replays a GPU-sharing trace (the openb CSV files) with a
 //! placement policy, the FGD paper's way, and prints the GPU allocation
-//! ratio against arrived load (mean over seeds).
+//! and fragmentation ratios against arrived load (means over seeds). On a
+//! terminal, a progress bar on standard error.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -73,8 +74,29 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             .unwrap_or(1)
     });
     let t = std::time::Instant::now();
-    let runs = replay_seeds(&nodes, &pods, kind, &seeds, threads);
-    let curve = mean_curve(&runs);
+    // SAFETY: isatty only inspects the descriptor.
+    let tty = unsafe { libc::isatty(2) } == 1;
+    let total = seeds.len();
+    let progress = move |done: usize| {
+        if tty {
+            let width = 30;
+            let filled = done * width / total;
+            eprint!(
+                "\r[{}{}] {done}/{total} seeds",
+                "#".repeat(filled),
+                ".".repeat(width - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    if tty {
+        progress(0);
+    }
+    let runs = replay_seeds(&nodes, &pods, kind, &seeds, threads, &progress);
+    let curve = mean_curve(&runs, |r| &r.allocation);
+    let frag = mean_curve(&runs, |r| &r.fragmentation);
     let trace = args
         .pods
         .file_stem()
@@ -84,23 +106,25 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         runs.iter().map(f).sum::<usize>() as f64 / runs.len() as f64
     };
     if args.json {
-        let allocation: serde_json::Map<String, serde_json::Value> = curve
-            .iter()
-            .enumerate()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    serde_json::json!((v * 1000.0).round() / 1000.0),
-                )
-            })
-            .collect();
+        let by_pct = |c: &[f64]| -> serde_json::Map<String, serde_json::Value> {
+            c.iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        serde_json::json!((v * 1000.0).round() / 1000.0),
+                    )
+                })
+                .collect()
+        };
         println!(
             "{}",
             serde_json::json!({
                 "policy": kind.name(),
                 "trace": trace,
                 "seeds": seeds,
-                "allocation": allocation,
+                "allocation": by_pct(&curve),
+                "fragmentation": by_pct(&frag),
                 "pods_mean": mean(|r| r.pods),
                 "failed_mean": mean(|r| r.failed),
                 "seconds": (t.elapsed().as_secs_f64() * 100.0).round() / 100.0,
@@ -115,9 +139,9 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             nodes.iter().map(|n| n.gpus.len()).sum::<usize>(),
             t.elapsed().as_secs_f64()
         );
-        println!("arrived %  allocated %");
+        println!("arrived %  allocated %  fragmented %");
         for k in (0..=MAX_ARRIVED_PCT).step_by(10) {
-            println!("{k:>9}  {:>11.2}", curve[k]);
+            println!("{k:>9}  {:>11.2}  {:>12.2}", curve[k], frag[k]);
         }
         println!(
             "pods {:.0} per seed, {:.0} failed",

@@ -131,6 +131,18 @@ struct View<'a> {
     gpus: &'a [u32],
 }
 
+/// A node's expected GPU fragmentation against `typical` (milli-GPU).
+pub fn node_fragmentation(n: &Node, typical: &[Typical]) -> f64 {
+    fragmentation(
+        &View {
+            model: &n.model,
+            cpu_free: n.cpu_free,
+            gpus: &n.gpus,
+        },
+        typical,
+    )
+}
+
 /// The node's expected GPU fragmentation against the typical pods: for
 /// each shape, the free milli the shape could not use (all of it when the
 /// shape cannot run there at all, only the GPUs too small for it when it

@@ -6,7 +6,7 @@
 //! cluster's GPU milli is recorded against the arrived share.
 
 use crate::cluster::{Cluster, GPU_MILLI, Node, Pod};
-use crate::policy::{Kind, Policy};
+use crate::policy::{Kind, Policy, node_fragmentation, typical_pods};
 use crate::rng::Rng;
 
 /// Arrived load, in percent of the cluster's GPU capacity, that the replay
@@ -19,6 +19,9 @@ pub struct Replay {
     /// `allocation[k]`: mean GPU allocation ratio (%) while the arrived
     /// load was k% (k = 0..=130).
     pub allocation: Vec<f64>,
+    /// `fragmentation[k]`: mean GPU fragmentation ratio (%): the idle GPU
+    /// milli the typical pods could not use, over all idle GPU milli.
+    pub fragmentation: Vec<f64>,
     pub pods: usize,
     pub placed: usize,
     pub failed: usize,
@@ -71,38 +74,72 @@ pub fn replay(nodes: &[Node], trace: &[Pod], kind: Kind, seed: u64) -> Replay {
     let pods = arrivals(trace, capacity, &mut rng);
     rng.shuffle(&mut cluster.nodes);
     let mut policy = Policy::new(kind, &cluster, trace);
+    // The cluster's fragmentation, against the trace's typical pods, kept
+    // per node and updated where a pod binds.
+    let typical = typical_pods(trace);
+    let mut frag: Vec<f64> = cluster
+        .nodes
+        .iter()
+        .map(|n| node_fragmentation(n, &typical))
+        .collect();
+    let mut frag_total: f64 = frag.iter().sum();
     let gpus = (capacity / GPU_MILLI as u64).max(1) as f64;
-    let mut sum = vec![0.0; MAX_ARRIVED_PCT + 1];
-    let mut count = vec![0u32; MAX_ARRIVED_PCT + 1];
     let (mut arrived, mut placed, mut failed) = (0u64, 0, 0);
-    let mut rows: Vec<(usize, f64)> = Vec::with_capacity(pods.len());
+    let mut allocated = 0u64;
+    // (arrived %, allocation %, fragmentation %) after each pod.
+    let mut rows: Vec<(usize, f64, f64)> = Vec::with_capacity(pods.len());
     for pod in &pods {
         arrived += pod.gpu_request_milli();
         match policy.choose(&cluster, pod, &mut rng) {
             Some(p) => {
                 cluster.bind(pod, &p);
                 policy.bound(&cluster, pod, &p);
+                allocated += p.gpus.iter().map(|g| g.1 as u64).sum::<u64>();
+                let f = node_fragmentation(&cluster.nodes[p.node], &typical);
+                frag_total += f - frag[p.node];
+                frag[p.node] = f;
                 placed += 1;
             }
             None => failed += 1,
         }
         let k = (arrived as f64 / gpus / 10.0).round() as usize;
-        let alloc = cluster.gpu_allocated_milli() as f64 / gpus / 10.0;
-        rows.push((k, alloc));
-        if k <= MAX_ARRIVED_PCT {
-            sum[k] += alloc;
-            count[k] += 1;
+        let idle = capacity - allocated;
+        let frag_pct = if idle == 0 {
+            0.0
+        } else {
+            100.0 * frag_total / idle as f64
+        };
+        rows.push((k, allocated as f64 / gpus / 10.0, frag_pct));
+    }
+    Replay {
+        allocation: curve(&rows, |r| r.1),
+        fragmentation: curve(&rows, |r| r.2),
+        pods: pods.len(),
+        placed,
+        failed,
+    }
+}
+
+/// The mean of `value` over the rows at each arrived percent (the reference's
+/// reduction of its per-pod log).
+fn curve(rows: &[(usize, f64, f64)], value: fn(&(usize, f64, f64)) -> f64) -> Vec<f64> {
+    let mut sum = vec![0.0; MAX_ARRIVED_PCT + 1];
+    let mut count = vec![0u32; MAX_ARRIVED_PCT + 1];
+    for r in rows {
+        if r.0 <= MAX_ARRIVED_PCT {
+            sum[r.0] += value(r);
+            count[r.0] += 1;
         }
     }
-    let allocation = (0..=MAX_ARRIVED_PCT)
+    (0..=MAX_ARRIVED_PCT)
         .map(|k| {
             if count[k] > 0 {
                 return sum[k] / count[k] as f64;
             }
             let near: Vec<f64> = rows
                 .iter()
-                .filter(|(a, _)| a.abs_diff(k) <= 1)
-                .map(|r| r.1)
+                .filter(|r| r.0.abs_diff(k) <= 1)
+                .map(value)
                 .collect();
             if !near.is_empty() {
                 return near.iter().sum::<f64>() / near.len() as f64;
@@ -111,29 +148,26 @@ pub fn replay(nodes: &[Node], trace: &[Pod], kind: Kind, seed: u64) -> Replay {
             // what it was when the arrived load last stood below k (pods
             // are never deleted, so it cannot have changed).
             rows.iter()
-                .take_while(|(a, _)| *a < k)
+                .take_while(|r| r.0 < k)
                 .last()
-                .map(|r| r.1)
+                .map(value)
                 .unwrap_or(0.0)
         })
-        .collect();
-    Replay {
-        allocation,
-        pods: pods.len(),
-        placed,
-        failed,
-    }
+        .collect()
 }
 
 /// The mean of [`replay`] over `seeds`, run on up to `threads` threads
 /// (each seed is independent).
+/// `done` is called with the number of seeds finished so far.
 pub fn replay_seeds(
     nodes: &[Node],
     trace: &[Pod],
     kind: Kind,
     seeds: &[u64],
     threads: usize,
+    done: &(dyn Fn(usize) + Sync),
 ) -> Vec<Replay> {
+    let finished = std::sync::atomic::AtomicUsize::new(0);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let out = std::sync::Mutex::new(vec![None; seeds.len()]);
     std::thread::scope(|s| {
@@ -144,6 +178,7 @@ pub fn replay_seeds(
                     let Some(&seed) = seeds.get(i) else { return };
                     let r = replay(nodes, trace, kind, seed);
                     out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                    done(finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
                 }
             });
         }
@@ -155,9 +190,10 @@ pub fn replay_seeds(
         .collect()
 }
 
-/// The mean allocation curve of several replays.
-pub fn mean_curve(runs: &[Replay]) -> Vec<f64> {
+/// The mean of one curve of several replays (`Replay::allocation` or
+/// `Replay::fragmentation`).
+pub fn mean_curve(runs: &[Replay], of: fn(&Replay) -> &Vec<f64>) -> Vec<f64> {
     (0..=MAX_ARRIVED_PCT)
-        .map(|k| runs.iter().map(|r| r.allocation[k]).sum::<f64>() / runs.len().max(1) as f64)
+        .map(|k| runs.iter().map(|r| of(r)[k]).sum::<f64>() / runs.len().max(1) as f64)
         .collect()
 }
