@@ -196,7 +196,11 @@ fn replay_prints_the_allocation_curve_and_names_bad_input() {
     assert!(at130 > 50.0 && at130 <= 100.0, "{v}");
     let frag = v["fragmentation"].as_object().unwrap();
     assert_eq!(frag.len(), 131);
-    assert!(frag.values().all(|f| (0.0..=100.0).contains(&f.as_f64().unwrap())), "{v}");
+    assert!(
+        frag.values()
+            .all(|f| (0.0..=100.0).contains(&f.as_f64().unwrap())),
+        "{v}"
+    );
 
     let bad = |args: &[&str], want: &str| {
         let mut c = sim.vagus(&["replay", "--nodes", nodes.to_str().unwrap()]);
