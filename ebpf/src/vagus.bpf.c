@@ -148,12 +148,30 @@ COUNTER_PROBE(vagus_ctx_destroy, ctx_destroys)
 COUNTER_PROBE(vagus_module_load, module_loads)
 COUNTER_PROBE(vagus_launch, launches)
 
+/* Entry probes record what their return probe needs; the return probe
+ * takes it (once: the record is deleted whatever the call returned). */
+static __always_inline void enter(__u64 call, __u64 a, __u64 b)
+{
+	struct call_key k = { bpf_get_current_pid_tgid(), call };
+	struct call_state s = { a, b };
+	bpf_map_update_elem(&CALLS, &k, &s, BPF_ANY);
+}
+
+static __always_inline int leave(__u64 id, __u64 call, struct call_state *out)
+{
+	struct call_key k = { id, call };
+	struct call_state *s = bpf_map_lookup_elem(&CALLS, &k);
+	if (!s)
+		return 0;
+	*out = *s;
+	bpf_map_delete_elem(&CALLS, &k);
+	return 1;
+}
+
 SEC("uprobe")
 int BPF_KPROBE(vagus_mem_alloc, void *dptr, __u64 bytes)
 {
-	struct call_key k = { bpf_get_current_pid_tgid(), CALL_ALLOC };
-	struct call_state s = { (__u64)dptr, bytes };
-	bpf_map_update_elem(&CALLS, &k, &s, BPF_ANY);
+	enter(CALL_ALLOC, (__u64)dptr, bytes);
 	return 0;
 }
 
@@ -161,12 +179,10 @@ SEC("uretprobe")
 int BPF_KRETPROBE(vagus_mem_alloc_ret, int rc)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct call_key k = { id, CALL_ALLOC };
-	struct call_state *s = bpf_map_lookup_elem(&CALLS, &k);
-	if (!s)
+	struct call_state s;
+	if (!leave(id, CALL_ALLOC, &s))
 		return 0;
-	__u64 out = s->a, bytes = s->b;
-	bpf_map_delete_elem(&CALLS, &k);
+	__u64 out = s.a, bytes = s.b;
 	if (rc != 0)
 		return 0;
 	struct vagus_proc *p = proc_of(id >> 32);
@@ -183,9 +199,7 @@ int BPF_KRETPROBE(vagus_mem_alloc_ret, int rc)
 SEC("uprobe")
 int BPF_KPROBE(vagus_mem_free, __u64 dptr)
 {
-	struct call_key k = { bpf_get_current_pid_tgid(), CALL_FREE };
-	struct call_state s = { dptr, 0 };
-	bpf_map_update_elem(&CALLS, &k, &s, BPF_ANY);
+	enter(CALL_FREE, dptr, 0);
 	return 0;
 }
 
@@ -193,12 +207,10 @@ SEC("uretprobe")
 int BPF_KRETPROBE(vagus_mem_free_ret, int rc)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct call_key k = { id, CALL_FREE };
-	struct call_state *s = bpf_map_lookup_elem(&CALLS, &k);
-	if (!s)
+	struct call_state s;
+	if (!leave(id, CALL_FREE, &s))
 		return 0;
-	struct alloc_key a = { id >> 32, s->a };
-	bpf_map_delete_elem(&CALLS, &k);
+	struct alloc_key a = { id >> 32, s.a };
 	if (rc != 0)
 		return 0;
 	struct vagus_proc *p = proc_of(id >> 32);
@@ -216,9 +228,7 @@ int BPF_KRETPROBE(vagus_mem_free_ret, int rc)
 SEC("uprobe")
 int BPF_KPROBE(vagus_sync)
 {
-	struct call_key k = { bpf_get_current_pid_tgid(), CALL_SYNC };
-	struct call_state s = { bpf_ktime_get_ns(), 0 };
-	bpf_map_update_elem(&CALLS, &k, &s, BPF_ANY);
+	enter(CALL_SYNC, bpf_ktime_get_ns(), 0);
 	return 0;
 }
 
@@ -226,12 +236,10 @@ SEC("uretprobe")
 int BPF_KRETPROBE(vagus_sync_ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct call_key k = { id, CALL_SYNC };
-	struct call_state *s = bpf_map_lookup_elem(&CALLS, &k);
-	if (!s)
+	struct call_state s;
+	if (!leave(id, CALL_SYNC, &s))
 		return 0;
-	__u64 ns = bpf_ktime_get_ns() - s->a;
-	bpf_map_delete_elem(&CALLS, &k);
+	__u64 ns = bpf_ktime_get_ns() - s.a;
 	struct vagus_proc *p = proc_of(id >> 32);
 	if (!p)
 		return 0;
