@@ -258,9 +258,9 @@ pub struct BrainProc {
 
 pub fn start_brain(sim: &Sim, addr: &str, certs: &std::path::Path) -> BrainProc {
     let ledger = sim.dir.join("ledger.sqlite");
-    let mut child = sim
-        .vagus(&[
-            "brain",
+    start_brain_with(
+        sim,
+        &[
             "--quic",
             addr,
             "--certs",
@@ -268,7 +268,16 @@ pub fn start_brain(sim: &Sim, addr: &str, certs: &std::path::Path) -> BrainProc 
             "--ledger",
             ledger.to_str().unwrap(),
             "--log-windows",
-        ])
+        ],
+    )
+}
+
+/// `vagus brain ARGS…`, its JSON lines read in the background.
+pub fn start_brain_with(sim: &Sim, args: &[&str]) -> BrainProc {
+    let mut all = vec!["brain"];
+    all.extend_from_slice(args);
+    let mut child = sim
+        .vagus(&all)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -3,6 +3,7 @@
 //! into validated configs that the subcommands receive.
 
 mod agent_cmd;
+mod api_cmd;
 mod gpusim_cmd;
 mod load;
 mod replay_cmd;
@@ -29,8 +30,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Run a program under the shim and report its kernels when it exits.
     Run(run::RunArgs),
-    /// The brain's transport endpoint: accepts agents over QUIC with mutual TLS
-    /// and prints what arrives as JSON lines.
+    /// The brain: accepts agents over QUIC with mutual TLS (--certs) and serves
+    /// the decision core's HTTP API (--http).
     Brain(transport_cmd::BrainArgs),
     /// The node agent: finds and measures every GPU process (eBPF, the shim's
     /// segments, NVML), serves Prometheus metrics, streams to the brain.

@@ -1,5 +1,6 @@
-//! `vagus brain --quic`: the brain's end of the transport (the agent's is
-//! `vagus agent --brain`, in `agent_cmd.rs`).
+//! `vagus brain`: the brain's end of the transport with `--certs` (the
+//! agent's is `vagus agent --brain`, in `agent_cmd.rs`), and the decision
+//! core's HTTP API with `--http` (in `api_cmd.rs`); either or both.
 //!
 //! The brain prints JSON lines: events (connected, result, rejected,
 //! disconnected; windows with `--log-windows`), its ingest metrics every
@@ -24,9 +25,9 @@ pub struct BrainArgs {
     /// UDP address to accept agents on.
     #[arg(long, env = "VAGUS_BRAIN_QUIC", default_value = "0.0.0.0:7443")]
     pub quic: SocketAddr,
-    /// Directory from `vagus certs init`.
+    /// Directory from `vagus certs init`: accept agents over QUIC.
     #[arg(long, env = "VAGUS_CERTS_DIR")]
-    pub certs: PathBuf,
+    pub certs: Option<PathBuf>,
     /// The brain's certificate name in that directory.
     #[arg(long, default_value = "brain")]
     pub name: String,
@@ -43,6 +44,8 @@ pub struct BrainArgs {
     /// Windows of histograms kept per process.
     #[arg(long, default_value_t = 10)]
     pub rolling_windows: usize,
+    #[command(flatten)]
+    pub api: crate::api_cmd::ApiArgs,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -125,12 +128,53 @@ pub fn brain(args: BrainArgs) -> Result<()> {
         "--stats-every {} must be a number of seconds ≥ 0",
         args.stats_every
     );
-    let id = Identity::load(&args.certs, &args.name)?;
+    anyhow::ensure!(
+        args.certs.is_some() || args.api.http.is_some(),
+        "give --certs DIR (accept agents over QUIC), --http ADDR (the API), or both"
+    );
+    let svc = match args.api.http {
+        Some(_) => Some(crate::api_cmd::service(&args.api)?),
+        None => None,
+    };
+    runtime()?.block_on(async {
+        if let (Some(addr), Some(svc)) = (args.api.http, &svc) {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--http {addr}: cannot listen"))?;
+            let at = l.local_addr().context("--http: no local address")?;
+            eprintln!("vagus brain: HTTP API on http://{at}");
+            println!(
+                "{}",
+                serde_json::json!({"event": "http", "addr": at.to_string()})
+            );
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                if let Err(e) = vagus_api::serve(l, svc).await {
+                    eprintln!("vagus brain: the HTTP API stopped: {e}");
+                }
+            });
+        }
+        match &args.certs {
+            Some(certs) => quic(&args, certs, svc).await,
+            None => {
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn quic(
+    args: &BrainArgs,
+    certs: &std::path::Path,
+    svc: Option<Arc<vagus_api::Service>>,
+) -> Result<()> {
+    let id = Identity::load(certs, &args.name)?;
     let opts = BrainOptions {
         ledger: args.ledger.clone(),
         rolling_windows: args.rolling_windows,
     };
-    runtime()?.block_on(async {
+    {
         let brain = Arc::new(Brain::bind(args.quic, &id, &opts)?);
         let mut events = brain.events(args.log_windows);
         eprintln!(
@@ -152,6 +196,17 @@ pub fn brain(args: BrainArgs) -> Result<()> {
         }
         let serving = brain.clone();
         tokio::spawn(async move { serving.run().await });
+        if let Some(svc) = svc {
+            // The decision core learns nodes and their load from the agents.
+            let b = brain.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    crate::api_cmd::sync_agents(&b, &svc);
+                }
+            });
+        }
         let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
         std::thread::spawn(move || {
             for l in std::io::stdin().lines().map_while(Result::ok) {
@@ -181,5 +236,5 @@ pub fn brain(args: BrainArgs) -> Result<()> {
             out.flush().context("writing to standard output")?;
         }
         Ok(())
-    })
+    }
 }

@@ -1,0 +1,329 @@
+//! The audit trail: every decision and control action, in an embedded
+//! SQLite database, committed (WAL, `synchronous = FULL`) before the API
+//! answers. One writer thread commits whatever has arrived as one
+//! transaction (group commit), so concurrent requests share an fsync.
+//!
+//! Rows also carry what a restart needs: the placement as it stands after
+//! the decision (or the queued request), so the brain rebuilds its state
+//! from the trail.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit trail {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("audit trail: the writer stopped")]
+    Stopped,
+    #[error("audit trail: stored row {seq} is not valid JSON: {source}")]
+    Corrupt { seq: i64, source: serde_json::Error },
+}
+
+/// A row to store.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub at_ms: u64,
+    pub path: String,
+    pub workload: String,
+    pub node: Option<String>,
+    /// Who asked: the token's name.
+    pub actor: String,
+    pub summary: String,
+    /// The decision (or control) as JSON.
+    pub body: String,
+    /// What a restart restores for this workload (JSON), if anything.
+    pub state: Option<String>,
+}
+
+/// A stored row, as the API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Entry {
+    pub seq: i64,
+    pub at_ms: u64,
+    pub path: String,
+    pub workload: String,
+    pub node: Option<String>,
+    pub actor: String,
+    pub summary: String,
+    #[schema(value_type = Object)]
+    pub decision: serde_json::Value,
+}
+
+/// `GET /v1/decisions` filters.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Only this workload's rows.
+    pub workload: Option<String>,
+    /// Only this path (`direct`, `queue`, `control`, …).
+    pub path: Option<String>,
+    pub node: Option<String>,
+    pub actor: Option<String>,
+    /// Rows after this sequence number (for paging).
+    pub after: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+type Batch = (Vec<Row>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+pub struct Audit {
+    tx: Mutex<mpsc::Sender<Batch>>,
+    read: Mutex<Connection>,
+    path: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    workload TEXT NOT NULL,
+    node TEXT,
+    actor TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_workload ON decisions (workload, seq);
+CREATE INDEX IF NOT EXISTS decisions_path ON decisions (path, seq);
+";
+
+fn open_conn(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    Ok(c)
+}
+
+impl Audit {
+    /// Opens (or creates) the trail at `path`; `None`: a private temporary
+    /// file, gone with the process.
+    pub fn open(path: Option<&Path>) -> Result<Audit, AuditError> {
+        let (path, temp) = match path {
+            Some(p) => (p.to_path_buf(), None),
+            None => {
+                let dir = std::env::temp_dir().join(format!(
+                    "vagus-audit-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0)
+                ));
+                (dir.join("audit.sqlite"), Some(dir))
+            }
+        };
+        let name = path.display().to_string();
+        let err = |source| AuditError::Sqlite {
+            path: name.clone(),
+            source,
+        };
+        if let Some(d) = &temp {
+            std::fs::create_dir_all(d).map_err(|e| {
+                err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                    "{}: {e}",
+                    d.display()
+                ))))
+            })?;
+        }
+        let w = open_conn(&path).map_err(err)?;
+        w.execute_batch(SCHEMA).map_err(err)?;
+        let r = open_conn(&path).map_err(err)?;
+        let (tx, rx) = mpsc::channel::<Batch>();
+        std::thread::Builder::new()
+            .name("vagus-audit".into())
+            .spawn(move || writer(w, rx, temp))
+            .map_err(|e| err(rusqlite::Error::InvalidPath(PathBuf::from(e.to_string()))))?;
+        Ok(Audit {
+            tx: Mutex::new(tx),
+            read: Mutex::new(r),
+            path: name,
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Queues rows; the receiver answers once they are committed. Rows
+    /// queued earlier commit no later (call under the lock that orders the
+    /// decisions, await outside it).
+    pub fn submit(&self, rows: Vec<Row>) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((rows, tx));
+        if let Err(mpsc::SendError((_, reply))) = sent {
+            let _ = reply.send(Err("the audit writer stopped".into()));
+        }
+        rx
+    }
+
+    /// Stores rows and waits for the commit.
+    pub async fn store(&self, rows: Vec<Row>) -> Result<(), AuditError> {
+        match self.submit(rows).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AuditError::Sqlite {
+                path: self.path.clone(),
+                source: rusqlite::Error::InvalidParameterName(e),
+            }),
+            Err(_) => Err(AuditError::Stopped),
+        }
+    }
+
+    pub fn query(&self, f: &Filter) -> Result<Vec<Entry>, AuditError> {
+        let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = f.limit.unwrap_or(100).clamp(1, 1000) as i64;
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT seq, at_ms, path, workload, node, actor, summary, body FROM decisions
+                 WHERE (?1 IS NULL OR workload = ?1) AND (?2 IS NULL OR path = ?2)
+                   AND (?3 IS NULL OR node = ?3) AND (?4 IS NULL OR actor = ?4)
+                   AND seq > ?5
+                 ORDER BY seq LIMIT ?6",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    f.workload,
+                    f.path,
+                    f.node,
+                    f.actor,
+                    f.after.unwrap_or(0),
+                    limit
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, String>(7)?,
+                    ))
+                },
+            )
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (seq, at, path, workload, node, actor, summary, body) =
+                r.map_err(|e| self.err(e))?;
+            out.push(Entry {
+                seq,
+                at_ms: at as u64,
+                path,
+                workload,
+                node,
+                actor,
+                summary,
+                decision: serde_json::from_str(&body)
+                    .map_err(|source| AuditError::Corrupt { seq, source })?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every row's saved state, in order: what a restarted brain replays.
+    pub fn states(&self) -> Result<Vec<(String, serde_json::Value)>, AuditError> {
+        let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = c
+            .prepare(
+                "SELECT seq, workload, state FROM decisions WHERE state IS NOT NULL ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (seq, w, s) = r.map_err(|e| self.err(e))?;
+            let v =
+                serde_json::from_str(&s).map_err(|source| AuditError::Corrupt { seq, source })?;
+            out.push((w, v));
+        }
+        Ok(out)
+    }
+
+    /// Rows stored so far.
+    pub fn count(&self) -> Result<i64, AuditError> {
+        let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        c.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get(0))
+            .optional()
+            .map(|n| n.unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+
+    fn err(&self, source: rusqlite::Error) -> AuditError {
+        AuditError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Commits batches as they come, many per transaction when they queue up.
+fn writer(mut c: Connection, rx: mpsc::Receiver<Batch>, temp: Option<PathBuf>) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while batches.len() < 512 {
+            match rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&mut c, &batches).map_err(|e| e.to_string());
+        for (_, reply) in batches {
+            let _ = reply.send(result.clone());
+        }
+    }
+    drop(c);
+    if let Some(d) = temp {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+fn commit(c: &mut Connection, batches: &[Batch]) -> Result<(), rusqlite::Error> {
+    let tx = c.transaction()?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO decisions (at_ms, path, workload, node, actor, summary, body, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for (rows, _) in batches {
+            for r in rows {
+                ins.execute(params![
+                    r.at_ms as i64,
+                    r.path,
+                    r.workload,
+                    r.node,
+                    r.actor,
+                    r.summary,
+                    r.body,
+                    r.state
+                ])?;
+            }
+        }
+    }
+    tx.commit()
+}

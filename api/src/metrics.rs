@@ -1,0 +1,192 @@
+//! The brain's Prometheus metrics (text format, written by hand: a few
+//! counters and one histogram).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use vagus_decision::{Core, Decision, Path};
+
+const PATHS: [Path; 9] = [
+    Path::Direct,
+    Path::Reconfigure,
+    Path::Repack,
+    Path::Preempt,
+    Path::ScaleOut,
+    Path::Queue,
+    Path::Reject,
+    Path::Remove,
+    Path::Control,
+];
+
+/// Upper bounds (seconds) of the decision-time histogram.
+const BUCKETS: [f64; 10] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    decisions: [AtomicU64; PATHS.len()],
+    calls: AtomicU64,
+    seconds_sum_ns: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    audited: AtomicU64,
+    audit_failures: AtomicU64,
+    /// Answers by status class 2xx…5xx.
+    answers: [AtomicU64; 4],
+}
+
+impl Metrics {
+    pub(crate) fn decided(&self, took: Duration, ds: &[Decision]) {
+        for d in ds {
+            if let Some(i) = PATHS.iter().position(|p| *p == d.path) {
+                self.decisions[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.calls.fetch_add(1, Relaxed);
+        self.seconds_sum_ns
+            .fetch_add(took.as_nanos() as u64, Relaxed);
+        let s = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| s <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn audited(&self, rows: usize) {
+        self.audited.fetch_add(rows as u64, Relaxed);
+    }
+
+    pub(crate) fn audit_failed(&self) {
+        self.audit_failures.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn answered(&self, status: u16) {
+        if let Some(c) = self.answers.get((status / 100).saturating_sub(2) as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn render(&self, core: &Core) -> String {
+        let mut o = String::with_capacity(4096);
+        let _ = self.write(&mut o, core);
+        o
+    }
+
+    fn write(&self, o: &mut String, core: &Core) -> std::fmt::Result {
+        writeln!(
+            o,
+            "# HELP vagus_brain_decisions_total Decisions taken, by path."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_decisions_total counter")?;
+        for (p, n) in PATHS.iter().zip(&self.decisions) {
+            writeln!(
+                o,
+                "vagus_brain_decisions_total{{path=\"{}\"}} {}",
+                p.name(),
+                n.load(Relaxed)
+            )?;
+        }
+        writeln!(
+            o,
+            "# HELP vagus_brain_decision_seconds Time in the decision core per request."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_decision_seconds histogram")?;
+        let mut cum = 0;
+        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
+            cum += n.load(Relaxed);
+            writeln!(o, "vagus_brain_decision_seconds_bucket{{le=\"{b}\"}} {cum}")?;
+        }
+        let calls = self.calls.load(Relaxed);
+        writeln!(
+            o,
+            "vagus_brain_decision_seconds_bucket{{le=\"+Inf\"}} {calls}"
+        )?;
+        writeln!(
+            o,
+            "vagus_brain_decision_seconds_sum {}",
+            self.seconds_sum_ns.load(Relaxed) as f64 / 1e9
+        )?;
+        writeln!(o, "vagus_brain_decision_seconds_count {calls}")?;
+        writeln!(
+            o,
+            "# HELP vagus_brain_audit_rows_total Decisions committed to the audit trail."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_audit_rows_total counter")?;
+        writeln!(
+            o,
+            "vagus_brain_audit_rows_total {}",
+            self.audited.load(Relaxed)
+        )?;
+        writeln!(
+            o,
+            "# HELP vagus_brain_audit_failures_total Requests answered 503 because the audit trail failed."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_audit_failures_total counter")?;
+        writeln!(
+            o,
+            "vagus_brain_audit_failures_total {}",
+            self.audit_failures.load(Relaxed)
+        )?;
+        writeln!(
+            o,
+            "# HELP vagus_brain_http_responses_total HTTP answers by status class."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_http_responses_total counter")?;
+        for (c, n) in ["2xx", "3xx", "4xx", "5xx"].iter().zip(&self.answers) {
+            writeln!(
+                o,
+                "vagus_brain_http_responses_total{{code=\"{c}\"}} {}",
+                n.load(Relaxed)
+            )?;
+        }
+        let nodes = core.nodes();
+        let gpus: usize = nodes.iter().map(|n| n.gpus.len()).sum();
+        let used: u64 = nodes
+            .iter()
+            .flat_map(|n| &n.gpus)
+            .map(|g| g.used_pct.min(100) as u64)
+            .sum();
+        let gauges = [
+            ("vagus_brain_nodes", "Nodes known.", nodes.len() as f64),
+            (
+                "vagus_brain_cordoned_nodes",
+                "Nodes cordoned.",
+                nodes.iter().filter(|n| n.cordoned).count() as f64,
+            ),
+            ("vagus_brain_gpus", "GPUs known.", gpus as f64),
+            (
+                "vagus_brain_gpu_allocated_ratio",
+                "Share of all GPU capacity placed (0-1).",
+                if gpus == 0 {
+                    0.0
+                } else {
+                    used as f64 / (gpus as f64 * 100.0)
+                },
+            ),
+            (
+                "vagus_brain_placements",
+                "Workloads placed.",
+                core.placements().count() as f64,
+            ),
+            (
+                "vagus_brain_queued",
+                "Workloads waiting.",
+                core.queued().count() as f64,
+            ),
+            (
+                "vagus_brain_reconfiguration_paused",
+                "1 while an operator paused automatic reconfiguration.",
+                if core.reconfiguration_paused() {
+                    1.0
+                } else {
+                    0.0
+                },
+            ),
+        ];
+        for (name, help, v) in gauges {
+            writeln!(o, "# HELP {name} {help}")?;
+            writeln!(o, "# TYPE {name} gauge")?;
+            writeln!(o, "{name} {v}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! The decision core's configuration (validated once, passed in).
+
+use crate::classify::Classes;
+use crate::manifest::ManifestConfig;
+use crate::score::Weights;
+use crate::workload::Invalid;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// When a node may have its MPS servers reconfigured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    /// Reconfigure only below this many requests per second on the node…
+    pub max_qps: f64,
+    /// …and below this error ratio (0–1)…
+    pub max_error_rate: f64,
+    /// …with no queued workload of this priority or more important —
+    /// or inside the node's maintenance window, whatever the load.
+    pub protect_queued: crate::Priority,
+}
+
+/// Moves (repacks, reconfigurations) allowed per window; tripping opens it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    pub max_moves: u32,
+    pub window_ms: u64,
+    /// How long it stays open once the move budget is spent.
+    pub cooldown_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub classes: Classes,
+    pub weights: Weights,
+    /// Percent of a GPU that may be placed where the shim throttles.
+    pub oversubscription_pct: u32,
+    pub gate: Gate,
+    pub breaker: Breaker,
+    /// Tenant → GPU-hours it may hold (charged share × GPUs × expected
+    /// duration at placement, the unused part refunded on removal).
+    pub quotas: BTreeMap<String, f64>,
+    /// Ask for nodes when nothing fits (else only queue).
+    pub scale_out: bool,
+    pub manifest: ManifestConfig,
+    /// Candidates kept in each explanation.
+    pub explain_top: usize,
+    /// GPUs a repack or preemption search examines at most.
+    pub search_limit: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            classes: Classes::default(),
+            weights: Weights::default(),
+            oversubscription_pct: 120,
+            gate: Gate {
+                max_qps: 50.0,
+                max_error_rate: 0.01,
+                protect_queued: crate::Priority::P1,
+            },
+            breaker: Breaker {
+                max_moves: 16,
+                window_ms: 60_000,
+                cooldown_ms: 300_000,
+            },
+            quotas: BTreeMap::new(),
+            scale_out: true,
+            manifest: ManifestConfig::default(),
+            explain_top: 3,
+            search_limit: 64,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.classes.validate()?;
+        self.weights.validate()?;
+        if !(100..=200).contains(&self.oversubscription_pct) {
+            return Err(Invalid::new("oversubscription_pct", "must be 100 to 200"));
+        }
+        if !(self.gate.max_qps.is_finite() && self.gate.max_qps >= 0.0) {
+            return Err(Invalid::new("gate.max_qps", "must be a number ≥ 0"));
+        }
+        if !(0.0..=1.0).contains(&self.gate.max_error_rate) {
+            return Err(Invalid::new("gate.max_error_rate", "must be 0 to 1"));
+        }
+        if self.breaker.window_ms == 0 {
+            return Err(Invalid::new("breaker.window_ms", "must be at least 1"));
+        }
+        for (t, q) in &self.quotas {
+            if !(q.is_finite() && *q >= 0.0) {
+                return Err(Invalid::new(
+                    &format!("quotas.{t}"),
+                    "must be GPU-hours ≥ 0",
+                ));
+            }
+        }
+        if self.explain_top == 0 {
+            return Err(Invalid::new("explain_top", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1603 @@
+//! The decision core: one owner of the cluster state, driven by requests
+//! and a clock the caller passes in (milliseconds of any epoch). No I/O.
+//!
+//! A request goes down the decision tree:
+//! 1. quota and cost limits, and whether any GPU could ever hold it
+//!    (else **reject**);
+//! 2. a compatible MPS slot, or an idle GPU whose server is set up for the
+//!    request's share (**direct**, path A);
+//! 3. a GPU whose server has another share size, reconfigured where the
+//!    node's safety gate allows it (**reconfigure**, with a plan);
+//! 4. moving movable workloads of no higher priority elsewhere, where the
+//!    circuit breaker allows moves (**repack**, path B, with a plan);
+//! 5. evicting preemptible lower-priority workloads into the queue
+//!    (**preempt**);
+//! 6. otherwise the workload waits in the priority queue, and, when
+//!    configured, a node of the shape it needs is asked for (**scale-out**
+//!    or **queue**, path C).
+//!
+//! Removals and operator controls free capacity; the queue is retried then,
+//! most important first.
+
+use crate::classify::Class;
+use crate::config::Config;
+use crate::explain::{Candidate, Decision, Move, NodeShape, Path, Plan, RuledOut, Step};
+use crate::manifest;
+use crate::score::{self, ShareMix, Slot, Terms};
+use crate::spec;
+use crate::state::{Node, NodeLoad, NodeSpec, Placed, Queued, check_id};
+use crate::workload::{Invalid, Priority, Profile};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use utoipa::ToSchema;
+
+/// Why a request was not taken at all (nothing changed).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// Operator controls.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Control {
+    /// Stop automatic MPS reconfiguration (and repacks) on every node.
+    PauseReconfiguration,
+    ResumeReconfiguration,
+    /// No new placements on the node.
+    Cordon {
+        node: String,
+    },
+    Uncordon {
+        node: String,
+    },
+    /// Never move or preempt the workload.
+    Pin {
+        workload: String,
+    },
+    Unpin {
+        workload: String,
+    },
+    /// Put the workload on this node (and GPU), bypassing the score but not
+    /// capacity; it is pinned there.
+    Override {
+        workload: String,
+        node: String,
+        #[serde(default)]
+        gpu: Option<u32>,
+    },
+    /// Reconfiguration allowed whatever the load in [from_ms, to_ms).
+    Maintenance {
+        node: String,
+        from_ms: u64,
+        to_ms: u64,
+    },
+    /// Open the circuit breaker: no moves until reset.
+    TripBreaker,
+    ResetBreaker,
+}
+
+impl Control {
+    fn target(&self) -> String {
+        match self {
+            Control::Cordon { node }
+            | Control::Uncordon { node }
+            | Control::Maintenance { node, .. } => node.clone(),
+            Control::Pin { workload }
+            | Control::Unpin { workload }
+            | Control::Override { workload, .. } => workload.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// A preemption: (how little it evicts, node, GPU, victims).
+type Eviction = ((Priority, usize), usize, u32, Vec<Placed>);
+
+/// A candidate while scanning.
+#[derive(Clone, Debug)]
+struct Cand {
+    node: usize,
+    gpus: Vec<u32>,
+    slot: Slot,
+    score: f64,
+    terms: Terms,
+}
+
+impl Cand {
+    fn beats(&self, o: &Cand) -> bool {
+        self.score > o.score + 1e-12
+    }
+}
+
+const CONSTRAINTS: [&str; 11] = [
+    "cordoned",
+    "unhealthy",
+    "cpu",
+    "memory",
+    "anti-affinity",
+    "locked",
+    "accepted-models",
+    "cost",
+    "gpu-memory",
+    "exclusive",
+    "capacity",
+];
+
+struct Scan {
+    considered: u32,
+    feasible: u32,
+    direct: Option<Cand>,
+    reconfigure: Vec<Cand>,
+    top: Vec<Cand>,
+    ruled: [(u32, Vec<String>); CONSTRAINTS.len()],
+}
+
+impl Scan {
+    fn rule(&mut self, c: usize, what: impl FnOnce() -> String) {
+        let r = &mut self.ruled[c];
+        r.0 += 1;
+        if r.1.len() < 3 {
+            r.1.push(what());
+        }
+    }
+
+    fn ruled_out(&self) -> Vec<RuledOut> {
+        CONSTRAINTS
+            .iter()
+            .zip(&self.ruled)
+            .filter(|(_, r)| r.0 > 0)
+            .map(|(c, r)| RuledOut {
+                constraint: c.to_string(),
+                count: r.0,
+                examples: r.1.clone(),
+            })
+            .collect()
+    }
+}
+
+/// What a scan looks for.
+struct Ask<'a> {
+    p: &'a Profile,
+    share: u32,
+    preferred: Option<&'a str>,
+    /// A GPU not to use (the one a repack empties, or a moved workload's).
+    exclude: Option<(usize, u32)>,
+}
+
+pub struct Core {
+    cfg: Config,
+    nodes: Vec<Node>,
+    index: HashMap<String, usize>,
+    placed: HashMap<String, Placed>,
+    queue: BTreeMap<(Priority, u64), Queued>,
+    queued: HashMap<String, (Priority, u64)>,
+    usage: HashMap<String, f64>,
+    paused: bool,
+    breaker_tripped: bool,
+    breaker_open_until: u64,
+    moves: VecDeque<u64>,
+    mix: ShareMix,
+    seq: u64,
+    qseq: u64,
+    best_tpw: f64,
+}
+
+impl Core {
+    pub fn new(cfg: Config) -> Result<Core, Invalid> {
+        cfg.validate()?;
+        let mix = ShareMix::with_grid(&cfg.classes.grid);
+        Ok(Core {
+            cfg,
+            nodes: Vec::new(),
+            index: HashMap::new(),
+            placed: HashMap::new(),
+            queue: BTreeMap::new(),
+            queued: HashMap::new(),
+            usage: HashMap::new(),
+            paused: false,
+            breaker_tripped: false,
+            breaker_open_until: 0,
+            moves: VecDeque::new(),
+            mix,
+            seq: 0,
+            qseq: 0,
+            best_tpw: spec::best_tflops_per_watt(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.index.get(name).map(|&i| &self.nodes[i])
+    }
+
+    pub fn placement(&self, id: &str) -> Option<&Placed> {
+        self.placed.get(id)
+    }
+
+    pub fn placements(&self) -> impl Iterator<Item = &Placed> {
+        self.placed.values()
+    }
+
+    pub fn queued(&self) -> impl Iterator<Item = &Queued> {
+        self.queue.values()
+    }
+
+    pub fn queued_workload(&self, id: &str) -> Option<&Queued> {
+        self.queued.get(id).and_then(|k| self.queue.get(k))
+    }
+
+    pub fn reconfiguration_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// GPU-hours charged to `tenant` now.
+    pub fn usage(&self, tenant: &str) -> f64 {
+        self.usage.get(tenant).copied().unwrap_or(0.0)
+    }
+
+    /// Adds a node or updates its declaration; placements stay. A GPU that
+    /// holds workloads cannot disappear.
+    pub fn upsert_node(&mut self, spec: &NodeSpec) -> Result<(), Invalid> {
+        spec.validate()?;
+        let fresh = Node::from_spec(spec);
+        let Some(&i) = self.index.get(&spec.name) else {
+            self.index.insert(spec.name.clone(), self.nodes.len());
+            self.nodes.push(fresh);
+            return Ok(());
+        };
+        let old = &self.nodes[i];
+        if let Some(g) = old.gpus[fresh.gpus.len().min(old.gpus.len())..]
+            .iter()
+            .find(|g| !g.workloads.is_empty())
+        {
+            return Err(Invalid::new(
+                "gpus",
+                &format!(
+                    "GPU {} of {} holds workloads and cannot be removed",
+                    g.index, spec.name
+                ),
+            ));
+        }
+        let used_cpu = old.cpu_milli - old.cpu_free;
+        let used_mem = old.memory_mib - old.memory_free;
+        if spec.cpu_milli < used_cpu || spec.memory_mib < used_mem {
+            return Err(Invalid::new(
+                "cpu_milli",
+                &format!("{} has more CPU or memory placed than declared", spec.name),
+            ));
+        }
+        let mut n = fresh;
+        n.cpu_free = n.cpu_milli - used_cpu;
+        n.memory_free = n.memory_mib - used_mem;
+        n.healthy = old.healthy;
+        n.cordoned = old.cordoned;
+        n.qps = old.qps;
+        n.error_rate = old.error_rate;
+        n.maintenance = old.maintenance;
+        n.replicas = old.replicas.clone();
+        for (g, o) in n.gpus.iter_mut().zip(&old.gpus) {
+            g.pool = o.pool;
+            g.exclusive = o.exclusive;
+            g.used_pct = o.used_pct;
+            g.used_gb = o.used_gb;
+            g.workloads = o.workloads.clone();
+            g.power_w = o.power_w;
+            g.utilisation = o.utilisation;
+        }
+        self.nodes[i] = n;
+        Ok(())
+    }
+
+    /// Takes a node's load and health from telemetry.
+    pub fn observe(&mut self, node: &str, load: &NodeLoad) -> Result<(), Invalid> {
+        let &i = self
+            .index
+            .get(node)
+            .ok_or_else(|| Invalid::new("node", &format!("{node} is not a known node")))?;
+        let n = &mut self.nodes[i];
+        n.qps = load.qps;
+        n.error_rate = load.error_rate;
+        n.healthy = load.healthy;
+        for &(g, util, power) in &load.gpus {
+            if let Some(g) = n.gpus.get_mut(g as usize) {
+                g.utilisation = Some(util.clamp(0.0, 1.0));
+                g.power_w = Some(power.max(0.0));
+            }
+        }
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Decides where `p` runs. The first decision is the request's; more
+    /// follow for workloads a repack moved or a preemption queued.
+    pub fn place(&mut self, p: Profile, now: u64) -> Result<Vec<Decision>, Refusal> {
+        p.validate()?;
+        check_id(&p.name)?;
+        if self.placed.contains_key(&p.name) || self.queued.contains_key(&p.name) {
+            return Err(Refusal::Conflict(format!("workload {}", p.name)));
+        }
+        let class = self.cfg.classes.classify(&p);
+        if p.gpus() == 1 {
+            self.mix.observe(class.share_pct);
+        }
+        let mut out = Vec::new();
+        self.decide(p, class, now, true, &mut out);
+        Ok(out)
+    }
+
+    /// GPU-hours a placement is charged.
+    fn charge(p: &Profile, share: u32) -> f64 {
+        share as f64 / 100.0 * p.gpus() as f64 * p.expected_duration_s as f64 / 3600.0
+    }
+
+    /// Checks that can never change by waiting: quota, cost, a GPU model
+    /// big enough.
+    fn hopeless(&self, p: &Profile, class: &Class) -> Option<String> {
+        if let Some(q) = self.cfg.quotas.get(&p.tenant) {
+            let c = Self::charge(p, class.share_pct);
+            let used = self.usage(&p.tenant);
+            if used + c > *q + 1e-9 {
+                return Some(format!(
+                    "quota: tenant {} holds {used:.2} GPU-hours, this needs {c:.2}, its quota is {q:.2}",
+                    p.tenant
+                ));
+            }
+        }
+        let per_gpu = p.model_size_gb / p.gpus() as f64;
+        let accepted = |name: &str| {
+            p.accepted_models.is_empty()
+                || p.accepted_models.iter().any(|m| spec::is_family(name, m))
+        };
+        let affordable = |price: f64| {
+            p.max_cost_per_hour.is_none_or(|c| {
+                price * class.share_pct as f64 / 100.0 * p.gpus() as f64 <= c + 1e-9
+            })
+        };
+        let in_cluster =
+            self.nodes.iter().flat_map(|n| &n.gpus).any(|g| {
+                accepted(&g.model) && g.memory_gb >= per_gpu && affordable(g.price_per_hour)
+            });
+        let in_table = spec::TABLE
+            .iter()
+            .any(|m| accepted(m.family) && m.memory_gb >= per_gpu && affordable(m.price_per_hour));
+        if in_cluster || in_table {
+            return None;
+        }
+        Some(format!(
+            "no GPU model it accepts has {per_gpu:.1} GB of memory within its cost limit"
+        ))
+    }
+
+    fn decide(
+        &mut self,
+        p: Profile,
+        class: Class,
+        now: u64,
+        may_scale: bool,
+        out: &mut Vec<Decision>,
+    ) {
+        let seq = self.next_seq();
+        if let Some(why) = self.hopeless(&p, &class) {
+            let mut d = Decision::new(seq, now, &p.name, Path::Reject, why);
+            d.class = Some(class);
+            out.push(d);
+            return;
+        }
+        let share = class.share_pct;
+        let ask = Ask {
+            p: &p,
+            share,
+            preferred: class.preferred_model.as_deref(),
+            exclude: None,
+        };
+        let scan = self.scan(&ask, true);
+        let mut d = Decision::new(seq, now, &p.name, Path::Queue, String::new());
+        d.considered = scan.considered;
+        d.feasible = scan.feasible;
+        d.top = scan.top.iter().map(|c| self.candidate(c)).collect();
+        d.ruled_out = scan.ruled_out();
+        d.share_pct = Some(share);
+        d.class = Some(class.clone());
+        // 2. Direct.
+        if let Some(c) = scan.direct.clone() {
+            let how = match c.slot {
+                Slot::Pool => "a free slot of its share's MPS pool",
+                _ => "an idle GPU, its MPS server set to its share",
+            };
+            d.path = Path::Direct;
+            d.summary = format!(
+                "{} on {} GPU {:?}: {how}",
+                p.name, self.nodes[c.node].name, c.gpus
+            );
+            self.commit(p, class, &c, now, &mut d);
+            out.push(d);
+            return;
+        }
+        // 3. Reconfigure an MPS server whose pool has another size.
+        let mut gate_refusals = Vec::new();
+        for c in &scan.reconfigure {
+            match self.gate(c.node, now) {
+                Ok(()) => {
+                    let plan = self.reconfigure_plan(c, share);
+                    d.path = Path::Reconfigure;
+                    d.summary = format!(
+                        "{} on {} GPU {:?} after reconfiguring its MPS server to {share}% ({} restarts)",
+                        p.name, self.nodes[c.node].name, c.gpus, plan.restarts
+                    );
+                    d.plan = Some(plan);
+                    self.record_moves(now, 1);
+                    self.commit(p, class, &c.clone(), now, &mut d);
+                    out.push(d);
+                    return;
+                }
+                Err(why) => {
+                    if gate_refusals.len() < 3 {
+                        gate_refusals.push(format!("{}: {why}", self.nodes[c.node].name));
+                    }
+                }
+            }
+        }
+        // 4. Repack.
+        let breaker = self.breaker(now);
+        if breaker.is_ok()
+            && !self.paused
+            && let Some((c, moves)) = self.repack(&p, &class, now)
+        {
+            let plan = Plan {
+                reload_gb: moves.iter().map(|m| m.reload_gb).sum(),
+                restarts: moves.len() as u32,
+                steps: moves
+                    .iter()
+                    .flat_map(|m| {
+                        [
+                            step(
+                                "shadow",
+                                &m.to_node,
+                                Some(m.to_gpu),
+                                Some(&m.workload),
+                                None,
+                            ),
+                            step(
+                                "canary",
+                                &m.to_node,
+                                Some(m.to_gpu),
+                                Some(&m.workload),
+                                None,
+                            ),
+                            step(
+                                "drain",
+                                &m.from_node,
+                                Some(m.from_gpu),
+                                Some(&m.workload),
+                                None,
+                            ),
+                        ]
+                    })
+                    .collect(),
+                moves: moves.clone(),
+            };
+            d.path = Path::Repack;
+            d.summary = format!(
+                "{} on {} GPU {:?} after moving {} workload(s) ({:.1} GB to reload)",
+                p.name,
+                self.nodes[c.node].name,
+                c.gpus,
+                moves.len(),
+                plan.reload_gb
+            );
+            d.plan = Some(plan);
+            self.record_moves(now, moves.len() as u32);
+            self.commit(p, class, &c, now, &mut d);
+            out.push(d);
+            for m in &moves {
+                let mut md = Decision::new(
+                    self.next_seq(),
+                    now,
+                    &m.workload,
+                    Path::Repack,
+                    format!(
+                        "{} moved from {} GPU {} to {} GPU {} to make room for {}",
+                        m.workload, m.from_node, m.from_gpu, m.to_node, m.to_gpu, out[0].workload
+                    ),
+                );
+                self.describe(&m.workload, &mut md);
+                out.push(md);
+            }
+            return;
+        }
+        // 5. Preempt.
+        if let Some((c, victims)) = self.preemption(&p, &class) {
+            let names: Vec<String> = victims.iter().map(|v| v.id.clone()).collect();
+            d.path = Path::Preempt;
+            d.summary = format!(
+                "{} on {} GPU {:?} after preempting {}",
+                p.name,
+                self.nodes[c.node].name,
+                c.gpus,
+                names.join(", ")
+            );
+            d.preempted = names;
+            let mut queued = Vec::new();
+            for v in victims {
+                self.unbind(&v, now, true);
+                let mut vd = Decision::new(
+                    self.next_seq(),
+                    now,
+                    &v.id,
+                    Path::Queue,
+                    format!("{} preempted by {} ({:?})", v.id, p.name, p.priority),
+                );
+                vd.class = Some(v.class.clone());
+                self.enqueue(v.profile, now);
+                queued.push(vd);
+            }
+            self.commit(p, class, &c, now, &mut d);
+            out.push(d);
+            out.extend(queued);
+            return;
+        }
+        // 6. Queue, and ask for a node.
+        let mut why = Vec::new();
+        if !scan.reconfigure.is_empty() {
+            why.push(format!(
+                "reconfiguration not safe ({})",
+                gate_refusals.join("; ")
+            ));
+        }
+        if let Err(b) = breaker {
+            why.push(b);
+        } else if self.paused {
+            why.push("moves paused by an operator".into());
+        }
+        if may_scale && self.cfg.scale_out {
+            let shape = self.shape(&p, &class);
+            d.path = Path::ScaleOut;
+            d.summary = format!(
+                "{} waits (priority {:?}); no capacity{}; asking for a node with {} × {}",
+                p.name,
+                p.priority,
+                suffix(&why),
+                shape.gpus,
+                shape.gpu_model
+            );
+            d.scale_out = Some(shape);
+        } else {
+            d.path = Path::Queue;
+            d.summary = format!(
+                "{} waits (priority {:?}); no capacity{}",
+                p.name,
+                p.priority,
+                suffix(&why)
+            );
+        }
+        self.enqueue(p, now);
+        out.push(d);
+    }
+
+    fn candidate(&self, c: &Cand) -> Candidate {
+        let w = &self.cfg.weights;
+        let t = &c.terms;
+        Candidate {
+            node: self.nodes[c.node].name.clone(),
+            gpu: c.gpus[0],
+            slot: c.slot,
+            score: c.score,
+            terms: t.clone(),
+            weighted: Terms {
+                efficiency: w.efficiency * t.efficiency,
+                affinity: w.affinity * t.affinity,
+                headroom: w.headroom * t.headroom,
+                power: w.power * t.power,
+                mps: w.mps * t.mps,
+                locality: w.locality * t.locality,
+                fragmentation: w.fragmentation * t.fragmentation,
+            },
+        }
+    }
+
+    /// Every node and GPU against every constraint; the best direct
+    /// candidate, the reconfigurable ones best first, the top few.
+    fn scan(&self, a: &Ask, explain: bool) -> Scan {
+        self.scan_in(a, 0..self.nodes.len(), explain, false)
+    }
+
+    /// [`Self::scan`] over some nodes; `all`: keep every feasible candidate
+    /// (in `reconfigure`, whatever its slot).
+    fn scan_in(
+        &self,
+        a: &Ask,
+        nodes: impl Iterator<Item = usize>,
+        explain: bool,
+        all: bool,
+    ) -> Scan {
+        let p = a.p;
+        let mut s = Scan {
+            considered: 0,
+            feasible: 0,
+            direct: None,
+            reconfigure: Vec::new(),
+            top: Vec::new(),
+            ruled: Default::default(),
+        };
+        let per_gpu_gb = p.model_size_gb / p.gpus() as f64;
+        let req = score::Request {
+            share: a.share,
+            preferred: a.preferred,
+            locality: &p.locality,
+            best_tflops_per_watt: self.best_tpw,
+            capacity: 100,
+        };
+        let keep = if explain { self.cfg.explain_top } else { 0 };
+        for i in nodes {
+            let n = &self.nodes[i];
+            s.considered += n.gpus.len() as u32;
+            let node_rule = if n.cordoned {
+                Some(0)
+            } else if !n.healthy {
+                Some(1)
+            } else if n.cpu_free < p.cpu_milli {
+                Some(2)
+            } else if n.memory_free < p.memory_mib {
+                Some(3)
+            } else if n.replicas.contains_key(&p.model_id) {
+                Some(4)
+            } else {
+                None
+            };
+            if let Some(r) = node_rule {
+                s.rule(r, || n.name.clone());
+                continue;
+            }
+            let mut fits: Vec<Cand> = Vec::new();
+            for g in &n.gpus {
+                if a.exclude == Some((i, g.index)) {
+                    s.rule(5, || format!("{}/{}", n.name, g.index));
+                    continue;
+                }
+                let cap = g.capacity_pct(self.cfg.oversubscription_pct);
+                let rule = if !p.accepted_models.is_empty()
+                    && !p
+                        .accepted_models
+                        .iter()
+                        .any(|m| spec::is_family(&g.model, m))
+                {
+                    Some(6)
+                } else if p.max_cost_per_hour.is_some_and(|c| {
+                    g.price_per_hour * a.share as f64 / 100.0 * p.gpus() as f64 > c + 1e-9
+                }) {
+                    Some(7)
+                } else if g.used_gb + per_gpu_gb > g.memory_gb + 1e-9 {
+                    Some(8)
+                } else if g.exclusive || (a.share >= 100 && g.used_pct > 0) {
+                    Some(9)
+                } else if g.used_pct + a.share > cap {
+                    Some(10)
+                } else {
+                    None
+                };
+                if let Some(r) = rule {
+                    s.rule(r, || format!("{}/{}", n.name, g.index));
+                    continue;
+                }
+                let slot = if g.workloads.is_empty() {
+                    Slot::Fresh
+                } else if g.pool == Some(a.share) {
+                    Slot::Pool
+                } else {
+                    Slot::Reconfigure
+                };
+                let r = score::Request {
+                    capacity: cap,
+                    ..req
+                };
+                let terms = score::terms(n, g, slot, &r, &self.mix);
+                let score = terms.total(&self.cfg.weights);
+                fits.push(Cand {
+                    node: i,
+                    gpus: vec![g.index],
+                    slot,
+                    score,
+                    terms,
+                });
+            }
+            let cands: Vec<Cand> = if p.gpus() > 1 {
+                // Whole idle GPUs only; the node's best `gpus` of them.
+                let mut idle: Vec<Cand> =
+                    fits.into_iter().filter(|c| c.slot == Slot::Fresh).collect();
+                if idle.len() < p.gpus() as usize {
+                    if !idle.is_empty() || n.gpus.iter().any(|g| g.workloads.is_empty()) {
+                        s.rule(10, || n.name.clone());
+                    }
+                    continue;
+                }
+                idle.sort_by(|x, y| y.score.total_cmp(&x.score));
+                idle.truncate(p.gpus() as usize);
+                let k = idle.len() as f64;
+                let mut t = Terms::default();
+                for c in &idle {
+                    t.efficiency += c.terms.efficiency / k;
+                    t.affinity += c.terms.affinity / k;
+                    t.headroom += c.terms.headroom / k;
+                    t.power += c.terms.power / k;
+                    t.mps += c.terms.mps / k;
+                    t.locality += c.terms.locality / k;
+                    t.fragmentation += c.terms.fragmentation / k;
+                }
+                let mut gpus: Vec<u32> = idle.iter().map(|c| c.gpus[0]).collect();
+                gpus.sort();
+                vec![Cand {
+                    node: i,
+                    gpus,
+                    slot: Slot::Fresh,
+                    score: t.total(&self.cfg.weights),
+                    terms: t,
+                }]
+            } else {
+                fits
+            };
+            // The explanation lists nodes: each node's best candidate.
+            let node_best = cands.iter().reduce(|b, c| if c.beats(b) { c } else { b });
+            if let Some(c) = node_best
+                && keep > 0
+                && (s.top.len() < keep || c.beats(s.top.last().expect("non-empty")))
+            {
+                let at = s.top.iter().position(|t| c.beats(t)).unwrap_or(s.top.len());
+                s.top.insert(at, c.clone());
+                s.top.truncate(keep);
+            }
+            for c in cands {
+                s.feasible += 1;
+                if c.slot == Slot::Reconfigure || all {
+                    s.reconfigure.push(c);
+                } else if s.direct.as_ref().is_none_or(|d| c.beats(d)) {
+                    s.direct = Some(c);
+                }
+            }
+        }
+        s.reconfigure.sort_by(|x, y| y.score.total_cmp(&x.score));
+        s
+    }
+
+    /// The node's safety gate for MPS reconfiguration.
+    fn gate(&self, node: usize, now: u64) -> Result<(), String> {
+        if self.paused {
+            return Err("automatic reconfiguration is paused by an operator".into());
+        }
+        let n = &self.nodes[node];
+        if n.maintenance
+            .is_some_and(|(from, to)| (from..to).contains(&now))
+        {
+            return Ok(());
+        }
+        let g = &self.cfg.gate;
+        if n.qps >= g.max_qps {
+            return Err(format!("{:.0} requests/s ≥ {:.0}", n.qps, g.max_qps));
+        }
+        if n.error_rate >= g.max_error_rate {
+            return Err(format!(
+                "error rate {:.2}% ≥ {:.2}%",
+                n.error_rate * 100.0,
+                g.max_error_rate * 100.0
+            ));
+        }
+        if let Some(((pr, _), q)) = self.queue.iter().next()
+            && *pr <= g.protect_queued
+        {
+            return Err(format!("{} ({pr:?}) is queued", q.id));
+        }
+        Ok(())
+    }
+
+    fn reconfigure_plan(&self, c: &Cand, share: u32) -> Plan {
+        let n = &self.nodes[c.node];
+        let g = &n.gpus[c.gpus[0] as usize];
+        let mut steps = vec![step(
+            "start-mps-server",
+            &n.name,
+            Some(g.index),
+            None,
+            Some(share),
+        )];
+        for w in &g.workloads {
+            let pct = self.placed.get(w).map(|p| p.share_pct);
+            steps.push(step("shadow", &n.name, Some(g.index), Some(w), pct));
+            steps.push(step("canary", &n.name, Some(g.index), Some(w), pct));
+            steps.push(step("drain", &n.name, Some(g.index), Some(w), pct));
+        }
+        steps.push(step(
+            "stop-old-mps-server",
+            &n.name,
+            Some(g.index),
+            None,
+            g.pool,
+        ));
+        Plan {
+            moves: Vec::new(),
+            steps,
+            reload_gb: g.used_gb,
+            restarts: g.workloads.len() as u32,
+        }
+    }
+
+    /// Whether the breaker lets moves happen now.
+    fn breaker(&mut self, now: u64) -> Result<(), String> {
+        if self.breaker_tripped {
+            return Err("the circuit breaker was tripped by an operator".into());
+        }
+        if now < self.breaker_open_until {
+            return Err(format!(
+                "the circuit breaker is open for {} more ms",
+                self.breaker_open_until - now
+            ));
+        }
+        let b = &self.cfg.breaker;
+        while self.moves.front().is_some_and(|&t| t + b.window_ms <= now) {
+            self.moves.pop_front();
+        }
+        if self.moves.len() as u32 >= b.max_moves {
+            self.breaker_open_until = now + b.cooldown_ms;
+            return Err(format!(
+                "the circuit breaker opened: {} moves in {} ms",
+                self.moves.len(),
+                b.window_ms
+            ));
+        }
+        Ok(())
+    }
+
+    fn record_moves(&mut self, now: u64, k: u32) {
+        for _ in 0..k {
+            self.moves.push_back(now);
+        }
+    }
+
+    /// May `w` be moved to make room for a workload of `for_priority`?
+    fn movable(&self, w: &Placed, for_priority: Priority) -> bool {
+        !w.pinned
+            && w.profile.priority != Priority::P0
+            && !w.profile.priority.outranks(for_priority)
+    }
+
+    /// A consolidation plan: the GPU that can be freed with the fewest,
+    /// cheapest moves of movable workloads to direct slots elsewhere.
+    /// Applies it (moves bound at their destinations) and returns the
+    /// request's candidate on the freed GPU.
+    fn repack(&mut self, p: &Profile, class: &Class, now: u64) -> Option<(Cand, Vec<Move>)> {
+        if p.gpus() > 1 {
+            return None;
+        }
+        let share = class.share_pct;
+        let per_gpu_gb = p.model_size_gb;
+        // GPUs that would take the request once the workloads to move are gone.
+        let mut targets: Vec<(usize, u32, Vec<String>, f64)> = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.cordoned
+                || !n.healthy
+                || n.cpu_free < p.cpu_milli
+                || n.memory_free < p.memory_mib
+                || n.replicas.contains_key(&p.model_id)
+            {
+                continue;
+            }
+            for g in &n.gpus {
+                if g.workloads.is_empty()
+                    || (!p.accepted_models.is_empty()
+                        && !p
+                            .accepted_models
+                            .iter()
+                            .any(|m| spec::is_family(&g.model, m)))
+                    || p.max_cost_per_hour
+                        .is_some_and(|c| g.price_per_hour * share as f64 / 100.0 > c + 1e-9)
+                    || g.memory_gb < per_gpu_gb
+                {
+                    continue;
+                }
+                let ws: Vec<&Placed> = g
+                    .workloads
+                    .iter()
+                    .filter_map(|w| self.placed.get(w))
+                    .collect();
+                if ws.iter().any(|w| !self.movable(w, p.priority)) && g.pool != Some(share) {
+                    continue;
+                }
+                let cap = g.capacity_pct(self.cfg.oversubscription_pct);
+                // Same pool: move the largest movable shares until it fits;
+                // another pool or an exclusive request: move everything.
+                let mut order: Vec<&Placed> = ws
+                    .iter()
+                    .copied()
+                    .filter(|w| self.movable(w, p.priority))
+                    .collect();
+                order.sort_by(|a, b| b.share_pct.cmp(&a.share_pct).then(a.id.cmp(&b.id)));
+                let mut used = g.used_pct;
+                let mut gb = g.used_gb;
+                let mut chosen = Vec::new();
+                let mut reload = 0.0;
+                let all = g.pool != Some(share) || share >= 100 || g.exclusive;
+                for w in order {
+                    if !all && used + share <= cap && gb + per_gpu_gb <= g.memory_gb + 1e-9 {
+                        break;
+                    }
+                    used -= w.share_pct;
+                    gb -= w.profile.model_size_gb;
+                    reload += w.profile.model_size_gb;
+                    chosen.push(w.id.clone());
+                }
+                let fits = if all {
+                    chosen.len() == g.workloads.len()
+                } else {
+                    used + share <= cap && gb + per_gpu_gb <= g.memory_gb + 1e-9
+                };
+                if fits && !chosen.is_empty() {
+                    targets.push((i, g.index, chosen, reload));
+                }
+            }
+        }
+        targets.sort_by(|a, b| a.2.len().cmp(&b.2.len()).then(a.3.total_cmp(&b.3)));
+        let budget = self.cfg.breaker.max_moves as usize
+            - self.moves.len().min(self.cfg.breaker.max_moves as usize);
+        for (node, gpu, chosen, _) in targets.into_iter().take(self.cfg.search_limit) {
+            if chosen.len() > budget {
+                continue;
+            }
+            if let Some(moves) = self.try_moves(node, gpu, &chosen, now) {
+                let ask = Ask {
+                    p,
+                    share,
+                    preferred: class.preferred_model.as_deref(),
+                    exclude: None,
+                };
+                // The request's candidate on the freed GPU.
+                let c = self.candidate_on(&ask, node, gpu);
+                if let Some(c) = c {
+                    return Some((c, moves));
+                }
+                self.undo_moves(&moves, now);
+            }
+        }
+        None
+    }
+
+    /// The request's candidate on one GPU, if every constraint passes there.
+    fn candidate_on(&self, a: &Ask, node: usize, gpu: u32) -> Option<Cand> {
+        self.scan_nodes(a, &[node])
+            .reconfigure
+            .into_iter()
+            .find(|c| c.gpus == [gpu])
+    }
+
+    fn scan_nodes(&self, a: &Ask, only: &[usize]) -> Scan {
+        self.scan_in(a, only.iter().copied(), false, true)
+    }
+
+    /// Moves `ids` off `node`/`gpu` to direct slots elsewhere, or nothing.
+    fn try_moves(&mut self, node: usize, gpu: u32, ids: &[String], now: u64) -> Option<Vec<Move>> {
+        let mut moves: Vec<Move> = Vec::new();
+        for id in ids {
+            let w = self.placed.get(id)?.clone();
+            self.unbind(&w, now, false);
+            let ask = Ask {
+                p: &w.profile,
+                share: w.share_pct,
+                preferred: w.class.preferred_model.as_deref(),
+                exclude: Some((node, gpu)),
+            };
+            let s = self.scan(&ask, false);
+            match s.direct {
+                Some(c) if c.gpus.len() == 1 => {
+                    let m = Move {
+                        workload: w.id.clone(),
+                        from_node: w.node.clone(),
+                        from_gpu: gpu,
+                        to_node: self.nodes[c.node].name.clone(),
+                        to_gpu: c.gpus[0],
+                        reload_gb: w.profile.model_size_gb,
+                    };
+                    let mut moved = w.clone();
+                    moved.node = m.to_node.clone();
+                    moved.gpus = c.gpus.clone();
+                    self.bind(moved, c.slot);
+                    moves.push(m);
+                }
+                _ => {
+                    self.bind(w, Slot::Pool);
+                    self.undo_moves(&moves, now);
+                    return None;
+                }
+            }
+        }
+        Some(moves)
+    }
+
+    fn undo_moves(&mut self, moves: &[Move], now: u64) {
+        for m in moves.iter().rev() {
+            if let Some(w) = self.placed.get(&m.workload).cloned() {
+                self.unbind(&w, now, false);
+                let mut back = w;
+                back.node = m.from_node.clone();
+                back.gpus = vec![m.from_gpu];
+                self.bind(back, Slot::Pool);
+            }
+        }
+    }
+
+    /// The GPU where evicting the fewest, least important preemptible
+    /// workloads of lower priority makes room.
+    fn preemption(&self, p: &Profile, class: &Class) -> Option<(Cand, Vec<Placed>)> {
+        if p.gpus() > 1 {
+            return None;
+        }
+        let share = class.share_pct;
+        let mut best: Option<Eviction> = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.cordoned || !n.healthy || n.cpu_free < p.cpu_milli || n.memory_free < p.memory_mib
+            {
+                continue;
+            }
+            for g in &n.gpus {
+                if g.workloads.is_empty()
+                    || (!p.accepted_models.is_empty()
+                        && !p
+                            .accepted_models
+                            .iter()
+                            .any(|m| spec::is_family(&g.model, m)))
+                    || g.memory_gb < p.model_size_gb
+                {
+                    continue;
+                }
+                let mut victims: Vec<&Placed> = g
+                    .workloads
+                    .iter()
+                    .filter_map(|w| self.placed.get(w))
+                    .filter(|w| {
+                        !w.pinned
+                            && w.profile.preemptible()
+                            && p.priority.outranks(w.profile.priority)
+                    })
+                    .collect();
+                victims.sort_by(|a, b| {
+                    b.profile
+                        .priority
+                        .cmp(&a.profile.priority)
+                        .then(b.share_pct.cmp(&a.share_pct))
+                });
+                let cap = g.capacity_pct(self.cfg.oversubscription_pct);
+                let all = g.pool != Some(share) || share >= 100 || g.exclusive;
+                let (mut used, mut gb) = (g.used_pct, g.used_gb);
+                let mut taken: Vec<Placed> = Vec::new();
+                let mut replica_left = n.replicas.get(&p.model_id).copied().unwrap_or(0);
+                for v in victims {
+                    let fits =
+                        !all && used + share <= cap && gb + p.model_size_gb <= g.memory_gb + 1e-9;
+                    if fits && replica_left == 0 {
+                        break;
+                    }
+                    used -= v.share_pct;
+                    gb -= v.profile.model_size_gb;
+                    if v.profile.model_id == p.model_id {
+                        replica_left -= 1;
+                    }
+                    taken.push(v.clone());
+                }
+                let ok = replica_left == 0
+                    && if all {
+                        taken.len() == g.workloads.len()
+                    } else {
+                        used + share <= cap && gb + p.model_size_gb <= g.memory_gb + 1e-9
+                    };
+                if !ok || taken.is_empty() {
+                    continue;
+                }
+                let worst = taken
+                    .iter()
+                    .map(|v| v.profile.priority)
+                    .min()
+                    .expect("non-empty");
+                // Evict the least important first: prefer victims whose most
+                // important member is least important, then fewer victims.
+                let key = (worst, usize::MAX - taken.len());
+                if best.as_ref().is_none_or(|b| key > b.0) {
+                    best = Some((key, i, g.index, taken));
+                }
+            }
+        }
+        let (_, node, gpu, victims) = best?;
+        let n = &self.nodes[node];
+        let g = &n.gpus[gpu as usize];
+        let all = g.pool != Some(share) || share >= 100 || g.exclusive;
+        let slot = if all || victims.len() == g.workloads.len() {
+            Slot::Fresh
+        } else {
+            Slot::Pool
+        };
+        let req = score::Request {
+            share,
+            preferred: class.preferred_model.as_deref(),
+            locality: &p.locality,
+            best_tflops_per_watt: self.best_tpw,
+            capacity: g.capacity_pct(self.cfg.oversubscription_pct),
+        };
+        let terms = score::terms(n, g, slot, &req, &self.mix);
+        let score = terms.total(&self.cfg.weights);
+        Some((
+            Cand {
+                node,
+                gpus: vec![gpu],
+                slot,
+                score,
+                terms,
+            },
+            victims,
+        ))
+    }
+
+    /// The node to ask for: the preferred model if accepted and big
+    /// enough, else the most efficient accepted model that is.
+    fn shape(&self, p: &Profile, class: &Class) -> NodeShape {
+        let per_gpu = p.model_size_gb / p.gpus() as f64;
+        let ok = |m: &spec::GpuModel| {
+            m.memory_gb >= per_gpu
+                && (p.accepted_models.is_empty()
+                    || p.accepted_models
+                        .iter()
+                        .any(|a| spec::is_family(m.family, a)))
+                && p.max_cost_per_hour.is_none_or(|c| {
+                    m.price_per_hour * class.share_pct as f64 / 100.0 * p.gpus() as f64 <= c + 1e-9
+                })
+        };
+        let preferred = class
+            .preferred_model
+            .as_deref()
+            .and_then(|f| {
+                spec::TABLE
+                    .iter()
+                    .find(|m| m.family.eq_ignore_ascii_case(f))
+            })
+            .filter(|m| ok(m));
+        let model = preferred.or_else(|| {
+            spec::TABLE
+                .iter()
+                .filter(|m| ok(m))
+                .max_by(|a, b| a.tflops_per_watt().total_cmp(&b.tflops_per_watt()))
+        });
+        NodeShape {
+            gpu_model: model.map(|m| m.family.to_string()).unwrap_or_default(),
+            gpus: p.gpus(),
+            cpu_milli: p.cpu_milli,
+            memory_mib: p.memory_mib,
+        }
+    }
+
+    fn enqueue(&mut self, p: Profile, now: u64) {
+        self.qseq += 1;
+        let key = (p.priority, self.qseq);
+        self.queued.insert(p.name.clone(), key);
+        self.queue.insert(
+            key,
+            Queued {
+                id: p.name.clone(),
+                profile: p,
+                since_ms: now,
+                seq: self.qseq,
+            },
+        );
+    }
+
+    /// Binds a placement chosen by a scan and fills in its decision.
+    fn commit(&mut self, p: Profile, class: Class, c: &Cand, now: u64, d: &mut Decision) {
+        let charge = Self::charge(&p, class.share_pct);
+        *self.usage.entry(p.tenant.clone()).or_default() += charge;
+        let placed = Placed {
+            id: p.name.clone(),
+            share_pct: class.share_pct,
+            class,
+            node: self.nodes[c.node].name.clone(),
+            gpus: c.gpus.clone(),
+            at_ms: now,
+            gpu_hours: charge,
+            pinned: false,
+            profile: p,
+        };
+        let id = placed.id.clone();
+        self.bind(placed, c.slot);
+        self.describe(&id, d);
+    }
+
+    /// Fills node, GPUs and manifest of a decision from the placement.
+    fn describe(&self, id: &str, d: &mut Decision) {
+        let Some(p) = self.placed.get(id) else { return };
+        let n = &self.nodes[self.index[&p.node]];
+        let g = &n.gpus[p.gpus[0] as usize];
+        d.node = Some(p.node.clone());
+        d.gpus = p.gpus.clone();
+        d.share_pct = Some(p.share_pct);
+        if d.class.is_none() {
+            d.class = Some(p.class.clone());
+        }
+        d.manifest = Some(manifest::pod(
+            p,
+            &g.product,
+            g.pool.unwrap_or(p.share_pct),
+            &self.cfg.manifest,
+        ));
+    }
+
+    /// Takes a placement's resources on its node and GPUs.
+    fn bind(&mut self, p: Placed, slot: Slot) {
+        let i = self.index[&p.node];
+        let n = &mut self.nodes[i];
+        n.cpu_free -= p.profile.cpu_milli;
+        n.memory_free -= p.profile.memory_mib;
+        *n.replicas.entry(p.profile.model_id.clone()).or_default() += 1;
+        let per_gpu = p.profile.model_size_gb / p.gpus.len() as f64;
+        for &g in &p.gpus {
+            let g = &mut n.gpus[g as usize];
+            if slot != Slot::Pool || g.workloads.is_empty() {
+                g.pool = Some(p.share_pct);
+            }
+            g.exclusive = p.share_pct >= 100;
+            g.used_pct += p.share_pct;
+            g.used_gb += per_gpu;
+            g.workloads.push(p.id.clone());
+        }
+        self.placed.insert(p.id.clone(), p);
+    }
+
+    /// Gives a placement's resources back; `refund`: the tenant gets the
+    /// unused part of its GPU-hours back.
+    fn unbind(&mut self, p: &Placed, now: u64, refund: bool) {
+        let i = self.index[&p.node];
+        let n = &mut self.nodes[i];
+        n.cpu_free += p.profile.cpu_milli;
+        n.memory_free += p.profile.memory_mib;
+        if let Some(r) = n.replicas.get_mut(&p.profile.model_id) {
+            *r -= 1;
+            if *r == 0 {
+                n.replicas.remove(&p.profile.model_id);
+            }
+        }
+        let per_gpu = p.profile.model_size_gb / p.gpus.len() as f64;
+        for &g in &p.gpus {
+            let g = &mut n.gpus[g as usize];
+            g.used_pct -= p.share_pct;
+            g.used_gb = (g.used_gb - per_gpu).max(0.0);
+            g.workloads.retain(|w| *w != p.id);
+            if g.workloads.is_empty() {
+                g.exclusive = false;
+                g.used_gb = 0.0;
+            }
+        }
+        self.placed.remove(&p.id);
+        if refund {
+            let ran_s = now.saturating_sub(p.at_ms) as f64 / 1000.0;
+            let left = 1.0 - (ran_s / p.profile.expected_duration_s as f64).min(1.0);
+            if let Some(u) = self.usage.get_mut(&p.profile.tenant) {
+                *u = (*u - p.gpu_hours * left).max(0.0);
+            }
+        }
+    }
+
+    /// Deletes a placement (or a queued workload); queued workloads that now
+    /// fit follow its decision.
+    pub fn remove(&mut self, id: &str, now: u64) -> Result<Vec<Decision>, Refusal> {
+        let seq;
+        let mut d;
+        if let Some(p) = self.placed.get(id).cloned() {
+            self.unbind(&p, now, true);
+            seq = self.next_seq();
+            d = Decision::new(
+                seq,
+                now,
+                id,
+                Path::Remove,
+                format!("{id} removed from {} GPU {:?}", p.node, p.gpus),
+            );
+            d.node = Some(p.node.clone());
+            d.gpus = p.gpus.clone();
+            d.share_pct = Some(p.share_pct);
+            d.class = Some(p.class);
+        } else if let Some(key) = self.queued.remove(id) {
+            self.queue.remove(&key);
+            seq = self.next_seq();
+            d = Decision::new(
+                seq,
+                now,
+                id,
+                Path::Remove,
+                format!("{id} removed from the queue"),
+            );
+        } else {
+            return Err(Refusal::NotFound(format!("workload {id}")));
+        }
+        let mut out = vec![d];
+        self.drain_queue(now, &mut out);
+        Ok(out)
+    }
+
+    /// Places what waits, most important first, while anything fits
+    /// directly (or after a reconfiguration or repack).
+    fn drain_queue(&mut self, now: u64, out: &mut Vec<Decision>) {
+        let keys: Vec<(Priority, u64)> = self.queue.keys().copied().collect();
+        for key in keys {
+            let may_move = !self.paused && self.breaker(now).is_ok();
+            let Some(q) = self.queue.get(&key) else {
+                continue;
+            };
+            // Cheap check first: is there any direct slot at all, or may
+            // workloads move?
+            let class = self.cfg.classes.classify(&q.profile);
+            let ask = Ask {
+                p: &q.profile,
+                share: class.share_pct,
+                preferred: class.preferred_model.as_deref(),
+                exclude: None,
+            };
+            if !may_move && self.scan(&ask, false).feasible == 0 {
+                continue;
+            }
+            let q = self.queue.remove(&key).expect("present");
+            self.queued.remove(&q.id);
+            let mut tried = Vec::new();
+            self.decide(q.profile, class, now, false, &mut tried);
+            let settled = tried
+                .first()
+                .is_some_and(|d| d.path.placed() || d.path == Path::Reject);
+            if !settled {
+                // Still waiting: keep its place in the queue.
+                let id = tried
+                    .first()
+                    .map(|d| d.workload.clone())
+                    .unwrap_or_default();
+                if let Some(k) = self.queued.remove(&id) {
+                    let mut back = self.queue.remove(&k).expect("just queued");
+                    back.seq = key.1;
+                    back.since_ms = q.since_ms;
+                    self.queued.insert(id, key);
+                    self.queue.insert(key, back);
+                }
+                self.seq -= tried.len() as u64;
+                continue;
+            }
+            out.extend(tried);
+        }
+    }
+
+    /// Applies an operator's control.
+    pub fn control(&mut self, c: Control, now: u64) -> Result<Vec<Decision>, Refusal> {
+        let summary = match &c {
+            Control::PauseReconfiguration => {
+                self.paused = true;
+                "automatic reconfiguration paused".to_string()
+            }
+            Control::ResumeReconfiguration => {
+                self.paused = false;
+                "automatic reconfiguration resumed".to_string()
+            }
+            Control::Cordon { node } | Control::Uncordon { node } => {
+                let on = matches!(c, Control::Cordon { .. });
+                let i = self.node_index(node)?;
+                self.nodes[i].cordoned = on;
+                format!("{node} {}", if on { "cordoned" } else { "uncordoned" })
+            }
+            Control::Pin { workload } | Control::Unpin { workload } => {
+                let on = matches!(c, Control::Pin { .. });
+                let p = self
+                    .placed
+                    .get_mut(workload)
+                    .ok_or_else(|| Refusal::NotFound(format!("placement {workload}")))?;
+                p.pinned = on;
+                format!("{workload} {}", if on { "pinned" } else { "unpinned" })
+            }
+            Control::Override {
+                workload,
+                node,
+                gpu,
+            } => {
+                return self.override_placement(workload, node, *gpu, now);
+            }
+            Control::Maintenance {
+                node,
+                from_ms,
+                to_ms,
+            } => {
+                if to_ms <= from_ms {
+                    return Err(Invalid::new("to_ms", "must be after from_ms").into());
+                }
+                let i = self.node_index(node)?;
+                self.nodes[i].maintenance = Some((*from_ms, *to_ms));
+                format!("{node}: maintenance window {from_ms}..{to_ms}")
+            }
+            Control::TripBreaker => {
+                self.breaker_tripped = true;
+                "circuit breaker tripped".to_string()
+            }
+            Control::ResetBreaker => {
+                self.breaker_tripped = false;
+                self.breaker_open_until = 0;
+                self.moves.clear();
+                "circuit breaker reset".to_string()
+            }
+        };
+        let seq = self.next_seq();
+        let mut out = vec![Decision::new(seq, now, &c.target(), Path::Control, summary)];
+        if matches!(
+            c,
+            Control::Uncordon { .. }
+                | Control::Unpin { .. }
+                | Control::ResumeReconfiguration
+                | Control::ResetBreaker
+                | Control::Maintenance { .. }
+        ) {
+            self.drain_queue(now, &mut out);
+        }
+        Ok(out)
+    }
+
+    fn node_index(&self, node: &str) -> Result<usize, Refusal> {
+        self.index
+            .get(node)
+            .copied()
+            .ok_or_else(|| Refusal::NotFound(format!("node {node}")))
+    }
+
+    fn override_placement(
+        &mut self,
+        id: &str,
+        node: &str,
+        gpu: Option<u32>,
+        now: u64,
+    ) -> Result<Vec<Decision>, Refusal> {
+        let i = self.node_index(node)?;
+        let (profile, old) = if let Some(p) = self.placed.get(id).cloned() {
+            (p.profile.clone(), Some(p))
+        } else if let Some(q) = self.queued_workload(id) {
+            (q.profile.clone(), None)
+        } else {
+            return Err(Refusal::NotFound(format!("workload {id}")));
+        };
+        if let Some(o) = &old {
+            self.unbind(o, now, false);
+        }
+        let class = old
+            .as_ref()
+            .map(|o| o.class.clone())
+            .unwrap_or_else(|| self.cfg.classes.classify(&profile));
+        let ask = Ask {
+            p: &profile,
+            share: class.share_pct,
+            preferred: class.preferred_model.as_deref(),
+            exclude: None,
+        };
+        let s = self.scan_nodes(&ask, &[i]);
+        let pick = s
+            .reconfigure
+            .into_iter()
+            .filter(|c| gpu.is_none_or(|g| c.gpus.contains(&g)))
+            .max_by(|a, b| a.score.total_cmp(&b.score));
+        let Some(c) = pick else {
+            if let Some(o) = old {
+                self.bind(o, Slot::Pool);
+            }
+            return Err(Invalid::new(
+                "node",
+                &format!(
+                    "{id} does not fit on {node}{}",
+                    gpu.map(|g| format!(" GPU {g}")).unwrap_or_default()
+                ),
+            )
+            .into());
+        };
+        if let Some(k) = self.queued.remove(id) {
+            self.queue.remove(&k);
+        }
+        let seq = self.next_seq();
+        let mut d = Decision::new(
+            seq,
+            now,
+            id,
+            Path::Control,
+            format!("{id} overridden onto {node} GPU {:?} and pinned", c.gpus),
+        );
+        let mut p = match old {
+            Some(mut o) => {
+                o.node = node.to_string();
+                o.gpus = c.gpus.clone();
+                o
+            }
+            None => {
+                let charge = Self::charge(&profile, class.share_pct);
+                *self.usage.entry(profile.tenant.clone()).or_default() += charge;
+                Placed {
+                    id: id.to_string(),
+                    share_pct: class.share_pct,
+                    class,
+                    node: node.to_string(),
+                    gpus: c.gpus.clone(),
+                    at_ms: now,
+                    gpu_hours: charge,
+                    pinned: true,
+                    profile,
+                }
+            }
+        };
+        p.pinned = true;
+        self.bind(p, c.slot);
+        self.describe(id, &mut d);
+        Ok(vec![d])
+    }
+
+    /// Puts back a queued workload recorded earlier (a restart), behind
+    /// those already waiting at its priority.
+    pub fn restore_queued(&mut self, q: Queued) -> Result<(), Invalid> {
+        q.profile.validate()?;
+        if self.placed.contains_key(&q.id) || self.queued.contains_key(&q.id) {
+            return Err(Invalid::new("name", &format!("{} is already known", q.id)));
+        }
+        self.enqueue(q.profile, q.since_ms);
+        Ok(())
+    }
+
+    /// Puts back a placement recorded earlier (a restart reading its audit
+    /// trail): on its node and GPUs as they were, whatever the score.
+    pub fn restore(&mut self, p: Placed) -> Result<(), Invalid> {
+        let &i = self
+            .index
+            .get(&p.node)
+            .ok_or_else(|| Invalid::new("node", &format!("{} is not a known node", p.node)))?;
+        let n = &self.nodes[i];
+        if p.gpus.iter().any(|&g| g as usize >= n.gpus.len()) {
+            return Err(Invalid::new(
+                "gpus",
+                &format!("{} has no GPU {:?}", p.node, p.gpus),
+            ));
+        }
+        if self.placed.contains_key(&p.id) {
+            return Err(Invalid::new("name", &format!("{} is already placed", p.id)));
+        }
+        *self.usage.entry(p.profile.tenant.clone()).or_default() += p.gpu_hours;
+        self.mix.observe(p.share_pct);
+        self.bind(p, Slot::Pool);
+        Ok(())
+    }
+}
+
+fn step(
+    action: &str,
+    node: &str,
+    gpu: Option<u32>,
+    workload: Option<&str>,
+    share: Option<u32>,
+) -> Step {
+    Step {
+        action: action.to_string(),
+        node: node.to_string(),
+        gpu,
+        workload: workload.map(str::to_string),
+        share_pct: share,
+    }
+}
+
+fn suffix(why: &[String]) -> String {
+    if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", why.join("; "))
+    }
+}

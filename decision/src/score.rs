@@ -1,0 +1,183 @@
+//! The weighted node score: each candidate GPU gets its terms (0–1, the
+//! fragmentation term a signed change) and their weighted sum.
+
+use crate::state::{Gpu, Node};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// w1…w6 of the design plus the fragmentation weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Weights {
+    /// w1: TFLOPS per watt of the GPU model, over the table's best.
+    pub efficiency: f64,
+    /// w2: the GPU is the class's preferred model.
+    pub affinity: f64,
+    /// w3: 1 − utilisation of the GPU.
+    pub headroom: f64,
+    /// w4: power headroom over TDP.
+    pub power: f64,
+    /// w5: MPS compatibility: a configured slot of the right size.
+    pub mps: f64,
+    /// w6: the node holds the workload's data.
+    pub locality: f64,
+    /// The fragmentation term: minus the change in GPU capacity that the
+    /// shares seen so far could no longer use.
+    pub fragmentation: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Weights {
+        Weights {
+            efficiency: 0.10,
+            affinity: 0.15,
+            headroom: 0.05,
+            power: 0.05,
+            mps: 0.25,
+            locality: 0.15,
+            fragmentation: 0.25,
+        }
+    }
+}
+
+impl Weights {
+    pub fn validate(&self) -> Result<(), crate::Invalid> {
+        let all = [
+            ("weights.efficiency", self.efficiency),
+            ("weights.affinity", self.affinity),
+            ("weights.headroom", self.headroom),
+            ("weights.power", self.power),
+            ("weights.mps", self.mps),
+            ("weights.locality", self.locality),
+            ("weights.fragmentation", self.fragmentation),
+        ];
+        for (name, w) in all {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(crate::Invalid::new(name, "must be a number ≥ 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One candidate's terms, before weighting.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
+pub struct Terms {
+    pub efficiency: f64,
+    pub affinity: f64,
+    pub headroom: f64,
+    pub power: f64,
+    pub mps: f64,
+    pub locality: f64,
+    pub fragmentation: f64,
+}
+
+impl Terms {
+    pub fn total(&self, w: &Weights) -> f64 {
+        w.efficiency * self.efficiency
+            + w.affinity * self.affinity
+            + w.headroom * self.headroom
+            + w.power * self.power
+            + w.mps * self.mps
+            + w.locality * self.locality
+            + w.fragmentation * self.fragmentation
+    }
+}
+
+/// How the request would use a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Slot {
+    /// The GPU's MPS pool has the request's size and room for it.
+    Pool,
+    /// An idle GPU: its server is (re)configured for the request's size.
+    Fresh,
+    /// The pool has another size: its server must be reconfigured.
+    Reconfigure,
+}
+
+/// Shares seen in requests, for the fragmentation term: a GPU's free
+/// capacity that most requests cannot use is fragmented.
+#[derive(Clone, Debug, Default)]
+pub struct ShareMix {
+    /// (share %, requests seen), sorted by share.
+    counts: Vec<(u32, u64)>,
+    total: u64,
+}
+
+impl ShareMix {
+    pub fn with_grid(grid: &[u32]) -> ShareMix {
+        // One pseudo-count per grid share: no request seen yet means every
+        // share is as likely.
+        let counts: Vec<(u32, u64)> = grid.iter().map(|&g| (g, 1)).collect();
+        let total = counts.len() as u64;
+        ShareMix { counts, total }
+    }
+
+    pub fn observe(&mut self, share: u32) {
+        match self.counts.binary_search_by_key(&share, |c| c.0) {
+            Ok(i) => self.counts[i].1 += 1,
+            Err(i) => self.counts.insert(i, (share, 1)),
+        }
+        self.total += 1;
+    }
+
+    /// Expected free percent of a GPU with `free` percent left that a request
+    /// cannot use (in GPUs: 0–1).
+    pub fn fragmentation(&self, free: u32) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        let unusable: u64 = self
+            .counts
+            .iter()
+            .filter(|(s, _)| *s > free)
+            .map(|(_, n)| n)
+            .sum();
+        free as f64 / 100.0 * unusable as f64 / self.total as f64
+    }
+}
+
+/// Inputs to the terms that do not depend on the GPU.
+pub struct Request<'a> {
+    pub share: u32,
+    pub preferred: Option<&'a str>,
+    pub locality: &'a [String],
+    pub best_tflops_per_watt: f64,
+    pub capacity: u32,
+}
+
+pub fn terms(node: &Node, gpu: &Gpu, slot: Slot, r: &Request, mix: &ShareMix) -> Terms {
+    let cap = r.capacity.max(1) as f64;
+    let allocated = gpu.used_pct as f64 / cap;
+    let utilisation = gpu.utilisation.unwrap_or(allocated).clamp(0.0, 1.0);
+    let power = match gpu.power_w {
+        Some(p) if gpu.tdp_w > 0.0 => ((gpu.tdp_w - p) / gpu.tdp_w).clamp(0.0, 1.0),
+        _ => 1.0,
+    };
+    let affinity = match r.preferred {
+        Some(m) if crate::spec::is_family(&gpu.model, m) => 1.0,
+        Some(_) => 0.0,
+        None => 0.5,
+    };
+    let free_before = r.capacity.saturating_sub(gpu.used_pct);
+    let free_after = free_before.saturating_sub(r.share);
+    let fragmentation = mix.fragmentation(free_before) - mix.fragmentation(free_after);
+    Terms {
+        efficiency: if r.best_tflops_per_watt > 0.0 {
+            (gpu.tflops_per_watt / r.best_tflops_per_watt).min(1.0)
+        } else {
+            0.0
+        },
+        affinity,
+        headroom: 1.0 - utilisation,
+        power,
+        mps: match slot {
+            Slot::Pool => 1.0,
+            Slot::Fresh => 0.5,
+            Slot::Reconfigure => 0.0,
+        },
+        locality: if node.local_to(r.locality) { 1.0 } else { 0.0 },
+        fragmentation,
+    }
+}

@@ -1,0 +1,202 @@
+//! What a placement request says about the workload, and its validation.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// P0 is the most important; `P0 < P3` in the derived order.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+pub enum Priority {
+    P0,
+    P1,
+    P2,
+    P3,
+}
+
+impl Priority {
+    /// Whether a workload of this priority is more important than `other`.
+    pub fn outranks(self, other: Priority) -> bool {
+        self < other
+    }
+}
+
+/// A workload to place.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Workload name: a DNS label (lowercase letters, digits, `-`), ≤ 63.
+    pub name: String,
+    /// The model served; replicas of one model share it (anti-affinity).
+    pub model_id: String,
+    /// Model weights in GB (also what must fit in GPU memory).
+    pub model_size_gb: f64,
+    pub batch: u32,
+    pub seq_len: u32,
+    pub priority: Priority,
+    /// Latency objective (ms).
+    pub sla_ms: u32,
+    pub tenant: String,
+    /// Expected run time (s): the GPU-hours charged to the tenant's quota.
+    pub expected_duration_s: u64,
+    /// Nodes (by name) or node labels (`key=value`) that hold its data.
+    #[serde(default)]
+    pub locality: Vec<String>,
+    /// GPU model families it may run on (`H100`, `A100`, …); empty: any.
+    #[serde(default)]
+    pub accepted_models: Vec<String>,
+    #[serde(default = "default_cpu")]
+    pub cpu_milli: u64,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Whole GPUs on one node (2 or more: exclusive GPUs); default 1.
+    #[serde(default)]
+    pub gpus: Option<u32>,
+    /// An exact MPS share (%) instead of the classification's.
+    #[serde(default)]
+    pub share_pct: Option<u32>,
+    /// The most it may cost per hour (GPU price × share × GPUs).
+    #[serde(default)]
+    pub max_cost_per_hour: Option<f64>,
+    /// May a more important workload preempt it? Default: P2 and P3 may be.
+    #[serde(default)]
+    pub preemptible: Option<bool>,
+    /// Container image for the Pod manifest.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+fn default_cpu() -> u64 {
+    1000
+}
+
+fn default_memory() -> u64 {
+    4096
+}
+
+impl Profile {
+    pub fn gpus(&self) -> u32 {
+        self.gpus.unwrap_or(1)
+    }
+
+    pub fn preemptible(&self) -> bool {
+        self.preemptible
+            .unwrap_or(matches!(self.priority, Priority::P2 | Priority::P3))
+    }
+
+    /// Checks what serde cannot: ranges and formats. The error names the
+    /// field.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        dns_label("name", &self.name)?;
+        non_empty("model_id", &self.model_id)?;
+        non_empty("tenant", &self.tenant)?;
+        if !(self.model_size_gb.is_finite()
+            && self.model_size_gb > 0.0
+            && self.model_size_gb <= 10_000.0)
+        {
+            return Err(Invalid::new(
+                "model_size_gb",
+                "must be a number of GB in (0, 10000]",
+            ));
+        }
+        positive("batch", self.batch as u64)?;
+        positive("seq_len", self.seq_len as u64)?;
+        positive("sla_ms", self.sla_ms as u64)?;
+        positive("expected_duration_s", self.expected_duration_s)?;
+        positive("cpu_milli", self.cpu_milli)?;
+        positive("memory_mib", self.memory_mib)?;
+        if let Some(g) = self.gpus
+            && !(1..=16).contains(&g)
+        {
+            return Err(Invalid::new("gpus", "must be 1 to 16"));
+        }
+        if let Some(s) = self.share_pct {
+            if !(1..=100).contains(&s) {
+                return Err(Invalid::new("share_pct", "must be 1 to 100"));
+            }
+            if self.gpus() > 1 && s != 100 {
+                return Err(Invalid::new(
+                    "share_pct",
+                    "must be 100 (or absent) with gpus > 1",
+                ));
+            }
+        }
+        if let Some(c) = self.max_cost_per_hour
+            && !(c.is_finite() && c >= 0.0)
+        {
+            return Err(Invalid::new("max_cost_per_hour", "must be a number ≥ 0"));
+        }
+        for (i, m) in self.accepted_models.iter().enumerate() {
+            if m.trim().is_empty() {
+                return Err(Invalid::new(&format!("accepted_models[{i}]"), "is empty"));
+            }
+        }
+        for (i, l) in self.locality.iter().enumerate() {
+            if l.trim().is_empty() {
+                return Err(Invalid::new(&format!("locality[{i}]"), "is empty"));
+            }
+        }
+        if let Some(img) = &self.image
+            && (img.is_empty() || img.contains(char::is_whitespace))
+        {
+            return Err(Invalid::new(
+                "image",
+                "must be an image reference without spaces",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A request the core refuses: which field, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Invalid {
+    pub field: String,
+    pub problem: String,
+}
+
+impl Invalid {
+    pub fn new(field: &str, problem: &str) -> Invalid {
+        Invalid {
+            field: field.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+pub(crate) fn non_empty(field: &str, v: &str) -> Result<(), Invalid> {
+    if v.trim().is_empty() {
+        return Err(Invalid::new(field, "must not be empty"));
+    }
+    if v.len() > 253 {
+        return Err(Invalid::new(field, "is longer than 253 characters"));
+    }
+    Ok(())
+}
+
+fn positive(field: &str, v: u64) -> Result<(), Invalid> {
+    if v == 0 {
+        return Err(Invalid::new(field, "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Kubernetes object names: lowercase letters, digits and `-`, starting and
+/// ending with a letter or digit, at most 63 characters.
+pub(crate) fn dns_label(field: &str, v: &str) -> Result<(), Invalid> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            "must be 1–63 lowercase letters, digits or '-', not starting or ending with '-'",
+        ))
+    }
+}

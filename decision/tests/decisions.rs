@@ -1,0 +1,898 @@
+//! The decision core's behaviour: classification, each path, each
+//! constraint (a case it rejects and one it accepts), preemption, a small
+//! cluster whose best placement is known, explanations and manifests.
+
+use vagus_decision::config::Config;
+use vagus_decision::{
+    Control, Core, GpuSpec, NodeLoad, NodeSpec, Path, Priority, Profile, Refusal,
+};
+
+fn gpu(model: &str) -> GpuSpec {
+    GpuSpec {
+        model: model.into(),
+        sms: None,
+        memory_gb: None,
+        tdp_w: None,
+        throttling: false,
+    }
+}
+
+fn node(name: &str, model: &str, gpus: usize) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        cpu_milli: 64_000,
+        memory_mib: 512 * 1024,
+        labels: Default::default(),
+        gpus: (0..gpus).map(|_| gpu(model)).collect(),
+    }
+}
+
+/// A small workload: score 2·10 + 8·512/100 = 60.96 → small (20%).
+fn small(name: &str) -> Profile {
+    Profile {
+        name: name.into(),
+        model_id: format!("model-{name}"),
+        model_size_gb: 2.0,
+        batch: 8,
+        seq_len: 512,
+        priority: Priority::P2,
+        sla_ms: 200,
+        tenant: "t1".into(),
+        expected_duration_s: 3600,
+        locality: vec![],
+        accepted_models: vec![],
+        cpu_milli: 1000,
+        memory_mib: 4096,
+        gpus: None,
+        share_pct: None,
+        max_cost_per_hour: None,
+        preemptible: None,
+        image: None,
+    }
+}
+
+fn with_share(mut p: Profile, share: u32) -> Profile {
+    p.share_pct = Some(share);
+    p
+}
+
+fn core(nodes: &[NodeSpec]) -> Core {
+    core_with(Config::default(), nodes)
+}
+
+fn core_with(cfg: Config, nodes: &[NodeSpec]) -> Core {
+    let mut c = Core::new(cfg).unwrap();
+    for n in nodes {
+        c.upsert_node(n).unwrap();
+    }
+    c
+}
+
+fn place(c: &mut Core, p: Profile) -> vagus_decision::Decision {
+    c.place(p, 1_000).unwrap().remove(0)
+}
+
+#[test]
+fn classification_table() {
+    let cfg = Config::default();
+    let mut p = small("a");
+    // (model GB, batch, seq) → (class, share, preferred)
+    let cases = [
+        (2.0, 8, 512, "small", 20, Some("A100")),     // 60.96
+        (9.9, 1, 1, "small", 20, Some("A100")),       // 99.01
+        (10.0, 1, 0, "medium", 40, None),             // 100 (seq 0 only here)
+        (7.0, 32, 1024, "medium", 40, None),          // 70 + 327.68
+        (49.0, 1, 1000, "large", 100, Some("H100")),  // 500
+        (70.0, 64, 4096, "large", 100, Some("H100")), // 700 + 2621
+    ];
+    for (gb, batch, seq, name, share, pref) in cases {
+        p.model_size_gb = gb;
+        p.batch = batch;
+        p.seq_len = seq;
+        let c = cfg.classes.classify(&p);
+        assert_eq!(
+            (c.name.as_str(), c.share_pct, c.preferred_model.as_deref()),
+            (name, share, pref),
+            "{gb} GB, batch {batch}, seq {seq}: score {}",
+            c.compute_score
+        );
+    }
+    // An exact share rounds up to the grid: 30 → 40, 81 → 100.
+    assert_eq!(
+        cfg.classes.classify(&with_share(small("a"), 30)).share_pct,
+        40
+    );
+    assert_eq!(
+        cfg.classes.classify(&with_share(small("a"), 81)).share_pct,
+        100
+    );
+    // Without a grid, shares are exact (the trace replay's).
+    let mut exact = cfg.classes.clone();
+    exact.grid.clear();
+    assert_eq!(exact.classify(&with_share(small("a"), 30)).share_pct, 30);
+}
+
+#[test]
+fn direct_fills_an_existing_pool_before_an_idle_gpu() {
+    let mut c = core(&[node("n1", "NVIDIA A100-SXM4-80GB", 2)]);
+    let a = place(&mut c, small("a"));
+    assert_eq!(a.path, Path::Direct, "{}", a.summary);
+    let b = place(&mut c, small("b"));
+    assert_eq!(b.path, Path::Direct);
+    assert_eq!(
+        b.gpus, a.gpus,
+        "the second 20% workload joins the first's pool"
+    );
+    let g = &c.node("n1").unwrap().gpus[a.gpus[0] as usize];
+    assert_eq!((g.pool, g.used_pct), (Some(20), 40));
+    // Explanations: candidates with their score breakdown summing to the score.
+    let top = &b.top[0];
+    let w = &top.weighted;
+    let sum =
+        w.efficiency + w.affinity + w.headroom + w.power + w.mps + w.locality + w.fragmentation;
+    assert!((sum - top.score).abs() < 1e-9, "{sum} vs {}", top.score);
+    assert_eq!(b.considered, 2);
+    assert_eq!(b.feasible, 2);
+}
+
+#[test]
+fn a_small_cluster_with_a_known_best_placement() {
+    // A 40% workload; n-h100 has one H100 with a 40% pool holding 40% (a
+    // slot of the right size), n-a100 an idle A100, n-t4 a T4 with a 20%
+    // pool. The best: the H100's 40% slot (pool match, no fragment left
+    // for 20% requests… and the most efficient GPU).
+    let mut c = core(&[
+        node("n-t4", "Tesla T4", 1),
+        node("n-a100", "NVIDIA A100-SXM4-80GB", 1),
+        node("n-h100", "NVIDIA H100 80GB HBM3", 1),
+    ]);
+    let mut seed = with_share(small("seed40"), 40);
+    seed.accepted_models = vec!["H100".into()];
+    assert_eq!(place(&mut c, seed).node.as_deref(), Some("n-h100"));
+    let mut seed20 = small("seed20");
+    seed20.accepted_models = vec!["T4".into()];
+    assert_eq!(place(&mut c, seed20).node.as_deref(), Some("n-t4"));
+    let d = place(&mut c, with_share(small("x"), 40));
+    assert_eq!(d.path, Path::Direct);
+    assert_eq!(
+        (d.node.as_deref(), d.gpus.as_slice()),
+        (Some("n-h100"), &[0][..])
+    );
+    assert_eq!(d.top[0].node, "n-h100");
+    assert_eq!(d.top.len(), 3, "all three GPUs were feasible");
+    // Next 40%: the H100 pool has 20% left (full), the A100 is idle, the T4's
+    // pool is 20%-sized: the idle A100 beats a reconfiguration.
+    let d = place(&mut c, with_share(small("y"), 40));
+    assert_eq!(d.node.as_deref(), Some("n-a100"), "{:#?}", d.top);
+}
+
+#[test]
+fn reconfigure_when_the_gate_allows_and_queue_when_it_does_not() {
+    let mut c = core(&[node("n1", "NVIDIA H100 80GB HBM3", 1)]);
+    place(&mut c, small("a")); // pool 20 on GPU 0
+    // A 40% request: GPU 0 has room (80%) but its pool is 20%-sized.
+    c.observe(
+        "n1",
+        &NodeLoad {
+            qps: 500.0,
+            error_rate: 0.0,
+            healthy: true,
+            gpus: vec![],
+        },
+    )
+    .unwrap();
+    let busy = place(&mut c, with_share(small("b"), 40));
+    assert_eq!(busy.path, Path::ScaleOut, "{}", busy.summary);
+    assert!(
+        busy.summary.contains("reconfiguration not safe"),
+        "{}",
+        busy.summary
+    );
+    assert!(busy.summary.contains("500 requests/s"), "{}", busy.summary);
+    c.remove("b", 2_000).unwrap();
+    // Quiet node: reconfigure, with a plan that restarts the one client.
+    c.observe(
+        "n1",
+        &NodeLoad {
+            qps: 3.0,
+            error_rate: 0.0,
+            healthy: true,
+            gpus: vec![],
+        },
+    )
+    .unwrap();
+    let d = place(&mut c, with_share(small("c"), 40));
+    assert_eq!(d.path, Path::Reconfigure, "{}", d.summary);
+    let plan = d.plan.unwrap();
+    assert_eq!(plan.restarts, 1);
+    let actions: Vec<&str> = plan.steps.iter().map(|s| s.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "start-mps-server",
+            "shadow",
+            "canary",
+            "drain",
+            "stop-old-mps-server"
+        ]
+    );
+    assert_eq!(c.node("n1").unwrap().gpus[0].pool, Some(40));
+    // Errors above 1% close the gate; a maintenance window opens it again.
+    let mut c = core(&[node("n1", "NVIDIA H100 80GB HBM3", 1)]);
+    place(&mut c, small("a"));
+    c.observe(
+        "n1",
+        &NodeLoad {
+            qps: 1.0,
+            error_rate: 0.05,
+            healthy: true,
+            gpus: vec![],
+        },
+    )
+    .unwrap();
+    let d = place(&mut c, with_share(small("b"), 40));
+    assert_eq!(d.path, Path::ScaleOut);
+    assert!(d.summary.contains("error rate 5.00%"), "{}", d.summary);
+    c.control(
+        Control::Maintenance {
+            node: "n1".into(),
+            from_ms: 0,
+            to_ms: 10_000,
+        },
+        1_500,
+    )
+    .unwrap();
+    // The queued workload is placed as the window opens.
+    assert_eq!(c.placement("b").map(|p| p.node.as_str()), Some("n1"));
+    // An operator's pause closes every gate.
+    let mut c = core(&[node("n1", "NVIDIA H100 80GB HBM3", 1)]);
+    place(&mut c, small("a"));
+    c.control(Control::PauseReconfiguration, 1_000).unwrap();
+    let d = place(&mut c, with_share(small("b"), 40));
+    assert!(d.summary.contains("paused"), "{}", d.summary);
+    assert!(!d.path.placed());
+}
+
+#[test]
+fn repack_moves_lower_priority_work_and_respects_the_breaker() {
+    // Two A100s: GPU 0 holds a 60% P2, GPU 1 a 20% P3 (pool 20). A P1 100%
+    // request fits nowhere; moving the 20% P3 onto GPU 0 would need GPU 0's
+    // pool (60) reconfigured, so the plan moves it… Keep it simple: GPU 0
+    // holds 20% (pool 20) and GPU 1 holds 20% (pool 20): moving one next to
+    // the other frees a whole GPU.
+    let mut c = core(&[node("n1", "NVIDIA A100-SXM4-80GB", 2)]);
+    let mut a = small("a");
+    a.accepted_models = vec!["A100".into()];
+    place(&mut c, a.clone());
+    // Force b onto GPU 1.
+    let b = small("b");
+    let db = c.control(
+        Control::Override {
+            workload: "b".into(),
+            node: "n1".into(),
+            gpu: Some(1),
+        },
+        1_000,
+    );
+    assert!(
+        matches!(db, Err(Refusal::NotFound(_))),
+        "b is not placed yet"
+    );
+    place(&mut c, b);
+    c.control(
+        Control::Override {
+            workload: "b".into(),
+            node: "n1".into(),
+            gpu: Some(1),
+        },
+        1_000,
+    )
+    .unwrap();
+    c.control(
+        Control::Unpin {
+            workload: "b".into(),
+        },
+        1_000,
+    )
+    .unwrap();
+    let ga = c.placement("a").unwrap().gpus[0];
+    assert_ne!(ga, 1, "a and b on different GPUs");
+    let mut big = small("big");
+    big.priority = Priority::P1;
+    big.share_pct = Some(100);
+    let out = c.place(big.clone(), 2_000).unwrap();
+    assert_eq!(out[0].path, Path::Repack, "{}", out[0].summary);
+    let plan = out[0].plan.as_ref().unwrap();
+    assert_eq!(plan.moves.len(), 1);
+    assert_eq!(out.len(), 2, "the moved workload has its own decision");
+    assert_eq!(out[1].path, Path::Repack);
+    assert!(
+        out[1].manifest.is_some(),
+        "the moved workload gets its new Pod"
+    );
+    let gb = c.placement("big").unwrap().gpus[0];
+    let g = &c.node("n1").unwrap().gpus[gb as usize];
+    assert!(g.exclusive && g.workloads == ["big"]);
+
+    // The same with the breaker tripped: no move, the request waits.
+    let mut c2 = core(&[node("n1", "NVIDIA A100-SXM4-80GB", 2)]);
+    a.preemptible = Some(false);
+    place(&mut c2, a);
+    place(
+        &mut c2,
+        Profile {
+            preemptible: Some(false),
+            ..small("b")
+        },
+    );
+    c2.control(
+        Control::Override {
+            workload: "b".into(),
+            node: "n1".into(),
+            gpu: Some(1),
+        },
+        1_000,
+    )
+    .unwrap();
+    c2.control(
+        Control::Unpin {
+            workload: "b".into(),
+        },
+        1_000,
+    )
+    .unwrap();
+    c2.control(Control::TripBreaker, 1_000).unwrap();
+    let out = c2.place(big, 2_000).unwrap();
+    assert_eq!(out[0].path, Path::ScaleOut);
+    assert!(
+        out[0].summary.contains("circuit breaker"),
+        "{}",
+        out[0].summary
+    );
+    // Resetting the breaker retries the queue: now it repacks.
+    let out = c2.control(Control::ResetBreaker, 3_000).unwrap();
+    assert_eq!(out.len(), 3, "{out:#?}");
+    assert_eq!(out[1].path, Path::Repack);
+    assert_eq!(out[1].workload, "big");
+}
+
+#[test]
+fn a_pinned_or_p0_workload_is_never_moved() {
+    let h = |n: &str| node(n, "NVIDIA H100 80GB HBM3", 1);
+    let mut c = core(&[h("n1"), h("n2")]);
+    let mut a0 = small("a0");
+    a0.priority = Priority::P0;
+    assert_eq!(place(&mut c, a0).node.as_deref(), Some("n1"));
+    c.control(Control::Cordon { node: "n1".into() }, 0).unwrap();
+    let mut b = small("b");
+    b.preemptible = Some(false);
+    assert_eq!(place(&mut c, b).node.as_deref(), Some("n2"));
+    c.control(Control::Uncordon { node: "n1".into() }, 0)
+        .unwrap();
+    c.control(
+        Control::Pin {
+            workload: "b".into(),
+        },
+        0,
+    )
+    .unwrap();
+    // Either could join the other's 20% pool, freeing a GPU, but a0 is P0
+    // and b is pinned.
+    let mut big = with_share(small("big"), 100);
+    big.priority = Priority::P1;
+    let d = place(&mut c, big);
+    assert!(!d.path.placed(), "{}", d.summary);
+    // Unpinning b lets the waiting request repack it.
+    let out = c
+        .control(
+            Control::Unpin {
+                workload: "b".into(),
+            },
+            1_000,
+        )
+        .unwrap();
+    assert_eq!(out.len(), 3, "{out:#?}");
+    assert_eq!(
+        (out[1].workload.as_str(), out[1].path),
+        ("big", Path::Repack)
+    );
+    assert_eq!(c.placement("b").unwrap().node, "n1");
+    assert_eq!(c.placement("big").unwrap().node, "n2");
+}
+
+#[test]
+fn preemption_evicts_lower_priorities_into_the_queue() {
+    let mut c = core(&[node("n1", "NVIDIA H100 80GB HBM3", 1)]);
+    let mut low = with_share(small("low"), 100);
+    low.priority = Priority::P3;
+    assert_eq!(place(&mut c, low).path, Path::Direct);
+    // Equal priority: no preemption.
+    let mut same = with_share(small("same"), 100);
+    same.priority = Priority::P3;
+    assert_eq!(place(&mut c, same).path, Path::ScaleOut);
+    c.remove("same", 1_000).unwrap();
+    // A P0 preempts the P3.
+    let mut urgent = with_share(small("urgent"), 100);
+    urgent.priority = Priority::P0;
+    let out = c.place(urgent, 2_000).unwrap();
+    assert_eq!(out[0].path, Path::Preempt, "{}", out[0].summary);
+    assert_eq!(out[0].preempted, ["low"]);
+    assert_eq!(out[1].workload, "low");
+    assert_eq!(out[1].path, Path::Queue);
+    assert!(c.placement("low").is_none());
+    assert!(c.queued_workload("low").is_some());
+    // When the P0 leaves, the P3 comes back.
+    let out = c.remove("urgent", 3_000).unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        (out[1].workload.as_str(), out[1].path),
+        ("low", Path::Direct)
+    );
+    // A non-preemptible P2 is not evicted.
+    let mut c = core(&[node("n1", "NVIDIA H100 80GB HBM3", 1)]);
+    let mut keep = with_share(small("keep"), 100);
+    keep.preemptible = Some(false);
+    place(&mut c, keep);
+    let mut urgent = with_share(small("urgent"), 100);
+    urgent.priority = Priority::P0;
+    assert_eq!(place(&mut c, urgent).path, Path::ScaleOut);
+}
+
+#[test]
+fn scale_out_names_the_node_shape_or_queues() {
+    let mut c = core(&[node("n1", "Tesla T4", 1)]);
+    let mut large = small("large");
+    large.model_size_gb = 60.0; // 600: large, prefers H100; 60 GB won't fit a T4
+    let d = place(&mut c, large.clone());
+    assert_eq!(d.path, Path::ScaleOut);
+    let shape = d.scale_out.unwrap();
+    assert_eq!((shape.gpu_model.as_str(), shape.gpus), ("H100", 1));
+    assert!(
+        d.ruled_out
+            .iter()
+            .any(|r| r.constraint == "gpu-memory" && r.examples == ["n1/0"])
+    );
+    // Without scale-out: the priority queue.
+    let cfg = Config {
+        scale_out: false,
+        ..Config::default()
+    };
+    let mut c = core_with(cfg, &[node("n1", "Tesla T4", 1)]);
+    assert_eq!(place(&mut c, large).path, Path::Queue);
+    // A node arriving lets the queue drain on the next removal or control.
+    c.upsert_node(&node("n2", "NVIDIA H100 80GB HBM3", 1))
+        .unwrap();
+    let out = c
+        .control(Control::Uncordon { node: "n2".into() }, 5_000)
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        (out[1].workload.as_str(), out[1].node.as_deref()),
+        ("large", Some("n2"))
+    );
+}
+
+#[test]
+fn queue_order_is_priority_then_arrival() {
+    let cfg = Config {
+        scale_out: false,
+        ..Config::default()
+    };
+    let mut c = core_with(cfg, &[node("n1", "NVIDIA H100 80GB HBM3", 1)]);
+    let mut hold = with_share(small("hold"), 100);
+    hold.priority = Priority::P0;
+    place(&mut c, hold);
+    for (name, pr) in [
+        ("p3", Priority::P3),
+        ("p1a", Priority::P1),
+        ("p1b", Priority::P1),
+    ] {
+        let mut p = with_share(small(name), 100);
+        p.priority = pr;
+        p.preemptible = Some(false);
+        assert_eq!(place(&mut c, p).path, Path::Queue);
+    }
+    let order: Vec<&str> = c.queued().map(|q| q.id.as_str()).collect();
+    assert_eq!(order, ["p1a", "p1b", "p3"]);
+    let out = c.remove("hold", 2_000).unwrap();
+    assert_eq!(out[1].workload, "p1a");
+}
+
+// Constraints: one case rejected, one accepted.
+
+#[test]
+fn anti_affinity_keeps_replicas_apart() {
+    let mut c = core(&[
+        node("n1", "NVIDIA A100-SXM4-80GB", 2),
+        node("n2", "NVIDIA A100-SXM4-80GB", 1),
+    ]);
+    let mut r1 = small("r1");
+    r1.model_id = "llama".into();
+    let mut r2 = r1.clone();
+    r2.name = "r2".into();
+    let mut r3 = r1.clone();
+    r3.name = "r3".into();
+    let n1 = place(&mut c, r1).node.unwrap();
+    let d2 = place(&mut c, r2);
+    assert!(d2.path.placed());
+    assert_ne!(d2.node.unwrap(), n1, "the replica goes to the other node");
+    let d3 = place(&mut c, r3);
+    assert!(!d3.path.placed(), "no third node for a third replica");
+    assert!(
+        d3.ruled_out
+            .iter()
+            .any(|r| r.constraint == "anti-affinity" && r.count == 2)
+    );
+    // Another model shares the node.
+    assert!(place(&mut c, small("other")).path.placed());
+}
+
+#[test]
+fn a_100_percent_request_gets_an_exclusive_gpu() {
+    let mut spec = node("n1", "NVIDIA H100 80GB HBM3", 1);
+    spec.gpus[0].throttling = true; // oversubscription allowed to 120%
+    let mut c = core(&[spec]);
+    place(&mut c, small("a")); // 20%
+    let d = place(&mut c, with_share(small("whole"), 100));
+    assert!(
+        !d.path.placed(),
+        "20 + 100 ≤ 120 but a whole GPU must be exclusive"
+    );
+    assert!(d.ruled_out.iter().any(|r| r.constraint == "exclusive"));
+    c.remove("a", 2_000).unwrap(); // the queued one takes the GPU
+    let g = &c.node("n1").unwrap().gpus[0];
+    assert!(g.exclusive && g.workloads == ["whole"]);
+    // Nothing joins an exclusive GPU, even where throttling allows 120%.
+    let d = place(&mut c, small("b"));
+    assert!(!d.path.placed());
+    assert!(d.ruled_out.iter().any(|r| r.constraint == "exclusive"));
+}
+
+#[test]
+fn oversubscription_only_where_throttling_is_on() {
+    let mut on = node("on", "NVIDIA H100 80GB HBM3", 1);
+    on.gpus[0].throttling = true;
+    let off = node("off", "NVIDIA H100 80GB HBM3", 1);
+    let mut c = core(&[off]);
+    for i in 0..6 {
+        let d = place(&mut c, small(&format!("w{i}")));
+        assert_eq!(d.path.placed(), i < 5, "w{i}: {}", d.summary);
+    }
+    let mut c = core(&[on]);
+    for i in 0..7 {
+        let d = place(&mut c, small(&format!("w{i}")));
+        assert_eq!(d.path.placed(), i < 6, "w{i}: {}", d.summary);
+    }
+    assert_eq!(c.node("on").unwrap().gpus[0].used_pct, 120);
+}
+
+#[test]
+fn accepted_models_are_honoured() {
+    let mut c = core(&[
+        node("t4", "Tesla T4", 1),
+        node("a100", "NVIDIA A100-SXM4-80GB", 1),
+    ]);
+    let mut p = small("a");
+    p.accepted_models = vec!["T4".into()];
+    assert_eq!(place(&mut c, p).node.as_deref(), Some("t4"));
+    let mut p = small("b");
+    p.accepted_models = vec!["H100".into()];
+    let d = place(&mut c, p);
+    assert!(!d.path.placed());
+    assert_eq!(
+        d.ruled_out
+            .iter()
+            .find(|r| r.constraint == "accepted-models")
+            .unwrap()
+            .count,
+        2
+    );
+}
+
+#[test]
+fn cpu_and_memory_must_fit() {
+    let mut c = core(&[node("n1", "NVIDIA A100-SXM4-80GB", 4)]);
+    let mut p = small("cpu");
+    p.cpu_milli = 64_001;
+    let d = place(&mut c, p);
+    assert!(!d.path.placed());
+    assert!(d.ruled_out.iter().any(|r| r.constraint == "cpu"));
+    let mut p = small("mem");
+    p.memory_mib = 512 * 1024 + 1;
+    let d = place(&mut c, p);
+    assert!(d.ruled_out.iter().any(|r| r.constraint == "memory"));
+    let mut p = small("fits");
+    p.cpu_milli = 64_000;
+    p.memory_mib = 512 * 1024;
+    assert!(place(&mut c, p).path.placed());
+    // Now the node's CPU is gone: GPUs stay free but nothing else fits.
+    let d = place(&mut c, small("after"));
+    assert!(!d.path.placed());
+}
+
+#[test]
+fn gpu_memory_must_fit() {
+    let mut c = core(&[node("n1", "Tesla T4", 1)]); // 16 GB
+    let mut a = small("a");
+    a.model_size_gb = 9.0; // 90 + 40.96 → medium 40%
+    assert!(place(&mut c, a).path.placed());
+    let mut b = small("b");
+    b.model_size_gb = 8.0; // 80 + 40.96 → medium 40%: 17 GB > 16
+    let d = place(&mut c, b);
+    assert!(
+        d.ruled_out.iter().any(|r| r.constraint == "gpu-memory"),
+        "{:#?}",
+        d.ruled_out
+    );
+    let mut b = small("b2");
+    b.model_size_gb = 7.0; // 16 GB exactly
+    assert!(place(&mut c, b).path.placed());
+}
+
+#[test]
+fn tenant_quotas_in_gpu_hours() {
+    let mut cfg = Config::default();
+    cfg.quotas.insert("t1".into(), 1.0); // one GPU-hour
+    let mut c = core_with(cfg, &[node("n1", "NVIDIA H100 80GB HBM3", 2)]);
+    // 20% for 3 hours = 0.6 GPU-hours: fits; a second one does not.
+    let mut p = small("a");
+    p.expected_duration_s = 3 * 3600;
+    assert!(place(&mut c, p.clone()).path.placed());
+    assert!((c.usage("t1") - 0.6).abs() < 1e-9);
+    p.name = "b".into();
+    p.model_id = "b".into();
+    let d = place(&mut c, p.clone());
+    assert_eq!(d.path, Path::Reject);
+    assert!(d.summary.contains("quota"), "{}", d.summary);
+    // Another tenant is not limited.
+    p.name = "c".into();
+    p.model_id = "c".into();
+    p.tenant = "t2".into();
+    assert!(place(&mut c, p.clone()).path.placed());
+    // Removing "a" after 1.5 of its 3 hours refunds half of its 0.6.
+    c.remove("a", 1_000 + 5_400_000).unwrap();
+    assert!((c.usage("t1") - 0.3).abs() < 1e-9, "{}", c.usage("t1"));
+    p.name = "d".into();
+    p.model_id = "d".into();
+    p.tenant = "t1".into();
+    assert!(place(&mut c, p).path.placed());
+}
+
+#[test]
+fn cost_limits() {
+    let mut c = core(&[
+        node("h100", "NVIDIA H100 80GB HBM3", 1),
+        node("t4", "Tesla T4", 1),
+    ]);
+    // 20% of an H100 costs 1.96/h, of a T4 0.106/h.
+    let mut p = small("cheap");
+    p.max_cost_per_hour = Some(0.5);
+    assert_eq!(place(&mut c, p).node.as_deref(), Some("t4"));
+    let mut p = small("too-cheap");
+    p.max_cost_per_hour = Some(0.01);
+    let d = place(&mut c, p);
+    assert_eq!(
+        d.path,
+        Path::Reject,
+        "no GPU anywhere is that cheap: {}",
+        d.summary
+    );
+    let mut p = small("rich");
+    p.max_cost_per_hour = Some(5.0);
+    p.accepted_models = vec!["H100".into()];
+    assert_eq!(place(&mut c, p).node.as_deref(), Some("h100"));
+}
+
+#[test]
+fn cordoned_and_unhealthy_nodes_take_nothing() {
+    let mut c = core(&[node("n1", "Tesla T4", 1), node("n2", "Tesla T4", 1)]);
+    c.control(Control::Cordon { node: "n1".into() }, 0).unwrap();
+    c.observe(
+        "n2",
+        &NodeLoad {
+            qps: 0.0,
+            error_rate: 0.0,
+            healthy: false,
+            gpus: vec![],
+        },
+    )
+    .unwrap();
+    let d = place(&mut c, small("a"));
+    assert!(!d.path.placed());
+    let names: Vec<&str> = d.ruled_out.iter().map(|r| r.constraint.as_str()).collect();
+    assert_eq!(names, ["cordoned", "unhealthy"]);
+    assert!(matches!(
+        c.control(
+            Control::Cordon {
+                node: "nope".into()
+            },
+            0
+        ),
+        Err(Refusal::NotFound(_))
+    ));
+}
+
+#[test]
+fn locality_and_preferred_models_raise_the_score() {
+    let mut near = node("near", "NVIDIA A100-SXM4-80GB", 1);
+    near.labels.insert("zone".into(), "z1".into());
+    let mut c = core(&[node("far", "NVIDIA A100-SXM4-80GB", 1), near]);
+    let mut p = small("a");
+    p.locality = vec!["zone=z1".into()];
+    let d = place(&mut c, p);
+    assert_eq!(d.node.as_deref(), Some("near"));
+    assert_eq!(d.top[0].terms.locality, 1.0);
+    assert_eq!(d.top[1].terms.locality, 0.0);
+    // Large prefers H100 over an equally idle A100.
+    let mut c = core(&[
+        node("a", "NVIDIA A100-SXM4-80GB", 1),
+        node("h", "NVIDIA H100 80GB HBM3", 1),
+    ]);
+    let mut p = small("big");
+    p.model_size_gb = 60.0;
+    let d = place(&mut c, p);
+    assert_eq!(d.node.as_deref(), Some("h"));
+    assert_eq!(d.top[0].terms.affinity, 1.0);
+}
+
+#[test]
+fn multi_gpu_requests_take_whole_gpus_on_one_node() {
+    let mut c = core(&[
+        node("n1", "NVIDIA H100 80GB HBM3", 2),
+        node("n2", "NVIDIA H100 80GB HBM3", 4),
+    ]);
+    place(&mut c, small("a"));
+    let mut p = small("tp4");
+    p.model_size_gb = 140.0;
+    p.gpus = Some(4);
+    let d = place(&mut c, p);
+    assert_eq!(d.path, Path::Direct, "{}", d.summary);
+    assert_eq!(d.gpus.len(), 4);
+    let m = serde_json::to_value(d.manifest.unwrap()).unwrap();
+    assert_eq!(
+        m["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        "4"
+    );
+}
+
+#[test]
+fn the_manifest_binds_the_pod() {
+    let mut c = core(&[node("n1", "NVIDIA H100 80GB HBM3", 1)]);
+    let d = place(&mut c, with_share(small("svc"), 40));
+    let m = serde_json::to_value(d.manifest.unwrap()).unwrap();
+    assert_eq!(m["metadata"]["name"], "svc");
+    let mps: serde_json::Value = serde_json::from_str(
+        m["metadata"]["annotations"]["mps.nvidia.com/config"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(mps["activeThreadPercentage"], 40);
+    assert_eq!(mps["gpus"], serde_json::json!([0]));
+    assert_eq!(m["spec"]["nodeName"], "n1");
+    assert_eq!(
+        m["spec"]["nodeSelector"]["nvidia.com/gpu.product"],
+        "NVIDIA-H100-80GB-HBM3"
+    );
+    let ctr = &m["spec"]["containers"][0];
+    assert_eq!(ctr["resources"]["limits"]["nvidia.com/mps"], "40");
+    assert_eq!(ctr["resources"]["limits"]["nvidia.com/gpu"], "1");
+    let env: Vec<(String, String)> = ctr["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(env.contains(&("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(), "40".into())));
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "LD_PRELOAD" && v.ends_with("libvagus_shim.so"))
+    );
+}
+
+#[test]
+fn bad_requests_name_the_field_and_change_nothing() {
+    let mut c = core(&[node("n1", "Tesla T4", 1)]);
+    let cases: Vec<(Profile, &str)> = vec![
+        (
+            Profile {
+                name: "Bad_Name".into(),
+                ..small("x")
+            },
+            "name",
+        ),
+        (
+            Profile {
+                model_size_gb: f64::NAN,
+                ..small("x")
+            },
+            "model_size_gb",
+        ),
+        (
+            Profile {
+                batch: 0,
+                ..small("x")
+            },
+            "batch",
+        ),
+        (
+            Profile {
+                share_pct: Some(0),
+                ..small("x")
+            },
+            "share_pct",
+        ),
+        (
+            Profile {
+                gpus: Some(17),
+                ..small("x")
+            },
+            "gpus",
+        ),
+        (
+            Profile {
+                tenant: " ".into(),
+                ..small("x")
+            },
+            "tenant",
+        ),
+        (
+            Profile {
+                accepted_models: vec!["".into()],
+                ..small("x")
+            },
+            "accepted_models[0]",
+        ),
+    ];
+    for (p, field) in cases {
+        match c.place(p, 0) {
+            Err(Refusal::Invalid(e)) => assert_eq!(e.field, field, "{e}"),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    assert_eq!(c.placements().count(), 0);
+    place(&mut c, small("x"));
+    assert!(matches!(c.place(small("x"), 0), Err(Refusal::Conflict(_))));
+    assert!(matches!(c.remove("nope", 0), Err(Refusal::NotFound(_))));
+    let bad = NodeSpec {
+        gpus: vec![gpu("Mystery GPU")],
+        ..node("m", "T4", 0)
+    };
+    assert_eq!(c.upsert_node(&bad).unwrap_err().field, "gpus[0].model");
+}
+
+#[test]
+fn decisions_do_not_depend_on_the_clock_or_the_run() {
+    // The same requests in the same order give the same decisions.
+    let run = || {
+        let nodes: Vec<NodeSpec> = (0..20)
+            .map(|i| {
+                node(
+                    &format!("n{i}"),
+                    if i % 3 == 0 {
+                        "Tesla T4"
+                    } else {
+                        "NVIDIA A100-SXM4-80GB"
+                    },
+                    4,
+                )
+            })
+            .collect();
+        let mut c = core(&nodes);
+        let mut out = Vec::new();
+        for i in 0..200u32 {
+            let mut p = small(&format!("w{i}"));
+            p.model_size_gb = 1.0 + (i % 7) as f64 * 9.0;
+            p.model_id = format!("m{}", i % 13);
+            let d = c.place(p, i as u64).unwrap().remove(0);
+            out.push((d.path, d.node, d.gpus));
+        }
+        out
+    };
+    assert_eq!(run(), run());
+}
