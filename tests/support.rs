@@ -302,6 +302,13 @@ pub fn start_brain_with(sim: &Sim, args: &[&str]) -> BrainProc {
     }
 }
 
+impl Drop for BrainProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl BrainProc {
     pub fn send(&mut self, line: &str) {
         writeln!(self.stdin, "{line}").unwrap();

@@ -160,34 +160,47 @@ impl Service {
     }
 
     /// Runs `f` on the core, records its decisions, and waits for them to
-    /// be committed.
+    /// be committed. Each decision is encoded once, for the trail and the
+    /// answer. If the trail fails, a new placement is withdrawn again (the
+    /// caller hears 503 and nothing was placed); a removal or control stays
+    /// applied, and the 503 says it was not recorded.
     async fn decide(
         &self,
         actor: &str,
         control: Option<&Control>,
+        placing: Option<&str>,
         f: impl FnOnce(&mut Core, u64) -> Result<Vec<Decision>, Refusal>,
-    ) -> Result<Vec<Decision>, ApiError> {
-        let commit = {
+    ) -> Result<Vec<Decided>, ApiError> {
+        let (rx, decided) = {
             let mut core = self.core();
             let now = (self.clock)();
             let t = std::time::Instant::now();
             let decisions = f(&mut core, now).map_err(ApiError::from)?;
             self.metrics.decided(t.elapsed(), &decisions);
-            let rows = decisions
-                .iter()
-                .map(|d| row(&core, d, actor, control))
-                .collect::<Result<Vec<Row>, ApiError>>()?;
+            let mut rows = Vec::with_capacity(decisions.len());
+            let mut decided = Vec::with_capacity(decisions.len());
+            for d in &decisions {
+                let r = row(&core, d, actor, control)?;
+                decided.push(Decided {
+                    path: d.path,
+                    workload: d.workload.clone(),
+                    json: r.body.clone(),
+                });
+                rows.push(r);
+            }
             // Queued under the lock: the trail has the core's order.
-            (self.audit.submit(rows), decisions)
+            (self.audit.submit(rows), decided)
         };
-        let (rx, decisions) = commit;
         match rx.await {
             Ok(Ok(())) => {
-                self.metrics.audited(decisions.len());
-                Ok(decisions)
+                self.metrics.audited(decided.len());
+                Ok(decided)
             }
             failed => {
                 self.metrics.audit_failed();
+                if let Some(id) = placing {
+                    let _ = self.core().remove(id, (self.clock)());
+                }
                 let why = match failed {
                     Ok(Err(e)) => e,
                     _ => "the audit writer stopped".to_string(),
@@ -378,7 +391,15 @@ fn quoted(msg: &str) -> Option<String> {
     Some(msg[a + 1..a + 1 + b].to_string())
 }
 
-/// The answer to a placement request or deletion.
+/// A decision as recorded: its path, its workload, its JSON.
+pub struct Decided {
+    pub path: Path,
+    pub workload: String,
+    pub json: String,
+}
+
+/// The answer to a placement request or deletion (the OpenAPI schema of
+/// what [`answer`] writes).
 #[derive(Serialize, ToSchema)]
 pub struct Answer {
     pub id: String,
@@ -388,14 +409,32 @@ pub struct Answer {
     pub related: Vec<Decision>,
 }
 
-fn answer(id: &str, mut ds: Vec<Decision>) -> Answer {
+/// `{"id", "decision", "related"}` from the recorded JSON, and the path of
+/// the workload's own decision.
+fn answer(id: &str, ds: &[Decided]) -> (Path, String) {
     let i = ds.iter().position(|d| d.workload == id).unwrap_or(0);
-    let decision = ds.remove(i);
-    Answer {
-        id: id.to_string(),
-        decision,
-        related: ds,
+    let mut out = String::with_capacity(ds.iter().map(|d| d.json.len() + 1).sum::<usize>() + 64);
+    out.push_str("{\"id\":");
+    out.push_str(&serde_json::Value::from(id).to_string());
+    out.push_str(",\"decision\":");
+    out.push_str(ds.get(i).map(|d| d.json.as_str()).unwrap_or("null"));
+    out.push_str(",\"related\":[");
+    let mut first = true;
+    for (k, d) in ds.iter().enumerate() {
+        if k != i {
+            if !first {
+                out.push(',');
+            }
+            out.push_str(&d.json);
+            first = false;
+        }
     }
+    out.push_str("]}");
+    (ds.get(i).map(|d| d.path).unwrap_or(Path::Control), out)
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[utoipa::path(post, path = "/v1/placements", request_body = Profile,
@@ -414,14 +453,16 @@ async fn create_placement(
     let actor = s.authorize(&headers, Role::Operator)?;
     let p: Profile = parse(&body)?;
     let id = p.name.clone();
-    let ds = s.decide(&actor, None, |c, now| c.place(p, now)).await?;
-    let a = answer(&id, ds);
-    let status = match a.decision.path {
+    let ds = s
+        .decide(&actor, None, Some(&id), |c, now| c.place(p, now))
+        .await?;
+    let (path, body) = answer(&id, &ds);
+    let status = match path {
         p if p.placed() => StatusCode::CREATED,
         Path::Reject => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::ACCEPTED,
     };
-    Ok((status, axum::Json(a)).into_response())
+    Ok(json(status, body))
 }
 
 /// A workload as the API shows it.
@@ -480,8 +521,10 @@ async fn delete_placement(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let actor = s.authorize(&headers, Role::Operator)?;
-    let ds = s.decide(&actor, None, |c, now| c.remove(&id, now)).await?;
-    Ok(axum::Json(answer(&id, ds)).into_response())
+    let ds = s
+        .decide(&actor, None, None, |c, now| c.remove(&id, now))
+        .await?;
+    Ok(json(StatusCode::OK, answer(&id, &ds).1))
 }
 
 /// Placed and queued workloads, in name order.
@@ -574,9 +617,12 @@ async fn post_control(
     let c: Control = parse(&body)?;
     let c2 = c.clone();
     let ds = s
-        .decide(&actor, Some(&c), move |core, now| core.control(c2, now))
+        .decide(&actor, Some(&c), None, move |core, now| {
+            core.control(c2, now)
+        })
         .await?;
-    Ok(axum::Json(ds).into_response())
+    let items: Vec<&str> = ds.iter().map(|d| d.json.as_str()).collect();
+    Ok(json(StatusCode::OK, format!("[{}]", items.join(","))))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -48,7 +48,8 @@ pub struct Config {
     pub manifest: ManifestConfig,
     /// Candidates kept in each explanation.
     pub explain_top: usize,
-    /// GPUs a repack or preemption search examines at most.
+    /// Repack plans tried (and reconfigurable GPUs offered) at most per
+    /// decision.
     pub search_limit: usize,
 }
 
@@ -72,7 +73,7 @@ impl Default for Config {
             scale_out: true,
             manifest: ManifestConfig::default(),
             explain_top: 3,
-            search_limit: 64,
+            search_limit: 8,
         }
     }
 }

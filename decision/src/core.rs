@@ -25,7 +25,7 @@ use crate::explain::{Candidate, Decision, Move, NodeShape, Path, Plan, RuledOut,
 use crate::manifest;
 use crate::score::{self, ShareMix, Slot, Terms};
 use crate::spec;
-use crate::state::{Node, NodeLoad, NodeSpec, Placed, Queued, check_id};
+use crate::state::{Node, NodeLoad, NodeSpec, Placed, Queued, Resident, check_id};
 use crate::workload::{Invalid, Priority, Profile};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -115,6 +115,64 @@ impl Cand {
     }
 }
 
+/// What the scan reads of a GPU, packed (the full [`crate::state::Gpu`]
+/// is too large to sweep 6,000 of them per decision).
+#[derive(Clone, Copy, Debug, Default)]
+struct Hot {
+    used_pct: u32,
+    /// 0: no MPS server yet.
+    pool: u32,
+    cap: u32,
+    model_no: u32,
+    used_gb: f64,
+    memory_gb: f64,
+    price: f64,
+    efficiency: f64,
+    /// NaN: not measured.
+    utilisation: f64,
+    power: f64,
+    empty: bool,
+    exclusive: bool,
+}
+
+/// What the scan reads of a node.
+#[derive(Clone, Copy, Debug, Default)]
+struct NodeHot {
+    cpu_free: u64,
+    memory_free: u64,
+    cordoned: bool,
+    healthy: bool,
+    /// Its GPUs in `Core::hot`.
+    first: usize,
+    count: usize,
+}
+
+/// A single-GPU candidate in the scan's hot loop (no allocation).
+#[derive(Clone, Copy, Debug)]
+struct Light {
+    node: usize,
+    gpu: u32,
+    slot: Slot,
+    score: f64,
+    terms: Terms,
+}
+
+impl Light {
+    fn beats(&self, o: &Light) -> bool {
+        self.score > o.score + 1e-12
+    }
+
+    fn cand(&self) -> Cand {
+        Cand {
+            node: self.node,
+            gpus: vec![self.gpu],
+            slot: self.slot,
+            score: self.score,
+            terms: self.terms,
+        }
+    }
+}
+
 const CONSTRAINTS: [&str; 11] = [
     "cordoned",
     "unhealthy",
@@ -186,6 +244,12 @@ pub struct Core {
     seq: u64,
     qseq: u64,
     best_tpw: f64,
+    /// GPU model names, numbered (1, 2, …) for fast comparison.
+    models: HashMap<String, u32>,
+    /// Model id → nodes holding replicas of it (anti-affinity).
+    replica_nodes: HashMap<String, HashMap<usize, u32>>,
+    hot: Vec<Hot>,
+    node_hot: Vec<NodeHot>,
 }
 
 impl Core {
@@ -208,6 +272,10 @@ impl Core {
             seq: 0,
             qseq: 0,
             best_tpw: spec::best_tflops_per_watt(),
+            models: HashMap::new(),
+            replica_nodes: HashMap::new(),
+            hot: Vec::new(),
+            node_hot: Vec::new(),
         })
     }
 
@@ -252,10 +320,23 @@ impl Core {
     /// holds workloads cannot disappear.
     pub fn upsert_node(&mut self, spec: &NodeSpec) -> Result<(), Invalid> {
         spec.validate()?;
-        let fresh = Node::from_spec(spec);
+        let mut fresh = Node::from_spec(spec);
+        for g in &mut fresh.gpus {
+            let next = self.models.len() as u32 + 1;
+            g.model_no = *self.models.entry(g.model.clone()).or_insert(next);
+        }
         let Some(&i) = self.index.get(&spec.name) else {
             self.index.insert(spec.name.clone(), self.nodes.len());
             self.nodes.push(fresh);
+            let first = self.hot.len();
+            self.hot
+                .extend(std::iter::repeat_n(Hot::default(), spec.gpus.len()));
+            self.node_hot.push(NodeHot {
+                first,
+                count: spec.gpus.len(),
+                ..NodeHot::default()
+            });
+            self.refresh(self.nodes.len() - 1);
             return Ok(());
         };
         let old = &self.nodes[i];
@@ -294,10 +375,12 @@ impl Core {
             g.used_pct = o.used_pct;
             g.used_gb = o.used_gb;
             g.workloads = o.workloads.clone();
+            g.residents = o.residents.clone();
             g.power_w = o.power_w;
             g.utilisation = o.utilisation;
         }
         self.nodes[i] = n;
+        self.refresh(i);
         Ok(())
     }
 
@@ -317,7 +400,69 @@ impl Core {
                 g.power_w = Some(power.max(0.0));
             }
         }
+        self.refresh(i);
         Ok(())
+    }
+
+    /// Recomputes the scan's view of node `i` (after any change to it).
+    fn refresh(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let Some(nh) = self.node_hot.get(i).copied() else {
+            return self.rebuild_hot();
+        };
+        if nh.count != n.gpus.len() {
+            return self.rebuild_hot();
+        }
+        self.node_hot[i] = NodeHot {
+            cpu_free: n.cpu_free,
+            memory_free: n.memory_free,
+            cordoned: n.cordoned,
+            healthy: n.healthy,
+            first: nh.first,
+            count: nh.count,
+        };
+        let over = self.cfg.oversubscription_pct;
+        for (k, g) in n.gpus.iter().enumerate() {
+            self.hot[nh.first + k] = Hot {
+                used_pct: g.used_pct,
+                pool: g.pool.unwrap_or(0),
+                cap: g.capacity_pct(over),
+                model_no: g.model_no,
+                used_gb: g.used_gb,
+                memory_gb: g.memory_gb,
+                price: g.price_per_hour,
+                efficiency: if self.best_tpw > 0.0 {
+                    (g.tflops_per_watt / self.best_tpw).min(1.0)
+                } else {
+                    0.0
+                },
+                utilisation: g.utilisation.unwrap_or(f64::NAN),
+                power: match g.power_w {
+                    Some(p) if g.tdp_w > 0.0 => ((g.tdp_w - p) / g.tdp_w).clamp(0.0, 1.0),
+                    _ => 1.0,
+                },
+                empty: g.workloads.is_empty(),
+                exclusive: g.exclusive,
+            };
+        }
+    }
+
+    fn rebuild_hot(&mut self) {
+        self.hot.clear();
+        self.node_hot.clear();
+        for n in &self.nodes {
+            let first = self.hot.len();
+            self.hot
+                .extend(std::iter::repeat_n(Hot::default(), n.gpus.len()));
+            self.node_hot.push(NodeHot {
+                first,
+                count: n.gpus.len(),
+                ..NodeHot::default()
+            });
+        }
+        for i in 0..self.nodes.len() {
+            self.refresh(i);
+        }
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -599,7 +744,7 @@ impl Core {
             gpu: c.gpus[0],
             slot: c.slot,
             score: c.score,
-            terms: t.clone(),
+            terms: *t,
             weighted: Terms {
                 efficiency: w.efficiency * t.efficiency,
                 affinity: w.affinity * t.affinity,
@@ -620,6 +765,9 @@ impl Core {
 
     /// [`Self::scan`] over some nodes; `all`: keep every feasible candidate
     /// (in `reconfigure`, whatever its slot).
+    ///
+    /// The hot loop: per GPU a few integer checks and the terms, no
+    /// allocation (candidates are kept as [`Light`] until one is stored).
     fn scan_in(
         &self,
         a: &Ask,
@@ -636,102 +784,126 @@ impl Core {
             top: Vec::new(),
             ruled: Default::default(),
         };
-        let per_gpu_gb = p.model_size_gb / p.gpus() as f64;
-        let req = score::Request {
-            share: a.share,
-            preferred: a.preferred,
-            locality: &p.locality,
-            best_tflops_per_watt: self.best_tpw,
-            capacity: 100,
-        };
+        let want = p.gpus() as usize;
+        let per_gpu_gb = p.model_size_gb / want as f64;
+        let cost_per_price = a.share as f64 / 100.0 * want as f64;
         let keep = if explain { self.cfg.explain_top } else { 0 };
+        let w = &self.cfg.weights;
+        // GPUs of one model in a row share these answers.
+        let mut memo: (u32, bool, f64) = (0, false, 0.0);
+        let mut reconf: Vec<Light> = Vec::new();
+        let mut idle: Vec<Light> = Vec::new();
+        let banned = self.replica_nodes.get(&p.model_id);
         for i in nodes {
-            let n = &self.nodes[i];
-            s.considered += n.gpus.len() as u32;
-            let node_rule = if n.cordoned {
+            let nh = self.node_hot[i];
+            s.considered += nh.count as u32;
+            let node_rule = if nh.cordoned {
                 Some(0)
-            } else if !n.healthy {
+            } else if !nh.healthy {
                 Some(1)
-            } else if n.cpu_free < p.cpu_milli {
+            } else if nh.cpu_free < p.cpu_milli {
                 Some(2)
-            } else if n.memory_free < p.memory_mib {
+            } else if nh.memory_free < p.memory_mib {
                 Some(3)
-            } else if n.replicas.contains_key(&p.model_id) {
+            } else if banned.is_some_and(|b| b.contains_key(&i)) {
                 Some(4)
             } else {
                 None
             };
             if let Some(r) = node_rule {
-                s.rule(r, || n.name.clone());
+                s.rule(r, || self.nodes[i].name.clone());
                 continue;
             }
-            let mut fits: Vec<Cand> = Vec::new();
-            for g in &n.gpus {
-                if a.exclude == Some((i, g.index)) {
-                    s.rule(5, || format!("{}/{}", n.name, g.index));
+            let local = !p.locality.is_empty() && self.nodes[i].local_to(&p.locality);
+            let mut node_best: Option<Light> = None;
+            idle.clear();
+            for (k, h) in self.hot[nh.first..nh.first + nh.count].iter().enumerate() {
+                let gi = k as u32;
+                if a.exclude == Some((i, gi)) {
+                    s.rule(5, || format!("{}/{gi}", self.nodes[i].name));
                     continue;
                 }
-                let cap = g.capacity_pct(self.cfg.oversubscription_pct);
-                let rule = if !p.accepted_models.is_empty()
-                    && !p
-                        .accepted_models
-                        .iter()
-                        .any(|m| spec::is_family(&g.model, m))
-                {
+                if memo.0 != h.model_no {
+                    let model = &self.nodes[i].gpus[k].model;
+                    let accepts = p.accepted_models.is_empty()
+                        || p.accepted_models.iter().any(|m| spec::is_family(model, m));
+                    let affinity = match a.preferred {
+                        Some(m) if spec::is_family(model, m) => 1.0,
+                        Some(_) => 0.0,
+                        None => 0.5,
+                    };
+                    memo = (h.model_no, accepts, affinity);
+                }
+                let rule = if !memo.1 {
                     Some(6)
-                } else if p.max_cost_per_hour.is_some_and(|c| {
-                    g.price_per_hour * a.share as f64 / 100.0 * p.gpus() as f64 > c + 1e-9
-                }) {
-                    Some(7)
-                } else if g.used_gb + per_gpu_gb > g.memory_gb + 1e-9 {
-                    Some(8)
-                } else if g.exclusive || (a.share >= 100 && g.used_pct > 0) {
+                } else if h.exclusive || (a.share >= 100 && h.used_pct > 0) {
                     Some(9)
-                } else if g.used_pct + a.share > cap {
+                } else if h.used_pct + a.share > h.cap {
                     Some(10)
+                } else if h.used_gb + per_gpu_gb > h.memory_gb + 1e-9 {
+                    Some(8)
+                } else if p
+                    .max_cost_per_hour
+                    .is_some_and(|c| h.price * cost_per_price > c + 1e-9)
+                {
+                    Some(7)
                 } else {
                     None
                 };
                 if let Some(r) = rule {
-                    s.rule(r, || format!("{}/{}", n.name, g.index));
+                    s.rule(r, || format!("{}/{gi}", self.nodes[i].name));
                     continue;
                 }
-                let slot = if g.workloads.is_empty() {
+                let slot = if h.empty {
                     Slot::Fresh
-                } else if g.pool == Some(a.share) {
+                } else if h.pool == a.share {
                     Slot::Pool
                 } else {
                     Slot::Reconfigure
                 };
-                let r = score::Request {
-                    capacity: cap,
-                    ..req
+                let load = score::GpuLoad {
+                    used_pct: h.used_pct,
+                    cap: h.cap,
+                    utilisation: h.utilisation,
+                    power: h.power,
+                    efficiency: h.efficiency,
                 };
-                let terms = score::terms(n, g, slot, &r, &self.mix);
-                let score = terms.total(&self.cfg.weights);
-                fits.push(Cand {
+                let terms = score::terms(&load, slot, a.share, memo.2, local, &self.mix);
+                let c = Light {
                     node: i,
-                    gpus: vec![g.index],
+                    gpu: gi,
                     slot,
-                    score,
+                    score: terms.total(w),
                     terms,
-                });
+                };
+                if want > 1 {
+                    if slot == Slot::Fresh {
+                        idle.push(c);
+                    }
+                    continue;
+                }
+                s.feasible += 1;
+                if node_best.is_none_or(|b| c.beats(&b)) {
+                    node_best = Some(c);
+                }
+                if slot == Slot::Reconfigure || all {
+                    reconf.push(c);
+                } else if s.direct.as_ref().is_none_or(|d| c.score > d.score + 1e-12) {
+                    s.direct = Some(c.cand());
+                }
             }
-            let cands: Vec<Cand> = if p.gpus() > 1 {
+            let best = if want > 1 {
                 // Whole idle GPUs only; the node's best `gpus` of them.
-                let mut idle: Vec<Cand> =
-                    fits.into_iter().filter(|c| c.slot == Slot::Fresh).collect();
-                if idle.len() < p.gpus() as usize {
-                    if !idle.is_empty() || n.gpus.iter().any(|g| g.workloads.is_empty()) {
-                        s.rule(10, || n.name.clone());
+                if idle.len() < want {
+                    if !idle.is_empty() {
+                        s.rule(10, || self.nodes[i].name.clone());
                     }
                     continue;
                 }
                 idle.sort_by(|x, y| y.score.total_cmp(&x.score));
-                idle.truncate(p.gpus() as usize);
-                let k = idle.len() as f64;
+                let k = want as f64;
                 let mut t = Terms::default();
-                for c in &idle {
+                for c in &idle[..want] {
                     t.efficiency += c.terms.efficiency / k;
                     t.affinity += c.terms.affinity / k;
                     t.headroom += c.terms.headroom / k;
@@ -740,38 +912,45 @@ impl Core {
                     t.locality += c.terms.locality / k;
                     t.fragmentation += c.terms.fragmentation / k;
                 }
-                let mut gpus: Vec<u32> = idle.iter().map(|c| c.gpus[0]).collect();
+                let mut gpus: Vec<u32> = idle[..want].iter().map(|c| c.gpu).collect();
                 gpus.sort();
-                vec![Cand {
+                let c = Cand {
                     node: i,
                     gpus,
                     slot: Slot::Fresh,
-                    score: t.total(&self.cfg.weights),
+                    score: t.total(w),
                     terms: t,
-                }]
+                };
+                s.feasible += 1;
+                if s.direct.as_ref().is_none_or(|d| c.beats(d)) {
+                    s.direct = Some(c.clone());
+                }
+                if all {
+                    s.reconfigure.push(c.clone());
+                }
+                Some(c)
             } else {
-                fits
+                node_best.map(|b| b.cand())
             };
             // The explanation lists nodes: each node's best candidate.
-            let node_best = cands.iter().reduce(|b, c| if c.beats(b) { c } else { b });
-            if let Some(c) = node_best
+            if let Some(c) = best
                 && keep > 0
                 && (s.top.len() < keep || c.beats(s.top.last().expect("non-empty")))
             {
                 let at = s.top.iter().position(|t| c.beats(t)).unwrap_or(s.top.len());
-                s.top.insert(at, c.clone());
+                s.top.insert(at, c);
                 s.top.truncate(keep);
             }
-            for c in cands {
-                s.feasible += 1;
-                if c.slot == Slot::Reconfigure || all {
-                    s.reconfigure.push(c);
-                } else if s.direct.as_ref().is_none_or(|d| c.beats(d)) {
-                    s.direct = Some(c);
-                }
-            }
         }
-        s.reconfigure.sort_by(|x, y| y.score.total_cmp(&x.score));
+        // Best first; ties keep the node order.
+        reconf.sort_by(|x, y| y.score.total_cmp(&x.score));
+        let limit = if all {
+            usize::MAX
+        } else {
+            self.cfg.search_limit
+        };
+        s.reconfigure
+            .extend(reconf.iter().take(limit).map(Light::cand));
         s
     }
 
@@ -868,13 +1047,6 @@ impl Core {
         }
     }
 
-    /// May `w` be moved to make room for a workload of `for_priority`?
-    fn movable(&self, w: &Placed, for_priority: Priority) -> bool {
-        !w.pinned
-            && w.profile.priority != Priority::P0
-            && !w.profile.priority.outranks(for_priority)
-    }
-
     /// A consolidation plan: the GPU that can be freed with the fewest,
     /// cheapest moves of movable workloads to direct slots elsewhere.
     /// Applies it (moves bound at their destinations) and returns the
@@ -885,6 +1057,7 @@ impl Core {
         }
         let share = class.share_pct;
         let per_gpu_gb = p.model_size_gb;
+        let banned = self.replica_nodes.get(&p.model_id);
         // GPUs that would take the request once the workloads to move are gone.
         let mut targets: Vec<(usize, u32, Vec<String>, f64)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -892,7 +1065,7 @@ impl Core {
                 || !n.healthy
                 || n.cpu_free < p.cpu_milli
                 || n.memory_free < p.memory_mib
-                || n.replicas.contains_key(&p.model_id)
+                || banned.is_some_and(|b| b.contains_key(&i))
             {
                 continue;
             }
@@ -909,41 +1082,48 @@ impl Core {
                 {
                     continue;
                 }
-                let ws: Vec<&Placed> = g
-                    .workloads
-                    .iter()
-                    .filter_map(|w| self.placed.get(w))
-                    .collect();
-                if ws.iter().any(|w| !self.movable(w, p.priority)) && g.pool != Some(share) {
+                let movable = |r: &Resident| {
+                    !r.pinned && r.priority != Priority::P0 && !r.priority.outranks(p.priority)
+                };
+                if g.pool != Some(share) && !g.residents.iter().all(movable) {
                     continue;
                 }
                 let cap = g.capacity_pct(self.cfg.oversubscription_pct);
                 // Same pool: move the largest movable shares until it fits;
                 // another pool or an exclusive request: move everything.
-                let mut order: Vec<&Placed> = ws
-                    .iter()
-                    .copied()
-                    .filter(|w| self.movable(w, p.priority))
+                let mut order: Vec<usize> = (0..g.residents.len())
+                    .filter(|&k| movable(&g.residents[k]))
                     .collect();
-                order.sort_by(|a, b| b.share_pct.cmp(&a.share_pct).then(a.id.cmp(&b.id)));
+                order.sort_by(|&a, &b| {
+                    g.residents[b]
+                        .share
+                        .cmp(&g.residents[a].share)
+                        .then(g.workloads[a].cmp(&g.workloads[b]))
+                });
                 let mut used = g.used_pct;
                 let mut gb = g.used_gb;
                 let mut chosen = Vec::new();
                 let mut reload = 0.0;
                 let all = g.pool != Some(share) || share >= 100 || g.exclusive;
-                for w in order {
+                for k in order {
                     if !all && used + share <= cap && gb + per_gpu_gb <= g.memory_gb + 1e-9 {
                         break;
                     }
-                    used -= w.share_pct;
-                    gb -= w.profile.model_size_gb;
-                    reload += w.profile.model_size_gb;
-                    chosen.push(w.id.clone());
+                    let r = &g.residents[k];
+                    used -= r.share;
+                    gb -= r.gb;
+                    reload += r.gb;
+                    chosen.push(k);
                 }
                 let fits = if all {
                     chosen.len() == g.workloads.len()
                 } else {
                     used + share <= cap && gb + per_gpu_gb <= g.memory_gb + 1e-9
+                };
+                let chosen: Vec<String> = if fits {
+                    chosen.iter().map(|&k| g.workloads[k].clone()).collect()
+                } else {
+                    Vec::new()
                 };
                 if fits && !chosen.is_empty() {
                     targets.push((i, g.index, chosen, reload));
@@ -953,10 +1133,39 @@ impl Core {
         targets.sort_by(|a, b| a.2.len().cmp(&b.2.len()).then(a.3.total_cmp(&b.3)));
         let budget = self.cfg.breaker.max_moves as usize
             - self.moves.len().min(self.cfg.breaker.max_moves as usize);
-        for (node, gpu, chosen, _) in targets.into_iter().take(self.cfg.search_limit) {
+        // Where could moved workloads go at all? Slots by share (or idle
+        // GPUs), before any constraint: a plan needing more is not tried.
+        let idle = self.hot.iter().filter(|h| h.empty).count();
+        let mut slots: HashMap<u32, usize> = HashMap::new();
+        let mut tried = 0;
+        for (node, gpu, chosen, _) in targets {
+            if tried >= self.cfg.search_limit {
+                break;
+            }
             if chosen.len() > budget {
                 continue;
             }
+            let mut need: HashMap<u32, usize> = HashMap::new();
+            for id in &chosen {
+                if let Some(w) = self.placed.get(id) {
+                    *need.entry(w.share_pct).or_default() += 1;
+                }
+            }
+            let possible = need.iter().all(|(&sh, &n)| {
+                let have = *slots.entry(sh).or_insert_with(|| {
+                    self.hot
+                        .iter()
+                        .filter(|h| {
+                            !h.empty && !h.exclusive && h.pool == sh && h.used_pct + sh <= h.cap
+                        })
+                        .count()
+                });
+                have + idle >= n
+            });
+            if !possible {
+                continue;
+            }
+            tried += 1;
             if let Some(moves) = self.try_moves(node, gpu, &chosen, now) {
                 let ask = Ask {
                     p,
@@ -1041,7 +1250,7 @@ impl Core {
     /// The GPU where evicting the fewest, least important preemptible
     /// workloads of lower priority makes room.
     fn preemption(&self, p: &Profile, class: &Class) -> Option<(Cand, Vec<Placed>)> {
-        if p.gpus() > 1 {
+        if p.gpus() > 1 || p.priority == Priority::P3 {
             return None;
         }
         let share = class.share_pct;
@@ -1059,6 +1268,10 @@ impl Core {
                             .iter()
                             .any(|m| spec::is_family(&g.model, m)))
                     || g.memory_gb < p.model_size_gb
+                    || !g
+                        .residents
+                        .iter()
+                        .any(|r| !r.pinned && r.preemptible && p.priority.outranks(r.priority))
                 {
                     continue;
                 }
@@ -1127,14 +1340,24 @@ impl Core {
         } else {
             Slot::Pool
         };
-        let req = score::Request {
-            share,
-            preferred: class.preferred_model.as_deref(),
-            locality: &p.locality,
-            best_tflops_per_watt: self.best_tpw,
-            capacity: g.capacity_pct(self.cfg.oversubscription_pct),
+        let affinity = match class.preferred_model.as_deref() {
+            Some(m) if spec::is_family(&g.model, m) => 1.0,
+            Some(_) => 0.0,
+            None => 0.5,
         };
-        let terms = score::terms(n, g, slot, &req, &self.mix);
+        let load = score::GpuLoad::of(
+            g,
+            g.capacity_pct(self.cfg.oversubscription_pct),
+            self.best_tpw,
+        );
+        let terms = score::terms(
+            &load,
+            slot,
+            share,
+            affinity,
+            n.local_to(&p.locality),
+            &self.mix,
+        );
         let score = terms.total(&self.cfg.weights);
         Some((
             Cand {
@@ -1256,7 +1479,21 @@ impl Core {
             g.used_pct += p.share_pct;
             g.used_gb += per_gpu;
             g.workloads.push(p.id.clone());
+            g.residents.push(Resident {
+                share: p.share_pct,
+                priority: p.profile.priority,
+                pinned: p.pinned,
+                preemptible: p.profile.preemptible(),
+                gb: per_gpu,
+            });
         }
+        *self
+            .replica_nodes
+            .entry(p.profile.model_id.clone())
+            .or_default()
+            .entry(i)
+            .or_default() += 1;
+        self.refresh(i);
         self.placed.insert(p.id.clone(), p);
     }
 
@@ -1278,12 +1515,27 @@ impl Core {
             let g = &mut n.gpus[g as usize];
             g.used_pct -= p.share_pct;
             g.used_gb = (g.used_gb - per_gpu).max(0.0);
-            g.workloads.retain(|w| *w != p.id);
+            if let Some(k) = g.workloads.iter().position(|w| *w == p.id) {
+                g.workloads.remove(k);
+                g.residents.remove(k);
+            }
             if g.workloads.is_empty() {
                 g.exclusive = false;
                 g.used_gb = 0.0;
             }
         }
+        if let Some(m) = self.replica_nodes.get_mut(&p.profile.model_id) {
+            if let Some(c) = m.get_mut(&i) {
+                *c -= 1;
+                if *c == 0 {
+                    m.remove(&i);
+                }
+            }
+            if m.is_empty() {
+                self.replica_nodes.remove(&p.profile.model_id);
+            }
+        }
+        self.refresh(i);
         self.placed.remove(&p.id);
         if refund {
             let ran_s = now.saturating_sub(p.at_ms) as f64 / 1000.0;
@@ -1394,6 +1646,7 @@ impl Core {
                 let on = matches!(c, Control::Cordon { .. });
                 let i = self.node_index(node)?;
                 self.nodes[i].cordoned = on;
+                self.refresh(i);
                 format!("{node} {}", if on { "cordoned" } else { "uncordoned" })
             }
             Control::Pin { workload } | Control::Unpin { workload } => {
@@ -1403,6 +1656,13 @@ impl Core {
                     .get_mut(workload)
                     .ok_or_else(|| Refusal::NotFound(format!("placement {workload}")))?;
                 p.pinned = on;
+                let (node, gpus) = (self.index[&p.node], p.gpus.clone());
+                for g in gpus {
+                    let g = &mut self.nodes[node].gpus[g as usize];
+                    if let Some(k) = g.workloads.iter().position(|w| w == workload) {
+                        g.residents[k].pinned = on;
+                    }
+                }
                 format!("{workload} {}", if on { "pinned" } else { "unpinned" })
             }
             Control::Override {

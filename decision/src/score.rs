@@ -1,7 +1,7 @@
 //! The weighted node score: each candidate GPU gets its terms (0–1, the
 //! fragmentation term a signed change) and their weighted sum.
 
-use crate::state::{Gpu, Node};
+use crate::state::Gpu;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -61,7 +61,7 @@ impl Weights {
 }
 
 /// One candidate's terms, before weighting.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, ToSchema)]
 pub struct Terms {
     pub efficiency: f64,
     pub affinity: f64,
@@ -103,7 +103,11 @@ pub struct ShareMix {
     /// (share %, requests seen), sorted by share.
     counts: Vec<(u32, u64)>,
     total: u64,
+    /// `fragmentation(free)` for free = 0..=200, kept current.
+    table: Vec<f64>,
 }
+
+const TABLE_MAX: u32 = 200;
 
 impl ShareMix {
     pub fn with_grid(grid: &[u32]) -> ShareMix {
@@ -111,7 +115,13 @@ impl ShareMix {
         // share is as likely.
         let counts: Vec<(u32, u64)> = grid.iter().map(|&g| (g, 1)).collect();
         let total = counts.len() as u64;
-        ShareMix { counts, total }
+        let mut m = ShareMix {
+            counts,
+            total,
+            table: Vec::new(),
+        };
+        m.tabulate();
+        m
     }
 
     pub fn observe(&mut self, share: u32) {
@@ -120,11 +130,14 @@ impl ShareMix {
             Err(i) => self.counts.insert(i, (share, 1)),
         }
         self.total += 1;
+        self.tabulate();
     }
 
-    /// Expected free percent of a GPU with `free` percent left that a request
-    /// cannot use (in GPUs: 0–1).
-    pub fn fragmentation(&self, free: u32) -> f64 {
+    fn tabulate(&mut self) {
+        self.table = (0..=TABLE_MAX).map(|f| self.compute(f)).collect();
+    }
+
+    fn compute(&self, free: u32) -> f64 {
         if self.total == 0 {
             return 0.0;
         }
@@ -136,48 +149,79 @@ impl ShareMix {
             .sum();
         free as f64 / 100.0 * unusable as f64 / self.total as f64
     }
+
+    /// Expected free percent of a GPU with `free` percent left that a request
+    /// cannot use (in GPUs: 0–1).
+    pub fn fragmentation(&self, free: u32) -> f64 {
+        match self.table.get(free as usize) {
+            Some(&f) => f,
+            None => self.compute(free),
+        }
+    }
 }
 
-/// Inputs to the terms that do not depend on the GPU.
-pub struct Request<'a> {
-    pub share: u32,
-    pub preferred: Option<&'a str>,
-    pub locality: &'a [String],
-    pub best_tflops_per_watt: f64,
-    pub capacity: u32,
+/// What the terms read of a GPU.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuLoad {
+    pub used_pct: u32,
+    /// Percent that may be placed (100, or more where throttling allows).
+    pub cap: u32,
+    /// Measured utilisation 0–1; NaN: not measured (the placed share is used).
+    pub utilisation: f64,
+    /// Power headroom over TDP, 0–1.
+    pub power: f64,
+    /// TFLOPS per watt over the table's best, 0–1.
+    pub efficiency: f64,
 }
 
-pub fn terms(node: &Node, gpu: &Gpu, slot: Slot, r: &Request, mix: &ShareMix) -> Terms {
-    let cap = r.capacity.max(1) as f64;
-    let allocated = gpu.used_pct as f64 / cap;
-    let utilisation = gpu.utilisation.unwrap_or(allocated).clamp(0.0, 1.0);
-    let power = match gpu.power_w {
-        Some(p) if gpu.tdp_w > 0.0 => ((gpu.tdp_w - p) / gpu.tdp_w).clamp(0.0, 1.0),
-        _ => 1.0,
-    };
-    let affinity = match r.preferred {
-        Some(m) if crate::spec::is_family(&gpu.model, m) => 1.0,
-        Some(_) => 0.0,
-        None => 0.5,
-    };
-    let free_before = r.capacity.saturating_sub(gpu.used_pct);
-    let free_after = free_before.saturating_sub(r.share);
-    let fragmentation = mix.fragmentation(free_before) - mix.fragmentation(free_after);
+impl GpuLoad {
+    pub fn of(gpu: &Gpu, cap: u32, best_tflops_per_watt: f64) -> GpuLoad {
+        GpuLoad {
+            used_pct: gpu.used_pct,
+            cap,
+            utilisation: gpu.utilisation.unwrap_or(f64::NAN),
+            power: match gpu.power_w {
+                Some(p) if gpu.tdp_w > 0.0 => ((gpu.tdp_w - p) / gpu.tdp_w).clamp(0.0, 1.0),
+                _ => 1.0,
+            },
+            efficiency: if best_tflops_per_watt > 0.0 {
+                (gpu.tflops_per_watt / best_tflops_per_watt).min(1.0)
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// The terms of placing `share` percent on a GPU; `affinity` and `local`
+/// are the caller's (they depend on the GPU model and the node).
+pub fn terms(
+    g: &GpuLoad,
+    slot: Slot,
+    share: u32,
+    affinity: f64,
+    local: bool,
+    mix: &ShareMix,
+) -> Terms {
+    let utilisation = if g.utilisation.is_nan() {
+        g.used_pct as f64 / g.cap.max(1) as f64
+    } else {
+        g.utilisation
+    }
+    .clamp(0.0, 1.0);
+    let free_before = g.cap.saturating_sub(g.used_pct);
+    let free_after = free_before.saturating_sub(share);
     Terms {
-        efficiency: if r.best_tflops_per_watt > 0.0 {
-            (gpu.tflops_per_watt / r.best_tflops_per_watt).min(1.0)
-        } else {
-            0.0
-        },
+        efficiency: g.efficiency,
         affinity,
         headroom: 1.0 - utilisation,
-        power,
+        power: g.power,
         mps: match slot {
             Slot::Pool => 1.0,
             Slot::Fresh => 0.5,
             Slot::Reconfigure => 0.0,
         },
-        locality: if node.local_to(r.locality) { 1.0 } else { 0.0 },
-        fragmentation,
+        locality: if local { 1.0 } else { 0.0 },
+        fragmentation: mix.fragmentation(free_before) - mix.fragmentation(free_after),
     }
 }

@@ -91,6 +91,9 @@ pub struct Gpu {
     pub tdp_w: f64,
     /// Dense FP16 TFLOPS per watt (0 when the model is not in the table).
     pub tflops_per_watt: f64,
+    /// The core's number for `model` (equal names, equal numbers).
+    #[serde(skip)]
+    pub(crate) model_no: u32,
     pub price_per_hour: f64,
     pub throttling: bool,
     /// Last measured power draw (W) and utilisation (0–1), if any.
@@ -106,6 +109,19 @@ pub struct Gpu {
     pub used_gb: f64,
     /// Placement ids on this GPU.
     pub workloads: Vec<String>,
+    /// What repack and preemption searches need of each, in `workloads`'
+    /// order (no lookups while sweeping the cluster).
+    #[serde(skip)]
+    pub(crate) residents: Vec<Resident>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Resident {
+    pub share: u32,
+    pub priority: crate::Priority,
+    pub pinned: bool,
+    pub preemptible: bool,
+    pub gb: f64,
 }
 
 impl Gpu {
@@ -120,6 +136,7 @@ impl Gpu {
             memory_gb: g.memory_gb.or(row.map(|r| r.memory_gb)).unwrap_or(0.0),
             tdp_w: tdp,
             tflops_per_watt: row.map(|r| r.tflops / tdp).unwrap_or(0.0),
+            model_no: 0,
             price_per_hour: row.map(|r| r.price_per_hour).unwrap_or(0.0),
             throttling: g.throttling,
             power_w: None,
@@ -129,6 +146,7 @@ impl Gpu {
             used_pct: 0,
             used_gb: 0.0,
             workloads: Vec::new(),
+            residents: Vec::new(),
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! - [`cluster`]: nodes (CPU, memory, per-GPU free milli), pods, feasibility.
 //! - [`policy`]: Random, DotProd, GpuClustering, GpuPacking, BestFit and FGD,
-//!   as the FGD paper's simulator defines them.
+//!   as the FGD paper's simulator defines them, and `vagus`.
+//! - [`vagus`]: the product's weighted node score (terms and weights).
 //! - [`replay`]: the paper's replay method and its allocation curve.
 //! - [`openb`]: the Alibaba openb trace's CSV files.
 //! - [`rng`]: the seeded PRNG every random choice draws from.
@@ -15,3 +16,4 @@ pub mod openb;
 pub mod policy;
 pub mod replay;
 pub mod rng;
+pub mod vagus;

@@ -24,16 +24,19 @@ pub enum Kind {
     GpuPacking,
     BestFit,
     Fgd,
+    /// The product's weighted scorer (see [`crate::vagus`]).
+    Vagus,
 }
 
 impl Kind {
-    pub const ALL: [(&'static str, Kind); 6] = [
+    pub const ALL: [(&'static str, Kind); 7] = [
         ("random", Kind::Random),
         ("dotprod", Kind::DotProd),
         ("gpu-clustering", Kind::GpuClustering),
         ("gpu-packing", Kind::GpuPacking),
         ("best-fit", Kind::BestFit),
         ("fgd", Kind::Fgd),
+        ("vagus", Kind::Vagus),
     ];
 
     pub fn parse(s: &str) -> Option<Kind> {
@@ -77,6 +80,13 @@ pub struct Typical {
 /// The shapes that make up 95% of `pods` by count, most frequent first,
 /// their frequencies renormalised to sum to 1.
 pub fn typical_pods(pods: &[Pod]) -> Vec<Typical> {
+    typical_pods_covering(pods, 0.95)
+}
+
+/// The shapes that make up `cover` (0–1) of `pods` by count, as
+/// [`typical_pods`] does for 95%.
+pub fn typical_pods_covering(pods: &[Pod], cover: f64) -> Vec<Typical> {
+    let permille = (cover.clamp(0.0, 1.0) * 1000.0).round() as u64;
     // (cpu, per-GPU milli, GPUs, accepted models) and how many pods have it.
     type Shape = (u64, u32, u32, Vec<String>);
     let mut counts: Vec<(Shape, u64)> = Vec::new();
@@ -107,7 +117,7 @@ pub fn typical_pods(pods: &[Pod]) -> Vec<Typical> {
     for (k, n) in counts {
         taken.push((k, n));
         cum += n;
-        if cum * 100 >= total * 95 {
+        if cum * 1000 >= total * permille {
             break;
         }
     }
@@ -125,10 +135,10 @@ pub fn typical_pods(pods: &[Pod]) -> Vec<Typical> {
 }
 
 /// A node's state as fragmentation sees it.
-struct View<'a> {
-    model: &'a str,
-    cpu_free: u64,
-    gpus: &'a [u32],
+pub(crate) struct View<'a> {
+    pub(crate) model: &'a str,
+    pub(crate) cpu_free: u64,
+    pub(crate) gpus: &'a [u32],
 }
 
 /// A node's expected GPU fragmentation against `typical` (milli-GPU).
@@ -147,7 +157,7 @@ pub fn node_fragmentation(n: &Node, typical: &[Typical]) -> f64 {
 /// each shape, the free milli the shape could not use (all of it when the
 /// shape cannot run there at all, only the GPUs too small for it when it
 /// can), weighted by the shape's frequency.
-fn fragmentation(v: &View, typical: &[Typical]) -> f64 {
+pub(crate) fn fragmentation(v: &View, typical: &[Typical]) -> f64 {
     let total: u64 = v.gpus.iter().map(|&g| g as u64).sum();
     let mut f = 0.0;
     for t in typical {
@@ -171,7 +181,7 @@ fn fragmentation(v: &View, typical: &[Typical]) -> f64 {
     f
 }
 
-fn fgd_score(before: f64, after: f64) -> i64 {
+pub(crate) fn fgd_score(before: f64, after: f64) -> i64 {
     let x = (before - after) / 1000.0;
     (100.0 / (1.0 + (-x).exp())) as i64
 }
@@ -211,15 +221,30 @@ pub struct Policy {
     typical: Vec<Typical>,
     /// Per node: the pods' tags (GPU clustering).
     tags: Vec<Vec<Tag>>,
-    /// Per node: its fragmentation now (FGD), kept current as pods bind.
+    /// Per node: its fragmentation now (FGD, vagus), kept current as pods bind.
     frag: Vec<f64>,
+    /// The vagus scorer's weights and what it derives from the trace.
+    vagus: Option<crate::vagus::State>,
 }
 
 impl Policy {
     /// `trace`: the original pods (FGD's typical shapes come from them).
     pub fn new(kind: Kind, cluster: &Cluster, trace: &[Pod]) -> Policy {
+        Self::with_weights(kind, cluster, trace, crate::vagus::Weights::default())
+    }
+
+    /// As [`Policy::new`], with the vagus scorer's weights (used by
+    /// [`Kind::Vagus`] only).
+    pub fn with_weights(
+        kind: Kind,
+        cluster: &Cluster,
+        trace: &[Pod],
+        weights: crate::vagus::Weights,
+    ) -> Policy {
         let typical = if kind == Kind::Fgd {
             typical_pods(trace)
+        } else if kind == Kind::Vagus {
+            crate::vagus::typical(trace, &weights)
         } else {
             Vec::new()
         };
@@ -237,12 +262,26 @@ impl Policy {
                 )
             })
             .collect();
+        let vagus = (kind == Kind::Vagus)
+            .then(|| crate::vagus::State::new(&cluster.nodes, trace, typical.clone(), weights));
         Policy {
             kind,
             typical,
             tags: vec![Vec::new(); cluster.nodes.len()],
             frag,
+            vagus,
         }
+    }
+
+    /// The vagus scorer (for [`Kind::Vagus`]), e.g. to explain a decision
+    /// with [`crate::vagus::State::terms`].
+    pub fn vagus(&self) -> Option<&crate::vagus::State> {
+        self.vagus.as_ref()
+    }
+
+    /// Node `i`'s expected fragmentation now (FGD and vagus keep it).
+    pub fn node_frag(&self, i: usize) -> f64 {
+        self.frag[i]
     }
 
     pub fn typical(&self) -> &[Typical] {
@@ -271,9 +310,17 @@ impl Policy {
         }
         // Score every feasible node; the reference skips scoring when one is.
         let mut scored: Vec<(usize, i64, Gpus)> = Vec::with_capacity(feasible.len());
-        for &i in &feasible {
-            let (score, gpus) = self.score(i, &cluster.nodes[i], pod);
-            scored.push((i, score, gpus));
+        if let Some(v) = &self.vagus {
+            for &i in &feasible {
+                if let Some((score, gpus)) = v.score(&cluster.nodes[i], pod, self.frag[i]) {
+                    scored.push((i, score, gpus));
+                }
+            }
+        } else {
+            for &i in &feasible {
+                let (score, gpus) = self.score(i, &cluster.nodes[i], pod);
+                scored.push((i, score, gpus));
+            }
         }
         if self.kind == Kind::BestFit {
             let lo = scored.iter().map(|s| s.1).min().unwrap_or(0);
@@ -301,7 +348,7 @@ impl Policy {
         let cpu_req = pod.cpu_milli as f64;
         let gpu_req = pod.gpu_request_milli() as f64;
         match self.kind {
-            Kind::Random => (0, Vec::new()),
+            Kind::Random | Kind::Vagus => (0, Vec::new()),
             Kind::DotProd => {
                 let s = if n.cpu_free < pod.cpu_milli {
                     0
@@ -422,7 +469,7 @@ impl Policy {
         if let Some(t) = tag(pod) {
             self.tags[p.node].push(t);
         }
-        if self.kind == Kind::Fgd {
+        if matches!(self.kind, Kind::Fgd | Kind::Vagus) {
             let n = &cluster.nodes[p.node];
             self.frag[p.node] = fragmentation(
                 &View {
