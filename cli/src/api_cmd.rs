@@ -58,26 +58,7 @@ pub fn load_nodes(path: &Path) -> Result<Vec<NodeSpec>> {
         return Ok(specs);
     }
     let nodes = vagus_placement::openb::nodes(&what, &text)?;
-    Ok(nodes
-        .into_iter()
-        .map(|n| NodeSpec {
-            name: n.name,
-            cpu_milli: n.cpu_milli,
-            memory_mib: n.memory_mib,
-            labels: Default::default(),
-            gpus: n
-                .gpus
-                .iter()
-                .map(|_| GpuSpec {
-                    model: n.model.clone(),
-                    sms: None,
-                    memory_gb: None,
-                    tdp_w: None,
-                    throttling: false,
-                })
-                .collect(),
-        })
-        .collect())
+    Ok(nodes.iter().map(NodeSpec::from_trace).collect())
 }
 
 /// The service: configuration, nodes, tokens, audit trail, restored state.

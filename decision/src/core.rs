@@ -506,22 +506,17 @@ impl Core {
             }
         }
         let per_gpu = p.model_size_gb / p.gpus() as f64;
-        let accepted = |name: &str| {
-            p.accepted_models.is_empty()
-                || p.accepted_models.iter().any(|m| spec::is_family(name, m))
-        };
         let affordable = |price: f64| {
             p.max_cost_per_hour.is_none_or(|c| {
                 price * class.share_pct as f64 / 100.0 * p.gpus() as f64 <= c + 1e-9
             })
         };
-        let in_cluster =
-            self.nodes.iter().flat_map(|n| &n.gpus).any(|g| {
-                accepted(&g.model) && g.memory_gb >= per_gpu && affordable(g.price_per_hour)
-            });
-        let in_table = spec::TABLE
-            .iter()
-            .any(|m| accepted(m.family) && m.memory_gb >= per_gpu && affordable(m.price_per_hour));
+        let in_cluster = self.nodes.iter().flat_map(|n| &n.gpus).any(|g| {
+            accepts(p, &g.model) && g.memory_gb >= per_gpu && affordable(g.price_per_hour)
+        });
+        let in_table = spec::TABLE.iter().any(|m| {
+            accepts(p, m.family) && m.memory_gb >= per_gpu && affordable(m.price_per_hour)
+        });
         if in_cluster || in_table {
             return None;
         }
@@ -825,14 +820,13 @@ impl Core {
                 }
                 if memo.0 != h.model_no {
                     let model = &self.nodes[i].gpus[k].model;
-                    let accepts = p.accepted_models.is_empty()
-                        || p.accepted_models.iter().any(|m| spec::is_family(model, m));
+                    let ok = accepts(p, model);
                     let affinity = match a.preferred {
                         Some(m) if spec::is_family(model, m) => 1.0,
                         Some(_) => 0.0,
                         None => 0.5,
                     };
-                    memo = (h.model_no, accepts, affinity);
+                    memo = (h.model_no, ok, affinity);
                 }
                 let rule = if !memo.1 {
                     Some(6)
@@ -1061,21 +1055,12 @@ impl Core {
         // GPUs that would take the request once the workloads to move are gone.
         let mut targets: Vec<(usize, u32, Vec<String>, f64)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if n.cordoned
-                || !n.healthy
-                || n.cpu_free < p.cpu_milli
-                || n.memory_free < p.memory_mib
-                || banned.is_some_and(|b| b.contains_key(&i))
-            {
+            if !open_to(n, p) || banned.is_some_and(|b| b.contains_key(&i)) {
                 continue;
             }
             for g in &n.gpus {
                 if g.workloads.is_empty()
-                    || (!p.accepted_models.is_empty()
-                        && !p
-                            .accepted_models
-                            .iter()
-                            .any(|m| spec::is_family(&g.model, m)))
+                    || !accepts(p, &g.model)
                     || p.max_cost_per_hour
                         .is_some_and(|c| g.price_per_hour * share as f64 / 100.0 > c + 1e-9)
                     || g.memory_gb < per_gpu_gb
@@ -1256,17 +1241,12 @@ impl Core {
         let share = class.share_pct;
         let mut best: Option<Eviction> = None;
         for (i, n) in self.nodes.iter().enumerate() {
-            if n.cordoned || !n.healthy || n.cpu_free < p.cpu_milli || n.memory_free < p.memory_mib
-            {
+            if !open_to(n, p) {
                 continue;
             }
             for g in &n.gpus {
                 if g.workloads.is_empty()
-                    || (!p.accepted_models.is_empty()
-                        && !p
-                            .accepted_models
-                            .iter()
-                            .any(|m| spec::is_family(&g.model, m)))
+                    || !accepts(p, &g.model)
                     || g.memory_gb < p.model_size_gb
                     || !g
                         .residents
@@ -1836,6 +1816,16 @@ impl Core {
         self.bind(p, Slot::Pool);
         Ok(())
     }
+}
+
+/// Whether node `n` takes new work that fits its free CPU and memory.
+fn open_to(n: &Node, p: &Profile) -> bool {
+    !n.cordoned && n.healthy && n.cpu_free >= p.cpu_milli && n.memory_free >= p.memory_mib
+}
+
+/// Whether the workload accepts a GPU named `model`.
+fn accepts(p: &Profile, model: &str) -> bool {
+    p.accepted_models.is_empty() || p.accepted_models.iter().any(|m| spec::is_family(model, m))
 }
 
 fn step(

@@ -39,6 +39,28 @@ pub struct GpuSpec {
 }
 
 impl NodeSpec {
+    /// A node of the openb trace (its GPUs all of one model, specs from
+    /// the GPU table).
+    pub fn from_trace(n: &vagus_placement::cluster::Node) -> NodeSpec {
+        NodeSpec {
+            name: n.name.clone(),
+            cpu_milli: n.cpu_milli,
+            memory_mib: n.memory_mib,
+            labels: BTreeMap::new(),
+            gpus: n
+                .gpus
+                .iter()
+                .map(|_| GpuSpec {
+                    model: n.model.clone(),
+                    sms: None,
+                    memory_gb: None,
+                    tdp_w: None,
+                    throttling: false,
+                })
+                .collect(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
         non_empty("name", &self.name)?;
         if self.name.contains(char::is_whitespace) {

@@ -13,7 +13,7 @@
 //! `place [--data DIR] [--samples N] [--loads 50,100]`; one JSON line per load.
 
 use std::time::Instant;
-use vagus_decision::{Config, Core, GpuSpec, NodeSpec, Priority, Profile};
+use vagus_decision::{Config, Core, NodeSpec, Priority, Profile};
 
 const FULL_AFTER_MISSES: u32 = 500;
 use vagus_placement::rng::Rng;
@@ -60,26 +60,7 @@ fn main() {
         .expect("nodes");
     let trace =
         vagus_placement::openb::pods("pods", &read("openb_pod_list_default.csv")).expect("pods");
-    let specs: Vec<NodeSpec> = nodes
-        .iter()
-        .map(|n| NodeSpec {
-            name: n.name.clone(),
-            cpu_milli: n.cpu_milli,
-            memory_mib: n.memory_mib,
-            labels: Default::default(),
-            gpus: n
-                .gpus
-                .iter()
-                .map(|_| GpuSpec {
-                    model: n.model.clone(),
-                    sms: None,
-                    memory_gb: None,
-                    tdp_w: None,
-                    throttling: false,
-                })
-                .collect(),
-        })
-        .collect();
+    let specs: Vec<NodeSpec> = nodes.iter().map(NodeSpec::from_trace).collect();
     let gpus: u64 = specs.iter().map(|s| s.gpus.len() as u64).sum();
     let shapes: Vec<&vagus_placement::cluster::Pod> =
         trace.iter().filter(|p| p.num_gpu > 0).collect();
