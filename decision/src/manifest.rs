@@ -2,7 +2,8 @@
 
 use crate::state::Placed;
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Pod, PodSpec, ResourceRequirements, Toleration,
+    Container, EnvVar, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements, Toleration,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -117,8 +118,22 @@ pub fn pod(p: &Placed, product: &str, pool: u32, cfg: &ManifestConfig) -> Pod {
                     requests: Some(requests),
                     ..Default::default()
                 }),
+                // The shim's telemetry segment, where the node agent reads it.
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "vagus-shm".into(),
+                    mount_path: cfg.segment_dir.clone(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }],
+            volumes: Some(vec![Volume {
+                name: "vagus-shm".into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: cfg.segment_dir.clone(),
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         ..Default::default()
