@@ -38,6 +38,8 @@ pub struct Config {
     pub weights: Weights,
     /// Percent of a GPU that may be placed where the shim throttles.
     pub oversubscription_pct: u32,
+    /// CPU (milli) a GPU's worth of work needs, for the CPU-balance term.
+    pub cpu_per_gpu_milli: u64,
     pub gate: Gate,
     pub breaker: Breaker,
     /// Tenant → GPU-hours it may hold (charged share × GPUs × expected
@@ -59,6 +61,7 @@ impl Default for Config {
             classes: Classes::default(),
             weights: Weights::default(),
             oversubscription_pct: 120,
+            cpu_per_gpu_milli: 8_000,
             gate: Gate {
                 max_qps: 50.0,
                 max_error_rate: 0.01,
@@ -84,6 +87,9 @@ impl Config {
         self.weights.validate()?;
         if !(100..=200).contains(&self.oversubscription_pct) {
             return Err(Invalid::new("oversubscription_pct", "must be 100 to 200"));
+        }
+        if self.cpu_per_gpu_milli == 0 {
+            return Err(Invalid::new("cpu_per_gpu_milli", "must be at least 1"));
         }
         if !(self.gate.max_qps.is_finite() && self.gate.max_qps >= 0.0) {
             return Err(Invalid::new("gate.max_qps", "must be a number ≥ 0"));

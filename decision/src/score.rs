@@ -24,6 +24,10 @@ pub struct Weights {
     /// The fragmentation term: minus the change in GPU capacity that the
     /// shares seen so far could no longer use.
     pub fragmentation: f64,
+    /// CPU balance: minus the GPU capacity the placement leaves without
+    /// the CPU to use it (the trace replay found this is what FGD misses:
+    /// CPU-heavy work on GPU-dense nodes strands their GPUs).
+    pub cpu_balance: f64,
 }
 
 impl Default for Weights {
@@ -36,6 +40,7 @@ impl Default for Weights {
             mps: 0.25,
             locality: 0.15,
             fragmentation: 0.25,
+            cpu_balance: 0.5,
         }
     }
 }
@@ -50,6 +55,7 @@ impl Weights {
             ("weights.mps", self.mps),
             ("weights.locality", self.locality),
             ("weights.fragmentation", self.fragmentation),
+            ("weights.cpu_balance", self.cpu_balance),
         ];
         for (name, w) in all {
             if !(w.is_finite() && w >= 0.0) {
@@ -70,6 +76,7 @@ pub struct Terms {
     pub mps: f64,
     pub locality: f64,
     pub fragmentation: f64,
+    pub cpu_balance: f64,
 }
 
 impl Terms {
@@ -81,7 +88,58 @@ impl Terms {
             + w.mps * self.mps
             + w.locality * self.locality
             + w.fragmentation * self.fragmentation
+            + w.cpu_balance * self.cpu_balance
     }
+
+    /// Each term times its weight (they sum to [`Terms::total`]).
+    pub fn weighted(&self, w: &Weights) -> Terms {
+        Terms {
+            efficiency: w.efficiency * self.efficiency,
+            affinity: w.affinity * self.affinity,
+            headroom: w.headroom * self.headroom,
+            power: w.power * self.power,
+            mps: w.mps * self.mps,
+            locality: w.locality * self.locality,
+            fragmentation: w.fragmentation * self.fragmentation,
+            cpu_balance: w.cpu_balance * self.cpu_balance,
+        }
+    }
+
+    /// The mean of `all` term by term (a multi-GPU candidate).
+    pub fn mean(all: &[Terms]) -> Terms {
+        let k = all.len().max(1) as f64;
+        let mut t = Terms::default();
+        for c in all {
+            t.efficiency += c.efficiency / k;
+            t.affinity += c.affinity / k;
+            t.headroom += c.headroom / k;
+            t.power += c.power / k;
+            t.mps += c.mps / k;
+            t.locality += c.locality / k;
+            t.fragmentation += c.fragmentation / k;
+            t.cpu_balance += c.cpu_balance / k;
+        }
+        t
+    }
+}
+
+/// GPUs (in units of one GPU) of `free_pct` that `cpu_free` cannot feed at
+/// `cpu_per_gpu` milli-CPU per GPU.
+fn stranded(free_pct: u64, cpu_free: u64, cpu_per_gpu: u64) -> f64 {
+    (free_pct as f64 / 100.0 - cpu_free as f64 / cpu_per_gpu.max(1) as f64).max(0.0)
+}
+
+/// The CPU-balance term of taking `pct` of a node's `free_pct` GPU
+/// capacity and `cpu` of its `cpu_free`: minus the GPU capacity it newly
+/// strands (0 when it strands none).
+pub fn cpu_balance(free_pct: u64, cpu_free: u64, pct: u64, cpu: u64, cpu_per_gpu: u64) -> f64 {
+    let before = stranded(free_pct, cpu_free, cpu_per_gpu);
+    let after = stranded(
+        free_pct.saturating_sub(pct),
+        cpu_free.saturating_sub(cpu),
+        cpu_per_gpu,
+    );
+    -(after - before).max(0.0)
 }
 
 /// How the request would use a GPU.
@@ -194,13 +252,15 @@ impl GpuLoad {
 }
 
 /// The terms of placing `share` percent on a GPU; `affinity` and `local`
-/// are the caller's (they depend on the GPU model and the node).
+/// are the caller's (they depend on the GPU model and the node), and so is
+/// `cpu_balance` (the node's, from [`cpu_balance`]).
 pub fn terms(
     g: &GpuLoad,
     slot: Slot,
     share: u32,
     affinity: f64,
     local: bool,
+    cpu_balance: f64,
     mix: &ShareMix,
 ) -> Terms {
     let utilisation = if g.utilisation.is_nan() {
@@ -223,5 +283,6 @@ pub fn terms(
         },
         locality: if local { 1.0 } else { 0.0 },
         fragmentation: mix.fragmentation(free_before) - mix.fragmentation(free_after),
+        cpu_balance,
     }
 }

@@ -896,3 +896,36 @@ fn decisions_do_not_depend_on_the_clock_or_the_run() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn cpu_heavy_work_goes_where_it_strands_no_gpu() {
+    // dense: 8 GPUs and 16 cores (2 per GPU); roomy: 2 GPUs and 64 cores.
+    // 12 cores on the dense node would leave its GPUs without CPU.
+    let dense = NodeSpec {
+        cpu_milli: 16_000,
+        ..node("dense", "Tesla T4", 8)
+    };
+    let roomy = NodeSpec {
+        cpu_milli: 64_000,
+        ..node("roomy", "Tesla T4", 2)
+    };
+    let mut c = core(&[dense, roomy]);
+    let mut p = small("cpu-heavy");
+    p.cpu_milli = 12_000;
+    let d = place(&mut c, p);
+    assert_eq!(d.node.as_deref(), Some("roomy"), "{:#?}", d.top);
+    let dense_top = d.top.iter().find(|t| t.node == "dense").unwrap();
+    assert!(
+        (dense_top.terms.cpu_balance + 1.3).abs() < 1e-9,
+        "{}",
+        dense_top.terms.cpu_balance
+    );
+    assert_eq!(d.top[0].terms.cpu_balance, 0.0);
+    // Light CPU strands nothing anywhere: the term is silent.
+    let d = place(&mut c, small("light"));
+    assert!(
+        d.top.iter().all(|t| t.terms.cpu_balance == 0.0),
+        "{:#?}",
+        d.top
+    );
+}

@@ -27,7 +27,7 @@ use crate::classify::Class;
 use crate::config::Config;
 use crate::explain::{Candidate, Decision, NodeShape, Path, Plan, Step};
 use crate::manifest;
-use crate::score::{ShareMix, Slot, Terms};
+use crate::score::{ShareMix, Slot};
 use crate::spec;
 use crate::state::{Node, NodeLoad, NodeSpec, Placed, Queued, Resident, check_id};
 use crate::workload::{Invalid, Priority, Profile};
@@ -551,15 +551,7 @@ impl Core {
             slot: c.slot,
             score: c.score,
             terms: *t,
-            weighted: Terms {
-                efficiency: w.efficiency * t.efficiency,
-                affinity: w.affinity * t.affinity,
-                headroom: w.headroom * t.headroom,
-                power: w.power * t.power,
-                mps: w.mps * t.mps,
-                locality: w.locality * t.locality,
-                fragmentation: w.fragmentation * t.fragmentation,
-            },
+            weighted: t.weighted(w),
         }
     }
 

@@ -396,12 +396,29 @@ impl Core {
             g.capacity_pct(self.cfg.oversubscription_pct),
             self.best_tpw,
         );
+        let free: u64 = n
+            .gpus
+            .iter()
+            .filter(|g| !g.exclusive)
+            .map(|g| {
+                g.capacity_pct(self.cfg.oversubscription_pct)
+                    .saturating_sub(g.used_pct) as u64
+            })
+            .sum();
+        let balance = score::cpu_balance(
+            free,
+            n.cpu_free,
+            share as u64,
+            p.cpu_milli,
+            self.cfg.cpu_per_gpu_milli,
+        );
         let terms = score::terms(
             &load,
             slot,
             share,
             affinity,
             n.local_to(&p.locality),
+            balance,
             &self.mix,
         );
         let score = terms.total(&self.cfg.weights);

@@ -256,6 +256,19 @@ impl Core {
                 continue;
             }
             let local = !p.locality.is_empty() && self.nodes[i].local_to(&p.locality);
+            let gpus = &self.hot[nh.first..nh.first + nh.count];
+            let free: u64 = gpus
+                .iter()
+                .filter(|h| !h.exclusive)
+                .map(|h| h.cap.saturating_sub(h.used_pct) as u64)
+                .sum();
+            let balance = score::cpu_balance(
+                free,
+                nh.cpu_free,
+                a.share as u64 * want as u64,
+                p.cpu_milli,
+                self.cfg.cpu_per_gpu_milli,
+            );
             let mut node_best: Option<Light> = None;
             idle.clear();
             for (k, h) in self.hot[nh.first..nh.first + nh.count].iter().enumerate() {
@@ -308,7 +321,7 @@ impl Core {
                     power: h.power,
                     efficiency: h.efficiency,
                 };
-                let terms = score::terms(&load, slot, a.share, memo.2, local, &self.mix);
+                let terms = score::terms(&load, slot, a.share, memo.2, local, balance, &self.mix);
                 let c = Light {
                     node: i,
                     gpu: gi,
@@ -341,17 +354,8 @@ impl Core {
                     continue;
                 }
                 idle.sort_by(|x, y| y.score.total_cmp(&x.score));
-                let k = want as f64;
-                let mut t = Terms::default();
-                for c in &idle[..want] {
-                    t.efficiency += c.terms.efficiency / k;
-                    t.affinity += c.terms.affinity / k;
-                    t.headroom += c.terms.headroom / k;
-                    t.power += c.terms.power / k;
-                    t.mps += c.terms.mps / k;
-                    t.locality += c.terms.locality / k;
-                    t.fragmentation += c.terms.fragmentation / k;
-                }
+                let all_terms: Vec<Terms> = idle[..want].iter().map(|c| c.terms).collect();
+                let t = Terms::mean(&all_terms);
                 let mut gpus: Vec<u32> = idle[..want].iter().map(|c| c.gpu).collect();
                 gpus.sort();
                 let c = Cand {
