@@ -168,6 +168,7 @@ fn weights() -> Weights {
             "typical_by_gpu" => w.typical_by_gpu = v != 0.0,
             "cpu_ratio" => w.cpu_ratio = v,
             "gpu_exact" => w.gpu_exact = v != 0.0,
+            "cpu_need_by_size" => w.cpu_need_by_size = v,
             o => panic!("unknown weight {o}"),
         }
     }
@@ -231,7 +232,7 @@ fn eval_weights(kind: Kind, seeds: &[u64]) {
         std::env::var("VAGUS_W").unwrap_or_default(),
         seeds.len(),
         out.iter()
-            .map(|v| format!("{v:.2}"))
+            .map(|v| format!("{v:.3}"))
             .collect::<Vec<_>>()
             .join(" / "),
         t.elapsed().as_secs_f64()
@@ -251,7 +252,7 @@ fn eval(kind: Kind, seeds: &[u64]) {
         kind.name(),
         seeds.len(),
         out.iter()
-            .map(|v| format!("{v:.2}"))
+            .map(|v| format!("{v:.3}"))
             .collect::<Vec<_>>()
             .join(" / "),
         t.elapsed().as_secs_f64()

@@ -32,6 +32,10 @@
 //!   better on openb). FGD sees CPU only through whether one typical pod
 //!   still fits a node; on openb at 130% load it leaves 60–120 GPUs idle on
 //!   nodes without CPU, which this term mostly recovers (bench/README.md).
+//!   For a GPU share, a partial GPU's CPU need follows the CPU per milli
+//!   of the pods small enough to use it (small shares ask more CPU per GPU
+//!   milli than whole GPUs), blended 0.7 with the flat ratio
+//!   ([`Weights::cpu_need_by_size`]).
 //! - `scarcity`: minus the share of the node's GPU model that pods
 //!   restricted to few models ask for, charged to pods that accept any model
 //!   (so they leave scarce models to those that need them), times the GPUs
@@ -72,6 +76,11 @@ pub struct Weights {
     /// Scales a positive `cpu_balance` (a placement that un-strands GPUs)
     /// against a negative one (that strands them).
     pub cpu_relief: f64,
+    /// For a GPU share's `cpu_balance`: how far a free GPU's CPU need moves
+    /// from the trace's flat CPU-per-GPU ratio (0) to the ratio of the GPU
+    /// pods small enough to use that GPU's free milli (1). See
+    /// [`State::stranded`].
+    pub cpu_need_by_size: f64,
 }
 
 impl Default for Weights {
@@ -93,6 +102,7 @@ impl Default for Weights {
             typical_by_gpu: false,
             cpu_feed_min: 0,
             cpu_relief: 0.0,
+            cpu_need_by_size: 0.7,
         }
     }
 }
@@ -181,6 +191,11 @@ pub struct State {
     /// Per GPU model: the share of its capacity that model-restricted pods
     /// of the trace ask for.
     pub scarcity: Vec<(String, f64)>,
+    /// CPU milli a free GPU of `f` milli needs (index `f`, 0..=1000) for
+    /// `cpu_balance` of a GPU share: `f` times the trace's CPU-per-milli
+    /// blended, by [`Weights::cpu_need_by_size`], with that of the trace's
+    /// GPU pods asking at most `f` per GPU.
+    pub need: Vec<f64>,
 }
 
 impl State {
@@ -221,7 +236,37 @@ impl State {
             .zip(&demand)
             .map(|((m, c), (_, d))| (m.clone(), if *c > 0.0 { d / c } else { 0.0 }))
             .collect();
+        // The CPU per GPU milli of the GPU pods asking at most f per GPU
+        // (multi-GPU pods count as 1000 per GPU), cumulated over f.
+        let mut by = vec![(0u64, 0u64); GPU_MILLI as usize + 1];
+        for p in trace.iter().filter(|p| p.num_gpu > 0) {
+            let k = if p.num_gpu > 1 {
+                GPU_MILLI
+            } else {
+                p.gpu_milli.min(GPU_MILLI)
+            };
+            by[k as usize].0 += p.cpu_milli;
+            by[k as usize].1 += p.gpu_request_milli();
+        }
+        let flat = if gpu == 0 {
+            0.0
+        } else {
+            cpu as f64 / gpu as f64
+        };
+        let s = weights.cpu_need_by_size;
+        let (mut cc, mut cg) = (0u64, 0u64);
+        let need = by
+            .iter()
+            .enumerate()
+            .map(|(f, &(c, g))| {
+                cc += c;
+                cg += g;
+                let small = if cg == 0 { 0.0 } else { cc as f64 / cg as f64 };
+                weights.cpu_ratio * f as f64 * (s * small + (1.0 - s) * flat)
+            })
+            .collect();
         State {
+            need,
             weights,
             typical,
             cpu_per_gpu_milli,
@@ -231,9 +276,25 @@ impl State {
 
     /// GPU milli of a node that its free CPU cannot feed at the trace's
     /// CPU-per-GPU ratio.
-    fn stranded(&self, cpu_free: u64, gpus: &[u32]) -> f64 {
+    ///
+    /// With `by_size` (when scoring a GPU share), a free GPU's CPU need
+    /// depends on its free milli ([`State::need`]): a partial GPU can only
+    /// go to pods small enough for it, and on openb those ask more CPU per
+    /// GPU milli the smaller they are (160-milli pods 29 cores per GPU,
+    /// whole-GPU pods 11), so the flat ratio underrates the CPU that a
+    /// node's remainders need; the shortfall is counted in GPU milli at the
+    /// flat ratio. Only for shares: for whole-GPU pods it cost
+    /// `multigpu20` 0.7 points (bench/README.md).
+    fn stranded(&self, cpu_free: u64, gpus: &[u32], by_size: bool) -> f64 {
         if self.cpu_per_gpu_milli <= 0.0 {
             return 0.0;
+        }
+        if by_size {
+            let need: f64 = gpus
+                .iter()
+                .map(|&g| self.need[g.min(GPU_MILLI) as usize])
+                .sum();
+            return ((need - cpu_free as f64) / self.cpu_per_gpu_milli).max(0.0);
         }
         let min = self.weights.cpu_feed_min.max(1);
         let gpu_free: u64 = gpus.iter().filter(|&&g| g >= min).map(|&g| g as u64).sum();
@@ -300,8 +361,11 @@ impl State {
             locality: 0.0,
             fragmentation: fgd_score(frag_before, frag_after) as f64,
             cpu_balance: {
-                let b = (self.stranded(node.cpu_free, &node.gpus)
-                    - self.stranded(cpu_after, gpus_after))
+                let by_size = self.weights.cpu_need_by_size != 0.0
+                    && pod.num_gpu == 1
+                    && pod.gpu_milli < GPU_MILLI;
+                let b = (self.stranded(node.cpu_free, &node.gpus, by_size)
+                    - self.stranded(cpu_after, gpus_after, by_size))
                     / GPU_MILLI as f64;
                 if b > 0.0 {
                     b * self.weights.cpu_relief
@@ -478,6 +542,27 @@ mod tests {
         );
         let p = vagus.choose(&cluster, &light, &mut Rng::new(1)).unwrap();
         assert_eq!((p.node, p.gpus), (1, vec![(0, 1000)]));
+    }
+
+    #[test]
+    fn a_partial_gpu_needs_the_cpu_of_the_pods_small_enough_for_it() {
+        // Whole-GPU pods at 8 cores per GPU, 200-milli pods at 4 cores
+        // (20 per GPU): flat ratio (8 + 4) / 1.2 = 10 cores per GPU.
+        let trace = vec![pod(8000, 1, 1000), pod(4000, 1, 200)];
+        let v = State::new(&cluster().nodes, &trace, Vec::new(), Weights::default());
+        assert_eq!(v.cpu_per_gpu_milli, 10.0);
+        let s = v.weights.cpu_need_by_size;
+        // A free whole GPU: every pod fits, the flat ratio.
+        assert!((v.need[1000] - 10_000.0).abs() < 1e-6);
+        // 300 milli free: only the 200-milli pods fit.
+        let want = 300.0 * (s * 20.0 + (1.0 - s) * 10.0);
+        assert!((v.need[300] - want).abs() < 1e-6, "{}", v.need[300]);
+        assert_eq!(v.need[100], 100.0 * (1.0 - s) * 10.0);
+        // 4 cores feed a 300-milli remainder by the flat ratio (3 cores),
+        // not by size: (want - 4000) / 10 milli of it is stranded.
+        assert_eq!(v.stranded(4000, &[300], false), 0.0);
+        let by_size = v.stranded(4000, &[300], true);
+        assert!((by_size - (want - 4000.0) / 10.0).abs() < 1e-6, "{by_size}");
     }
 
     #[test]

@@ -39,3 +39,16 @@ fn vagus_beats_fgd_by_half_a_point_on_the_default_trace() {
         "vagus {vagus:.2} vs fgd {fgd:.2} at 130% arrived load"
     );
 }
+
+#[test]
+fn vagus_beats_fgd_by_half_a_point_on_the_gpushare40_trace() {
+    let trace = "openb_pod_list_gpushare40.csv";
+    let (vagus, fgd) = (
+        mean_at_130(Kind::Vagus, trace),
+        mean_at_130(Kind::Fgd, trace),
+    );
+    assert!(
+        vagus >= fgd + 0.5,
+        "vagus {vagus:.3} vs fgd {fgd:.3} at 130% arrived load"
+    );
+}
