@@ -7,7 +7,7 @@
 //! the decision (or the queued request), so the brain rebuilds its state
 //! from the trail.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -21,8 +21,6 @@ pub enum AuditError {
         path: String,
         source: rusqlite::Error,
     },
-    #[error("audit trail: the writer stopped")]
-    Stopped,
     #[error("audit trail: stored row {seq} is not valid JSON: {source}")]
     Corrupt { seq: i64, source: serde_json::Error },
 }
@@ -171,18 +169,6 @@ impl Audit {
         rx
     }
 
-    /// Stores rows and waits for the commit.
-    pub async fn store(&self, rows: Vec<Row>) -> Result<(), AuditError> {
-        match self.submit(rows).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AuditError::Sqlite {
-                path: self.path.clone(),
-                source: rusqlite::Error::InvalidParameterName(e),
-            }),
-            Err(_) => Err(AuditError::Stopped),
-        }
-    }
-
     pub fn query(&self, f: &Filter) -> Result<Vec<Entry>, AuditError> {
         let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
         let limit = f.limit.unwrap_or(100).clamp(1, 1000) as i64;
@@ -263,15 +249,6 @@ impl Audit {
             out.push((w, v));
         }
         Ok(out)
-    }
-
-    /// Rows stored so far.
-    pub fn count(&self) -> Result<i64, AuditError> {
-        let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
-        c.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get(0))
-            .optional()
-            .map(|n| n.unwrap_or(0))
-            .map_err(|e| self.err(e))
     }
 
     fn err(&self, source: rusqlite::Error) -> AuditError {
