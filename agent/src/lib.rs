@@ -9,11 +9,17 @@
 //! - [`mps`]: the MPS control daemon's client.
 //! - [`node`]: every GPU process joined from those sources; telemetry
 //!   windows; the brain's commands applied.
-//! - [`metrics`]: Prometheus exposition.
+//! - [`metrics`]: Prometheus exposition, and [`http`] its endpoints.
+//! - [`uplink`]: the agent's end of the link to the brain (QUIC): windows
+//!   kept until acknowledged, commands applied at most once.
+//! - [`run`]: all of it as the `vagus agent` process.
 
 pub mod cgroup;
+pub mod http;
 pub mod metrics;
 pub mod mps;
 pub mod node;
 pub mod nvml;
+pub mod run;
 pub mod segments;
+pub mod uplink;

@@ -3,12 +3,11 @@
 //! into validated configs that the subcommands receive.
 
 mod agent_cmd;
-mod api_cmd;
+mod brain_cmd;
 mod gpusim_cmd;
 mod load;
 mod replay_cmd;
 mod run;
-mod transport_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,7 +31,7 @@ enum Command {
     Run(run::RunArgs),
     /// The brain: accepts agents over QUIC with mutual TLS (--certs) and serves
     /// the decision core's HTTP API (--http).
-    Brain(transport_cmd::BrainArgs),
+    Brain(brain_cmd::BrainArgs),
     /// The node agent: finds and measures every GPU process (eBPF, the shim's
     /// segments, NVML), serves Prometheus metrics, streams to the brain.
     Agent(agent_cmd::AgentArgs),
@@ -76,12 +75,12 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Gpusim { command } => gpusim_cmd::run(command),
-        Command::Brain(args) => transport_cmd::brain(args),
+        Command::Brain(args) => brain_cmd::brain(args),
         Command::Agent(args) => agent_cmd::agent(args),
         Command::Replay(args) => replay_cmd::replay(args),
         Command::Certs {
             command: CertsCommand::Init { dir, agents, brain },
-        } => vagus_transport::certs::init(&dir, &brain, &agents)
+        } => vagus_link::certs::init(&dir, &brain, &agents)
             .map(|w| {
                 let ca = if w.new_ca {
                     "a new CA"

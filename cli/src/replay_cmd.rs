@@ -6,8 +6,8 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use std::path::PathBuf;
-use vagus_placement::policy::Kind;
-use vagus_placement::replay::{MAX_ARRIVED_PCT, mean_curve, replay_seeds};
+use vagus_replay::policy::Kind;
+use vagus_replay::replay::{MAX_ARRIVED_PCT, mean_curve, replay_seeds};
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
@@ -62,9 +62,8 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
     };
-    let nodes =
-        vagus_placement::openb::nodes(&args.nodes.display().to_string(), &read(&args.nodes)?)?;
-    let pods = vagus_placement::openb::pods(&args.pods.display().to_string(), &read(&args.pods)?)?;
+    let nodes = vagus_replay::openb::nodes(&args.nodes.display().to_string(), &read(&args.nodes)?)?;
+    let pods = vagus_replay::openb::pods(&args.pods.display().to_string(), &read(&args.pods)?)?;
     if nodes.is_empty() || pods.is_empty() {
         bail!("the trace needs at least one node and one pod");
     }
@@ -102,7 +101,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mean = |f: fn(&vagus_placement::replay::Replay) -> usize| {
+    let mean = |f: fn(&vagus_replay::replay::Replay) -> usize| {
         runs.iter().map(f).sum::<usize>() as f64 / runs.len() as f64
     };
     if args.json {

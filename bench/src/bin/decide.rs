@@ -8,10 +8,10 @@
 //! `decide [--data DIR] [--samples N]`; prints one JSON line per policy and load.
 
 use std::time::Instant;
-use vagus_placement::cluster::Cluster;
-use vagus_placement::policy::{Kind, Policy};
-use vagus_placement::replay::arrivals;
-use vagus_placement::rng::Rng;
+use vagus_replay::cluster::Cluster;
+use vagus_replay::policy::{Kind, Policy};
+use vagus_replay::replay::arrivals;
+use vagus_replay::rng::Rng;
 
 fn main() {
     let mut data = std::path::PathBuf::from("../shared/data/openb");
@@ -32,10 +32,10 @@ fn main() {
         std::fs::read_to_string(data.join(f))
             .unwrap_or_else(|e| panic!("{}: {e}", data.join(f).display()))
     };
-    let nodes = vagus_placement::openb::nodes("nodes", &read("openb_node_list_gpu_node.csv"))
-        .expect("nodes");
+    let nodes =
+        vagus_replay::openb::nodes("nodes", &read("openb_node_list_gpu_node.csv")).expect("nodes");
     let trace =
-        vagus_placement::openb::pods("pods", &read("openb_pod_list_default.csv")).expect("pods");
+        vagus_replay::openb::pods("pods", &read("openb_pod_list_default.csv")).expect("pods");
     for (name, kind) in Kind::ALL {
         for load in [50u64, 100] {
             let mut rng = Rng::new(42);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vagus_placement::rng::Rng;
+use vagus_replay::rng::Rng;
 
 const TOKEN: &str = "bench-operator-token-0000001";
 
@@ -153,7 +153,7 @@ fn main() {
     let v: serde_json::Value = serde_json::from_str(&line).expect("the brain's first line");
     let addr: std::net::SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
     let trace = std::fs::read_to_string(o.data.join("openb_pod_list_default.csv")).unwrap();
-    let pods = vagus_placement::openb::pods("pods", &trace).unwrap();
+    let pods = vagus_replay::openb::pods("pods", &trace).unwrap();
     let shapes: Arc<Vec<(u64, u64, u32, u32)>> = Arc::new(
         pods.iter()
             .filter(|p| p.num_gpu > 0 && p.gpu_spec.is_empty())

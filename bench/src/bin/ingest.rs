@@ -1,7 +1,7 @@
 //! Ingest load: N simulated agents in this process stream telemetry windows
 //! at H Hz to a real `vagus brain` process over QUIC with mutual TLS on
 //! loopback. Each agent runs the transport's own agent loop
-//! (`vagus_transport::agent::run`: its own certificate and connection,
+//! (`vagus_agent::uplink::run`: its own certificate and connection,
 //! acknowledgements, outage buffer); the agents share a few UDP sockets, as
 //! nothing but the 5-tuple would differ between hosts.
 //!
@@ -24,13 +24,13 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
+use vagus_agent::uplink::{DEFAULT_BUFFER_BYTES, UplinkConfig, UplinkStats};
+use vagus_link::certs::{CA_NAME, Ca};
+use vagus_link::tls::Identity;
 use vagus_proto::wire::{
     self, GpuWindow, Hello, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, ProcessWindow,
     TelemetryWindow,
 };
-use vagus_transport::agent::{AgentConfig, AgentStats, DEFAULT_BUFFER_BYTES};
-use vagus_transport::certs::{CA_NAME, Ca};
-use vagus_transport::tls::Identity;
 
 struct Args {
     agents: usize,
@@ -298,17 +298,17 @@ fn main() {
         .build()
         .expect("runtime");
     let generated = Arc::new(AtomicU64::new(0));
-    let stats: Vec<Arc<Mutex<AgentStats>>> = (0..a.agents)
-        .map(|_| Arc::new(Mutex::new(AgentStats::default())))
+    let stats: Vec<Arc<Mutex<UplinkStats>>> = (0..a.agents)
+        .map(|_| Arc::new(Mutex::new(UplinkStats::default())))
         .collect();
     let period = Duration::from_secs_f64(1.0 / a.hz);
     rt.block_on(async {
         let endpoints: Vec<quinn::Endpoint> = (0..a.endpoints)
-            .map(|_| vagus_transport::agent::client_endpoint(addr).expect("endpoint"))
+            .map(|_| vagus_agent::uplink::client_endpoint(addr).expect("endpoint"))
             .collect();
         for (i, (node, identity)) in ids.into_iter().enumerate() {
             let (wtx, wrx) = tokio::sync::mpsc::channel(16);
-            let cfg = AgentConfig {
+            let cfg = UplinkConfig {
                 brain: addr,
                 brain_name: "brain".into(),
                 identity,
@@ -325,7 +325,7 @@ fn main() {
                 backoff_max: Duration::from_secs(2),
                 endpoint: Some(endpoints[i % endpoints.len()].clone()),
             };
-            tokio::spawn(vagus_transport::agent::run(
+            tokio::spawn(vagus_agent::uplink::run(
                 cfg,
                 wrx,
                 |_| wire::Outcome::Failed("bench agent".into()),

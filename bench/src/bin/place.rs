@@ -16,7 +16,7 @@ use std::time::Instant;
 use vagus_decision::{Config, Core, NodeSpec, Priority, Profile};
 
 const FULL_AFTER_MISSES: u32 = 500;
-use vagus_placement::rng::Rng;
+use vagus_replay::rng::Rng;
 
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -56,14 +56,13 @@ fn main() {
         std::fs::read_to_string(data.join(f))
             .unwrap_or_else(|e| panic!("{}: {e}", data.join(f).display()))
     };
-    let nodes = vagus_placement::openb::nodes("nodes", &read("openb_node_list_gpu_node.csv"))
-        .expect("nodes");
+    let nodes =
+        vagus_replay::openb::nodes("nodes", &read("openb_node_list_gpu_node.csv")).expect("nodes");
     let trace =
-        vagus_placement::openb::pods("pods", &read("openb_pod_list_default.csv")).expect("pods");
-    let specs: Vec<NodeSpec> = nodes.iter().map(NodeSpec::from_trace).collect();
+        vagus_replay::openb::pods("pods", &read("openb_pod_list_default.csv")).expect("pods");
+    let specs: Vec<NodeSpec> = nodes.iter().map(vagus_replay::live::node_spec).collect();
     let gpus: u64 = specs.iter().map(|s| s.gpus.len() as u64).sum();
-    let shapes: Vec<&vagus_placement::cluster::Pod> =
-        trace.iter().filter(|p| p.num_gpu > 0).collect();
+    let shapes: Vec<&vagus_replay::cluster::Pod> = trace.iter().filter(|p| p.num_gpu > 0).collect();
     let mut seq = 0u64;
     let mut workload = |rng: &mut Rng| {
         let p = shapes[rng.below(shapes.len())];

@@ -1,0 +1,202 @@
+//! The agent as a process: a collector thread producing a window every
+//! period, the HTTP endpoints, and the uplink to the brain that carries the
+//! windows and applies the brain's commands. `vagus agent` is a thin shell
+//! over [`run`].
+
+use crate::node::{Node, NodeConfig};
+use crate::uplink::{UplinkConfig, UplinkStats};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vagus_link::tls::Identity;
+use vagus_proto::wire::{Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+
+/// Where the brain is and how to prove who this node is.
+#[derive(Clone, Debug)]
+pub struct BrainLink {
+    pub addr: SocketAddr,
+    /// The name the brain's certificate carries.
+    pub brain_name: String,
+    /// The directory `vagus certs init` wrote.
+    pub certs: PathBuf,
+    /// Bytes of windows kept until the brain acknowledges them.
+    pub buffer_bytes: usize,
+}
+
+pub struct Config {
+    pub node: NodeConfig,
+    /// Whether the node's name was given (rather than taken from the
+    /// host's): only for the advice when its certificate is missing.
+    pub node_given: bool,
+    pub brain: Option<BrainLink>,
+    /// Windows per second.
+    pub hz: f64,
+    /// Serve `/metrics`, `/snapshot` and `/healthz` here.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("--hz {0} must be in (0, 1000]")]
+    Hz(f64),
+    #[error("no certificate for node {node} in {dir} ({have}); {advice}")]
+    NoCertificate {
+        node: String,
+        dir: String,
+        have: String,
+        advice: String,
+    },
+    #[error("{0}")]
+    Link(#[from] vagus_link::LinkError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// The node's identity from `dir`, or an error that says which node it
+/// looked for, what the directory has, and the ways out.
+pub fn identity(dir: &std::path::Path, node: &str, given: bool) -> Result<Identity, RunError> {
+    let (cert, _) = vagus_link::certs::paths(dir, node);
+    if !cert.exists() {
+        let names = vagus_link::certs::names(dir);
+        let have = if names.is_empty() {
+            "it has no certificates".to_string()
+        } else {
+            format!("it has {}", names.join(", "))
+        };
+        let issue = format!(
+            "issue one with `vagus certs init --dir {} --agents {node}`",
+            dir.display()
+        );
+        let advice = if given {
+            format!("check --node, or {issue}")
+        } else {
+            format!("{node} is this host's name: give --node NAME for one of those, or {issue}")
+        };
+        return Err(RunError::NoCertificate {
+            node: node.to_string(),
+            dir: dir.display().to_string(),
+            have,
+            advice,
+        });
+    }
+    Ok(Identity::load(dir, node)?)
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
+    n.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the agent until it is killed: collects, serves, streams.
+pub fn run(cfg: Config) -> Result<(), RunError> {
+    if !(cfg.hz > 0.0 && cfg.hz <= 1000.0) {
+        return Err(RunError::Hz(cfg.hz));
+    }
+    let name = cfg.node.node.clone();
+    let identity = match &cfg.brain {
+        Some(b) => Some(identity(&b.certs, &name, cfg.node_given)?),
+        None => None,
+    };
+    let node = Node::new(cfg.node);
+    for note in &node.notes {
+        eprintln!("vagus agent: {note}");
+    }
+    let inventory = node.gpus().map(|g| g.inventory()).unwrap_or_default();
+    let node = Arc::new(Mutex::new(node));
+    let period = Duration::from_secs_f64(1.0 / cfg.hz);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| RunError::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // The collector: one window per period, on its own thread.
+        let collector = node.clone();
+        std::thread::Builder::new()
+            .name("vagus-collect".into())
+            .spawn(move || {
+                let mut next = Instant::now() + period;
+                loop {
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    next += period;
+                    let w = lock(&collector).tick(unix_ns(), period.as_nanos() as u64);
+                    // Without a brain nobody takes the windows: keep none.
+                    if tx.try_send(w).is_err() && tx.is_closed() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| RunError::Io {
+                what: "cannot start the collector thread".into(),
+                source,
+            })?;
+        if let Some(addr) = cfg.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Io {
+                    what: format!("cannot listen on {addr}"),
+                    source,
+                })?;
+            if let Ok(at) = listener.local_addr() {
+                eprintln!("vagus agent: metrics on http://{at}/metrics");
+            }
+            let (serving, host) = (node.clone(), name.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::http::serve(listener, serving, &host).await {
+                    eprintln!("vagus agent: the HTTP endpoints stopped: {e}");
+                }
+            });
+        }
+        match (cfg.brain, identity) {
+            (Some(brain), Some(identity)) => {
+                let hello = Hello {
+                    min_version: MIN_PROTOCOL_VERSION,
+                    max_version: PROTOCOL_VERSION,
+                    node: name.clone(),
+                    // Unique per run: the brain tells resent windows from a
+                    // restarted agent's.
+                    session: unix_ns() ^ ((std::process::id() as u64) << 32),
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    gpus: inventory,
+                };
+                let up = UplinkConfig {
+                    brain: brain.addr,
+                    brain_name: brain.brain_name,
+                    identity,
+                    hello,
+                    buffer_bytes: brain.buffer_bytes,
+                    backoff_min: Duration::from_millis(100),
+                    backoff_max: Duration::from_secs(5),
+                    endpoint: None,
+                };
+                eprintln!(
+                    "vagus agent {name}: streaming to {} at {} Hz",
+                    brain.addr, cfg.hz
+                );
+                let stats = Arc::new(Mutex::new(UplinkStats::default()));
+                let applier = node.clone();
+                crate::uplink::run(up, rx, move |c| lock(&applier).apply(c), stats).await;
+            }
+            _ => {
+                eprintln!("vagus agent {name}: collecting (no --brain)");
+                let mut rx = rx;
+                while rx.recv().await.is_some() {}
+            }
+        }
+        Ok(())
+    })
+}

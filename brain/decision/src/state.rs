@@ -1,0 +1,257 @@
+//! The cluster as the decision core holds it: nodes, their GPUs with MPS
+//! pools, and the placements on them.
+
+use crate::classify::Class;
+use crate::spec;
+use crate::workload::{Invalid, Profile, dns_label, non_empty};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// A node as it is declared (configuration, an agent's inventory, a trace).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub gpus: Vec<GpuSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSpec {
+    /// The GPU's name as NVML reports it (`NVIDIA H100 80GB HBM3`).
+    pub model: String,
+    /// Unknown values come from the GPU table.
+    #[serde(default)]
+    pub sms: Option<u32>,
+    #[serde(default)]
+    pub memory_gb: Option<f64>,
+    #[serde(default)]
+    pub tdp_w: Option<f64>,
+    /// The shim enforces SM-time budgets here: the GPU may be
+    /// oversubscribed up to the configured limit.
+    #[serde(default)]
+    pub throttling: bool,
+}
+
+impl NodeSpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        non_empty("name", &self.name)?;
+        if self.name.contains(char::is_whitespace) {
+            return Err(Invalid::new("name", "must not contain spaces"));
+        }
+        if self.cpu_milli == 0 {
+            return Err(Invalid::new("cpu_milli", "must be at least 1"));
+        }
+        if self.memory_mib == 0 {
+            return Err(Invalid::new("memory_mib", "must be at least 1"));
+        }
+        for (i, g) in self.gpus.iter().enumerate() {
+            if g.model.trim().is_empty() {
+                return Err(Invalid::new(
+                    &format!("gpus[{i}].model"),
+                    "must not be empty",
+                ));
+            }
+            let (sms, mem, tdp) = (g.sms, g.memory_gb, g.tdp_w);
+            if spec::lookup(&g.model).is_none() && (sms.is_none() || mem.is_none() || tdp.is_none())
+            {
+                return Err(Invalid::new(
+                    &format!("gpus[{i}].model"),
+                    "is not in the GPU table: give sms, memory_gb and tdp_w",
+                ));
+            }
+            if mem.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+                return Err(Invalid::new(&format!("gpus[{i}].memory_gb"), "must be > 0"));
+            }
+            if tdp.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+                return Err(Invalid::new(&format!("gpus[{i}].tdp_w"), "must be > 0"));
+            }
+        }
+        for k in self.labels.keys() {
+            non_empty("labels", k)?;
+        }
+        Ok(())
+    }
+}
+
+/// One GPU's state.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Gpu {
+    pub index: u32,
+    pub model: String,
+    /// `nvidia.com/gpu.product`.
+    pub product: String,
+    pub sms: u32,
+    pub memory_gb: f64,
+    pub tdp_w: f64,
+    /// Dense FP16 TFLOPS per watt (0 when the model is not in the table).
+    pub tflops_per_watt: f64,
+    /// The core's number for `model` (equal names, equal numbers).
+    #[serde(skip)]
+    pub(crate) model_no: u32,
+    pub price_per_hour: f64,
+    pub throttling: bool,
+    /// Last measured power draw (W) and utilisation (0–1), if any.
+    pub power_w: Option<f64>,
+    pub utilisation: Option<f64>,
+    /// The share (%) its MPS server is configured for; `None`: no server yet.
+    pub pool: Option<u32>,
+    /// Held whole by one workload.
+    pub exclusive: bool,
+    /// Percent of the GPU placed (may exceed 100 where throttling allows).
+    pub used_pct: u32,
+    /// Model weights placed on it (GB).
+    pub used_gb: f64,
+    /// Placement ids on this GPU.
+    pub workloads: Vec<String>,
+    /// What repack and preemption searches need of each, in `workloads`'
+    /// order (no lookups while sweeping the cluster).
+    #[serde(skip)]
+    pub(crate) residents: Vec<Resident>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Resident {
+    pub share: u32,
+    pub priority: crate::Priority,
+    pub pinned: bool,
+    pub preemptible: bool,
+    pub gb: f64,
+}
+
+impl Gpu {
+    fn from_spec(index: u32, g: &GpuSpec) -> Gpu {
+        let row = spec::lookup(&g.model);
+        let tdp = g.tdp_w.or(row.map(|r| r.tdp_w)).unwrap_or(1.0);
+        Gpu {
+            index,
+            model: g.model.clone(),
+            product: spec::product_label(&g.model),
+            sms: g.sms.or(row.map(|r| r.sms)).unwrap_or(0),
+            memory_gb: g.memory_gb.or(row.map(|r| r.memory_gb)).unwrap_or(0.0),
+            tdp_w: tdp,
+            tflops_per_watt: row.map(|r| r.tflops / tdp).unwrap_or(0.0),
+            model_no: 0,
+            price_per_hour: row.map(|r| r.price_per_hour).unwrap_or(0.0),
+            throttling: g.throttling,
+            power_w: None,
+            utilisation: None,
+            pool: None,
+            exclusive: false,
+            used_pct: 0,
+            used_gb: 0.0,
+            workloads: Vec::new(),
+            residents: Vec::new(),
+        }
+    }
+
+    /// Percent that can be placed: 100, or the oversubscription limit where
+    /// the shim throttles.
+    pub fn capacity_pct(&self, oversubscription_pct: u32) -> u32 {
+        if self.throttling {
+            oversubscription_pct.max(100)
+        } else {
+            100
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+    pub cpu_free: u64,
+    pub memory_free: u64,
+    pub healthy: bool,
+    pub cordoned: bool,
+    /// Requests per second its inference servers report, and their error
+    /// ratio (0–1): the reconfiguration safety gate reads them.
+    pub qps: f64,
+    pub error_rate: f64,
+    /// Maintenance window [from, to) in ms of the core's clock.
+    pub maintenance: Option<(u64, u64)>,
+    pub gpus: Vec<Gpu>,
+    /// Model ids placed here, with their replica counts (anti-affinity).
+    pub replicas: BTreeMap<String, u32>,
+}
+
+impl Node {
+    pub fn from_spec(s: &NodeSpec) -> Node {
+        Node {
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+            cpu_milli: s.cpu_milli,
+            memory_mib: s.memory_mib,
+            cpu_free: s.cpu_milli,
+            memory_free: s.memory_mib,
+            healthy: true,
+            cordoned: false,
+            qps: 0.0,
+            error_rate: 0.0,
+            maintenance: None,
+            gpus: s
+                .gpus
+                .iter()
+                .enumerate()
+                .map(|(i, g)| Gpu::from_spec(i as u32, g))
+                .collect(),
+            replicas: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a data-locality hint names this node or one of its labels.
+    pub fn local_to(&self, hints: &[String]) -> bool {
+        hints.iter().any(|h| {
+            *h == self.name
+                || h.split_once('=')
+                    .is_some_and(|(k, v)| self.labels.get(k).is_some_and(|x| x == v))
+        })
+    }
+}
+
+/// Telemetry the core takes for a node (from the agents' windows).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeLoad {
+    pub qps: f64,
+    pub error_rate: f64,
+    pub healthy: bool,
+    /// (GPU index, utilisation 0–1, power W).
+    pub gpus: Vec<(u32, f64, f64)>,
+}
+
+/// A workload that holds GPU share.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Placed {
+    pub id: String,
+    pub profile: Profile,
+    pub class: Class,
+    pub node: String,
+    pub gpus: Vec<u32>,
+    pub share_pct: u32,
+    pub at_ms: u64,
+    /// GPU-hours charged to the tenant at placement.
+    pub gpu_hours: f64,
+    /// Operators pinned it: never moved or preempted.
+    pub pinned: bool,
+}
+
+/// A workload waiting for capacity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Queued {
+    pub id: String,
+    pub profile: Profile,
+    pub since_ms: u64,
+    /// Arrival order among equal priorities.
+    pub seq: u64,
+}
+
+pub(crate) fn check_id(id: &str) -> Result<(), Invalid> {
+    dns_label("name", id)
+}

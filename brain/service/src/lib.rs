@@ -1,0 +1,19 @@
+//! The brain as a service around the pure decision core (`vagus-decision`):
+//!
+//! - [`agents`]: the agents' QUIC endpoint (mutual TLS), their telemetry
+//!   ([`agents::ingest`]) and the command ledger ([`agents::ledger`]);
+//! - [`http`]: the HTTP API (axum) with bearer roles, and [`audit`], its
+//!   SQLite trail, committed before every answer;
+//! - `sync`: what agents report, brought into the core;
+//! - [`Service`]: all of it started from one [`Config`] — by `vagus brain`,
+//!   the tests and the benches alike.
+
+pub mod agents;
+pub mod audit;
+pub mod http;
+mod service;
+mod sync;
+
+pub use crate::service::{
+    Config, HttpConfig, QuicConfig, Service, StartError, load_core_config, load_nodes,
+};

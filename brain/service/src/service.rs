@@ -1,0 +1,202 @@
+//! The brain as one running service: the HTTP API over the decision core
+//! (with its audit trail), the agents' QUIC endpoint (with its command
+//! ledger), and the wiring that brings what agents report into the core.
+//! `vagus brain`, the black-box tests and the benches all start it through
+//! [`Service::start`].
+
+use crate::agents::{Agents, AgentsOptions};
+use crate::audit::Audit;
+use crate::http::auth::Tokens;
+use crate::http::{Api, Clock, Restored, system_clock};
+use crate::sync;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use vagus_decision::{Config as CoreConfig, Core, NodeSpec};
+use vagus_link::tls::Identity;
+
+/// Why the service could not start. Each names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Link(#[from] vagus_link::LinkError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// The HTTP API's part of the configuration.
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub tokens: Tokens,
+    /// The audit trail's SQLite file; `None`: a temporary file.
+    pub audit: Option<PathBuf>,
+    pub core: CoreConfig,
+    /// Nodes declared up front, in this order (the core's node order).
+    pub nodes: Vec<NodeSpec>,
+    /// The core's clock (ms); `None`: the system's.
+    pub clock: Option<Clock>,
+}
+
+/// The agents' part: where to listen and with which identity.
+pub struct QuicConfig {
+    pub addr: SocketAddr,
+    pub identity: Identity,
+    /// The command ledger's SQLite file; `None`: in memory.
+    pub ledger: Option<PathBuf>,
+    /// Windows of histograms kept per process.
+    pub rolling_windows: usize,
+}
+
+/// What [`Service::start`] starts; either part may be absent, not both.
+pub struct Config {
+    pub http: Option<HttpConfig>,
+    pub quic: Option<QuicConfig>,
+    /// How often what agents report is brought into the core.
+    pub sync_every: Duration,
+}
+
+/// A running brain. Dropping it leaves its tasks running on the runtime;
+/// [`Service::shutdown`] stops them.
+pub struct Service {
+    pub api: Option<Arc<Api>>,
+    pub agents: Option<Arc<Agents>>,
+    pub http_addr: Option<SocketAddr>,
+    pub quic_addr: Option<SocketAddr>,
+    /// What the audit trail gave back at start.
+    pub restored: Restored,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Service {
+    /// Starts what `cfg` asks for on the current Tokio runtime: the core
+    /// with its nodes, the audit trail and what it restores, the HTTP
+    /// listener, the QUIC endpoint, and the sync from agents to the core.
+    pub async fn start(cfg: Config) -> Result<Service, StartError> {
+        if cfg.http.is_none() && cfg.quic.is_none() {
+            return Err(StartError::Config(
+                "nothing to start: give the HTTP API, the agents' QUIC endpoint, or both".into(),
+            ));
+        }
+        let mut svc = Service {
+            api: None,
+            agents: None,
+            http_addr: None,
+            quic_addr: None,
+            restored: Restored::default(),
+            tasks: Vec::new(),
+        };
+        if let Some(h) = cfg.http {
+            if h.tokens.is_empty() {
+                return Err(StartError::Config(
+                    "no bearer tokens: nobody could use the API".into(),
+                ));
+            }
+            let mut core = Core::new(h.core).map_err(|e| StartError::Config(e.to_string()))?;
+            for (i, n) in h.nodes.iter().enumerate() {
+                core.upsert_node(n)
+                    .map_err(|e| StartError::Config(format!("node {i} ({}): {e}", n.name)))?;
+            }
+            let audit = Audit::open(h.audit.as_deref())?;
+            let api = Arc::new(Api::new(
+                core,
+                audit,
+                h.tokens,
+                h.clock.unwrap_or_else(system_clock),
+            ));
+            svc.restored = api.restore()?;
+            let listener = tokio::net::TcpListener::bind(h.addr)
+                .await
+                .map_err(|source| StartError::Io {
+                    what: format!("HTTP API on {}: cannot listen", h.addr),
+                    source,
+                })?;
+            svc.http_addr = listener.local_addr().ok();
+            let serving = api.clone();
+            svc.tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::http::serve(listener, serving).await {
+                    eprintln!("vagus brain: the HTTP API stopped: {e}");
+                }
+            }));
+            svc.api = Some(api);
+        }
+        if let Some(q) = cfg.quic {
+            let opts = AgentsOptions {
+                ledger: q.ledger,
+                rolling_windows: q.rolling_windows,
+            };
+            let agents = Arc::new(Agents::bind(q.addr, &q.identity, &opts)?);
+            svc.quic_addr = Some(agents.local_addr());
+            let serving = agents.clone();
+            svc.tasks
+                .push(tokio::spawn(async move { serving.run().await }));
+            if let Some(api) = &svc.api {
+                let (a, api) = (agents.clone(), api.clone());
+                let every = cfg.sync_every;
+                svc.tasks.push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        sync::agents_to_core(&a, &api);
+                    }
+                }));
+            }
+            svc.agents = Some(agents);
+        }
+        Ok(svc)
+    }
+
+    /// Stops the HTTP listener, the sync and the QUIC endpoint (whose
+    /// agents are told at once).
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(a) = &self.agents {
+            a.shutdown();
+            a.wait_idle().await;
+        }
+    }
+}
+
+/// The decision core's configuration from a TOML file (classes, weights,
+/// gate, breaker, quotas, manifest…); the defaults without one.
+pub fn load_core_config(path: Option<&Path>) -> Result<CoreConfig, StartError> {
+    let Some(p) = path else {
+        return Ok(CoreConfig::default());
+    };
+    let text = read(p)?;
+    let cfg: CoreConfig =
+        toml::from_str(&text).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
+    cfg.validate()
+        .map_err(|e| StartError::Config(format!("{}: invalid configuration: {e}", p.display())))?;
+    Ok(cfg)
+}
+
+/// Nodes from an openb node list (`.csv`: `sn,cpu_milli,memory_mib,gpu,model`)
+/// or a JSON array of node specs (`.json`), in the file's order.
+pub fn load_nodes(path: &Path) -> Result<Vec<NodeSpec>, StartError> {
+    let text = read(path)?;
+    let what = path.display().to_string();
+    if path.extension().is_some_and(|e| e == "json") {
+        return serde_json::from_str(&text)
+            .map_err(|e| StartError::Config(format!("{what}: not a JSON array of nodes: {e}")));
+    }
+    let nodes =
+        vagus_replay::openb::nodes(&what, &text).map_err(|e| StartError::Config(e.to_string()))?;
+    Ok(nodes.iter().map(vagus_replay::live::node_spec).collect())
+}
+
+fn read(p: &Path) -> Result<String, StartError> {
+    std::fs::read_to_string(p).map_err(|source| StartError::Io {
+        what: format!("reading {}", p.display()),
+        source,
+    })
+}

@@ -1,0 +1,722 @@
+//! The HTTP API over real TCP, with a real SQLite audit trail: every
+//! endpoint, each role allowed and refused, invalid bodies answered with
+//! the field named, and the audit row committed before the answer.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use vagus_brain::http::auth::{Role, Token, Tokens};
+use vagus_brain::{Config, HttpConfig, Service};
+use vagus_decision::{GpuSpec, NodeSpec};
+
+const ADMIN: &str = "admin-token-000000000001";
+const OPERATOR: &str = "operator-token-00000001";
+const VIEWER: &str = "viewer-token-0000000001";
+
+struct Api {
+    addr: std::net::SocketAddr,
+    db: PathBuf,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn node(name: &str, model: &str, gpus: usize) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        cpu_milli: 64_000,
+        memory_mib: 256 * 1024,
+        labels: Default::default(),
+        gpus: (0..gpus)
+            .map(|_| GpuSpec {
+                model: model.into(),
+                sms: None,
+                memory_gb: None,
+                tdp_w: None,
+                throttling: false,
+            })
+            .collect(),
+    }
+}
+
+fn tokens() -> Tokens {
+    let t = |name: &str, role, token: &str| Token {
+        name: name.into(),
+        role,
+        token: token.into(),
+    };
+    Tokens::new(vec![
+        t("ada", Role::Admin, ADMIN),
+        t("otto", Role::Operator, OPERATOR),
+        t("vic", Role::Viewer, VIEWER),
+    ])
+    .unwrap()
+}
+
+fn start(tag: &str, db: Option<PathBuf>) -> Api {
+    let db = db.unwrap_or_else(|| {
+        let d = std::env::temp_dir().join(format!("vagus-api-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d.join("audit.sqlite")
+    });
+    let clock = Arc::new(AtomicU64::new(1_000));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let svc = rt
+        .block_on(Service::start(Config {
+            http: Some(HttpConfig {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                tokens: tokens(),
+                audit: Some(db.clone()),
+                core: vagus_decision::Config::default(),
+                nodes: vec![
+                    node("h1", "NVIDIA H100 80GB HBM3", 2),
+                    node("a1", "NVIDIA A100-SXM4-80GB", 2),
+                ],
+                clock: Some(Box::new(move || clock.load(Ordering::Relaxed))),
+            }),
+            quic: None,
+            sync_every: Duration::from_secs(1),
+        }))
+        .unwrap();
+    let addr = svc.http_addr.unwrap();
+    Api { addr, db, _rt: rt }
+}
+
+/// (status, body as JSON or a string).
+fn call(
+    api: &Api,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    call_at(api.addr, method, path, token, body)
+}
+
+fn call_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    let body = body.unwrap_or("");
+    req += &format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    parse_response(&out)
+}
+
+fn parse_response(out: &[u8]) -> (u16, serde_json::Value) {
+    let text = String::from_utf8_lossy(out);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    (status, v)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn profile(name: &str, model: &str) -> String {
+    serde_json::json!({
+        "name": name, "model_id": model, "model_size_gb": 14.0, "batch": 8, "seq_len": 2048,
+        "priority": "P2", "sla_ms": 100, "tenant": "acme", "expected_duration_s": 3600
+    })
+    .to_string()
+}
+
+fn rows(db: &PathBuf, workload: &str) -> i64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row(
+        "SELECT COUNT(*) FROM decisions WHERE workload = ?1",
+        [workload],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_endpoint() {
+    let api = start("endpoints", None);
+    // POST /v1/placements: placed, with its explanation and Pod.
+    let (st, v) = call(
+        &api,
+        "POST",
+        "/v1/placements",
+        Some(OPERATOR),
+        Some(&profile("svc-a", "llama")),
+    );
+    assert_eq!(st, 201, "{v}");
+    let d = &v["decision"];
+    assert_eq!(d["path"], "direct");
+    assert_eq!(d["class"]["name"], "medium");
+    assert_eq!(d["share_pct"], 40);
+    assert!(d["top"][0]["weighted"]["mps"].is_number());
+    assert_eq!(d["manifest"]["spec"]["nodeName"], d["node"]);
+    assert_eq!(rows(&api.db, "svc-a"), 1);
+    // GET /v1/placements/{id}
+    let (st, v) = call(&api, "GET", "/v1/placements/svc-a", Some(VIEWER), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "placed");
+    assert_eq!(v["placement"]["share_pct"], 40);
+    assert_eq!(v["manifest"]["metadata"]["name"], "svc-a");
+    // GET /v1/placements
+    call(
+        &api,
+        "POST",
+        "/v1/placements",
+        Some(OPERATOR),
+        Some(&profile("svc-b", "mistral")),
+    );
+    let (st, v) = call(&api, "GET", "/v1/placements", Some(VIEWER), None);
+    assert_eq!(st, 200);
+    let ids: Vec<&str> = v["placed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["svc-a", "svc-b"]);
+    // GET /v1/nodes
+    let (st, v) = call(&api, "GET", "/v1/nodes", Some(VIEWER), None);
+    assert_eq!(st, 200);
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let used: u64 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["gpus"].as_array().unwrap())
+        .map(|g| g["used_pct"].as_u64().unwrap())
+        .sum();
+    assert_eq!(used, 80);
+    // POST /v1/nodes (admin)
+    let spec = serde_json::to_string(&node("t1", "Tesla T4", 4)).unwrap();
+    let (st, v) = call(&api, "POST", "/v1/nodes", Some(ADMIN), Some(&spec));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["gpus"].as_array().unwrap().len(), 4);
+    // POST /v1/controls: cordon every node but t1; the next goes to t1.
+    for n in ["h1", "a1"] {
+        let (st, v) = call(
+            &api,
+            "POST",
+            "/v1/controls",
+            Some(ADMIN),
+            Some(&format!(r#"{{"action":"cordon","node":"{n}"}}"#)),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v[0]["path"], "control");
+    }
+    let (st, v) = call(
+        &api,
+        "POST",
+        "/v1/placements",
+        Some(OPERATOR),
+        Some(&profile("svc-c", "phi")),
+    );
+    assert_eq!(st, 201);
+    assert_eq!(v["decision"]["node"], "t1");
+    assert!(
+        v["decision"]["ruled_out"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["constraint"] == "cordoned")
+    );
+    // Nothing fits anywhere: 202 with a scale-out request.
+    let mut big: serde_json::Value = serde_json::from_str(&profile("huge", "big")).unwrap();
+    big["model_size_gb"] = 60.0.into();
+    let (st, v) = call(
+        &api,
+        "POST",
+        "/v1/placements",
+        Some(OPERATOR),
+        Some(&big.to_string()),
+    );
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(v["decision"]["path"], "scale_out");
+    let (st, v) = call(&api, "GET", "/v1/placements/huge", Some(VIEWER), None);
+    assert_eq!((st, v["state"].as_str()), (200, Some("queued")));
+    // Uncordoning h1 places it (the control's answer lists that decision).
+    let (st, v) = call(
+        &api,
+        "POST",
+        "/v1/controls",
+        Some(ADMIN),
+        Some(r#"{"action":"uncordon","node":"h1"}"#),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(v[1]["workload"], "huge");
+    assert_eq!(v[1]["node"], "h1");
+    // DELETE /v1/placements/{id}
+    let (st, v) = call(&api, "DELETE", "/v1/placements/svc-a", Some(OPERATOR), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["decision"]["path"], "remove");
+    let (st, _) = call(&api, "GET", "/v1/placements/svc-a", Some(VIEWER), None);
+    assert_eq!(st, 404);
+    let (st, _) = call(&api, "DELETE", "/v1/placements/svc-a", Some(OPERATOR), None);
+    assert_eq!(st, 404);
+    // GET /v1/decisions: all, by workload, by path, paged.
+    let (st, all) = call(&api, "GET", "/v1/decisions", Some(VIEWER), None);
+    assert_eq!(st, 200);
+    let all = all.as_array().unwrap().clone();
+    assert_eq!(all.len(), 9, "{all:#?}");
+    assert_eq!(all[0]["actor"], "otto");
+    let (_, v) = call(
+        &api,
+        "GET",
+        "/v1/decisions?workload=svc-a",
+        Some(VIEWER),
+        None,
+    );
+    let paths: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["direct", "remove"]);
+    let (_, v) = call(
+        &api,
+        "GET",
+        "/v1/decisions?path=control&actor=ada",
+        Some(VIEWER),
+        None,
+    );
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let after = all[4]["seq"].as_i64().unwrap();
+    let (_, v) = call(
+        &api,
+        "GET",
+        &format!("/v1/decisions?after={after}&limit=2"),
+        Some(VIEWER),
+        None,
+    );
+    let seqs: Vec<i64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        [
+            all[5]["seq"].as_i64().unwrap(),
+            all[6]["seq"].as_i64().unwrap()
+        ]
+    );
+    // /healthz, /metrics, /openapi.json need no token.
+    let (st, v) = call(&api, "GET", "/healthz", None, None);
+    assert_eq!((st, v["status"].as_str()), (200, Some("ok")));
+    assert_eq!(v["placements"], 3);
+    let (st, v) = call(&api, "GET", "/metrics", None, None);
+    assert_eq!(st, 200);
+    let text = v.as_str().unwrap();
+    assert!(
+        text.contains("vagus_brain_decisions_total{path=\"direct\"} 4"),
+        "{text}"
+    );
+    assert!(text.contains("vagus_brain_placements 3"), "{text}");
+    promtool_check(text);
+    let (st, v) = call(&api, "GET", "/openapi.json", None, None);
+    assert_eq!(st, 200);
+    for p in [
+        "/v1/placements",
+        "/v1/placements/{id}",
+        "/v1/nodes",
+        "/v1/decisions",
+        "/v1/controls",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(
+            v["paths"][p].is_object(),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+    assert!(v["paths"]["/v1/placements/{id}"]["delete"].is_object());
+    assert_eq!(
+        v["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(v["components"]["schemas"]["Profile"]["properties"]["model_size_gb"].is_object());
+    // Unknown endpoints: 404 in JSON.
+    let (st, v) = call(&api, "GET", "/v2/nothing", Some(VIEWER), None);
+    assert_eq!((st, v["error"].as_str()), (404, Some("no such endpoint")));
+}
+
+#[test]
+fn roles_allow_and_refuse() {
+    let api = start("roles", None);
+    let place = |token, name: &str| {
+        call(
+            &api,
+            "POST",
+            "/v1/placements",
+            token,
+            Some(&profile(name, name)),
+        )
+    };
+    // No token, an unknown one, a malformed header: 401.
+    assert_eq!(place(None, "a").0, 401);
+    assert_eq!(place(Some("not-a-known-token-at-all"), "a").0, 401);
+    let mut s = TcpStream::connect(api.addr).unwrap();
+    s.write_all(b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic abc\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let (st, v) = parse_response(&out);
+    assert_eq!((st, v["field"].as_str()), (401, Some("authorization")));
+    // Viewer: reads yes, placements and controls no.
+    assert_eq!(call(&api, "GET", "/v1/nodes", Some(VIEWER), None).0, 200);
+    assert_eq!(
+        call(&api, "GET", "/v1/decisions", Some(VIEWER), None).0,
+        200
+    );
+    let (st, v) = place(Some(VIEWER), "a");
+    assert_eq!(st, 403);
+    assert!(v["error"].as_str().unwrap().contains("operator"), "{v}");
+    assert_eq!(
+        call(&api, "DELETE", "/v1/placements/a", Some(VIEWER), None).0,
+        403
+    );
+    // Operator: placements yes, controls and nodes no.
+    assert_eq!(place(Some(OPERATOR), "a").0, 201);
+    assert_eq!(
+        call(&api, "DELETE", "/v1/placements/a", Some(OPERATOR), None).0,
+        200
+    );
+    let pause = r#"{"action":"pause_reconfiguration"}"#;
+    assert_eq!(
+        call(&api, "POST", "/v1/controls", Some(OPERATOR), Some(pause)).0,
+        403
+    );
+    let spec = serde_json::to_string(&node("x1", "Tesla T4", 1)).unwrap();
+    assert_eq!(
+        call(&api, "POST", "/v1/nodes", Some(OPERATOR), Some(&spec)).0,
+        403
+    );
+    // Admin: everything.
+    assert_eq!(
+        call(&api, "POST", "/v1/controls", Some(ADMIN), Some(pause)).0,
+        200
+    );
+    assert_eq!(place(Some(ADMIN), "b").0, 201);
+    assert_eq!(call(&api, "GET", "/v1/nodes", Some(ADMIN), None).0, 200);
+    // Refused requests changed nothing and were not audited.
+    let (_, v) = call(&api, "GET", "/v1/decisions", Some(VIEWER), None);
+    let actors: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors, ["otto", "otto", "ada", "ada"]);
+}
+
+#[test]
+fn invalid_bodies_name_the_field() {
+    let api = start("invalid", None);
+    let post = |path: &str, body: &str| call(&api, "POST", path, Some(ADMIN), Some(body));
+    let mut p: serde_json::Value = serde_json::from_str(&profile("ok", "m")).unwrap();
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/v1/placements", "".into(), 400, "body"),
+        ("/v1/placements", "{not json".into(), 400, "body"),
+        ("/v1/placements", r#"{"name":"x"}"#.into(), 400, "model_id"),
+        (
+            "/v1/placements",
+            {
+                p["batch"] = "eight".into();
+                p.to_string()
+            },
+            400,
+            "batch",
+        ),
+        (
+            "/v1/placements",
+            {
+                p["batch"] = 0.into();
+                p.to_string()
+            },
+            422,
+            "batch",
+        ),
+        (
+            "/v1/placements",
+            {
+                p["batch"] = 8.into();
+                p["priority"] = "P9".into();
+                p.to_string()
+            },
+            400,
+            "priority",
+        ),
+        (
+            "/v1/placements",
+            {
+                p["priority"] = "P1".into();
+                p["colour"] = "red".into();
+                p.to_string()
+            },
+            400,
+            "colour",
+        ),
+        (
+            "/v1/placements",
+            {
+                p.as_object_mut().unwrap().remove("colour");
+                p["name"] = "Bad Name".into();
+                p.to_string()
+            },
+            422,
+            "name",
+        ),
+        (
+            "/v1/placements",
+            {
+                p["name"] = "ok".into();
+                p["share_pct"] = 250.into();
+                p.to_string()
+            },
+            422,
+            "share_pct",
+        ),
+        (
+            "/v1/controls",
+            r#"{"action":"explode"}"#.into(),
+            400,
+            "action",
+        ),
+        ("/v1/controls", r#"{"action":"cordon"}"#.into(), 400, "node"),
+        (
+            "/v1/controls",
+            r#"{"action":"maintenance","node":"h1","from_ms":5,"to_ms":1}"#.into(),
+            422,
+            "to_ms",
+        ),
+        (
+            "/v1/nodes",
+            r#"{"name":"n","cpu_milli":1,"memory_mib":1,"gpus":[{"model":"Mystery"}]}"#.into(),
+            422,
+            "gpus[0].model",
+        ),
+        (
+            "/v1/nodes",
+            r#"{"name":"n","cpu_milli":1,"memory_mib":1,"gpus":[{"model":"T4","sms":"x"}]}"#.into(),
+            400,
+            "gpus[0].sms",
+        ),
+    ];
+    for (path, body, status, field) in cases {
+        let (st, v) = post(path, &body);
+        assert_eq!(
+            (st, v["field"].as_str()),
+            (status, Some(field)),
+            "{path} {body}: {v}"
+        );
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains(field.split('.').next_back().unwrap()),
+            "{v}"
+        );
+    }
+    let (st, v) = call(&api, "GET", "/v1/decisions?limit=many", Some(VIEWER), None);
+    assert_eq!((st, v["field"].as_str()), (400, Some("limit")), "{v}");
+    // A control on something unknown: 404.
+    let (st, _) = post("/v1/controls", r#"{"action":"cordon","node":"nope"}"#);
+    assert_eq!(st, 404);
+    // The same name twice: 409, the first placement untouched.
+    p["share_pct"] = 20.into();
+    assert_eq!(post("/v1/placements", &p.to_string()).0, 201);
+    let (st, v) = post("/v1/placements", &p.to_string());
+    assert_eq!((st, v["field"].as_str()), (409, Some("name")));
+    let (_, v) = call(&api, "GET", "/v1/placements", Some(VIEWER), None);
+    assert_eq!(v["placed"].as_array().unwrap().len(), 1);
+    let (_, v) = call(&api, "GET", "/v1/decisions", Some(VIEWER), None);
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        1,
+        "only the accepted request is in the trail"
+    );
+}
+
+#[test]
+fn the_audit_row_is_committed_before_the_answer() {
+    let api = start("before", None);
+    // Hold the database's write lock: the brain cannot commit.
+    let blocker = rusqlite::Connection::open(&api.db).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let addr = api.addr;
+    let answered = Arc::new(AtomicU64::new(0));
+    let a = answered.clone();
+    let body = profile("held", "m");
+    let t = std::thread::spawn(move || {
+        let r = call_at(addr, "POST", "/v1/placements", Some(OPERATOR), Some(&body));
+        a.store(1, Ordering::SeqCst);
+        r
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        0,
+        "answered while the row could not be stored"
+    );
+    blocker.execute_batch("COMMIT").unwrap();
+    let (st, v) = t.join().unwrap();
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(rows(&api.db, "held"), 1);
+}
+
+#[test]
+fn a_restart_restores_placements_queue_and_controls() {
+    let api = start("restart", None);
+    let db = api.db.clone();
+    assert_eq!(
+        call(
+            &api,
+            "POST",
+            "/v1/placements",
+            Some(OPERATOR),
+            Some(&profile("keep", "m1"))
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        call(
+            &api,
+            "POST",
+            "/v1/placements",
+            Some(OPERATOR),
+            Some(&profile("gone", "m2"))
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        call(&api, "DELETE", "/v1/placements/gone", Some(OPERATOR), None).0,
+        200
+    );
+    let cordon = r#"{"action":"cordon","node":"a1"}"#;
+    assert_eq!(
+        call(&api, "POST", "/v1/controls", Some(ADMIN), Some(cordon)).0,
+        200
+    );
+    let pin = r#"{"action":"pin","workload":"keep"}"#;
+    assert_eq!(
+        call(&api, "POST", "/v1/controls", Some(ADMIN), Some(pin)).0,
+        200
+    );
+    let mut big: serde_json::Value = serde_json::from_str(&profile("waits", "m3")).unwrap();
+    big["model_size_gb"] = 120.0.into();
+    big["gpus"] = 2.into();
+    big["accepted_models"] = serde_json::json!(["A100"]);
+    assert_eq!(
+        call(
+            &api,
+            "POST",
+            "/v1/placements",
+            Some(OPERATOR),
+            Some(&big.to_string())
+        )
+        .0,
+        202
+    );
+    let (_, before) = call(&api, "GET", "/v1/placements/keep", Some(VIEWER), None);
+    drop(api);
+    let api = start("restart", Some(db));
+    let (st, after) = call(&api, "GET", "/v1/placements/keep", Some(VIEWER), None);
+    assert_eq!(st, 200);
+    assert_eq!(after["placement"], before["placement"]);
+    assert_eq!(after["placement"]["pinned"], true);
+    assert_eq!(
+        call(&api, "GET", "/v1/placements/gone", Some(VIEWER), None).0,
+        404
+    );
+    let (_, q) = call(&api, "GET", "/v1/placements/waits", Some(VIEWER), None);
+    assert_eq!(q["state"], "queued");
+    let (_, nodes) = call(&api, "GET", "/v1/nodes", Some(VIEWER), None);
+    let a1 = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "a1")
+        .unwrap();
+    assert_eq!(a1["cordoned"], true);
+    let (_, h) = call(&api, "GET", "/healthz", None, None);
+    assert_eq!(
+        (h["placements"].as_u64(), h["queued"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+/// Runs `promtool check metrics` on `text` (required when
+/// VAGUS_REQUIRE_PROMTOOL=1, as CI sets).
+fn promtool_check(text: &str) {
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("VAGUS_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
+                "promtool is required: {e}"
+            );
+            eprintln!("skipping promtool: {e}");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,286 @@
+//! `vagus brain`: flags parsed into `vagus_brain::Config`, the service
+//! started with `vagus_brain::Service::start`: the agents' QUIC endpoint
+//! with `--certs`, the decision core's HTTP API with `--http`; either or
+//! both.
+//!
+//! The brain prints JSON lines: events (connected, result, rejected,
+//! disconnected; windows with `--log-windows`), its ingest metrics every
+//! `--stats-every`, and answers to what it reads on standard input until the
+//! HTTP API exists: `{"issue": {"node": N, "command": KIND}}` issues a
+//! command (KIND as in `{"DrainGpu": {"gpu": 0}}`), `{"result": ID}` looks
+//! up a stored result.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use vagus_brain::agents::ingest::Snapshot;
+use vagus_brain::agents::{Agents, Event};
+use vagus_brain::http::auth::Tokens;
+use vagus_brain::{Config, HttpConfig, QuicConfig, Service};
+use vagus_link::tls::Identity;
+use vagus_proto::wire::CommandKind;
+
+#[derive(Args, Debug)]
+pub struct BrainArgs {
+    /// UDP address to accept agents on.
+    #[arg(long, env = "VAGUS_BRAIN_QUIC", default_value = "0.0.0.0:7443")]
+    pub quic: SocketAddr,
+    /// Directory from `vagus certs init`: accept agents over QUIC.
+    #[arg(long, env = "VAGUS_CERTS_DIR")]
+    pub certs: Option<PathBuf>,
+    /// The brain's certificate name in that directory.
+    #[arg(long, default_value = "brain")]
+    pub name: String,
+    /// SQLite file of the command ledger (commands issued, results
+    /// reported); kept across restarts. Without it the ledger is in memory.
+    #[arg(long, env = "VAGUS_LEDGER")]
+    pub ledger: Option<PathBuf>,
+    /// Print every window as an event too.
+    #[arg(long)]
+    pub log_windows: bool,
+    /// Seconds between ingest-metrics lines (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub stats_every: f64,
+    /// Windows of histograms kept per process.
+    #[arg(long, default_value_t = 10)]
+    pub rolling_windows: usize,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ApiArgs {
+    /// Serve the HTTP API (placements, nodes, decisions, controls, metrics)
+    /// on this TCP address.
+    #[arg(long, env = "VAGUS_BRAIN_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Bearer tokens and their roles (TOML: [[token]] name, role, token).
+    #[arg(long, env = "VAGUS_BRAIN_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// SQLite file of the audit trail; the brain restores its placements
+    /// from it when it starts. Without it the trail is a temporary file.
+    #[arg(long, env = "VAGUS_BRAIN_AUDIT")]
+    pub audit: Option<PathBuf>,
+    /// The decision core's configuration (TOML: classes, weights, gate,
+    /// breaker, quotas, manifest…); defaults otherwise.
+    #[arg(long, env = "VAGUS_BRAIN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Nodes to place on: an openb node list (.csv) or NodeSpec objects
+    /// (.json array).
+    #[arg(long, env = "VAGUS_BRAIN_NODES")]
+    pub nodes: Option<PathBuf>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn event_json(e: &Event) -> serde_json::Value {
+    match e {
+        Event::Connected { node, version } => {
+            serde_json::json!({"event": "connected", "node": node, "version": version})
+        }
+        Event::Window { node, seq, dropped } => {
+            serde_json::json!({"event": "window", "node": node, "seq": seq, "dropped": dropped})
+        }
+        Event::Result { node, result } => {
+            serde_json::json!({"event": "result", "node": node, "id": result.id, "outcome": format!("{:?}", result.outcome)})
+        }
+        Event::Rejected { reason } => serde_json::json!({"event": "rejected", "reason": reason}),
+        Event::Disconnected { node } => serde_json::json!({"event": "disconnected", "node": node}),
+    }
+}
+
+fn stats_json(m: &Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "event": "stats",
+        "nodes": m.nodes,
+        "windows": m.totals.windows,
+        "windows_per_s": (m.windows_per_s * 10.0).round() / 10.0,
+        "bytes": m.totals.bytes,
+        "bytes_per_s": m.bytes_per_s.round(),
+        "lag_p50_us": m.lag_p50_us,
+        "lag_p99_us": m.lag_p99_us,
+        "lag_max_us": m.lag_max_us,
+        "duplicates": m.totals.duplicates,
+        "dropped_reported": m.totals.dropped_reported,
+        "results": m.totals.results,
+        "rejected": m.totals.rejected,
+    })
+}
+
+/// A line read on the brain's standard input.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+enum Request {
+    #[serde(rename = "issue")]
+    Issue { node: String, command: CommandKind },
+    #[serde(rename = "result")]
+    Result(u64),
+}
+
+async fn answer(brain: &Agents, line: &str) -> serde_json::Value {
+    let req: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => {
+            return serde_json::json!({"event": "error", "line": line, "error": e.to_string()});
+        }
+    };
+    match req {
+        Request::Issue { node, command } => match brain.issue(&node, command).await {
+            Ok(id) => serde_json::json!({"event": "issued", "node": node, "id": id}),
+            Err(e) => serde_json::json!({"event": "error", "line": line, "error": e.to_string()}),
+        },
+        Request::Result(id) => match brain.result(id).await {
+            Ok(Some((node, o))) => serde_json::json!({
+                "event": "lookup", "id": id, "node": node, "outcome": format!("{o:?}")
+            }),
+            Ok(None) => serde_json::json!({"event": "lookup", "id": id, "outcome": null}),
+            Err(e) => serde_json::json!({"event": "error", "line": line, "error": e.to_string()}),
+        },
+    }
+}
+
+/// The flags, checked and loaded into the service's configuration.
+fn config(args: &BrainArgs) -> Result<Config> {
+    anyhow::ensure!(
+        args.stats_every >= 0.0 && args.stats_every.is_finite(),
+        "--stats-every {} must be a number of seconds ≥ 0",
+        args.stats_every
+    );
+    anyhow::ensure!(
+        args.certs.is_some() || args.api.http.is_some(),
+        "give --certs DIR (accept agents over QUIC), --http ADDR (the API), or both"
+    );
+    let http = match args.api.http {
+        Some(addr) => {
+            let path = args
+                .api
+                .tokens
+                .as_deref()
+                .context("--http needs --tokens FILE (bearer tokens and their roles)")?;
+            let tokens = Tokens::load(path)?;
+            anyhow::ensure!(
+                !tokens.is_empty(),
+                "{}: no [[token]] entries: nobody could use the API",
+                path.display()
+            );
+            Some(HttpConfig {
+                addr,
+                tokens,
+                audit: args.api.audit.clone(),
+                core: vagus_brain::load_core_config(args.api.config.as_deref())?,
+                nodes: match &args.api.nodes {
+                    Some(p) => vagus_brain::load_nodes(p)?,
+                    None => Vec::new(),
+                },
+                clock: None,
+            })
+        }
+        None => None,
+    };
+    let quic = match &args.certs {
+        Some(dir) => Some(QuicConfig {
+            addr: args.quic,
+            identity: Identity::load(dir, &args.name)?,
+            ledger: args.ledger.clone(),
+            rolling_windows: args.rolling_windows,
+        }),
+        None => None,
+    };
+    Ok(Config {
+        http,
+        quic,
+        sync_every: Duration::from_secs(1),
+    })
+}
+
+pub fn brain(args: BrainArgs) -> Result<()> {
+    let cfg = config(&args)?;
+    runtime()?.block_on(async {
+        let svc = Service::start(cfg).await?;
+        if let Some(api) = &svc.api {
+            let r = &svc.restored;
+            eprintln!(
+                "vagus brain: audit trail {}: restored {} placements, {} queued, {} controls ({} waiting for their node)",
+                api.audit().path(),
+                r.placements,
+                r.queued,
+                r.controls,
+                r.pending
+            );
+        }
+        if let Some(at) = svc.http_addr {
+            eprintln!("vagus brain: HTTP API on http://{at}");
+            println!(
+                "{}",
+                serde_json::json!({"event": "http", "addr": at.to_string()})
+            );
+        }
+        match svc.agents.clone() {
+            Some(agents) => talk(&args, &agents).await,
+            None => {
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Prints the agents' events and ingest metrics, and answers requests read
+/// on standard input, until the endpoint closes.
+async fn talk(args: &BrainArgs, agents: &Arc<Agents>) -> Result<()> {
+    let mut events = agents.events(args.log_windows);
+    eprintln!(
+        "vagus brain: accepting agents on {} (QUIC, mutual TLS)",
+        agents.local_addr()
+    );
+    {
+        let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "started",
+                "addr": agents.local_addr().to_string(),
+                "results_stored": st.ingest.totals.results,
+                "commands_pending": st.pending_total(),
+            })
+        );
+    }
+    let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::stdin().lines().map_while(Result::ok) {
+            if line_tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let every = (args.stats_every > 0.0).then(|| Duration::from_secs_f64(args.stats_every));
+    let mut tick = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
+    tick.tick().await;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let v = tokio::select! {
+            e = events.recv() => match e {
+                Some(e) => event_json(&e),
+                None => break,
+            },
+            Some(l) = lines.recv() => {
+                if l.trim().is_empty() { continue }
+                answer(agents, &l).await
+            }
+            _ = tick.tick(), if every.is_some() => stats_json(&agents.metrics()),
+        };
+        writeln!(out, "{v}").context("writing to standard output")?;
+        out.flush().context("writing to standard output")?;
+    }
+    Ok(())
+}
