@@ -206,3 +206,110 @@ fn brain_flags_are_checked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("root"), "{err}");
 }
+
+/// The openb trace (`../shared/data/openb/`, or `VAGUS_OPENB_DIR`).
+fn openb_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("VAGUS_OPENB_DIR") {
+        return d.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/data/openb"))
+        .find(|p| p.is_dir())
+        .expect("the openb trace (set VAGUS_OPENB_DIR)")
+}
+
+#[test]
+fn the_service_places_a_trace_as_the_replay_does() {
+    let sim = Sim::new("brain-api-replay");
+    let data = openb_dir();
+    // Every tenth node of the openb cluster (all of its GPU models), the
+    // whole default pod list (the mix), one seed.
+    let list = std::fs::read_to_string(data.join("openb_node_list_gpu_node.csv")).unwrap();
+    let mut lines = list.lines();
+    let mut csv = format!("{}\n", lines.next().unwrap());
+    for l in lines.step_by(10) {
+        csv += l;
+        csv.push('\n');
+    }
+    let nodes_csv = sim.dir.join("nodes.csv");
+    std::fs::write(&nodes_csv, csv).unwrap();
+    let pods = data.join("openb_pod_list_default.csv");
+    let record = sim.dir.join("replay.json");
+    let out = sim
+        .vagus(&[
+            "replay",
+            "--nodes",
+            nodes_csv.to_str().unwrap(),
+            "--pods",
+            pods.to_str().unwrap(),
+            "--policy",
+            "vagus",
+            "--seeds",
+            "42",
+            "--record",
+            record.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    // The brain: the same nodes in the replay's order, the replay's
+    // configuration of the core, the trace's mix.
+    let nodes_json = sim.dir.join("nodes.json");
+    std::fs::write(&nodes_json, rec["nodes"].to_string()).unwrap();
+    let config =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../brain/replay/openb.toml");
+    let tokens = tokens(&sim);
+    let audit = sim.dir.join("audit.sqlite");
+    let b = start_brain_with(
+        &sim,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--tokens",
+            &tokens,
+            "--audit",
+            audit.to_str().unwrap(),
+            "--nodes",
+            nodes_json.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--mix",
+            pods.to_str().unwrap(),
+        ],
+    );
+    let addr = http_addr(&b);
+    let requests = rec["requests"].as_array().unwrap();
+    let want = rec["placements"].as_array().unwrap();
+    assert_eq!(requests.len(), want.len());
+    let (mut placed, mut waiting) = (0, 0);
+    for (i, (r, w)) in requests.iter().zip(want).enumerate() {
+        let (st, v) = http(addr, "POST", "/v1/placements", &r.to_string());
+        let got = match st {
+            201 => {
+                placed += 1;
+                serde_json::json!({"node": v["decision"]["node"], "gpus": v["decision"]["gpus"]})
+            }
+            202 => {
+                waiting += 1;
+                serde_json::Value::Null
+            }
+            _ => panic!("request {i} ({}): {st} {v}", r["name"]),
+        };
+        assert_eq!(
+            &got, w,
+            "request {i} ({}): the service and the replay differ",
+            r["name"]
+        );
+    }
+    // Both paths were taken: most pods placed, the overflow waiting.
+    assert!(
+        placed > 100 && waiting > 10,
+        "{placed} placed, {waiting} waiting"
+    );
+}

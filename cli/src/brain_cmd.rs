@@ -72,6 +72,11 @@ pub struct ApiArgs {
     /// (.json array).
     #[arg(long, env = "VAGUS_BRAIN_NODES")]
     pub nodes: Option<PathBuf>,
+    /// The workload mix the score measures fragmentation against, from a
+    /// trace of past requests (an openb pod list); fixed. Without it the
+    /// brain learns the mix from the requests it places.
+    #[arg(long, env = "VAGUS_BRAIN_MIX")]
+    pub mix: Option<PathBuf>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -176,7 +181,10 @@ fn config(args: &BrainArgs) -> Result<Config> {
                 addr,
                 tokens,
                 audit: args.api.audit.clone(),
-                core: vagus_brain::load_core_config(args.api.config.as_deref())?,
+                core: vagus_brain::load_core_config(
+                    args.api.config.as_deref(),
+                    args.api.mix.as_deref(),
+                )?,
                 nodes: match &args.api.nodes {
                     Some(p) => vagus_brain::load_nodes(p)?,
                     None => Vec::new(),

@@ -17,7 +17,8 @@ pub struct ReplayArgs {
     /// Pod list (`name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,…]`).
     #[arg(long)]
     pub pods: PathBuf,
-    /// random, dotprod, gpu-clustering, gpu-packing, best-fit or fgd.
+    /// random, dotprod, gpu-clustering, gpu-packing, best-fit, fgd, or
+    /// vagus (the brain's decision core).
     #[arg(long, default_value = "fgd")]
     pub policy: String,
     /// Seeds: `A..B` (inclusive) or a comma-separated list.
@@ -29,6 +30,12 @@ pub struct ReplayArgs {
     /// Threads (seeds run in parallel); default: the CPUs available.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// With one seed: write the replay step by step to this JSON file —
+    /// `nodes` (in the replay's order, as the brain's node specs),
+    /// `requests` (each pod as the brain's placement request, in arrival
+    /// order) and `placements` (each one's `node` and `gpus`, or null).
+    #[arg(long)]
+    pub record: Option<PathBuf>,
 }
 
 fn parse_seeds(s: &str) -> Result<Vec<u64>> {
@@ -67,6 +74,10 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     if nodes.is_empty() || pods.is_empty() {
         bail!("the trace needs at least one node and one pod");
     }
+    if kind == Kind::Vagus {
+        vagus_replay::vagus::check(&pods)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.pods.display()))?;
+    }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -92,6 +103,14 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     };
     if tty {
         progress(0);
+    }
+    if let Some(path) = &args.record {
+        anyhow::ensure!(
+            seeds.len() == 1,
+            "--record {}: give one seed (--seeds N)",
+            path.display()
+        );
+        return record(&nodes, &pods, kind, seeds[0], path);
     }
     let runs = replay_seeds(&nodes, &pods, kind, &seeds, threads, &progress);
     let curve = mean_curve(&runs, |r| &r.allocation);
@@ -148,5 +167,45 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             mean(|r| r.failed)
         );
     }
+    Ok(())
+}
+
+/// One seed's replay, step by step, as JSON in `path`.
+fn record(
+    nodes: &[vagus_replay::cluster::Node],
+    pods: &[vagus_replay::cluster::Pod],
+    kind: Kind,
+    seed: u64,
+    path: &std::path::Path,
+) -> Result<()> {
+    let r = vagus_replay::replay::replay_recorded(nodes, pods, kind, seed, true);
+    let rec = r.record.context("the replay kept no record")?;
+    let placements: Vec<serde_json::Value> = rec
+        .placements
+        .iter()
+        .map(|p| match p {
+            Some(p) => serde_json::json!({
+                "node": rec.nodes[p.node].name,
+                "gpus": p.gpus.iter().map(|g| g.0).collect::<Vec<_>>(),
+            }),
+            None => serde_json::Value::Null,
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "policy": kind.name(),
+        "seed": seed,
+        "nodes": rec.nodes.iter().map(vagus_replay::live::node_spec).collect::<Vec<_>>(),
+        "requests": rec.pods.iter().map(vagus_replay::vagus::profile).collect::<Vec<_>>(),
+        "placements": placements,
+    });
+    std::fs::write(path, serde_json::to_vec(&doc)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "{}: {} nodes, {} requests, {} placed",
+        path.display(),
+        rec.nodes.len(),
+        rec.pods.len(),
+        r.placed
+    );
     Ok(())
 }

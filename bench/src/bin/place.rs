@@ -74,7 +74,7 @@ fn main() {
             batch: 1,
             seq_len: 1,
             priority: Priority::P2,
-            sla_ms: 100,
+            sla_ms: Some(100),
             tenant: "bench".into(),
             expected_duration_s: 3600,
             locality: vec![],

@@ -17,6 +17,7 @@ pub struct Rule {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct Classes {
     /// In increasing order of `below`; the last has none.
     pub rules: Vec<Rule>,
@@ -52,7 +53,7 @@ fn rule(name: &str, below: Option<f64>, share: u32, pref: Option<&str>) -> Rule 
 pub struct Class {
     pub name: String,
     pub compute_score: f64,
-    /// The MPS share per GPU (%), on the grid.
+    /// The MPS share per GPU (%), on the grid (0 without GPUs).
     pub share_pct: u32,
     pub preferred_model: Option<String>,
 }
@@ -115,7 +116,9 @@ impl Classes {
             .iter()
             .find(|r| r.below.is_none_or(|b| score < b))
             .unwrap_or_else(|| self.rules.last().expect("validated: at least one class"));
-        let share = if p.gpus() > 1 {
+        let share = if p.gpus() == 0 {
+            0
+        } else if p.gpus() > 1 {
             100
         } else {
             self.round_share(p.share_pct.unwrap_or(r.share_pct))

@@ -2,6 +2,7 @@
 
 use crate::classify::Classes;
 use crate::manifest::ManifestConfig;
+use crate::mix::Shape;
 use crate::score::Weights;
 use crate::workload::Invalid;
 use serde::{Deserialize, Serialize};
@@ -36,10 +37,27 @@ pub struct Breaker {
 pub struct Config {
     pub classes: Classes,
     pub weights: Weights,
+    /// Shares come from MPS pools: every workload on a GPU has its MPS
+    /// server's share, and another share needs the server reconfigured.
+    /// Off: shares of any size share a GPU (the shim's budgets or time
+    /// slicing keep them apart), as in the openb trace.
+    pub mps_pools: bool,
     /// Percent of a GPU that may be placed where the shim throttles.
     pub oversubscription_pct: u32,
-    /// CPU (milli) a GPU's worth of work needs, for the CPU-balance term.
+    /// CPU (milli) a GPU's worth of work needs, for the CPU-balance term,
+    /// until the mix has shown what requests ask.
     pub cpu_per_gpu_milli: u64,
+    /// The workload mix (see [`crate::mix`]): given, it is fixed; empty,
+    /// the core starts from the share grid at `cpu_per_gpu_milli` and
+    /// learns it from the requests it places.
+    pub mix: Vec<Shape>,
+    /// How far a partly used GPU's CPU need follows the requests small
+    /// enough for it (1) rather than the mix's flat CPU per GPU (0).
+    pub cpu_need_by_size: f64,
+    /// Moving placed workloads to make room (repack), and evicting lower
+    /// priorities (preemption), are allowed.
+    pub repack: bool,
+    pub preemption: bool,
     pub gate: Gate,
     pub breaker: Breaker,
     /// Tenant → GPU-hours it may hold (charged share × GPUs × expected
@@ -60,8 +78,13 @@ impl Default for Config {
         Config {
             classes: Classes::default(),
             weights: Weights::default(),
+            mps_pools: true,
             oversubscription_pct: 120,
             cpu_per_gpu_milli: 8_000,
+            mix: Vec::new(),
+            cpu_need_by_size: 0.7,
+            repack: true,
+            preemption: true,
             gate: Gate {
                 max_qps: 50.0,
                 max_error_rate: 0.01,
@@ -90,6 +113,29 @@ impl Config {
         }
         if self.cpu_per_gpu_milli == 0 {
             return Err(Invalid::new("cpu_per_gpu_milli", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.cpu_need_by_size) {
+            return Err(Invalid::new("cpu_need_by_size", "must be 0 to 1"));
+        }
+        for (i, m) in self.mix.iter().enumerate() {
+            let field = |f: &str| format!("mix[{i}].{f}");
+            if m.gpus > 16 {
+                return Err(Invalid::new(&field("gpus"), "must be 0 to 16"));
+            }
+            let ok = match m.gpus {
+                0 => m.share_pct == 0,
+                1 => (1..=100).contains(&m.share_pct),
+                _ => m.share_pct == 100,
+            };
+            if !ok {
+                return Err(Invalid::new(
+                    &field("share_pct"),
+                    "must be 0 without GPUs, 1 to 100 for one GPU, 100 for several",
+                ));
+            }
+            if m.count == 0 {
+                return Err(Invalid::new(&field("count"), "must be at least 1"));
+            }
         }
         if !(self.gate.max_qps.is_finite() && self.gate.max_qps >= 0.0) {
             return Err(Invalid::new("gate.max_qps", "must be a number ≥ 0"));

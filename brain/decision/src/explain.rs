@@ -57,7 +57,8 @@ impl Path {
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct Candidate {
     pub node: String,
-    pub gpu: u32,
+    /// Its (first) GPU; none for a workload without GPUs.
+    pub gpu: Option<u32>,
     pub slot: Slot,
     pub score: f64,
     pub terms: Terms,

@@ -42,11 +42,16 @@ pub const MPS_RESOURCE: &str = "nvidia.com/mps";
 /// The Pod for `p` on its node: bound by `nodeName`, kept to the GPU model
 /// by `nodeSelector`, with the MPS share in its resources, annotation and
 /// environment, and the shim preloaded.
-pub fn pod(p: &Placed, product: &str, pool: u32, cfg: &ManifestConfig) -> Pod {
+///
+/// `gpu`: the product label of its (first) GPU and that GPU's MPS pool;
+/// `None` for a workload without GPUs (no GPU resources, MPS or shim).
+pub fn pod(p: &Placed, gpu: Option<(&str, Option<u32>)>, cfg: &ManifestConfig) -> Pod {
     let shared = p.gpus.len() == 1 && p.share_pct < 100;
     let mut limits = BTreeMap::new();
-    limits.insert(GPU_RESOURCE.to_string(), Quantity(p.gpus.len().to_string()));
-    if shared {
+    if gpu.is_some() {
+        limits.insert(GPU_RESOURCE.to_string(), Quantity(p.gpus.len().to_string()));
+    }
+    if shared && gpu.is_some() {
         limits.insert(MPS_RESOURCE.to_string(), Quantity(p.share_pct.to_string()));
     }
     let mut requests = limits.clone();
@@ -55,11 +60,14 @@ pub fn pod(p: &Placed, product: &str, pool: u32, cfg: &ManifestConfig) -> Pod {
         "memory".into(),
         Quantity(format!("{}Mi", p.profile.memory_mib)),
     );
-    let config = serde_json::json!({
-        "gpus": p.gpus,
-        "activeThreadPercentage": p.share_pct,
-        "pool": pool,
-        "exclusive": !shared,
+    let annotations = gpu.map(|(_, pool)| {
+        let config = serde_json::json!({
+            "gpus": p.gpus,
+            "activeThreadPercentage": p.share_pct,
+            "pool": pool,
+            "exclusive": !shared,
+        });
+        BTreeMap::from([(MPS_ANNOTATION.to_string(), config.to_string())])
     });
     let env = |k: &str, v: String| EnvVar {
         name: k.into(),
@@ -80,25 +88,23 @@ pub fn pod(p: &Placed, product: &str, pool: u32, cfg: &ManifestConfig) -> Pod {
             name: Some(p.id.clone()),
             namespace: Some(cfg.namespace.clone()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                MPS_ANNOTATION.to_string(),
-                config.to_string(),
-            )])),
+            annotations,
             ..Default::default()
         },
         spec: Some(PodSpec {
             node_name: Some(p.node.clone()),
-            node_selector: Some(BTreeMap::from([(
-                PRODUCT_LABEL.to_string(),
-                product.to_string(),
-            )])),
-            host_ipc: shared.then_some(true),
-            tolerations: Some(vec![Toleration {
-                key: Some(GPU_RESOURCE.into()),
-                operator: Some("Exists".into()),
-                effect: Some("NoSchedule".into()),
-                ..Default::default()
-            }]),
+            node_selector: gpu.map(|(product, _)| {
+                BTreeMap::from([(PRODUCT_LABEL.to_string(), product.to_string())])
+            }),
+            host_ipc: (shared && gpu.is_some()).then_some(true),
+            tolerations: gpu.map(|_| {
+                vec![Toleration {
+                    key: Some(GPU_RESOURCE.into()),
+                    operator: Some("Exists".into()),
+                    effect: Some("NoSchedule".into()),
+                    ..Default::default()
+                }]
+            }),
             containers: vec![Container {
                 name: "inference".into(),
                 image: Some(
@@ -107,33 +113,40 @@ pub fn pod(p: &Placed, product: &str, pool: u32, cfg: &ManifestConfig) -> Pod {
                         .clone()
                         .unwrap_or_else(|| cfg.default_image.clone()),
                 ),
-                env: Some(vec![
-                    env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", p.share_pct.to_string()),
-                    env("LD_PRELOAD", cfg.shim_path.clone()),
-                    env("VAGUS_SHM_DIR", cfg.segment_dir.clone()),
-                    env("VAGUS_MODEL_ID", p.profile.model_id.clone()),
-                ]),
+                env: Some(match gpu {
+                    Some(_) => vec![
+                        env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", p.share_pct.to_string()),
+                        env("LD_PRELOAD", cfg.shim_path.clone()),
+                        env("VAGUS_SHM_DIR", cfg.segment_dir.clone()),
+                        env("VAGUS_MODEL_ID", p.profile.model_id.clone()),
+                    ],
+                    None => vec![env("VAGUS_MODEL_ID", p.profile.model_id.clone())],
+                }),
                 resources: Some(ResourceRequirements {
                     limits: Some(limits),
                     requests: Some(requests),
                     ..Default::default()
                 }),
                 // The shim's telemetry segment, where the node agent reads it.
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "vagus-shm".into(),
-                    mount_path: cfg.segment_dir.clone(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }],
-            volumes: Some(vec![Volume {
-                name: "vagus-shm".into(),
-                host_path: Some(HostPathVolumeSource {
-                    path: cfg.segment_dir.clone(),
-                    type_: Some("DirectoryOrCreate".into()),
+                volume_mounts: gpu.map(|_| {
+                    vec![VolumeMount {
+                        name: "vagus-shm".into(),
+                        mount_path: cfg.segment_dir.clone(),
+                        ..Default::default()
+                    }]
                 }),
                 ..Default::default()
-            }]),
+            }],
+            volumes: gpu.map(|_| {
+                vec![Volume {
+                    name: "vagus-shm".into(),
+                    host_path: Some(HostPathVolumeSource {
+                        path: cfg.segment_dir.clone(),
+                        type_: Some("DirectoryOrCreate".into()),
+                    }),
+                    ..Default::default()
+                }]
+            }),
             ..Default::default()
         }),
         ..Default::default()

@@ -21,13 +21,20 @@ pub struct Weights {
     pub mps: f64,
     /// w6: the node holds the workload's data.
     pub locality: f64,
-    /// The fragmentation term: minus the change in GPU capacity that the
-    /// shares seen so far could no longer use.
+    /// The fragmentation term: FGD's score (0–1, 0.5 for no change) of
+    /// the drop in the node's expected GPU capacity that typical requests
+    /// could not use (see [`crate::mix`]).
     pub fragmentation: f64,
     /// CPU balance: minus the GPU capacity the placement leaves without
     /// the CPU to use it (the trace replay found this is what FGD misses:
     /// CPU-heavy work on GPU-dense nodes strands their GPUs).
     pub cpu_balance: f64,
+    /// The score's resolution: a candidate's score is its weighted sum
+    /// truncated to a multiple of this, so candidates within one quantum
+    /// tie, and ties go to the first node in the cluster's order (0: no
+    /// truncation).
+    #[serde(default)]
+    pub quantum: f64,
 }
 
 impl Default for Weights {
@@ -41,6 +48,7 @@ impl Default for Weights {
             locality: 0.15,
             fragmentation: 0.25,
             cpu_balance: 0.5,
+            quantum: 0.0,
         }
     }
 }
@@ -56,6 +64,7 @@ impl Weights {
             ("weights.locality", self.locality),
             ("weights.fragmentation", self.fragmentation),
             ("weights.cpu_balance", self.cpu_balance),
+            ("weights.quantum", self.quantum),
         ];
         for (name, w) in all {
             if !(w.is_finite() && w >= 0.0) {
@@ -80,6 +89,19 @@ pub struct Terms {
 }
 
 impl Terms {
+    /// The weighted sum, truncated to the weights' quantum.
+    pub fn score(&self, w: &Weights) -> f64 {
+        let t = self.total(w);
+        if w.quantum > 0.0 {
+            // The small allowance keeps a sum that lands a rounding error
+            // below a multiple (0.57 / 0.01 = 56.999…) on that multiple.
+            ((t / w.quantum + 1e-9).floor()) * w.quantum
+        } else {
+            t
+        }
+    }
+
+    /// The weighted sum.
     pub fn total(&self, w: &Weights) -> f64 {
         w.efficiency * self.efficiency
             + w.affinity * self.affinity
@@ -123,25 +145,6 @@ impl Terms {
     }
 }
 
-/// GPUs (in units of one GPU) of `free_pct` that `cpu_free` cannot feed at
-/// `cpu_per_gpu` milli-CPU per GPU.
-fn stranded(free_pct: u64, cpu_free: u64, cpu_per_gpu: u64) -> f64 {
-    (free_pct as f64 / 100.0 - cpu_free as f64 / cpu_per_gpu.max(1) as f64).max(0.0)
-}
-
-/// The CPU-balance term of taking `pct` of a node's `free_pct` GPU
-/// capacity and `cpu` of its `cpu_free`: minus the GPU capacity it newly
-/// strands (0 when it strands none).
-pub fn cpu_balance(free_pct: u64, cpu_free: u64, pct: u64, cpu: u64, cpu_per_gpu: u64) -> f64 {
-    let before = stranded(free_pct, cpu_free, cpu_per_gpu);
-    let after = stranded(
-        free_pct.saturating_sub(pct),
-        cpu_free.saturating_sub(cpu),
-        cpu_per_gpu,
-    );
-    -(after - before).max(0.0)
-}
-
 /// How the request would use a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -152,70 +155,9 @@ pub enum Slot {
     Fresh,
     /// The pool has another size: its server must be reconfigured.
     Reconfigure,
-}
-
-/// Shares seen in requests, for the fragmentation term: a GPU's free
-/// capacity that most requests cannot use is fragmented.
-#[derive(Clone, Debug, Default)]
-pub struct ShareMix {
-    /// (share %, requests seen), sorted by share.
-    counts: Vec<(u32, u64)>,
-    total: u64,
-    /// `fragmentation(free)` for free = 0..=200, kept current.
-    table: Vec<f64>,
-}
-
-const TABLE_MAX: u32 = 200;
-
-impl ShareMix {
-    pub fn with_grid(grid: &[u32]) -> ShareMix {
-        // One pseudo-count per grid share: no request seen yet means every
-        // share is as likely.
-        let counts: Vec<(u32, u64)> = grid.iter().map(|&g| (g, 1)).collect();
-        let total = counts.len() as u64;
-        let mut m = ShareMix {
-            counts,
-            total,
-            table: Vec::new(),
-        };
-        m.tabulate();
-        m
-    }
-
-    pub fn observe(&mut self, share: u32) {
-        match self.counts.binary_search_by_key(&share, |c| c.0) {
-            Ok(i) => self.counts[i].1 += 1,
-            Err(i) => self.counts.insert(i, (share, 1)),
-        }
-        self.total += 1;
-        self.tabulate();
-    }
-
-    fn tabulate(&mut self) {
-        self.table = (0..=TABLE_MAX).map(|f| self.compute(f)).collect();
-    }
-
-    fn compute(&self, free: u32) -> f64 {
-        if self.total == 0 {
-            return 0.0;
-        }
-        let unusable: u64 = self
-            .counts
-            .iter()
-            .filter(|(s, _)| *s > free)
-            .map(|(_, n)| n)
-            .sum();
-        free as f64 / 100.0 * unusable as f64 / self.total as f64
-    }
-
-    /// Expected free percent of a GPU with `free` percent left that a request
-    /// cannot use (in GPUs: 0–1).
-    pub fn fragmentation(&self, free: u32) -> f64 {
-        match self.table.get(free as usize) {
-            Some(&f) => f,
-            None => self.compute(free),
-        }
-    }
+    /// Beside other shares on a GPU without MPS pools (the shim's
+    /// budgets keep them apart).
+    Shared,
 }
 
 /// What the terms read of a GPU.
@@ -251,17 +193,24 @@ impl GpuLoad {
     }
 }
 
+/// What the node-level terms of a candidate came to: the FGD score of its
+/// change in fragmentation and its CPU balance (see [`crate::mix`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NodeTerms {
+    pub fragmentation: f64,
+    pub cpu_balance: f64,
+}
+
 /// The terms of placing `share` percent on a GPU; `affinity` and `local`
-/// are the caller's (they depend on the GPU model and the node), and so is
-/// `cpu_balance` (the node's, from [`cpu_balance`]).
+/// are the caller's (they depend on the GPU model and the node), and so
+/// are the node-level ones.
 pub fn terms(
     g: &GpuLoad,
     slot: Slot,
     share: u32,
     affinity: f64,
     local: bool,
-    cpu_balance: f64,
-    mix: &ShareMix,
+    node: NodeTerms,
 ) -> Terms {
     let utilisation = if g.utilisation.is_nan() {
         g.used_pct as f64 / g.cap.max(1) as f64
@@ -269,8 +218,7 @@ pub fn terms(
         g.utilisation
     }
     .clamp(0.0, 1.0);
-    let free_before = g.cap.saturating_sub(g.used_pct);
-    let free_after = free_before.saturating_sub(share);
+    let free_after = g.cap.saturating_sub(g.used_pct).saturating_sub(share);
     Terms {
         efficiency: g.efficiency,
         affinity,
@@ -280,9 +228,21 @@ pub fn terms(
             Slot::Pool => 1.0,
             Slot::Fresh => 0.5,
             Slot::Reconfigure => 0.0,
+            // How well the share fills the GPU.
+            Slot::Shared => 1.0 - free_after as f64 / g.cap.max(1) as f64,
         },
         locality: if local { 1.0 } else { 0.0 },
-        fragmentation: mix.fragmentation(free_before) - mix.fragmentation(free_after),
-        cpu_balance,
+        fragmentation: node.fragmentation,
+        cpu_balance: node.cpu_balance,
+    }
+}
+
+/// The terms of a workload without GPUs: only where it takes CPU matters.
+pub fn node_only(local: bool, node: NodeTerms) -> Terms {
+    Terms {
+        locality: if local { 1.0 } else { 0.0 },
+        fragmentation: node.fragmentation,
+        cpu_balance: node.cpu_balance,
+        ..Terms::default()
     }
 }

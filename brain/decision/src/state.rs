@@ -172,9 +172,10 @@ pub struct Node {
     pub healthy: bool,
     pub cordoned: bool,
     /// Requests per second its inference servers report, and their error
-    /// ratio (0–1): the reconfiguration safety gate reads them.
-    pub qps: f64,
-    pub error_rate: f64,
+    /// ratio (0–1): the reconfiguration safety gate reads them. `None`
+    /// until a source reports them (unknown is never taken as zero).
+    pub qps: Option<f64>,
+    pub error_rate: Option<f64>,
     /// Maintenance window [from, to) in ms of the core's clock.
     pub maintenance: Option<(u64, u64)>,
     pub gpus: Vec<Gpu>,
@@ -193,8 +194,8 @@ impl Node {
             memory_free: s.memory_mib,
             healthy: true,
             cordoned: false,
-            qps: 0.0,
-            error_rate: 0.0,
+            qps: None,
+            error_rate: None,
             maintenance: None,
             gpus: s
                 .gpus
@@ -219,8 +220,9 @@ impl Node {
 /// Telemetry the core takes for a node (from the agents' windows).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NodeLoad {
-    pub qps: f64,
-    pub error_rate: f64,
+    /// `None`: no source reports it (yet).
+    pub qps: Option<f64>,
+    pub error_rate: Option<f64>,
     pub healthy: bool,
     /// (GPU index, utilisation 0–1, power W).
     pub gpus: Vec<(u32, f64, f64)>,

@@ -29,13 +29,17 @@ pub struct Profile {
     pub name: String,
     /// The model served; replicas of one model share it (anti-affinity).
     pub model_id: String,
-    /// Model weights in GB (also what must fit in GPU memory).
+    /// Model weights in GB (also what must fit in GPU memory); 0 for work
+    /// that holds none (CPU-only work; trace pods, whose GPU memory the
+    /// trace does not give).
     pub model_size_gb: f64,
     pub batch: u32,
     pub seq_len: u32,
     pub priority: Priority,
-    /// Latency objective (ms).
-    pub sla_ms: u32,
+    /// Latency objective (ms); none for work without one (batch, best
+    /// effort).
+    #[serde(default)]
+    pub sla_ms: Option<u32>,
     pub tenant: String,
     /// Expected run time (s): the GPU-hours charged to the tenant's quota.
     pub expected_duration_s: u64,
@@ -49,7 +53,8 @@ pub struct Profile {
     pub cpu_milli: u64,
     #[serde(default = "default_memory")]
     pub memory_mib: u64,
-    /// Whole GPUs on one node (2 or more: exclusive GPUs); default 1.
+    /// GPUs on one node: 0 (CPU only), 1 (a share of one, the default) or
+    /// more (whole, exclusive GPUs).
     #[serde(default)]
     pub gpus: Option<u32>,
     /// An exact MPS share (%) instead of the classification's.
@@ -91,26 +96,35 @@ impl Profile {
         non_empty("model_id", &self.model_id)?;
         non_empty("tenant", &self.tenant)?;
         if !(self.model_size_gb.is_finite()
-            && self.model_size_gb > 0.0
+            && self.model_size_gb >= 0.0
             && self.model_size_gb <= 10_000.0)
         {
             return Err(Invalid::new(
                 "model_size_gb",
-                "must be a number of GB in (0, 10000]",
+                "must be a number of GB in [0, 10000]",
             ));
         }
         positive("batch", self.batch as u64)?;
         positive("seq_len", self.seq_len as u64)?;
-        positive("sla_ms", self.sla_ms as u64)?;
+        if let Some(sla) = self.sla_ms {
+            positive("sla_ms", sla as u64)?;
+        }
         positive("expected_duration_s", self.expected_duration_s)?;
-        positive("cpu_milli", self.cpu_milli)?;
-        positive("memory_mib", self.memory_mib)?;
         if let Some(g) = self.gpus
-            && !(1..=16).contains(&g)
+            && g > 16
         {
-            return Err(Invalid::new("gpus", "must be 1 to 16"));
+            return Err(Invalid::new("gpus", "must be 0 to 16"));
+        }
+        if self.gpus() == 0 && self.model_size_gb > 0.0 {
+            return Err(Invalid::new(
+                "model_size_gb",
+                "must be 0 with gpus 0 (no GPU to hold weights)",
+            ));
         }
         if let Some(s) = self.share_pct {
+            if self.gpus() == 0 {
+                return Err(Invalid::new("share_pct", "must be absent with gpus 0"));
+            }
             if !(1..=100).contains(&s) {
                 return Err(Invalid::new("share_pct", "must be 1 to 100"));
             }

@@ -4,7 +4,7 @@
 
 use vagus_decision::config::Config;
 use vagus_decision::{
-    Control, Core, GpuSpec, NodeLoad, NodeSpec, Path, Priority, Profile, Refusal,
+    Control, Core, GpuSpec, NodeLoad, NodeSpec, Path, Priority, Profile, Refusal, Shape,
 };
 
 fn gpu(model: &str) -> GpuSpec {
@@ -36,7 +36,7 @@ fn small(name: &str) -> Profile {
         batch: 8,
         seq_len: 512,
         priority: Priority::P2,
-        sla_ms: 200,
+        sla_ms: Some(200),
         tenant: "t1".into(),
         expected_duration_s: 3600,
         locality: vec![],
@@ -174,8 +174,8 @@ fn reconfigure_when_the_gate_allows_and_queue_when_it_does_not() {
     c.observe(
         "n1",
         &NodeLoad {
-            qps: 500.0,
-            error_rate: 0.0,
+            qps: Some(500.0),
+            error_rate: Some(0.0),
             healthy: true,
             gpus: vec![],
         },
@@ -194,8 +194,8 @@ fn reconfigure_when_the_gate_allows_and_queue_when_it_does_not() {
     c.observe(
         "n1",
         &NodeLoad {
-            qps: 3.0,
-            error_rate: 0.0,
+            qps: Some(3.0),
+            error_rate: Some(0.0),
             healthy: true,
             gpus: vec![],
         },
@@ -223,8 +223,8 @@ fn reconfigure_when_the_gate_allows_and_queue_when_it_does_not() {
     c.observe(
         "n1",
         &NodeLoad {
-            qps: 1.0,
-            error_rate: 0.05,
+            qps: Some(1.0),
+            error_rate: Some(0.05),
             healthy: true,
             gpus: vec![],
         },
@@ -690,8 +690,8 @@ fn cordoned_and_unhealthy_nodes_take_nothing() {
     c.observe(
         "n2",
         &NodeLoad {
-            qps: 0.0,
-            error_rate: 0.0,
+            qps: Some(0.0),
+            error_rate: Some(0.0),
             healthy: false,
             gpus: vec![],
         },
@@ -909,12 +909,19 @@ fn cpu_heavy_work_goes_where_it_strands_no_gpu() {
         cpu_milli: 64_000,
         ..node("roomy", "Tesla T4", 2)
     };
-    let mut c = core(&[dense, roomy]);
+    // A fixed mix of whole-GPU work at 8 cores per GPU, scored flat.
+    let cfg = Config {
+        mix: vec![Shape::new(8000, 1, 100, Vec::new())],
+        cpu_need_by_size: 0.0,
+        ..Config::default()
+    };
+    let mut c = core_with(cfg, &[dense, roomy]);
     let mut p = small("cpu-heavy");
     p.cpu_milli = 12_000;
     let d = place(&mut c, p);
     assert_eq!(d.node.as_deref(), Some("roomy"), "{:#?}", d.top);
     let dense_top = d.top.iter().find(|t| t.node == "dense").unwrap();
+    // Stranded before: 8 GPUs − 16/8 fed = 6; after: 7.8 − 4/8 = 7.3.
     assert!(
         (dense_top.terms.cpu_balance + 1.3).abs() < 1e-9,
         "{}",

@@ -24,7 +24,8 @@ pub enum Kind {
     GpuPacking,
     BestFit,
     Fgd,
-    /// The product's weighted scorer (see [`crate::vagus`]).
+    /// The brain's live decision core (see [`crate::vagus`]); not a
+    /// [`Policy`]: the replay drives the core itself.
     Vagus,
 }
 
@@ -135,10 +136,10 @@ pub fn typical_pods_covering(pods: &[Pod], cover: f64) -> Vec<Typical> {
 }
 
 /// A node's state as fragmentation sees it.
-pub(crate) struct View<'a> {
-    pub(crate) model: &'a str,
-    pub(crate) cpu_free: u64,
-    pub(crate) gpus: &'a [u32],
+struct View<'a> {
+    model: &'a str,
+    cpu_free: u64,
+    gpus: &'a [u32],
 }
 
 /// A node's expected GPU fragmentation against `typical` (milli-GPU).
@@ -157,7 +158,7 @@ pub fn node_fragmentation(n: &Node, typical: &[Typical]) -> f64 {
 /// each shape, the free milli the shape could not use (all of it when the
 /// shape cannot run there at all, only the GPUs too small for it when it
 /// can), weighted by the shape's frequency.
-pub(crate) fn fragmentation(v: &View, typical: &[Typical]) -> f64 {
+fn fragmentation(v: &View, typical: &[Typical]) -> f64 {
     let total: u64 = v.gpus.iter().map(|&g| g as u64).sum();
     let mut f = 0.0;
     for t in typical {
@@ -181,7 +182,7 @@ pub(crate) fn fragmentation(v: &View, typical: &[Typical]) -> f64 {
     f
 }
 
-pub(crate) fn fgd_score(before: f64, after: f64) -> i64 {
+fn fgd_score(before: f64, after: f64) -> i64 {
     let x = (before - after) / 1000.0;
     (100.0 / (1.0 + (-x).exp())) as i64
 }
@@ -221,65 +222,32 @@ pub struct Policy {
     typical: Vec<Typical>,
     /// Per node: the pods' tags (GPU clustering).
     tags: Vec<Vec<Tag>>,
-    /// Per node: its fragmentation now (FGD, vagus), kept current as pods bind.
+    /// Per node: its fragmentation now (FGD), kept current as pods bind.
     frag: Vec<f64>,
-    /// The vagus scorer's weights and what it derives from the trace.
-    vagus: Option<crate::vagus::State>,
 }
 
 impl Policy {
     /// `trace`: the original pods (FGD's typical shapes come from them).
     pub fn new(kind: Kind, cluster: &Cluster, trace: &[Pod]) -> Policy {
-        Self::with_weights(kind, cluster, trace, crate::vagus::Weights::default())
-    }
-
-    /// As [`Policy::new`], with the vagus scorer's weights (used by
-    /// [`Kind::Vagus`] only).
-    pub fn with_weights(
-        kind: Kind,
-        cluster: &Cluster,
-        trace: &[Pod],
-        weights: crate::vagus::Weights,
-    ) -> Policy {
         let typical = if kind == Kind::Fgd {
             typical_pods(trace)
-        } else if kind == Kind::Vagus {
-            crate::vagus::typical(trace, &weights)
         } else {
             Vec::new()
         };
         let frag = cluster
             .nodes
             .iter()
-            .map(|n| {
-                fragmentation(
-                    &View {
-                        model: &n.model,
-                        cpu_free: n.cpu_free,
-                        gpus: &n.gpus,
-                    },
-                    &typical,
-                )
-            })
+            .map(|n| node_fragmentation(n, &typical))
             .collect();
-        let vagus = (kind == Kind::Vagus)
-            .then(|| crate::vagus::State::new(&cluster.nodes, trace, typical.clone(), weights));
         Policy {
             kind,
             typical,
             tags: vec![Vec::new(); cluster.nodes.len()],
             frag,
-            vagus,
         }
     }
 
-    /// The vagus scorer (for [`Kind::Vagus`]), e.g. to explain a decision
-    /// with [`crate::vagus::State::terms`].
-    pub fn vagus(&self) -> Option<&crate::vagus::State> {
-        self.vagus.as_ref()
-    }
-
-    /// Node `i`'s expected fragmentation now (FGD and vagus keep it).
+    /// Node `i`'s expected fragmentation now (FGD keeps it).
     pub fn node_frag(&self, i: usize) -> f64 {
         self.frag[i]
     }
@@ -310,17 +278,9 @@ impl Policy {
         }
         // Score every feasible node; the reference skips scoring when one is.
         let mut scored: Vec<(usize, i64, Gpus)> = Vec::with_capacity(feasible.len());
-        if let Some(v) = &self.vagus {
-            for &i in &feasible {
-                if let Some((score, gpus)) = v.score(&cluster.nodes[i], pod, self.frag[i]) {
-                    scored.push((i, score, gpus));
-                }
-            }
-        } else {
-            for &i in &feasible {
-                let (score, gpus) = self.score(i, &cluster.nodes[i], pod);
-                scored.push((i, score, gpus));
-            }
+        for &i in &feasible {
+            let (score, gpus) = self.score(i, &cluster.nodes[i], pod);
+            scored.push((i, score, gpus));
         }
         if self.kind == Kind::BestFit {
             let lo = scored.iter().map(|s| s.1).min().unwrap_or(0);
@@ -469,7 +429,7 @@ impl Policy {
         if let Some(t) = tag(pod) {
             self.tags[p.node].push(t);
         }
-        if matches!(self.kind, Kind::Fgd | Kind::Vagus) {
+        if self.kind == Kind::Fgd {
             let n = &cluster.nodes[p.node];
             self.frag[p.node] = fragmentation(
                 &View {

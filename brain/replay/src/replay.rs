@@ -5,9 +5,10 @@
 //! nowhere fails and is dropped. After each pod the allocated share of the
 //! cluster's GPU milli is recorded against the arrived share.
 
-use crate::cluster::{Cluster, GPU_MILLI, Node, Pod};
+use crate::cluster::{Cluster, GPU_MILLI, Node, Placement, Pod};
 use crate::policy::{Kind, Policy, node_fragmentation, typical_pods};
 use crate::rng::Rng;
+use crate::vagus::CorePlacer;
 
 /// Arrived load, in percent of the cluster's GPU capacity, that the replay
 /// reaches.
@@ -25,6 +26,24 @@ pub struct Replay {
     pub pods: usize,
     pub placed: usize,
     pub failed: usize,
+    /// With [`replay_recorded`]: the nodes in the replay's order, and
+    /// each pod as it arrived with where it went.
+    pub record: Option<Record>,
+}
+
+/// One replay, step by step.
+#[derive(Clone, Debug, Default)]
+pub struct Record {
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    /// Per pod: its node (an index into `nodes`) and GPUs, or `None`.
+    pub placements: Vec<Option<Placement>>,
+}
+
+/// What places the pods: a baseline policy, or the brain's core.
+enum Placer {
+    Policy(Policy),
+    Core(Box<CorePlacer>),
 }
 
 /// The pods of one replay, in arrival order.
@@ -66,6 +85,17 @@ pub fn arrivals(trace: &[Pod], capacity_milli: u64, rng: &mut Rng) -> Vec<Pod> {
 
 /// Replays `trace` on `nodes` with `policy` and `seed`.
 pub fn replay(nodes: &[Node], trace: &[Pod], kind: Kind, seed: u64) -> Replay {
+    replay_recorded(nodes, trace, kind, seed, false)
+}
+
+/// [`replay`], keeping every step in [`Replay::record`] when `record`.
+pub fn replay_recorded(
+    nodes: &[Node],
+    trace: &[Pod],
+    kind: Kind,
+    seed: u64,
+    record: bool,
+) -> Replay {
     let mut rng = Rng::new(seed);
     let mut cluster = Cluster {
         nodes: nodes.to_vec(),
@@ -73,7 +103,18 @@ pub fn replay(nodes: &[Node], trace: &[Pod], kind: Kind, seed: u64) -> Replay {
     let capacity = cluster.gpu_capacity_milli();
     let pods = arrivals(trace, capacity, &mut rng);
     rng.shuffle(&mut cluster.nodes);
-    let mut policy = Policy::new(kind, &cluster, trace);
+    let mut placer = match kind {
+        Kind::Vagus => Placer::Core(Box::new(
+            CorePlacer::new(&cluster, crate::vagus::config(trace))
+                .expect("the trace's nodes are valid nodes for the core"),
+        )),
+        _ => Placer::Policy(Policy::new(kind, &cluster, trace)),
+    };
+    let mut log = record.then(|| Record {
+        nodes: cluster.nodes.clone(),
+        pods: pods.clone(),
+        placements: Vec::with_capacity(pods.len()),
+    });
     // The cluster's fragmentation, against the trace's typical pods, kept
     // per node and updated where a pod binds.
     let typical = typical_pods(trace);
@@ -90,10 +131,19 @@ pub fn replay(nodes: &[Node], trace: &[Pod], kind: Kind, seed: u64) -> Replay {
     let mut rows: Vec<(usize, f64, f64)> = Vec::with_capacity(pods.len());
     for pod in &pods {
         arrived += pod.gpu_request_milli();
-        match policy.choose(&cluster, pod, &mut rng) {
+        let chosen = match &mut placer {
+            Placer::Policy(policy) => policy.choose(&cluster, pod, &mut rng),
+            Placer::Core(core) => core.place(pod),
+        };
+        if let Some(log) = &mut log {
+            log.placements.push(chosen.clone());
+        }
+        match chosen {
             Some(p) => {
                 cluster.bind(pod, &p);
-                policy.bound(&cluster, pod, &p);
+                if let Placer::Policy(policy) = &mut placer {
+                    policy.bound(&cluster, pod, &p);
+                }
                 allocated += p.gpus.iter().map(|g| g.1 as u64).sum::<u64>();
                 let f = node_fragmentation(&cluster.nodes[p.node], &typical);
                 frag_total += f - frag[p.node];
@@ -117,6 +167,7 @@ pub fn replay(nodes: &[Node], trace: &[Pod], kind: Kind, seed: u64) -> Replay {
         pods: pods.len(),
         placed,
         failed,
+        record: log,
     }
 }
 

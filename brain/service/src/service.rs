@@ -167,16 +167,37 @@ impl Service {
 }
 
 /// The decision core's configuration from a TOML file (classes, weights,
-/// gate, breaker, quotas, manifest…); the defaults without one.
-pub fn load_core_config(path: Option<&Path>) -> Result<CoreConfig, StartError> {
-    let Some(p) = path else {
-        return Ok(CoreConfig::default());
+/// gate, breaker, quotas, manifest…; the defaults without one), with the
+/// workload mix of a trace of past requests (an openb pod list) when
+/// `mix_from` names one.
+pub fn load_core_config(
+    path: Option<&Path>,
+    mix_from: Option<&Path>,
+) -> Result<CoreConfig, StartError> {
+    let mut cfg = match path {
+        Some(p) => {
+            let text = read(p)?;
+            toml::from_str(&text)
+                .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?
+        }
+        None => CoreConfig::default(),
     };
-    let text = read(p)?;
-    let cfg: CoreConfig =
-        toml::from_str(&text).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
+    if let Some(m) = mix_from {
+        let what = m.display().to_string();
+        let pods = vagus_replay::openb::pods(&what, &read(m)?)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        if pods.is_empty() {
+            return Err(StartError::Config(format!(
+                "{what}: no pods to learn a mix from"
+            )));
+        }
+        cfg.mix = vagus_replay::vagus::mix(&pods);
+    }
+    let what = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the configuration".into());
     cfg.validate()
-        .map_err(|e| StartError::Config(format!("{}: invalid configuration: {e}", p.display())))?;
+        .map_err(|e| StartError::Config(format!("{what}: invalid configuration: {e}")))?;
     Ok(cfg)
 }
 

@@ -35,8 +35,8 @@ pub fn agents_to_core(agents: &Agents, api: &Api) {
                         .collect(),
                 };
                 let load = NodeLoad {
-                    qps: 0.0,
-                    error_rate: 0.0,
+                    qps: None,
+                    error_rate: None,
                     healthy: n.gpus.values().all(|g| g.xids.is_empty()),
                     gpus: n
                         .gpus

@@ -27,7 +27,8 @@ use crate::classify::Class;
 use crate::config::Config;
 use crate::explain::{Candidate, Decision, NodeShape, Path, Plan, Step};
 use crate::manifest;
-use crate::score::{ShareMix, Slot};
+use crate::mix::{Mix, Shape};
+use crate::score::Slot;
 use crate::spec;
 use crate::state::{Node, NodeLoad, NodeSpec, Placed, Queued, Resident, check_id};
 use crate::workload::{Invalid, Priority, Profile};
@@ -112,7 +113,7 @@ pub struct Core {
     breaker_tripped: bool,
     breaker_open_until: u64,
     moves: VecDeque<u64>,
-    mix: ShareMix,
+    mix: Mix,
     seq: u64,
     qseq: u64,
     best_tpw: f64,
@@ -127,7 +128,7 @@ pub struct Core {
 impl Core {
     pub fn new(cfg: Config) -> Result<Core, Invalid> {
         cfg.validate()?;
-        let mix = ShareMix::with_grid(&cfg.classes.grid);
+        let mix = Self::initial_mix(&cfg);
         Ok(Core {
             cfg,
             nodes: Vec::new(),
@@ -153,6 +154,46 @@ impl Core {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The configured mix (fixed), or one learned from requests that
+    /// starts from the share grid (or the classes' shares without a grid)
+    /// at the configured CPU per GPU.
+    fn initial_mix(cfg: &Config) -> Mix {
+        let (prior, learning) = if cfg.mix.is_empty() {
+            let mut shares: Vec<u32> = if cfg.classes.grid.is_empty() {
+                cfg.classes.rules.iter().map(|r| r.share_pct).collect()
+            } else {
+                cfg.classes.grid.clone()
+            };
+            shares.sort();
+            shares.dedup();
+            let prior = shares
+                .into_iter()
+                .map(|sh| {
+                    let cpu = cfg.cpu_per_gpu_milli * sh as u64 / 100;
+                    Shape::new(cpu, 1, sh, Vec::new())
+                })
+                .collect();
+            (prior, true)
+        } else {
+            (cfg.mix.clone(), false)
+        };
+        Mix::new(prior, learning, cfg.mps_pools, cfg.cpu_need_by_size)
+    }
+
+    /// The workload mix the score measures fragmentation against.
+    pub fn mix(&self) -> &Mix {
+        &self.mix
+    }
+
+    /// Counts a request's shape in a learning mix; when that changes the
+    /// typical shapes, every node's fragmentation is measured again.
+    fn learn(&mut self, p: &Profile, share: u32) {
+        let shape = Shape::new(p.cpu_milli, p.gpus(), share, p.accepted_models.clone());
+        if self.mix.observe(shape) {
+            self.rebuild_hot();
+        }
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -196,6 +237,9 @@ impl Core {
         for g in &mut fresh.gpus {
             let next = self.models.len() as u32 + 1;
             g.model_no = *self.models.entry(g.model.clone()).or_insert(next);
+            if g.model_no == next {
+                self.mix.model(next, &g.model);
+            }
         }
         let Some(&i) = self.index.get(&spec.name) else {
             self.index.insert(spec.name.clone(), self.nodes.len());
@@ -290,9 +334,7 @@ impl Core {
             return Err(Refusal::Conflict(format!("workload {}", p.name)));
         }
         let class = self.cfg.classes.classify(&p);
-        if p.gpus() == 1 {
-            self.mix.observe(class.share_pct);
-        }
+        self.learn(&p, class.share_pct);
         let mut out = Vec::new();
         self.decide(p, class, now, true, &mut out);
         Ok(out)
@@ -315,6 +357,9 @@ impl Core {
                     p.tenant
                 ));
             }
+        }
+        if p.gpus() == 0 {
+            return None;
         }
         let per_gpu = p.model_size_gb / p.gpus() as f64;
         let affordable = |price: f64| {
@@ -369,8 +414,11 @@ impl Core {
         // 2. Direct.
         if let Some(c) = scan.direct.clone() {
             let how = match c.slot {
+                _ if c.gpus.is_empty() => "no GPU asked for",
                 Slot::Pool => "a free slot of its share's MPS pool",
-                _ => "an idle GPU, its MPS server set to its share",
+                Slot::Shared => "beside other shares",
+                _ if self.cfg.mps_pools => "an idle GPU, its MPS server set to its share",
+                _ => "an idle GPU",
             };
             d.path = Path::Direct;
             d.summary = format!(
@@ -407,7 +455,8 @@ impl Core {
         }
         // 4. Repack.
         let breaker = self.breaker(now);
-        if breaker.is_ok()
+        if self.cfg.repack
+            && breaker.is_ok()
             && !self.paused
             && let Some((c, moves)) = self.repack(&p, &class, now)
         {
@@ -474,7 +523,9 @@ impl Core {
             return;
         }
         // 5. Preempt.
-        if let Some((c, victims)) = self.preemption(&p, &class) {
+        if self.cfg.preemption
+            && let Some((c, victims)) = self.preemption(&p, &class)
+        {
             let names: Vec<String> = victims.iter().map(|v| v.id.clone()).collect();
             d.path = Path::Preempt;
             d.summary = format!(
@@ -547,7 +598,7 @@ impl Core {
         let t = &c.terms;
         Candidate {
             node: self.nodes[c.node].name.clone(),
-            gpu: c.gpus[0],
+            gpu: c.gpus.first().copied(),
             slot: c.slot,
             score: c.score,
             terms: *t,
@@ -630,20 +681,22 @@ impl Core {
     /// Fills node, GPUs and manifest of a decision from the placement.
     fn describe(&self, id: &str, d: &mut Decision) {
         let Some(p) = self.placed.get(id) else { return };
-        let n = &self.nodes[self.index[&p.node]];
-        let g = &n.gpus[p.gpus[0] as usize];
         d.node = Some(p.node.clone());
         d.gpus = p.gpus.clone();
         d.share_pct = Some(p.share_pct);
         if d.class.is_none() {
             d.class = Some(p.class.clone());
         }
-        d.manifest = Some(manifest::pod(
-            p,
-            &g.product,
-            g.pool.unwrap_or(p.share_pct),
-            &self.cfg.manifest,
-        ));
+        d.manifest = Some(self.manifest(p));
+    }
+
+    /// The Pod that binds placement `p` where it is.
+    pub fn manifest(&self, p: &Placed) -> k8s_openapi::api::core::v1::Pod {
+        let gpu = self
+            .node(&p.node)
+            .and_then(|n| n.gpus.get(*p.gpus.first()? as usize))
+            .map(|g| (g.product.as_str(), g.pool));
+        manifest::pod(p, gpu, &self.cfg.manifest)
     }
 
     /// Takes a placement's resources on its node and GPUs.
@@ -653,10 +706,11 @@ impl Core {
         n.cpu_free -= p.profile.cpu_milli;
         n.memory_free -= p.profile.memory_mib;
         *n.replicas.entry(p.profile.model_id.clone()).or_default() += 1;
-        let per_gpu = p.profile.model_size_gb / p.gpus.len() as f64;
+        let per_gpu = p.profile.model_size_gb / p.gpus.len().max(1) as f64;
+        let pools = self.cfg.mps_pools;
         for &g in &p.gpus {
             let g = &mut n.gpus[g as usize];
-            if slot != Slot::Pool || g.workloads.is_empty() {
+            if pools && (slot != Slot::Pool || g.workloads.is_empty()) {
                 g.pool = Some(p.share_pct);
             }
             g.exclusive = p.share_pct >= 100;
@@ -694,7 +748,7 @@ impl Core {
                 n.replicas.remove(&p.profile.model_id);
             }
         }
-        let per_gpu = p.profile.model_size_gb / p.gpus.len() as f64;
+        let per_gpu = p.profile.model_size_gb / p.gpus.len().max(1) as f64;
         for &g in &p.gpus {
             let g = &mut n.gpus[g as usize];
             g.used_pct -= p.share_pct;
@@ -1016,7 +1070,8 @@ impl Core {
             return Err(Invalid::new("name", &format!("{} is already placed", p.id)));
         }
         *self.usage.entry(p.profile.tenant.clone()).or_default() += p.gpu_hours;
-        self.mix.observe(p.share_pct);
+        let (profile, share) = (p.profile.clone(), p.share_pct);
+        self.learn(&profile, share);
         self.bind(p, Slot::Pool);
         Ok(())
     }

@@ -5,6 +5,7 @@ use super::scan::{Ask, Cand};
 use super::{Core, accepts, open_to, step};
 use crate::classify::Class;
 use crate::explain::{Move, Plan};
+use crate::mix::Free;
 use crate::score::{self, Slot};
 use crate::spec;
 use crate::state::{Placed, Resident};
@@ -27,13 +28,21 @@ impl Core {
             return Ok(());
         }
         let g = &self.cfg.gate;
-        if n.qps >= g.max_qps {
-            return Err(format!("{:.0} requests/s ≥ {:.0}", n.qps, g.max_qps));
+        let unknown = |what: &str| {
+            format!(
+                "its {what} is unknown (nothing reports it yet), so it is not known to be safe \
+                 outside a maintenance window"
+            )
+        };
+        let qps = n.qps.ok_or_else(|| unknown("request rate"))?;
+        let error_rate = n.error_rate.ok_or_else(|| unknown("error rate"))?;
+        if qps >= g.max_qps {
+            return Err(format!("{qps:.0} requests/s ≥ {:.0}", g.max_qps));
         }
-        if n.error_rate >= g.max_error_rate {
+        if error_rate >= g.max_error_rate {
             return Err(format!(
                 "error rate {:.2}% ≥ {:.2}%",
-                n.error_rate * 100.0,
+                error_rate * 100.0,
                 g.max_error_rate * 100.0
             ));
         }
@@ -142,7 +151,8 @@ impl Core {
                 let movable = |r: &Resident| {
                     !r.pinned && r.priority != Priority::P0 && !r.priority.outranks(p.priority)
                 };
-                if g.pool != Some(share) && !g.residents.iter().all(movable) {
+                let same = !self.cfg.mps_pools || g.pool == Some(share);
+                if !same && !g.residents.iter().all(movable) {
                     continue;
                 }
                 let cap = g.capacity_pct(self.cfg.oversubscription_pct);
@@ -161,7 +171,7 @@ impl Core {
                 let mut gb = g.used_gb;
                 let mut chosen = Vec::new();
                 let mut reload = 0.0;
-                let all = g.pool != Some(share) || share >= 100 || g.exclusive;
+                let all = !same || share >= 100 || g.exclusive;
                 for k in order {
                     if !all && used + share <= cap && gb + per_gpu_gb <= g.memory_gb + 1e-9 {
                         break;
@@ -193,6 +203,7 @@ impl Core {
         // Where could moved workloads go at all? Slots by share (or idle
         // GPUs), before any constraint: a plan needing more is not tried.
         let idle = self.hot.iter().filter(|h| h.empty).count();
+        let pools = self.cfg.mps_pools;
         let mut slots: HashMap<u32, usize> = HashMap::new();
         let mut tried = 0;
         for (node, gpu, chosen, _) in targets {
@@ -213,7 +224,10 @@ impl Core {
                     self.hot
                         .iter()
                         .filter(|h| {
-                            !h.empty && !h.exclusive && h.pool == sh && h.used_pct + sh <= h.cap
+                            !h.empty
+                                && !h.exclusive
+                                && (!pools || h.pool == sh)
+                                && h.used_pct + sh <= h.cap
                         })
                         .count()
                 });
@@ -338,7 +352,8 @@ impl Core {
                         .then(b.share_pct.cmp(&a.share_pct))
                 });
                 let cap = g.capacity_pct(self.cfg.oversubscription_pct);
-                let all = g.pool != Some(share) || share >= 100 || g.exclusive;
+                let same = !self.cfg.mps_pools || g.pool == Some(share);
+                let all = !same || share >= 100 || g.exclusive;
                 let (mut used, mut gb) = (g.used_pct, g.used_gb);
                 let mut taken: Vec<Placed> = Vec::new();
                 let mut replica_left = n.replicas.get(&p.model_id).copied().unwrap_or(0);
@@ -380,11 +395,14 @@ impl Core {
         let (_, node, gpu, victims) = best?;
         let n = &self.nodes[node];
         let g = &n.gpus[gpu as usize];
-        let all = g.pool != Some(share) || share >= 100 || g.exclusive;
+        let same = !self.cfg.mps_pools || g.pool == Some(share);
+        let all = !same || share >= 100 || g.exclusive;
         let slot = if all || victims.len() == g.workloads.len() {
             Slot::Fresh
-        } else {
+        } else if self.cfg.mps_pools {
             Slot::Pool
+        } else {
+            Slot::Shared
         };
         let affinity = match class.preferred_model.as_deref() {
             Some(m) if spec::is_family(&g.model, m) => 1.0,
@@ -396,32 +414,25 @@ impl Core {
             g.capacity_pct(self.cfg.oversubscription_pct),
             self.best_tpw,
         );
-        let free: u64 = n
-            .gpus
+        // The node as it is once the victims are gone.
+        let nh = self.node_hot[node];
+        let mut view: Vec<Free> = self.hot[nh.first..nh.first + nh.count]
             .iter()
-            .filter(|g| !g.exclusive)
-            .map(|g| {
-                g.capacity_pct(self.cfg.oversubscription_pct)
-                    .saturating_sub(g.used_pct) as u64
-            })
-            .sum();
-        let balance = score::cpu_balance(
-            free,
-            n.cpu_free,
-            share as u64,
-            p.cpu_milli,
-            self.cfg.cpu_per_gpu_milli,
-        );
-        let terms = score::terms(
-            &load,
-            slot,
-            share,
-            affinity,
-            n.local_to(&p.locality),
-            balance,
-            &self.mix,
-        );
-        let score = terms.total(&self.cfg.weights);
+            .map(|h| h.free())
+            .collect();
+        let freed: u32 = victims.iter().map(|v| v.share_pct).sum();
+        let k = gpu as usize;
+        view[k].pct = (view[k].pct + freed).min(load.cap);
+        if slot == Slot::Fresh {
+            view[k].pool = 0;
+        }
+        let by_size = self.mix.by_size(p.gpus(), share);
+        let frag = self.mix.fragmentation(n.cpu_free, &view);
+        let stranded = self.mix.stranded(n.cpu_free, &view, by_size);
+        let cpu_after = n.cpu_free - p.cpu_milli;
+        let nt = self.node_terms(&mut view, &[k], share, cpu_after, by_size, frag, stranded);
+        let terms = score::terms(&load, slot, share, affinity, n.local_to(&p.locality), nt);
+        let score = terms.score(&self.cfg.weights);
         Some((
             Cand {
                 node,

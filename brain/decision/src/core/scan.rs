@@ -3,7 +3,8 @@
 
 use super::{Core, accepts};
 use crate::explain::RuledOut;
-use crate::score::{self, Slot, Terms};
+use crate::mix::{Free, cpu_balance, fgd_score};
+use crate::score::{self, NodeTerms, Slot, Terms};
 use crate::spec;
 use crate::workload::Profile;
 
@@ -43,6 +44,21 @@ pub(super) struct Hot {
     pub(super) exclusive: bool,
 }
 
+impl Hot {
+    /// What fragmentation and CPU need read of it.
+    pub(super) fn free(&self) -> Free {
+        Free {
+            pct: if self.exclusive {
+                0
+            } else {
+                self.cap.saturating_sub(self.used_pct)
+            },
+            pool: self.pool,
+            model: self.model_no,
+        }
+    }
+}
+
 /// What the scan reads of a node.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct NodeHot {
@@ -50,6 +66,8 @@ pub(super) struct NodeHot {
     pub(super) memory_free: u64,
     pub(super) cordoned: bool,
     pub(super) healthy: bool,
+    /// Its fragmentation against the mix now (GPU percent).
+    pub(super) frag: f64,
     /// Its GPUs in `Core::hot`.
     pub(super) first: usize,
     pub(super) count: usize,
@@ -59,6 +77,7 @@ pub(super) struct NodeHot {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Light {
     pub(super) node: usize,
+    /// `u32::MAX`: no GPU (a workload without GPUs).
     pub(super) gpu: u32,
     pub(super) slot: Slot,
     pub(super) score: f64,
@@ -73,13 +92,19 @@ impl Light {
     pub(super) fn cand(&self) -> Cand {
         Cand {
             node: self.node,
-            gpus: vec![self.gpu],
+            gpus: if self.gpu == NO_GPU {
+                Vec::new()
+            } else {
+                vec![self.gpu]
+            },
             slot: self.slot,
             score: self.score,
             terms: self.terms,
         }
     }
 }
+
+const NO_GPU: u32 = u32::MAX;
 
 pub(super) const CONSTRAINTS: [&str; 11] = [
     "cordoned",
@@ -146,14 +171,6 @@ impl Core {
         if nh.count != n.gpus.len() {
             return self.rebuild_hot();
         }
-        self.node_hot[i] = NodeHot {
-            cpu_free: n.cpu_free,
-            memory_free: n.memory_free,
-            cordoned: n.cordoned,
-            healthy: n.healthy,
-            first: nh.first,
-            count: nh.count,
-        };
         let over = self.cfg.oversubscription_pct;
         for (k, g) in n.gpus.iter().enumerate() {
             self.hot[nh.first + k] = Hot {
@@ -178,6 +195,19 @@ impl Core {
                 exclusive: g.exclusive,
             };
         }
+        let view: Vec<Free> = self.hot[nh.first..nh.first + nh.count]
+            .iter()
+            .map(Hot::free)
+            .collect();
+        self.node_hot[i] = NodeHot {
+            cpu_free: n.cpu_free,
+            memory_free: n.memory_free,
+            cordoned: n.cordoned,
+            healthy: n.healthy,
+            frag: self.mix.fragmentation(n.cpu_free, &view),
+            first: nh.first,
+            count: nh.count,
+        };
     }
 
     pub(super) fn rebuild_hot(&mut self) {
@@ -204,11 +234,45 @@ impl Core {
         self.scan_in(a, 0..self.nodes.len(), explain, false)
     }
 
+    /// The node-level terms of taking `share` of each GPU in `take` (indices
+    /// into `view`, the node's GPUs now) and `cpu_after` being left.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn node_terms(
+        &self,
+        view: &mut [Free],
+        take: &[usize],
+        share: u32,
+        cpu_after: u64,
+        by_size: bool,
+        frag_before: f64,
+        stranded_before: f64,
+    ) -> NodeTerms {
+        let mut saved = [Free::default(); 16];
+        for (j, &k) in take.iter().enumerate() {
+            saved[j] = view[k];
+            view[k].pct = view[k].pct.saturating_sub(share);
+            if self.cfg.mps_pools {
+                view[k].pool = share;
+            }
+        }
+        let frag_after = self.mix.fragmentation(cpu_after, view);
+        let stranded_after = self.mix.stranded(cpu_after, view, by_size);
+        for (j, &k) in take.iter().enumerate() {
+            view[k] = saved[j];
+        }
+        NodeTerms {
+            fragmentation: fgd_score(frag_before, frag_after),
+            cpu_balance: cpu_balance(stranded_before, stranded_after),
+        }
+    }
+
     /// [`Self::scan`] over some nodes; `all`: keep every feasible candidate
     /// (in `reconfigure`, whatever its slot).
     ///
     /// The hot loop: per GPU a few integer checks and the terms, no
     /// allocation (candidates are kept as [`Light`] until one is stored).
+    /// The node-level terms (fragmentation, CPU balance) depend only on
+    /// the chosen GPU's state, so GPUs alike within a node share them.
     pub(super) fn scan_in(
         &self,
         a: &Ask,
@@ -226,18 +290,22 @@ impl Core {
             ruled: Default::default(),
         };
         let want = p.gpus() as usize;
-        let per_gpu_gb = p.model_size_gb / want as f64;
+        let per_gpu_gb = p.model_size_gb / want.max(1) as f64;
         let cost_per_price = a.share as f64 / 100.0 * want as f64;
         let keep = if explain { self.cfg.explain_top } else { 0 };
         let w = &self.cfg.weights;
+        let pools = self.cfg.mps_pools;
+        let by_size = self.mix.by_size(p.gpus(), a.share);
         // GPUs of one model in a row share these answers.
         let mut memo: (u32, bool, f64) = (0, false, 0.0);
         let mut reconf: Vec<Light> = Vec::new();
         let mut idle: Vec<Light> = Vec::new();
+        let mut view: Vec<Free> = Vec::new();
+        let mut alike: Vec<(Free, NodeTerms)> = Vec::new();
         let banned = self.replica_nodes.get(&p.model_id);
         for i in nodes {
             let nh = self.node_hot[i];
-            s.considered += nh.count as u32;
+            s.considered += if want == 0 { 1 } else { nh.count as u32 };
             let node_rule = if nh.cordoned {
                 Some(0)
             } else if !nh.healthy {
@@ -257,21 +325,35 @@ impl Core {
             }
             let local = !p.locality.is_empty() && self.nodes[i].local_to(&p.locality);
             let gpus = &self.hot[nh.first..nh.first + nh.count];
-            let free: u64 = gpus
-                .iter()
-                .filter(|h| !h.exclusive)
-                .map(|h| h.cap.saturating_sub(h.used_pct) as u64)
-                .sum();
-            let balance = score::cpu_balance(
-                free,
-                nh.cpu_free,
-                a.share as u64 * want as u64,
-                p.cpu_milli,
-                self.cfg.cpu_per_gpu_milli,
-            );
+            view.clear();
+            view.extend(gpus.iter().map(Hot::free));
+            let cpu_after = nh.cpu_free - p.cpu_milli;
+            let stranded_before = self.mix.stranded(nh.cpu_free, &view, by_size);
+            let before = (nh.frag, stranded_before);
+            if want == 0 {
+                let nt = self.node_terms(&mut view, &[], 0, cpu_after, false, before.0, before.1);
+                let terms = score::node_only(local, nt);
+                let c = Light {
+                    node: i,
+                    gpu: NO_GPU,
+                    slot: Slot::Fresh,
+                    score: terms.score(w),
+                    terms,
+                };
+                s.feasible += 1;
+                if s.direct.as_ref().is_none_or(|d| c.score > d.score + 1e-12) {
+                    s.direct = Some(c.cand());
+                }
+                if all {
+                    s.reconfigure.push(c.cand());
+                }
+                self.keep_top(&mut s, keep, c.cand());
+                continue;
+            }
             let mut node_best: Option<Light> = None;
             idle.clear();
-            for (k, h) in self.hot[nh.first..nh.first + nh.count].iter().enumerate() {
+            alike.clear();
+            for (k, h) in gpus.iter().enumerate() {
                 let gi = k as u32;
                 if a.exclude == Some((i, gi)) {
                     s.rule(5, || format!("{}/{gi}", self.nodes[i].name));
@@ -309,6 +391,8 @@ impl Core {
                 }
                 let slot = if h.empty {
                     Slot::Fresh
+                } else if !pools {
+                    Slot::Shared
                 } else if h.pool == a.share {
                     Slot::Pool
                 } else {
@@ -321,20 +405,44 @@ impl Core {
                     power: h.power,
                     efficiency: h.efficiency,
                 };
-                let terms = score::terms(&load, slot, a.share, memo.2, local, balance, &self.mix);
+                if want > 1 {
+                    if slot == Slot::Fresh {
+                        let terms =
+                            score::terms(&load, slot, a.share, memo.2, local, NodeTerms::default());
+                        idle.push(Light {
+                            node: i,
+                            gpu: gi,
+                            slot,
+                            score: 0.0,
+                            terms,
+                        });
+                    }
+                    continue;
+                }
+                let nt = match alike.iter().find(|(f, _)| *f == view[k]) {
+                    Some(&(_, nt)) => nt,
+                    None => {
+                        let nt = self.node_terms(
+                            &mut view,
+                            &[k],
+                            a.share,
+                            cpu_after,
+                            by_size,
+                            before.0,
+                            before.1,
+                        );
+                        alike.push((view[k], nt));
+                        nt
+                    }
+                };
+                let terms = score::terms(&load, slot, a.share, memo.2, local, nt);
                 let c = Light {
                     node: i,
                     gpu: gi,
                     slot,
-                    score: terms.total(w),
+                    score: terms.score(w),
                     terms,
                 };
-                if want > 1 {
-                    if slot == Slot::Fresh {
-                        idle.push(c);
-                    }
-                    continue;
-                }
                 s.feasible += 1;
                 if node_best.is_none_or(|b| c.beats(&b)) {
                     node_best = Some(c);
@@ -346,23 +454,28 @@ impl Core {
                 }
             }
             let best = if want > 1 {
-                // Whole idle GPUs only; the node's best `gpus` of them.
+                // Whole idle GPUs only: the node's first `gpus` of them.
                 if idle.len() < want {
                     if !idle.is_empty() {
                         s.rule(10, || self.nodes[i].name.clone());
                     }
                     continue;
                 }
-                idle.sort_by(|x, y| y.score.total_cmp(&x.score));
+                let take: Vec<usize> = idle[..want].iter().map(|c| c.gpu as usize).collect();
+                let nt = self.node_terms(
+                    &mut view, &take, 100, cpu_after, by_size, before.0, before.1,
+                );
                 let all_terms: Vec<Terms> = idle[..want].iter().map(|c| c.terms).collect();
-                let t = Terms::mean(&all_terms);
-                let mut gpus: Vec<u32> = idle[..want].iter().map(|c| c.gpu).collect();
-                gpus.sort();
+                let t = Terms {
+                    fragmentation: nt.fragmentation,
+                    cpu_balance: nt.cpu_balance,
+                    ..Terms::mean(&all_terms)
+                };
                 let c = Cand {
                     node: i,
-                    gpus,
+                    gpus: take.iter().map(|&k| k as u32).collect(),
                     slot: Slot::Fresh,
-                    score: t.total(w),
+                    score: t.score(w),
                     terms: t,
                 };
                 s.feasible += 1;
@@ -377,13 +490,8 @@ impl Core {
                 node_best.map(|b| b.cand())
             };
             // The explanation lists nodes: each node's best candidate.
-            if let Some(c) = best
-                && keep > 0
-                && (s.top.len() < keep || c.beats(s.top.last().expect("non-empty")))
-            {
-                let at = s.top.iter().position(|t| c.beats(t)).unwrap_or(s.top.len());
-                s.top.insert(at, c);
-                s.top.truncate(keep);
+            if let Some(c) = best {
+                self.keep_top(&mut s, keep, c);
             }
         }
         // Best first; ties keep the node order.
@@ -396,6 +504,15 @@ impl Core {
         s.reconfigure
             .extend(reconf.iter().take(limit).map(Light::cand));
         s
+    }
+
+    /// Keeps `c` among the `keep` best of the explanation.
+    fn keep_top(&self, s: &mut Scan, keep: usize, c: Cand) {
+        if keep > 0 && (s.top.len() < keep || c.beats(s.top.last().expect("non-empty"))) {
+            let at = s.top.iter().position(|t| c.beats(t)).unwrap_or(s.top.len());
+            s.top.insert(at, c);
+            s.top.truncate(keep);
+        }
     }
 
     /// The request's candidate on one GPU, if every constraint passes there.

@@ -490,14 +490,7 @@ async fn get_placement(
     s.authorize(&headers, Role::Viewer)?;
     let core = s.core();
     let w = if let Some(p) = core.placement(&id) {
-        let n = core.node(&p.node).expect("placements are on known nodes");
-        let g = &n.gpus[p.gpus[0] as usize];
-        let pod = vagus_decision::manifest::pod(
-            p,
-            &g.product,
-            g.pool.unwrap_or(p.share_pct),
-            &core.config().manifest,
-        );
+        let pod = core.manifest(p);
         Workload::Placed {
             placement: p.clone(),
             manifest: serde_json::to_value(pod).ok(),
