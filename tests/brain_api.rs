@@ -4,7 +4,7 @@
 use crate::support::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "admin-token-for-the-tests-01";
@@ -111,14 +111,14 @@ fn the_audit_trail_survives_sigkill_and_restores_placements() {
     );
 }
 
-#[test]
-fn nodes_come_from_connected_agents() {
-    let sim = Sim::new("brain-api-agents");
-    let tokens = tokens(&sim);
-    let certs = certs_init(&sim, "node-a");
+/// A brain with QUIC and HTTP, and an agent for `node-a` connected to it
+/// (with gpusim's MPS daemon when `mps`); the agent's metrics port.
+fn brain_and_agent(sim: &mut Sim, mps: bool) -> (BrainProc, SocketAddr, Child, u16) {
+    let tokens = tokens(sim);
+    let certs = certs_init(sim, "node-a");
     let quic = format!("127.0.0.1:{}", free_udp_port());
     let b = start_brain_with(
-        &sim,
+        sim,
         &[
             "--quic",
             &quic,
@@ -133,46 +133,238 @@ fn nodes_come_from_connected_agents() {
         ],
     );
     let addr = http_addr(&b);
-    let mut agent = sim
-        .vagus(&[
-            "agent",
-            "--node",
-            "node-a",
-            "--brain",
-            &quic,
-            "--certs",
-            certs.to_str().unwrap(),
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--segments",
-            sim.dir.join("segments").to_str().unwrap(),
-            "--no-bpf",
-        ])
+    let port = free_tcp_port();
+    let segdir = sim.dir.join("segments");
+    std::fs::create_dir_all(&segdir).unwrap();
+    let (metrics, mps_dir, mps_control) = (
+        format!("127.0.0.1:{port}"),
+        sim.dir.join("mps").to_str().unwrap().to_string(),
+        bin("gpusim-mps-control").to_str().unwrap().to_string(),
+    );
+    let mut args = vec![
+        "agent",
+        "--node",
+        "node-a",
+        "--brain",
+        &quic,
+        "--certs",
+        certs.to_str().unwrap(),
+        "--metrics-addr",
+        &metrics,
+        "--segments",
+        segdir.to_str().unwrap(),
+        "--no-bpf",
+    ];
+    if mps {
+        sim.adopt_mps_daemon();
+        args.extend([
+            "--mps-pipe-dirs",
+            &mps_dir,
+            "--mps-control",
+            &mps_control,
+            "--mps-start",
+        ]);
+    }
+    let agent = sim
+        .vagus(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    (b, addr, agent, port)
+}
+
+/// Polls `GET /v1/nodes` until node-a appears and `ok` holds of it.
+fn node_a(
+    addr: SocketAddr,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let node = loop {
+    loop {
         let (_, v) = http(addr, "GET", "/v1/nodes", "");
         if let Some(n) = v
             .as_array()
             .and_then(|a| a.iter().find(|n| n["name"] == "node-a"))
+            && ok(n)
         {
-            break n.clone();
+            return n.clone();
         }
-        assert!(Instant::now() < deadline, "node-a never appeared: {v}");
+        assert!(Instant::now() < deadline, "node-a: {what} within 20 s: {v}");
         std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = agent.kill();
-    let _ = agent.wait();
-    // gpusim's default device: one H100 with 132 SMs.
-    let gpus = node["gpus"].as_array().unwrap();
-    assert!(!gpus.is_empty(), "{node}");
-    assert_eq!(gpus[0]["sms"], 132, "{node}");
-    let (st, v) = http(addr, "POST", "/v1/placements", &profile("on-agent"));
+    }
+}
+
+fn with(base: String, extra: serde_json::Value) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v.to_string()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn agent_nodes_have_their_cpu_memory_and_mps_state_and_no_invented_load() {
+    let mut sim = Sim::new("brain-api-agents");
+    let (_b, addr, mut agent, _) = brain_and_agent(&mut sim, true);
+    let node = node_a(addr, "appears", |_| true);
+    // The agent says what the host has: CPUs online and MemTotal.
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(node["cpu_milli"], cpus * 1000, "{node}");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(node["memory_mib"], kib / 1024, "{node}");
+    // gpusim's default device: one H100 with 132 SMs. Nothing reports the
+    // node's request or error rate: unknown, not zero.
+    assert_eq!(node["gpus"][0]["sms"], 132, "{node}");
+    assert!(
+        node["qps"].is_null() && node["error_rate"].is_null(),
+        "{node}"
+    );
+
+    // CPU is a limit: more than the node has waits; what fits is placed.
+    let big = with(
+        profile("too-big"),
+        serde_json::json!({"cpu_milli": cpus * 1000 + 1000, "priority": "P2"}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &big);
+    assert_eq!(st, 202, "{v}");
+    let ruled = v["decision"]["ruled_out"].to_string();
+    assert!(ruled.contains("cpu") && ruled.contains("node-a"), "{v}");
+    let small = with(
+        profile("fits"),
+        serde_json::json!({"cpu_milli": 500, "share_pct": 20}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &small);
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["decision"]["node"], "node-a");
+
+    // The brain now holds a 20% MPS pool on GPU 0; the agent's daemon has
+    // no server and would start new ones at 100%: a mismatch, recorded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let (_, rows) = http(addr, "GET", "/v1/decisions?path=event", "");
+        if let Some(e) = rows.as_array().and_then(|r| r.first()) {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no mismatch event: {rows}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(event["node"], "node-a", "{event}");
+    assert_eq!(event["decision"]["event"], "mps_mismatch", "{event}");
+    assert_eq!(event["decision"]["brain_pool_pct"], 20, "{event}");
+    assert_eq!(
+        event["decision"]["agent"]["default_percent"], 100.0,
+        "{event}"
+    );
+    let s = event["summary"].as_str().unwrap();
+    assert!(s.contains("20%") && s.contains("100%"), "{s}");
+
+    // A 40% share needs GPU 0's server reconfigured; with the node's load
+    // unknown the gate stays shut…
+    let wide = with(
+        profile("wide"),
+        serde_json::json!({"cpu_milli": 500, "share_pct": 40}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &wide);
+    assert_eq!(st, 202, "{v}");
+    let summary = v["decision"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("unknown") && summary.contains("maintenance"),
+        "{summary}"
+    );
+    // …until a maintenance window opens it.
+    let now = now_ms();
+    let window = serde_json::json!({"action": "maintenance", "node": "node-a",
+        "from_ms": now - 1000, "to_ms": now + 600_000});
+    let (st, v) = http(addr, "POST", "/v1/controls", &window.to_string());
+    assert_eq!(st, 200, "{v}");
+    let placed = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["workload"] == "wide")
+        .cloned();
+    let placed = placed.unwrap_or_else(|| panic!("the window placed nothing: {v}"));
+    assert_eq!(placed["path"], "reconfigure", "{placed}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+#[test]
+fn a_gpu_is_throttled_only_while_every_process_on_it_is_shimmed() {
+    let mut sim = Sim::new("brain-api-throttled");
+    let (_b, addr, mut agent, port) = brain_and_agent(&mut sim, false);
+    node_a(addr, "idle and throttled", |n| {
+        n["gpus"][0]["throttling"] == true
+    });
+    let segdir = sim.dir.join("segments");
+    let args = ["--qps", "50", "--duration", "8s", "--input-kib", "4"];
+    let shim = bin("libvagus_shim.so");
+    let env = [
+        ("LD_PRELOAD", shim.to_str().unwrap()),
+        ("VAGUS_SHM_DIR", segdir.to_str().unwrap()),
+    ];
+    let mut shimmed = sim.spawn_load(&args, &env);
+    // Once the agent sees it (shim and NVML), and the brain has synced
+    // since, the GPU is still throttled.
+    let pid = shimmed.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET /snapshot HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        let snap: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let seen = snap["processes"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p["pid"] == pid && p["sources"]["shim"] == true && p["sources"]["nvml"] == true
+            })
+        });
+        if seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never saw the shimmed process: {snap}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let n = node_a(addr, "listed", |_| true);
+    assert_eq!(n["gpus"][0]["throttling"], true, "only shimmed work: {n}");
+    // An unshimmed process on the same GPU: no more oversubscription.
+    let mut plain = sim.spawn_load(&args, &[]);
+    node_a(addr, "not throttled beside an unshimmed process", |n| {
+        n["gpus"][0]["throttling"] == false
+    });
+    let _ = plain.wait();
+    let _ = shimmed.wait();
+    node_a(addr, "throttled again once it is gone", |n| {
+        n["gpus"][0]["throttling"] == true
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
 
 #[test]

@@ -340,3 +340,11 @@ pub fn free_udp_port() -> u16 {
         .unwrap()
         .port()
 }
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use vagus_ebpf::{Event, Probes, ProcCounters, SYNC_BUCKETS};
 use vagus_proto::shm::{self, ControlRead, ControlValues, HIST_BUCKETS};
-use vagus_proto::wire::{Command, CommandKind, GpuWindow, Outcome, ProcessWindow, TelemetryWindow};
+use vagus_proto::wire::{
+    Command, CommandKind, GpuMps, GpuWindow, MpsServer, MpsState, Outcome, ProcessWindow,
+    TelemetryWindow,
+};
 
 /// How the node collects.
 #[derive(Clone, Debug)]
@@ -124,7 +127,16 @@ pub struct Node {
     /// XID errors seen, by (GPU, XID), and the last one of each GPU.
     pub xid_counts: BTreeMap<(u32, u64), u64>,
     pub last_xid: BTreeMap<u32, u64>,
+    /// Each GPU's MPS state as last sent, when to look again, and whether
+    /// a command changed it since.
+    mps_sent: Vec<Option<MpsState>>,
+    mps_next_poll_ns: u64,
+    mps_dirty: bool,
 }
+
+/// How often the MPS daemons are asked for their state (each look runs the
+/// control tool a few times); an MPS command makes the next window look.
+const MPS_POLL_NS: u64 = 10_000_000_000;
 
 impl Node {
     /// Starts collecting with whatever this host allows, noting what it lacks.
@@ -183,6 +195,9 @@ impl Node {
             xid_inbox,
             xid_counts: BTreeMap::new(),
             last_xid: BTreeMap::new(),
+            mps_sent: Vec::new(),
+            mps_next_poll_ns: 0,
+            mps_dirty: false,
         };
         let mut initial: Vec<PathBuf> = node.cfg.libcuda.clone();
         if let Some(p) = find_on_loader_path("libcuda.so.1") {
@@ -192,6 +207,73 @@ impl Node {
             node.probe_libcuda(p);
         }
         node
+    }
+
+    /// GPUs the node knows: NVML's, else one per configured MPS daemon.
+    fn gpu_count(&self) -> u32 {
+        match &self.gpus {
+            Some(g) => g.count(),
+            None => self.cfg.mps.len() as u32,
+        }
+    }
+
+    /// GPU `gpu`'s MPS state, asked of its control daemon; `None` where
+    /// the agent drives no daemon for it.
+    pub fn mps_state(&self, gpu: u32) -> Option<MpsState> {
+        let c = match self.cfg.mps.as_slice() {
+            [] => return None,
+            [one] => one,
+            many => many.get(gpu as usize)?,
+        };
+        if !c.running() {
+            return Some(MpsState::default());
+        }
+        Some(MpsState {
+            daemon: true,
+            default_percent: c.default_percentage().ok(),
+            servers: c
+                .servers()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| MpsServer {
+                    pid: s.pid,
+                    percent: s.percent,
+                    clients: s.clients,
+                })
+                .collect(),
+        })
+    }
+
+    /// The GPUs' MPS states now, for the `Hello` (and remembered as sent).
+    pub fn mps_states(&mut self) -> Vec<Option<MpsState>> {
+        let states: Vec<Option<MpsState>> =
+            (0..self.gpu_count()).map(|g| self.mps_state(g)).collect();
+        self.mps_sent = states.clone();
+        states
+    }
+
+    /// The MPS states that changed since they were last sent, when it is
+    /// time to look (every [`MPS_POLL_NS`], or after an MPS command).
+    fn mps_changes(&mut self, now_unix_ns: u64) -> Vec<GpuMps> {
+        if self.cfg.mps.is_empty() || (!self.mps_dirty && now_unix_ns < self.mps_next_poll_ns) {
+            return Vec::new();
+        }
+        self.mps_dirty = false;
+        self.mps_next_poll_ns = now_unix_ns + MPS_POLL_NS;
+        let mut out = Vec::new();
+        for g in 0..self.gpu_count() {
+            let now = self.mps_state(g);
+            if self.mps_sent.len() <= g as usize {
+                self.mps_sent.resize(g as usize + 1, None);
+            }
+            if now != self.mps_sent[g as usize] {
+                self.mps_sent[g as usize] = now.clone();
+                if let Some(state) = now {
+                    out.push(GpuMps { gpu: g, state });
+                }
+            }
+        }
+        out
     }
 
     /// Whether NVML reports XID errors to this node.
@@ -429,6 +511,7 @@ impl Node {
                 probes.forget(pid);
             }
         }
+        let mps = self.mps_changes(now_unix_ns);
         let w = TelemetryWindow {
             node: self.cfg.node.clone(),
             seq: self.seq,
@@ -437,6 +520,7 @@ impl Node {
             gpus,
             processes,
             dropped_windows: 0,
+            mps,
         };
         self.seq += 1;
         self.counters.windows += 1;
@@ -528,6 +612,15 @@ impl Node {
 
     /// Carries out one of the brain's commands.
     pub fn apply(&mut self, c: &Command) -> Outcome {
+        if matches!(
+            c.kind,
+            CommandKind::SetMpsPercentage { .. }
+                | CommandKind::StartMpsServer { .. }
+                | CommandKind::StopMpsServer { .. }
+        ) {
+            // The next window reports what the daemon now says.
+            self.mps_dirty = true;
+        }
         let control = |pid: u32, f: &dyn Fn(&mut ControlValues)| -> Outcome {
             let Some(seg) = self.segments.as_ref().and_then(|d| d.of(pid)) else {
                 return Outcome::Failed(format!("process {pid} has no shim segment on this node"));
@@ -641,6 +734,7 @@ fn window_of(p: &mut Proc, keyframe: bool) -> ProcessWindow {
         occupancy_weighted_sm_ns: occ_ns,
         memory_bytes: p.memory_bytes(),
         mps_percent: p.shim.as_ref().map(|s| s.mps_percent).unwrap_or(0.0),
+        shimmed: p.shim.is_some(),
         kernel_hist,
         sync_hist,
     }

@@ -93,6 +93,26 @@ fn unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The host's CPUs online (milli-cores) and memory (MiB, `MemTotal`);
+/// `None` for what cannot be read.
+pub fn host_resources() -> (Option<u64>, Option<u64>) {
+    // SAFETY: sysconf only reads a system value.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpu = (cpus > 0).then(|| cpus as u64 * 1000);
+    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let kib: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024)
+    });
+    (cpu, mem)
+}
+
 fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
     n.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -107,11 +127,16 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         Some(b) => Some(identity(&b.certs, &name, cfg.node_given)?),
         None => None,
     };
-    let node = Node::new(cfg.node);
+    let mut node = Node::new(cfg.node);
     for note in &node.notes {
         eprintln!("vagus agent: {note}");
     }
-    let inventory = node.gpus().map(|g| g.inventory()).unwrap_or_default();
+    let mut inventory = node.gpus().map(|g| g.inventory()).unwrap_or_default();
+    let mps = node.mps_states();
+    for g in &mut inventory {
+        g.mps = mps.get(g.index as usize).cloned().flatten();
+    }
+    let (cpu_milli, memory_mib) = host_resources();
     let node = Arc::new(Mutex::new(node));
     let period = Duration::from_secs_f64(1.0 / cfg.hz);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -171,6 +196,8 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                     // restarted agent's.
                     session: unix_ns() ^ ((std::process::id() as u64) << 32),
                     agent_version: env!("CARGO_PKG_VERSION").into(),
+                    cpu_milli,
+                    memory_mib,
                     gpus: inventory,
                 };
                 let up = UplinkConfig {

@@ -580,6 +580,7 @@ mod outbox_tests {
             gpus: vec![],
             processes: vec![],
             dropped_windows: 0,
+            mps: Vec::new(),
         }
     }
 

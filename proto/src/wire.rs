@@ -13,18 +13,41 @@
 use serde::{Deserialize, Serialize};
 
 /// The newest protocol this build speaks, and the oldest it still accepts.
-pub const PROTOCOL_VERSION: u16 = 1;
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Version 2: the node's CPU and memory and each GPU's MPS state in the
+/// `Hello`, MPS state changes in windows, and whether a process runs under
+/// the shim.
+pub const PROTOCOL_VERSION: u16 = 2;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Default largest frame (header included) a peer accepts.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 /// Bytes before the payload: length, version, kind.
 pub const HEADER_BYTES: usize = 4 + 2 + 1;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One GPU's MPS control daemon as its agent sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MpsState {
-    pub server_pid: u32,
-    /// Active thread percentage of the server, 0–100.
+    /// The control daemon answers.
+    pub daemon: bool,
+    /// The active thread percentage servers started from now on get
+    /// (`None` when the daemon does not answer).
+    pub default_percent: Option<f32>,
+    pub servers: Vec<MpsServer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MpsServer {
+    pub pid: u32,
+    /// Its active thread percentage, 0–100 (what its clients got).
     pub percent: f32,
+    /// Its clients' PIDs.
+    pub clients: Vec<u32>,
+}
+
+/// A GPU's MPS state, in a window that carries a change of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuMps {
+    pub gpu: u32,
+    pub state: MpsState,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +58,7 @@ pub struct GpuInfo {
     pub sms: u32,
     pub memory_bytes: u64,
     pub tdp_watts: u32,
+    /// `None`: the agent does not drive MPS on this GPU.
     pub mps: Option<MpsState>,
 }
 
@@ -48,6 +72,10 @@ pub struct Hello {
     /// so the brain can drop windows resent after a reconnection.
     pub session: u64,
     pub agent_version: String,
+    /// The node's CPU (milli-cores) and memory (MiB); `None` when the agent
+    /// could not read them.
+    pub cpu_milli: Option<u64>,
+    pub memory_mib: Option<u64>,
     pub gpus: Vec<GpuInfo>,
 }
 
@@ -92,6 +120,9 @@ pub struct ProcessWindow {
     pub memory_bytes: u64,
     /// The MPS percentage it started with (0: not an MPS client).
     pub mps_percent: f32,
+    /// It runs under the shim (a segment of its own): its SM-time budget
+    /// is enforced.
+    pub shimmed: bool,
     /// HdrHistograms in their V2 serialisation (kernel durations, sync waits).
     pub kernel_hist: Vec<u8>,
     pub sync_hist: Vec<u8>,
@@ -109,6 +140,8 @@ pub struct TelemetryWindow {
     pub processes: Vec<ProcessWindow>,
     /// Windows dropped from the outage buffer before this one.
     pub dropped_windows: u64,
+    /// GPUs whose MPS state changed since the previous window (empty: none).
+    pub mps: Vec<GpuMps>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -430,8 +463,13 @@ mod tests {
             memory_bytes: 81559 << 20,
             tdp_watts: 700,
             mps: Some(MpsState {
-                server_pid: 465,
-                percent: 50.0,
+                daemon: true,
+                default_percent: Some(100.0),
+                servers: vec![MpsServer {
+                    pid: 465,
+                    percent: 50.0,
+                    clients: vec![42, 43],
+                }],
             }),
         };
         let proc_ = ProcessWindow {
@@ -447,6 +485,7 @@ mod tests {
             occupancy_weighted_sm_ns: 2_500_000,
             memory_bytes: 1 << 30,
             mps_percent: 40.0,
+            shimmed: true,
             kernel_hist: vec![1, 2, 3, 4],
             sync_hist: vec![],
         };
@@ -457,6 +496,8 @@ mod tests {
                 node: "node-a".into(),
                 session: 0x5eed,
                 agent_version: "0.1.0".into(),
+                cpu_milli: Some(64_000),
+                memory_mib: None,
                 gpus: vec![
                     gpu.clone(),
                     GpuInfo {
@@ -486,6 +527,10 @@ mod tests {
                 }],
                 processes: vec![proc_.clone(), ProcessWindow { pid: 43, ..proc_ }],
                 dropped_windows: 3,
+                mps: vec![GpuMps {
+                    gpu: 0,
+                    state: gpu.mps.clone().unwrap_or_default(),
+                }],
             }),
             Message::Heartbeat(Heartbeat { seq: 1, unix_ns: 2 }),
             Message::Command(Command {
@@ -584,23 +629,23 @@ mod tests {
         assert!(matches!(d.finish(), Err(FrameError::Truncated { .. })));
 
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        d.push(&[3, 0, 0, 0, 2, 0, 200]);
+        d.push(&[3, 0, 0, 0, 3, 0, 200]);
         let e = d.next_message().unwrap_err();
-        assert_eq!(e, FrameError::UnsupportedVersion { version: 2 });
+        assert_eq!(e, FrameError::UnsupportedVersion { version: 3 });
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        d.push(&[3, 0, 0, 0, 1, 0, 200]);
+        d.push(&[3, 0, 0, 0, 2, 0, 200]);
         let e = d.next_message().unwrap_err();
         assert_eq!(
             e,
             FrameError::UnknownKind {
                 kind: 200,
-                version: 1
+                version: 2
             }
         );
         assert!(e.to_string().contains("unknown message kind 200"), "{e}");
 
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        d.push(&[5, 0, 0, 0, 1, 0, 5, 0xff, 0xff]);
+        d.push(&[5, 0, 0, 0, 2, 0, 5, 0xff, 0xff]);
         let e = d.next_message().unwrap_err();
         assert!(
             matches!(

@@ -153,6 +153,7 @@ fn template(node: &str, a: &Args, hists: &[Vec<u8>]) -> TelemetryWindow {
                 occupancy_weighted_sm_ns: 29_000_000,
                 memory_bytes: 18 << 30,
                 mps_percent: 50.0,
+                shimmed: true,
                 kernel_hist: if i < a.histograms {
                     hists[i as usize % hists.len()].clone()
                 } else {
@@ -162,6 +163,7 @@ fn template(node: &str, a: &Args, hists: &[Vec<u8>]) -> TelemetryWindow {
             })
             .collect(),
         dropped_windows: 0,
+        mps: Vec::new(),
     }
 }
 
@@ -318,6 +320,8 @@ fn main() {
                     node: node.clone(),
                     session: 1,
                     agent_version: "bench".into(),
+                    cpu_milli: Some(128_000),
+                    memory_mib: Some(1 << 20),
                     gpus: Vec::new(),
                 },
                 buffer_bytes: DEFAULT_BUFFER_BYTES,

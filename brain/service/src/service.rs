@@ -142,9 +142,10 @@ impl Service {
                 let every = cfg.sync_every;
                 svc.tasks.push(tokio::spawn(async move {
                     let mut tick = tokio::time::interval(every);
+                    let mut sync = sync::Sync::default();
                     loop {
                         tick.tick().await;
-                        sync::agents_to_core(&a, &api);
+                        sync.round(&a, &api).await;
                     }
                 }));
             }

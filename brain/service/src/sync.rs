@@ -1,58 +1,211 @@
 //! Where telemetry meets decisions: the nodes connected agents announce,
-//! and the load their windows report, brought into the decision core.
+//! and what their windows report, brought into the decision core — with
+//! nothing invented.
+//!
+//! - A node's CPU and memory are what its agent's `Hello` says; a node whose
+//!   agent could not tell is not placed on (said once).
+//! - Its request rate and error rate stay unknown (`None`) until a source
+//!   reports them; the core's reconfiguration gate treats unknown as not
+//!   safe outside a maintenance window.
+//! - A GPU is throttled (oversubscription allowed) only when NVML shows it
+//!   and every process on it runs under the shim.
+//! - Where the core keeps MPS pools, each GPU's pool is compared with the
+//!   MPS state its agent reports; a mismatch is recorded in the audit trail
+//!   as an `event` row (once per new mismatch), trusting neither side.
 
 use crate::agents::Agents;
+use crate::agents::ingest::NodeState;
+use crate::audit::Row;
 use crate::http::Api;
+use std::collections::{HashMap, HashSet};
 use vagus_decision::{GpuSpec, NodeLoad, NodeSpec};
+use vagus_proto::wire::MpsState;
 
-/// Brings every connected agent's node and load into the core.
-pub fn agents_to_core(agents: &Agents, api: &Api) {
-    let snapshot: Vec<(String, NodeSpec, NodeLoad)> = {
-        let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.ingest
-            .nodes
-            .iter()
-            .filter(|(_, n)| !n.inventory.is_empty())
-            .map(|(name, n)| {
-                // The Hello carries GPUs, not the node's CPU and memory:
-                // agent-declared nodes are not limited by them.
-                let spec = NodeSpec {
-                    name: name.clone(),
-                    cpu_milli: 1 << 40,
-                    memory_mib: 1 << 40,
-                    labels: Default::default(),
-                    gpus: n
-                        .inventory
-                        .iter()
-                        // Zero: the agent could not tell; the GPU table can.
-                        .map(|g| GpuSpec {
-                            model: g.model.clone(),
-                            sms: (g.sms > 0).then_some(g.sms),
-                            memory_gb: (g.memory_bytes > 0).then(|| g.memory_bytes as f64 / 1e9),
-                            tdp_w: (g.tdp_watts > 0).then_some(g.tdp_watts as f64),
-                            throttling: false,
-                        })
-                        .collect(),
-                };
-                let load = NodeLoad {
-                    qps: None,
-                    error_rate: None,
-                    healthy: n.gpus.values().all(|g| g.xids.is_empty()),
-                    gpus: n
-                        .gpus
-                        .values()
-                        .map(|g| (g.index, g.utilization as f64, g.power_mw as f64 / 1000.0))
-                        .collect(),
-                };
-                (name.clone(), spec, load)
-            })
-            .collect()
+/// What the sync remembers between rounds: mismatches already recorded,
+/// and nodes already said to be unusable.
+#[derive(Default)]
+pub struct Sync {
+    mismatches: HashMap<(String, u32), String>,
+    unusable: HashSet<String>,
+}
+
+/// A node as its agent describes it, and its load.
+fn node_of(name: &str, n: &NodeState) -> Result<(NodeSpec, NodeLoad), String> {
+    let (Some(cpu_milli), Some(memory_mib)) = (n.cpu_milli, n.memory_mib) else {
+        return Err(format!(
+            "node {name}: its agent reports no CPU or memory size; nothing is placed there"
+        ));
     };
-    for (name, spec, load) in snapshot {
-        if let Err(e) = api.upsert_node(&spec) {
-            eprintln!("vagus brain: node {name} from its agent: {e}");
-            continue;
+    let throttled = |gpu: u32| {
+        n.gpus.contains_key(&gpu)
+            && n.processes
+                .iter()
+                .filter(|((g, _), _)| *g == gpu)
+                .all(|(_, p)| p.latest.shimmed)
+    };
+    let spec = NodeSpec {
+        name: name.to_string(),
+        cpu_milli,
+        memory_mib,
+        labels: Default::default(),
+        gpus: n
+            .inventory
+            .iter()
+            // Zero: the agent could not tell; the GPU table can.
+            .map(|g| GpuSpec {
+                model: g.model.clone(),
+                sms: (g.sms > 0).then_some(g.sms),
+                memory_gb: (g.memory_bytes > 0).then(|| g.memory_bytes as f64 / 1e9),
+                tdp_w: (g.tdp_watts > 0).then_some(g.tdp_watts as f64),
+                throttling: throttled(g.index),
+            })
+            .collect(),
+    };
+    let load = NodeLoad {
+        // No serving metrics reach the brain yet: unknown, not zero.
+        qps: None,
+        error_rate: None,
+        healthy: n.gpus.values().all(|g| g.xids.is_empty()),
+        gpus: n
+            .gpus
+            .values()
+            .map(|g| (g.index, g.utilization as f64, g.power_mw as f64 / 1000.0))
+            .collect(),
+    };
+    Ok((spec, load))
+}
+
+/// Whether the agent's MPS state serves the brain's pool of `pool` percent:
+/// a server at that percentage, or none yet and new ones would get it.
+fn serves(state: &MpsState, pool: u32) -> bool {
+    let at = |p: f32| (p - pool as f32).abs() < 0.5;
+    state.daemon
+        && (state.servers.iter().any(|s| at(s.percent))
+            || (state.servers.is_empty() && state.default_percent.is_some_and(at)))
+}
+
+fn describe(state: &MpsState) -> String {
+    if !state.daemon {
+        return "no MPS control daemon answering".into();
+    }
+    let servers: Vec<String> = state
+        .servers
+        .iter()
+        .map(|s| format!("{}% ({} clients)", s.percent, s.clients.len()))
+        .collect();
+    format!(
+        "servers at [{}], new servers at {}",
+        servers.join(", "),
+        state
+            .default_percent
+            .map(|p| format!("{p}%"))
+            .unwrap_or_else(|| "an unknown percentage".into())
+    )
+}
+
+impl Sync {
+    /// Brings every connected agent's node and load into the core, and
+    /// records pool mismatches.
+    pub async fn round(&mut self, agents: &Agents, api: &Api) {
+        let nodes: Vec<(
+            String,
+            Result<(NodeSpec, NodeLoad), String>,
+            Vec<(u32, MpsState)>,
+        )> = {
+            let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.ingest
+                .nodes
+                .iter()
+                .filter(|(_, n)| !n.inventory.is_empty())
+                .map(|(name, n)| {
+                    let mps = n.mps.iter().map(|(g, s)| (*g, s.clone())).collect();
+                    (name.clone(), node_of(name, n), mps)
+                })
+                .collect()
+        };
+        let mut rows = Vec::new();
+        for (name, described, mps) in nodes {
+            let (spec, load) = match described {
+                Ok(x) => x,
+                Err(why) => {
+                    if self.unusable.insert(name) {
+                        eprintln!("vagus brain: {why}");
+                    }
+                    continue;
+                }
+            };
+            self.unusable.remove(&name);
+            if let Err(e) = api.upsert_node(&spec) {
+                eprintln!("vagus brain: node {name} from its agent: {e}");
+                continue;
+            }
+            let _ = api.observe(&name, &load);
+            rows.extend(self.reconcile(api, &name, &mps));
         }
-        let _ = api.observe(&name, &load);
+        if !rows.is_empty() {
+            api.record_events(rows).await;
+        }
+    }
+
+    /// Event rows for this node's GPUs whose pool and MPS state disagree
+    /// (newly, or otherwise than before).
+    fn reconcile(&mut self, api: &Api, node: &str, mps: &[(u32, MpsState)]) -> Vec<Row> {
+        let (pools, now) = api.with_core(|c| {
+            let pools: Vec<(u32, Option<u32>, bool)> = match c.node(node) {
+                Some(n) if c.config().mps_pools => n
+                    .gpus
+                    .iter()
+                    .map(|g| (g.index, g.pool, g.workloads.is_empty()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (pools, api.now())
+        });
+        let mut rows = Vec::new();
+        for (gpu, pool, empty) in pools {
+            let key = (node.to_string(), gpu);
+            let Some(state) = mps.iter().find(|(g, _)| *g == gpu).map(|(_, s)| s) else {
+                // The agent drives no MPS daemon here: nothing to compare.
+                self.mismatches.remove(&key);
+                continue;
+            };
+            let mismatch = match pool {
+                Some(p) if !empty && !serves(state, p) => Some(format!(
+                    "{node} GPU {gpu}: the brain holds a {p}% MPS pool here, the agent reports {}",
+                    describe(state)
+                )),
+                _ => None,
+            };
+            match mismatch {
+                Some(summary) => {
+                    if self.mismatches.get(&key) == Some(&summary) {
+                        continue;
+                    }
+                    self.mismatches.insert(key, summary.clone());
+                    let body = serde_json::json!({
+                        "event": "mps_mismatch",
+                        "node": node,
+                        "gpu": gpu,
+                        "brain_pool_pct": pool,
+                        "agent": state,
+                        "summary": summary,
+                    });
+                    rows.push(Row {
+                        at_ms: now,
+                        path: "event".into(),
+                        workload: String::new(),
+                        node: Some(node.to_string()),
+                        actor: format!("agent:{node}"),
+                        summary,
+                        body: body.to_string(),
+                        state: None,
+                    });
+                }
+                None => {
+                    self.mismatches.remove(&key);
+                }
+            }
+        }
+        rows
     }
 }

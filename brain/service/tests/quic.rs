@@ -17,11 +17,13 @@ fn id(issued: &Issued, ca: &Ca) -> Identity {
 
 fn hello(node: &str) -> Hello {
     Hello {
-        min_version: 1,
+        min_version: vagus_proto::wire::MIN_PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
         node: node.into(),
         session: 1,
         agent_version: "test".into(),
+        cpu_milli: Some(64_000),
+        memory_mib: Some(256 << 10),
         gpus: vec![vagus_proto::wire::GpuInfo {
             index: 0,
             uuid: "GPU-00000000-0000-0000-0000-000000000000".into(),
@@ -43,6 +45,7 @@ fn window(node: &str, seq: u64) -> TelemetryWindow {
         gpus: vec![],
         processes: vec![],
         dropped_windows: 0,
+        mps: Vec::new(),
     }
 }
 

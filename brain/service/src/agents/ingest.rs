@@ -12,7 +12,7 @@
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use vagus_proto::wire::{GpuInfo, GpuWindow, Hello, ProcessWindow, TelemetryWindow};
+use vagus_proto::wire::{GpuInfo, GpuWindow, Hello, MpsState, ProcessWindow, TelemetryWindow};
 
 /// The last `cap` windows' serialized histograms of one series.
 #[derive(Debug, Default)]
@@ -95,6 +95,13 @@ pub struct NodeState {
     /// What the node's latest `Hello` said it has.
     pub inventory: Vec<GpuInfo>,
     pub agent_version: String,
+    /// Its CPU (milli-cores) and memory (MiB), as the `Hello` said.
+    pub cpu_milli: Option<u64>,
+    pub memory_mib: Option<u64>,
+    /// Each GPU's MPS state as last reported (the `Hello`, then windows
+    /// that carry a change); GPUs whose MPS the agent does not drive have
+    /// none.
+    pub mps: BTreeMap<u32, MpsState>,
 }
 
 impl NodeState {
@@ -207,6 +214,9 @@ impl Ingest {
         for g in w.gpus.drain(..) {
             n.gpus.insert(g.index, g);
         }
+        for m in w.mps.drain(..) {
+            n.mps.insert(m.gpu, m.state);
+        }
         for mut p in w.processes.drain(..) {
             let kernel = std::mem::take(&mut p.kernel_hist);
             let sync = std::mem::take(&mut p.sync_hist);
@@ -250,6 +260,13 @@ impl Ingest {
         let n = self.nodes.entry(h.node.clone()).or_default();
         n.inventory = h.gpus.clone();
         n.agent_version = h.agent_version.clone();
+        n.cpu_milli = h.cpu_milli;
+        n.memory_mib = h.memory_mib;
+        n.mps = h
+            .gpus
+            .iter()
+            .filter_map(|g| Some((g.index, g.mps.clone()?)))
+            .collect();
     }
 
     pub fn rejected(&mut self, reason: &str) {
@@ -306,6 +323,7 @@ mod tests {
             occupancy_weighted_sm_ns: 500,
             memory_bytes: 1 << 20,
             mps_percent: 100.0,
+            shimmed: true,
             kernel_hist: kernel,
             sync_hist: Vec::new(),
         }
@@ -320,6 +338,7 @@ mod tests {
             gpus: vec![],
             processes,
             dropped_windows: 0,
+            mps: Vec::new(),
         }
     }
 

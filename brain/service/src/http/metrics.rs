@@ -31,6 +31,8 @@ pub struct Metrics {
     buckets: [AtomicU64; BUCKETS.len()],
     audited: AtomicU64,
     audit_failures: AtomicU64,
+    /// Events recorded in the trail (MPS pool mismatches).
+    events: AtomicU64,
     /// Answers by status class 2xx…5xx.
     answers: [AtomicU64; 4],
 }
@@ -53,6 +55,10 @@ impl Metrics {
 
     pub(crate) fn audited(&self, rows: usize) {
         self.audited.fetch_add(rows as u64, Relaxed);
+    }
+
+    pub(crate) fn events(&self, rows: usize) {
+        self.events.fetch_add(rows as u64, Relaxed);
     }
 
     pub(crate) fn audit_failed(&self) {
@@ -125,6 +131,16 @@ impl Metrics {
             o,
             "vagus_brain_audit_failures_total {}",
             self.audit_failures.load(Relaxed)
+        )?;
+        writeln!(
+            o,
+            "# HELP vagus_brain_mps_mismatches_total MPS pools the brain holds that a node's agent reports otherwise (each recorded as an audit event)."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_mps_mismatches_total counter")?;
+        writeln!(
+            o,
+            "vagus_brain_mps_mismatches_total {}",
+            self.events.load(Relaxed)
         )?;
         writeln!(
             o,

@@ -150,6 +150,26 @@ impl Api {
         Ok(())
     }
 
+    /// Runs `f` on the core (read only).
+    pub fn with_core<R>(&self, f: impl FnOnce(&Core) -> R) -> R {
+        f(&self.core())
+    }
+
+    /// The core's clock now (ms).
+    pub fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Stores rows that record events (not decisions: nothing to restore)
+    /// in the audit trail, and counts them.
+    pub async fn record_events(&self, rows: Vec<Row>) {
+        let n = rows.len();
+        match self.audit.submit(rows).await {
+            Ok(Ok(())) => self.metrics.events(n),
+            _ => self.metrics.audit_failed(),
+        }
+    }
+
     pub fn observe(
         &self,
         node: &str,
