@@ -226,3 +226,58 @@ fn replay_prints_the_allocation_curve_and_names_bad_input() {
         "line 2: column cpu_milli is \"x\"",
     );
 }
+
+#[test]
+fn an_agent_without_its_certificate_says_which_it_looked_for_and_the_ways_out() {
+    let sim = Sim::new("cli-agent-cert");
+    let certs = certs_init(&sim, "node-a");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(host, "node-a");
+    let out = sim
+        .vagus(&[
+            "agent",
+            "--brain",
+            "127.0.0.1:9",
+            "--certs",
+            certs.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    let l = lines[0];
+    for want in [
+        host.as_str(),
+        "node-a",
+        "brain",
+        "--node NAME",
+        "vagus certs init",
+        "--agents",
+    ] {
+        assert!(l.contains(want), "{want:?} missing from: {l}");
+    }
+    assert!(!l.contains("os error"), "{l}");
+    // With --node naming a node it has no certificate for either.
+    let out = sim
+        .vagus(&[
+            "agent",
+            "--brain",
+            "127.0.0.1:9",
+            "--certs",
+            certs.to_str().unwrap(),
+            "--node",
+            "node-b",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node-b") && err.contains("--agents node-b") && err.contains("--node"),
+        "{err}"
+    );
+}

@@ -8,7 +8,7 @@ const MULTI_WAVE: [&str; 10] = multi_wave("20", "1s", "1000000");
 
 #[test]
 fn without_a_daemon_commands_fail_like_the_real_tool() {
-    let mut sim = Sim::new("mps-none");
+    let sim = Sim::new("mps-none");
     let (out, ok) = sim.mps_control("get_server_list\n");
     assert!(!ok);
     assert_eq!(out.trim(), "Cannot find MPS control daemon process");

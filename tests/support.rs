@@ -114,6 +114,8 @@ impl Sim {
         c.env("LD_LIBRARY_PATH", libdir())
             .env("GPUSIM_STATE", self.state())
             .env("CUDA_MPS_PIPE_DIRECTORY", self.dir.join("mps"))
+            // Each simulated host's agent keeps its own command journal.
+            .env("VAGUS_AGENT_STATE_DIR", self.dir.join("agent-state"))
             .env_remove("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
             .env_remove("GPUSIM_CONFIG");
         c
@@ -141,7 +143,7 @@ impl Sim {
     }
 
     /// Sends commands to the MPS control double; returns (stdout, success).
-    pub fn mps_control(&mut self, input: &str) -> (String, bool) {
+    pub fn mps_control(&self, input: &str) -> (String, bool) {
         let out = run_with_stdin(self.cmd(bin("gpusim-mps-control")), input);
         (
             String::from_utf8_lossy(&out.stdout).into_owned(),

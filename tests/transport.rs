@@ -135,3 +135,117 @@ fn a_brain_killed_and_restarted_gets_its_agent_back_with_the_buffered_windows() 
     brain.child.kill().unwrap();
     brain.child.wait().unwrap();
 }
+
+#[test]
+fn an_agent_killed_between_applying_and_acknowledging_does_not_apply_again() {
+    let mut sim = Sim::new("transport-journal");
+    sim.start_mps_daemon();
+    let certs = certs_init(&sim, "node-a");
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    // The MPS control tool, wrapped: a `set_…` command is logged and then
+    // waits for `go` before it runs, so the test knows when the agent is
+    // applying it and chooses when that ends.
+    let (log, go) = (sim.dir.join("applied.log"), sim.dir.join("go"));
+    let wrapper = sim.dir.join("mps-control.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nline=$(cat)\ncase \"$line\" in set_*)\n  echo \"$line\" >> '{}'\n  while [ ! -e '{}' ]; do sleep 0.02; done;;\nesac\nprintf '%s\\n' \"$line\" | exec '{}'\n",
+            log.display(),
+            go.display(),
+            bin("gpusim-mps-control").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mps = sim.dir.join("mps");
+    let agent = || {
+        sim.vagus(&[
+            "agent",
+            "--brain",
+            &addr,
+            "--certs",
+            certs.to_str().unwrap(),
+            "--node",
+            "node-a",
+            "--no-bpf",
+            "--segments",
+            sim.dir.join("segments").to_str().unwrap(),
+            "--mps-pipe-dirs",
+            mps.to_str().unwrap(),
+            "--mps-control",
+            wrapper.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+    };
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.lines().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what} within 15 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let mut brain = start_brain(&sim, &addr, &certs);
+    let mut first = agent();
+    assert!(
+        brain
+            .wait_for(Duration::from_secs(15), |v| v["event"] == "connected")
+            .is_some(),
+        "the agent never connected"
+    );
+    // Server 0: the default percentage for servers started from now on.
+    brain.send(r#"{"issue": {"node": "node-a", "command": {"SetMpsPercentage": {"gpu": 0, "server_pid": 0, "percent": 40.0}}}}"#);
+    let id = brain
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "issued")
+        .expect("issued")["id"]
+        .as_u64()
+        .unwrap();
+    wait("the agent applying the command", &|| lines(&log).len() == 1);
+    // The brain dies before the result can reach it; the command ends and
+    // the agent journals its outcome; then the agent dies, unacknowledged.
+    brain.child.kill().unwrap();
+    brain.child.wait().unwrap();
+    std::fs::write(&go, "").unwrap();
+    let journal = sim.dir.join("agent-state/commands-node-a.log");
+    wait("the outcome in the agent's journal", &|| {
+        lines(&journal).iter().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            v["id"] == id && v["outcome"] == "Applied"
+        })
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let default = || sim.mps_control("get_default_active_thread_percentage\n").0;
+    assert_eq!(default().trim(), "40.0", "applied once");
+    // An operator changes the default meanwhile: applying the command
+    // again would undo that.
+    assert!(
+        sim.mps_control("set_default_active_thread_percentage 60\n")
+            .1
+    );
+
+    // Both come back; the brain's ledger still has the command unanswered
+    // and sends it again; the restarted agent answers from its journal.
+    let brain = start_brain(&sim, &addr, &certs);
+    let mut second = agent();
+    let result = brain
+        .wait_for(Duration::from_secs(20), |v| {
+            v["event"] == "result" && v["id"].as_u64() == Some(id)
+        })
+        .expect("the command's result after the restarts");
+    assert_eq!(result["outcome"], "Applied", "the first outcome: {result}");
+    assert_eq!(lines(&log).len(), 1, "applied once: {:?}", lines(&log));
+    assert_eq!(default().trim(), "60.0", "not applied again");
+    let _ = second.kill();
+    let _ = second.wait();
+}

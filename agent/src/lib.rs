@@ -16,6 +16,7 @@
 
 pub mod cgroup;
 pub mod http;
+pub mod journal;
 pub mod metrics;
 pub mod mps;
 pub mod node;

@@ -3,6 +3,7 @@
 //! windows and applies the brain's commands. `vagus agent` is a thin shell
 //! over [`run`].
 
+use crate::journal::Journal;
 use crate::node::{Node, NodeConfig};
 use crate::uplink::{UplinkConfig, UplinkStats};
 use std::net::SocketAddr;
@@ -22,6 +23,9 @@ pub struct BrainLink {
     pub certs: PathBuf,
     /// Bytes of windows kept until the brain acknowledges them.
     pub buffer_bytes: usize,
+    /// Where the journal of applied commands lives (see
+    /// [`crate::journal`]); [`default_state_dir`] by default.
+    pub state_dir: PathBuf,
 }
 
 pub struct Config {
@@ -49,6 +53,8 @@ pub enum RunError {
     },
     #[error("{0}")]
     Link(#[from] vagus_link::LinkError),
+    #[error("{0}")]
+    Journal(#[from] crate::journal::JournalError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -71,10 +77,15 @@ pub fn identity(dir: &std::path::Path, node: &str, given: bool) -> Result<Identi
             "issue one with `vagus certs init --dir {} --agents {node}`",
             dir.display()
         );
+        let which = if names.is_empty() {
+            ""
+        } else {
+            " for one of those"
+        };
         let advice = if given {
             format!("check --node, or {issue}")
         } else {
-            format!("{node} is this host's name: give --node NAME for one of those, or {issue}")
+            format!("{node} is this host's name: give --node NAME{which}, or {issue}")
         };
         return Err(RunError::NoCertificate {
             node: node.to_string(),
@@ -84,6 +95,20 @@ pub fn identity(dir: &std::path::Path, node: &str, given: bool) -> Result<Identi
         });
     }
     Ok(Identity::load(dir, node)?)
+}
+
+/// Where the agent keeps its state by default: `/var/lib/vagus` for root,
+/// else `$XDG_STATE_HOME/vagus` (`~/.local/state/vagus`).
+pub fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid only reads the process's credentials.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/vagus");
+    }
+    match std::env::var_os("XDG_STATE_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("vagus"),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+            .join(".local/state/vagus"),
+    }
 }
 
 fn unix_ns() -> u64 {
@@ -123,9 +148,12 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         return Err(RunError::Hz(cfg.hz));
     }
     let name = cfg.node.node.clone();
-    let identity = match &cfg.brain {
-        Some(b) => Some(identity(&b.certs, &name, cfg.node_given)?),
-        None => None,
+    let (identity, journal) = match &cfg.brain {
+        Some(b) => (
+            Some(identity(&b.certs, &name, cfg.node_given)?),
+            Some(Journal::open(&b.state_dir, &name)?),
+        ),
+        None => (None, None),
     };
     let mut node = Node::new(cfg.node);
     for note in &node.notes {
@@ -186,8 +214,8 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 }
             });
         }
-        match (cfg.brain, identity) {
-            (Some(brain), Some(identity)) => {
+        match (cfg.brain, identity, journal) {
+            (Some(brain), Some(identity), Some(journal)) => {
                 let hello = Hello {
                     min_version: MIN_PROTOCOL_VERSION,
                     max_version: PROTOCOL_VERSION,
@@ -209,6 +237,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                     backoff_min: Duration::from_millis(100),
                     backoff_max: Duration::from_secs(5),
                     endpoint: None,
+                    journal,
                 };
                 eprintln!(
                     "vagus agent {name}: streaming to {} at {} Hz",

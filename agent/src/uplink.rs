@@ -1,7 +1,9 @@
 //! The agent's endpoint: connects to the brain, says hello, sends telemetry
-//! and answers commands, applying each command id at most once.
+//! and answers commands, applying each command at most once (across
+//! reconnections and agent restarts: [`crate::journal`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::journal::Journal;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use vagus_link::LinkError;
 use vagus_link::frames::{FrameReader, send, send_encoded};
@@ -20,6 +22,8 @@ pub enum FromBrain {
 /// A connected agent.
 pub struct Link {
     pub version: u16,
+    /// The brain's ledger (its command ids are unique within it).
+    pub ledger: u64,
     conn: quinn::Connection,
     telemetry: quinn::SendStream,
     /// The command stream (brain → agent) and its results (agent → brain).
@@ -42,51 +46,6 @@ pub fn client_endpoint(brain: SocketAddr) -> Result<quinn::Endpoint, LinkError> 
         what: "client endpoint".into(),
         source,
     })
-}
-
-/// Command ids already applied, with their outcome (the last 4096). Kept by
-/// the agent across reconnections, so a command the brain sends again (after
-/// a reconnection, or a brain restart before the result was stored) is not
-/// applied twice: it is answered with the first outcome.
-#[derive(Default)]
-pub struct Applied {
-    outcomes: HashMap<u64, Outcome>,
-    order: VecDeque<u64>,
-}
-
-impl Applied {
-    const KEEP: usize = 4096;
-
-    /// The outcome to report for `c`, and whether `apply` ran: `apply`'s
-    /// the first time; after that the same outcome again, or `Duplicate`
-    /// once it is no longer remembered.
-    pub fn outcome(
-        &mut self,
-        c: &Command,
-        apply: impl FnOnce(&Command) -> Outcome,
-    ) -> (Outcome, bool) {
-        if let Some(o) = self.outcomes.get(&c.id) {
-            return (o.clone(), false);
-        }
-        if self.order.len() == Self::KEEP && self.order.front().is_some_and(|&old| c.id <= old) {
-            // Older than anything remembered: applied long ago.
-            return (Outcome::Duplicate, false);
-        }
-        let o = apply(c);
-        self.remember(c.id, o.clone());
-        (o, true)
-    }
-
-    fn remember(&mut self, id: u64, o: Outcome) {
-        if self.outcomes.insert(id, o).is_none() {
-            self.order.push_back(id);
-            if self.order.len() > Self::KEEP
-                && let Some(old) = self.order.pop_front()
-            {
-                self.outcomes.remove(&old);
-            }
-        }
-    }
 }
 
 impl Link {
@@ -125,8 +84,8 @@ impl Link {
             .map_err(|e| LinkError::Connection(e.to_string()))?;
         send(&mut tx, &Message::Hello(hello), wire::PROTOCOL_VERSION).await?;
         let mut commands = FrameReader::new(rx, wire::DEFAULT_MAX_FRAME);
-        let version = match commands.next().await? {
-            Some(Message::Welcome(w)) => w.version,
+        let (version, ledger) = match commands.next().await? {
+            Some(Message::Welcome(w)) => (w.version, w.ledger),
             Some(Message::Refusal(r)) => {
                 conn.close(0u32.into(), b"refused");
                 return Err(LinkError::Refused(r.reason));
@@ -147,6 +106,7 @@ impl Link {
             .map_err(|e| LinkError::Connection(e.to_string()))?;
         Ok(Link {
             version,
+            ledger,
             conn,
             telemetry,
             commands,
@@ -192,18 +152,18 @@ impl Link {
         send(&mut self.results, &Message::CommandResult(r), self.version).await
     }
 
-    /// Waits for the next command, applies it with `apply` unless `applied`
-    /// has seen its id, and answers with the outcome. `None` when the brain
+    /// Waits for the next command, applies it with `apply` unless the
+    /// journal has it, and answers with the outcome. `None` when the brain
     /// closed the stream.
     pub async fn serve_one(
         &mut self,
-        applied: &mut Applied,
+        journal: &mut Journal,
         apply: impl FnOnce(&Command) -> Outcome,
     ) -> Result<Option<Command>, LinkError> {
         let Some(c) = self.next_command().await? else {
             return Ok(None);
         };
-        let (outcome, _) = applied.outcome(&c, apply);
+        let (outcome, _) = journal.outcome(self.ledger, &c, apply);
         self.send_result(CommandResult { id: c.id, outcome })
             .await?;
         Ok(Some(c))
@@ -231,6 +191,8 @@ pub struct UplinkConfig {
     pub backoff_max: std::time::Duration,
     /// The endpoint to connect from; `None`: one of the agent's own.
     pub endpoint: Option<quinn::Endpoint>,
+    /// The commands applied (durable on the node: see [`crate::journal`]).
+    pub journal: Journal,
 }
 
 /// What the agent's connection has done, for its metrics.
@@ -424,7 +386,7 @@ pub async fn run(
     };
     let mut outbox = Outbox::new(cfg.buffer_bytes);
     let mut unconfirmed: BTreeMap<u64, CommandResult> = BTreeMap::new();
-    let mut applied = Applied::default();
+    let mut journal = cfg.journal;
     let mut attempt = 0u32;
     let take = |outbox: &mut Outbox, w: TelemetryWindow| {
         let dropped = outbox.push(w);
@@ -532,7 +494,7 @@ pub async fn run(
                         });
                     }
                     Ok(Some(FromBrain::Command(c))) => {
-                        let (outcome, ran) = applied.outcome(&c, &mut apply);
+                        let (outcome, ran) = journal.outcome(link.ledger, &c, &mut apply);
                         if ran {
                             stat(&mut |s| s.commands_applied += 1);
                         }

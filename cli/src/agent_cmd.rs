@@ -64,6 +64,11 @@ pub struct AgentArgs {
     /// Start the MPS control daemons that are not running.
     #[arg(long)]
     pub mps_start: bool,
+    /// Where the agent keeps the journal of the brain's commands it applied,
+    /// so that a restarted agent applies none twice (default: /var/lib/vagus
+    /// for root, else $XDG_STATE_HOME/vagus).
+    #[arg(long, env = "VAGUS_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 fn hostname() -> String {
@@ -80,6 +85,10 @@ pub fn agent(args: AgentArgs) -> Result<()> {
             brain_name: args.brain_name.clone(),
             certs: certs.clone(),
             buffer_bytes: args.buffer_bytes,
+            state_dir: args
+                .state_dir
+                .clone()
+                .unwrap_or_else(vagus_agent::run::default_state_dir),
         }),
         _ => None,
     };

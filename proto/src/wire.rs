@@ -84,6 +84,10 @@ pub struct Hello {
 pub struct Welcome {
     pub version: u16,
     pub brain_version: String,
+    /// The brain's command ledger: command ids are unique within it (a
+    /// brain with a new ledger starts its ids again), so an agent keys the
+    /// commands it applied by (ledger, id).
+    pub ledger: u64,
 }
 
 /// One GPU over one window.
@@ -508,8 +512,9 @@ mod tests {
                 ],
             }),
             Message::Welcome(Welcome {
-                version: 1,
+                version: 2,
                 brain_version: "0.1.0".into(),
+                ledger: 0x1ed9e5,
             }),
             Message::Telemetry(TelemetryWindow {
                 node: "node-a".into(),

@@ -328,6 +328,7 @@ fn main() {
                 backoff_min: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(2),
                 endpoint: Some(endpoints[i % endpoints.len()].clone()),
+                journal: vagus_agent::journal::Journal::in_memory(),
             };
             tokio::spawn(vagus_agent::uplink::run(
                 cfg,

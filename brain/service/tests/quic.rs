@@ -109,7 +109,7 @@ async fn telemetry_flows_and_a_command_applies_once_when_sent_twice() {
     let cid = brain.issue("node-a", kind.clone()).await.unwrap();
     assert!(brain.resend("node-a", cid), "a duplicate on the wire");
     let mut applied = 0;
-    let mut seen = vagus_agent::uplink::Applied::default();
+    let mut seen = vagus_agent::journal::Journal::in_memory();
     for _ in 0..2 {
         let c = link
             .serve_one(&mut seen, |_| {
@@ -295,6 +295,7 @@ async fn after_a_brain_restart_nothing_accepted_or_acknowledged_is_lost() {
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
         endpoint: None,
+        journal: vagus_agent::journal::Journal::in_memory(),
     };
     let log = applied.clone();
     let agent = tokio::spawn(run(

@@ -53,6 +53,8 @@ enum Op {
 /// What the ledger held when it was opened.
 #[derive(Debug, Default)]
 pub struct Recovered {
+    /// The ledger's identity (random, made when the ledger was created).
+    pub ledger_id: u64,
     /// Commands issued and not yet answered, by node, in id order.
     pub pending: BTreeMap<String, BTreeMap<u64, Command>>,
     /// Results stored.
@@ -98,7 +100,18 @@ impl Ledger {
                  id INTEGER PRIMARY KEY REFERENCES commands(id),
                  node TEXT NOT NULL,
                  outcome TEXT NOT NULL,
-                 recorded_unix_ns INTEGER NOT NULL);",
+                 recorded_unix_ns INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS meta (
+                 key TEXT PRIMARY KEY,
+                 value INTEGER NOT NULL);",
+        )
+        .map_err(fail)?;
+        let mut id = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+            .map_err(|_| LinkError::Ledger(format!("{what}: no random bytes for its id")))?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('ledger_id', ?1)",
+            params![i64::from_le_bytes(id)],
         )
         .map_err(fail)?;
         let recovered = recover(&conn).map_err(|e| LinkError::Ledger(format!("{what}: {e}")))?;
@@ -162,7 +175,14 @@ pub(crate) fn unix_ns() -> u64 {
 }
 
 fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
-    let mut r = Recovered::default();
+    let mut r = Recovered {
+        ledger_id: conn.query_row(
+            "SELECT value FROM meta WHERE key = 'ledger_id'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )? as u64,
+        ..Recovered::default()
+    };
     let mut q = conn.prepare(
         "SELECT c.id, c.node, c.kind FROM commands c
          WHERE NOT EXISTS (SELECT 1 FROM results r WHERE r.id = c.id) ORDER BY c.id",

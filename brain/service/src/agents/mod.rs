@@ -105,6 +105,7 @@ pub struct Agents {
     endpoint: quinn::Endpoint,
     pub state: Arc<Mutex<AgentsState>>,
     ledger: Ledger,
+    ledger_id: u64,
     name: String,
 }
 
@@ -175,6 +176,7 @@ impl Agents {
                 connections: 0,
             })),
             ledger,
+            ledger_id: recovered.ledger_id,
             name: env!("CARGO_PKG_VERSION").into(),
         })
     }
@@ -248,10 +250,13 @@ impl Agents {
             let state = self.state.clone();
             let name = self.name.clone();
             let ledger = self.ledger.clone();
+            let ledger_id = self.ledger_id;
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(conn) => {
-                        if let Err((reason, e)) = serve(conn, state.clone(), ledger, name).await {
+                        if let Err((reason, e)) =
+                            serve(conn, state.clone(), ledger, ledger_id, name).await
+                        {
                             reject(&state, reason);
                             let _ = e;
                         }
@@ -287,6 +292,7 @@ async fn serve(
     conn: quinn::Connection,
     state: Arc<Mutex<AgentsState>>,
     ledger: Ledger,
+    ledger_id: u64,
     brain_version: String,
 ) -> Result<(), (&'static str, LinkError)> {
     let chain = conn
@@ -352,6 +358,7 @@ async fn serve(
         &Message::Welcome(Welcome {
             version,
             brain_version,
+            ledger: ledger_id,
         }),
         version,
     )
