@@ -1,26 +1,31 @@
 //! Sustained placements per second through the brain's HTTP API on
-//! loopback: `vagus brain --http` (started here, on the openb cluster, with
-//! a fresh audit trail) and `--connections` keep-alive clients, each
-//! posting workloads from the openb trace's shapes and deleting its oldest
-//! once it holds `--live` of them, so the cluster stays near a steady load.
+//! loopback, as a ratio to the decision core's own rate in the same run.
 //!
-//! `http_place --vagus target/release/vagus [--data DIR] [--connections 32]
-//!  [--live 100] [--seconds 10] [--warmup 3]`; prints one JSON line.
+//! 1. The core alone, on one thread: the openb cluster, workloads drawn
+//!    from the trace's shapes, each placed and the oldest removed once
+//!    `--connections` × `--live` are held (a steady load).
+//! 2. The brain as a service, started in this process exactly as
+//!    `vagus brain --http` starts it (`vagus_brain::Service::start`: the
+//!    core, the SQLite audit trail committed before each answer, axum),
+//!    and `--connections` keep-alive clients posting the same requests and
+//!    deleting their oldest once each holds `--live`.
+//!
+//! `http_place [--data DIR] [--connections 32] [--live 100] [--seconds 10]
+//!  [--warmup 3]`; prints one JSON line with both rates and their ratio.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use vagus_brain::http::auth::{Role, Token, Tokens};
+use vagus_decision::{Core, NodeSpec, Priority, Profile};
 use vagus_replay::rng::Rng;
 
 const TOKEN: &str = "bench-operator-token-0000001";
 
 struct Opts {
-    vagus: std::path::PathBuf,
     data: std::path::PathBuf,
     connections: usize,
     live: usize,
@@ -30,7 +35,6 @@ struct Opts {
 
 fn opts() -> Opts {
     let mut o = Opts {
-        vagus: "target/release/vagus".into(),
         data: "../shared/data/openb".into(),
         connections: 32,
         live: 100,
@@ -41,7 +45,6 @@ fn opts() -> Opts {
     while let Some(a) = args.next() {
         let v = args.next().unwrap_or_default();
         match a.as_str() {
-            "--vagus" => o.vagus = v.into(),
             "--data" => o.data = v.into(),
             "--connections" => o.connections = v.parse().expect("--connections N"),
             "--live" => o.live = v.parse().expect("--live N"),
@@ -49,7 +52,7 @@ fn opts() -> Opts {
             "--warmup" => o.warmup = v.parse().expect("--warmup S"),
             _ => {
                 eprintln!(
-                    "usage: http_place [--vagus BIN] [--data DIR] [--connections N] [--live N] [--seconds S] [--warmup S]"
+                    "usage: http_place [--data DIR] [--connections N] [--live N] [--seconds S] [--warmup S]"
                 );
                 std::process::exit(2);
             }
@@ -124,37 +127,100 @@ struct Tally {
     post_us: Vec<u32>,
 }
 
+/// A trace shape: (CPU, memory, GPUs, milli-GPU).
+type Shape = (u64, u64, u32, u32);
+
+/// The request for workload `name` of `shape`.
+fn request(name: String, (cpu, mem, num, milli): Shape) -> Profile {
+    Profile {
+        model_id: name.clone(),
+        name,
+        model_size_gb: 1.0,
+        batch: 1,
+        seq_len: 1,
+        priority: Priority::P2,
+        sla_ms: Some(100),
+        tenant: "bench".into(),
+        expected_duration_s: 3600,
+        locality: vec![],
+        accepted_models: vec![],
+        cpu_milli: cpu,
+        memory_mib: mem,
+        gpus: Some(num),
+        share_pct: Some(if num > 1 {
+            100
+        } else {
+            milli.div_ceil(10).clamp(1, 100)
+        }),
+        max_cost_per_hour: None,
+        preemptible: None,
+        image: None,
+    }
+}
+
+/// The core alone on this thread: placements per second at the steady
+/// load the HTTP clients keep (`held` workloads).
+fn core_alone(nodes: &[NodeSpec], shapes: &[Shape], held: usize, o: &Opts) -> f64 {
+    let mut core = Core::new(vagus_decision::Config::default()).expect("config");
+    for n in nodes {
+        core.upsert_node(n).expect("node");
+    }
+    let mut rng = Rng::new(7);
+    let mut live: VecDeque<String> = VecDeque::new();
+    let (mut n, mut now) = (0u64, 0u64);
+    let mut step = |core: &mut Core, rng: &mut Rng, live: &mut VecDeque<String>| {
+        n += 1;
+        now += 1;
+        let name = format!("w{n}");
+        let p = request(name.clone(), shapes[rng.below(shapes.len())]);
+        core.place(p, now).expect("valid");
+        live.push_back(name);
+        if live.len() > held {
+            let old = live.pop_front().unwrap();
+            let _ = core.remove(&old, now);
+        }
+    };
+    let warm = Instant::now();
+    while warm.elapsed().as_secs_f64() < o.warmup || live.len() < held {
+        step(&mut core, &mut rng, &mut live);
+    }
+    let (t, mut placed) = (Instant::now(), 0u64);
+    while t.elapsed().as_secs_f64() < o.seconds {
+        step(&mut core, &mut rng, &mut live);
+        placed += 1;
+    }
+    placed as f64 / t.elapsed().as_secs_f64()
+}
+
+/// CPU seconds of this process's threads whose name does not start with
+/// `except` (the brain's, not the load's).
+fn cpu_seconds(except: &[&str]) -> f64 {
+    let mut ticks = 0u64;
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if except.iter().any(|e| comm.trim().starts_with(e)) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += num(11) + num(12);
+    }
+    ticks as f64 / 100.0
+}
+
 fn main() {
     let o = opts();
-    let dir = std::env::temp_dir().join(format!("vagus-http-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let tokens = dir.join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        format!("[[token]]\nname = \"bench\"\nrole = \"operator\"\ntoken = \"{TOKEN}\"\n"),
-    )
-    .unwrap();
-    let nodes = o.data.join("openb_node_list_gpu_node.csv");
-    let mut brain = Command::new(&o.vagus)
-        .args(["brain", "--http", "127.0.0.1:0", "--tokens"])
-        .arg(&tokens)
-        .arg("--audit")
-        .arg(dir.join("audit.sqlite"))
-        .arg("--nodes")
-        .arg(&nodes)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start vagus brain (build it: cargo build --release -p vagus)");
-    let mut line = String::new();
-    BufReader::new(brain.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).expect("the brain's first line");
-    let addr: std::net::SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
+    let nodes = vagus_brain::load_nodes(&o.data.join("openb_node_list_gpu_node.csv"))
+        .expect("the openb node list");
     let trace = std::fs::read_to_string(o.data.join("openb_pod_list_default.csv")).unwrap();
     let pods = vagus_replay::openb::pods("pods", &trace).unwrap();
-    let shapes: Arc<Vec<(u64, u64, u32, u32)>> = Arc::new(
+    let shapes: Arc<Vec<Shape>> = Arc::new(
         pods.iter()
             .filter(|p| p.num_gpu > 0 && p.gpu_spec.is_empty())
             .map(|p| {
@@ -167,8 +233,41 @@ fn main() {
             })
             .collect(),
     );
+    let held = o.connections * o.live;
+    let core_rate = core_alone(&nodes, &shapes, held, &o);
+
+    let dir = std::env::temp_dir().join(format!("vagus-http-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let brain_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("brain")
+        .enable_all()
+        .build()
+        .unwrap();
+    let tokens = Tokens::new(vec![Token {
+        name: "bench".into(),
+        role: Role::Operator,
+        token: TOKEN.into(),
+    }])
+    .unwrap();
+    let svc = brain_rt
+        .block_on(vagus_brain::Service::start(vagus_brain::Config {
+            http: Some(vagus_brain::HttpConfig {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                tokens,
+                audit: Some(dir.join("audit.sqlite")),
+                core: vagus_decision::Config::default(),
+                nodes,
+                clock: None,
+            }),
+            quic: None,
+            sync_every: Duration::from_secs(1),
+        }))
+        .expect("the brain starts");
+    let addr = svc.http_addr.expect("an HTTP address");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("bench-client")
         .enable_all()
         .build()
         .unwrap();
@@ -193,21 +292,23 @@ fn main() {
                     let on = measuring.load(Ordering::Relaxed);
                     if mine.len() >= live {
                         let id = mine.pop_front().unwrap();
-                        let st = conn.call("DELETE", &format!("/v1/placements/{id}"), "").await;
+                        let st = conn
+                            .call("DELETE", &format!("/v1/placements/{id}"), "")
+                            .await;
                         if on && st.is_ok() {
                             t.deletes += 1;
                         }
                         continue;
                     }
                     n += 1;
-                    let (cpu, mem, num, milli) = shapes[rng.below(shapes.len())];
                     let name = format!("c{c}-w{n}");
-                    let share = if num > 1 { 100 } else { milli.div_ceil(10).clamp(1, 100) };
-                    let body = format!(
-                        r#"{{"name":"{name}","model_id":"{name}","model_size_gb":1.0,"batch":1,"seq_len":1,"priority":"P2","sla_ms":100,"tenant":"bench","expected_duration_s":3600,"cpu_milli":{cpu},"memory_mib":{mem},"gpus":{num},"share_pct":{share}}}"#
-                    );
+                    let p = request(name.clone(), shapes[rng.below(shapes.len())]);
+                    let body = serde_json::to_string(&p).expect("a request encodes");
                     let t0 = Instant::now();
-                    let st = conn.call("POST", "/v1/placements", &body).await.expect("POST");
+                    let st = conn
+                        .call("POST", "/v1/placements", &body)
+                        .await
+                        .expect("POST");
                     let us = t0.elapsed().as_micros() as u32;
                     mine.push_back(name);
                     if on {
@@ -225,13 +326,14 @@ fn main() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs_f64(o.warmup));
-    let cpu0 = cpu_ticks(brain.id());
+    let brain_cpu = || cpu_seconds(&["bench-client", "http_place"]);
+    let cpu0 = brain_cpu();
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(o.seconds));
     measuring.store(false, Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_ticks(brain.id());
+    let cpu1 = brain_cpu();
     stop.store(true, Ordering::Relaxed);
     let mut all = Tally::default();
     for t in tasks {
@@ -250,16 +352,16 @@ fn main() {
             .copied()
             .unwrap_or(0)
     };
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", brain.id()))
+    let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
         });
-    let _ = brain.kill();
-    let _ = brain.wait();
+    brain_rt.block_on(svc.shutdown());
     let _ = std::fs::remove_dir_all(&dir);
+    let http_rate = all.posts as f64 / secs;
     println!(
         "{}",
         serde_json::json!({
@@ -267,7 +369,9 @@ fn main() {
             "connections": o.connections,
             "live_per_connection": o.live,
             "seconds": (secs * 100.0).round() / 100.0,
-            "placements_per_s": (all.posts as f64 / secs).round(),
+            "placements_per_s": http_rate.round(),
+            "core_placements_per_s": core_rate.round(),
+            "ratio": (http_rate / core_rate * 1000.0).round() / 1000.0,
             "deletes_per_s": (all.deletes as f64 / secs).round(),
             "requests_per_s": ((all.posts + all.deletes) as f64 / secs).round(),
             "placed": all.placed,
@@ -275,17 +379,8 @@ fn main() {
             "errors": all.other,
             "post_p50_us": q(0.5),
             "post_p99_us": q(0.99),
-            "brain_cpu_cores": ((cpu1 - cpu0) as f64 / 100.0 / secs * 100.0).round() / 100.0,
-            "brain_peak_rss_kib": rss,
+            "brain_cpu_cores": ((cpu1 - cpu0) / secs * 100.0).round() / 100.0,
+            "peak_rss_kib": rss,
         })
     );
-}
-
-/// utime + stime of a process, in clock ticks (100/s).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    num(11) + num(12)
 }

@@ -13,7 +13,7 @@
 //! `place [--data DIR] [--samples N] [--loads 50,100]`; one JSON line per load.
 
 use std::time::Instant;
-use vagus_decision::{Config, Core, NodeSpec, Priority, Profile};
+use vagus_decision::{Config, Core, NodeLoad, NodeSpec, Priority, Profile};
 
 const FULL_AFTER_MISSES: u32 = 500;
 use vagus_replay::rng::Rng;
@@ -95,8 +95,18 @@ fn main() {
     for load in loads {
         let rss0 = rss_kib("VmRSS:");
         let mut core = Core::new(Config::default()).expect("config");
+        // Every node's serving metrics report it idle, so its
+        // reconfiguration gate is open (the core takes unknown load as
+        // not safe).
+        let idle = NodeLoad {
+            qps: Some(0.0),
+            error_rate: Some(0.0),
+            healthy: true,
+            gpus: Vec::new(),
+        };
         for s in &specs {
             core.upsert_node(s).expect("node");
+            core.observe(&s.name, &idle).expect("node");
         }
         let mut rng = Rng::new(42);
         let mut now = 0u64;

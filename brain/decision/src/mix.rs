@@ -13,8 +13,8 @@
 //!
 //! A mix given up front (the configuration, a trace's history) is fixed;
 //! without one the core starts from the share grid and learns the mix
-//! from the requests it places, re-deriving after 1, 2, 4, … 64 requests
-//! and every 64 after that.
+//! from the requests it places, re-deriving after 1, 2, 4, … 1024 requests
+//! and every 1024 after that.
 //!
 //! Units: GPU shares in percent of one GPU (the core's unit), CPU in
 //! milli-cores.
@@ -90,6 +90,15 @@ pub(crate) struct Free {
     pub(crate) model: u32,
 }
 
+/// A node's GPUs summarised for fragmentation (see [`Mix::summarize`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Summary {
+    total: u64,
+    /// Per typical shape: GPUs it could use, free percent of the others
+    /// (at most 16 GPUs of 200%: 16 bits each).
+    per: Vec<(u16, u16)>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Mix {
     shapes: Vec<Shape>,
@@ -111,6 +120,10 @@ pub struct Mix {
 
 /// Typical shapes cover this share of requests by count, as FGD's do.
 const COVER_PERMILLE: u64 = 950;
+/// A learning mix is derived again after 1, 2, 4, … requests up to this
+/// many, then every this many (each time every node's fragmentation is
+/// measured again).
+const RELEARN_EVERY: u64 = 1024;
 
 impl Mix {
     /// `prior`: the shapes to start from; `learning`: add each request's.
@@ -162,10 +175,10 @@ impl Mix {
         if self.observed < self.next_derive {
             return false;
         }
-        self.next_derive = if self.next_derive < 64 {
+        self.next_derive = if self.next_derive < RELEARN_EVERY {
             self.next_derive * 2
         } else {
-            self.next_derive + 64
+            self.next_derive + RELEARN_EVERY
         };
         self.derive();
         true
@@ -238,28 +251,64 @@ impl Mix {
         }
     }
 
-    /// A node's expected free GPU percent that the typical shapes could
-    /// not use: for each shape, all of it when the shape cannot run there
-    /// at all (CPU, GPU model, too few GPUs with room), else the GPUs it
-    /// could not use; weighted by the shape's frequency.
-    pub(crate) fn fragmentation(&self, cpu_free: u64, gpus: &[Free]) -> f64 {
-        let total: u64 = gpus.iter().map(|g| g.pct as u64).sum();
-        let mut f = 0.0;
+    fn usable(&self, t: &Typical, g: &Free) -> bool {
+        g.pct >= t.share_pct
+            && t.accepts.get(g.model as usize).copied().unwrap_or(false)
+            && (!self.pools || g.pool == 0 || g.pool == t.share_pct)
+    }
+
+    /// A node's GPUs as fragmentation reads them: per typical shape, how
+    /// many GPUs it could use and the free percent of those it could not.
+    pub(crate) fn summarize(&self, gpus: &[Free], out: &mut Summary) {
+        out.total = gpus.iter().map(|g| g.pct as u64).sum();
+        out.per.clear();
         for t in &self.typical {
+            let (mut usable, mut rest) = (0u32, 0u64);
+            for g in gpus {
+                if self.usable(t, g) {
+                    usable += 1;
+                } else {
+                    rest += g.pct as u64;
+                }
+            }
+            out.per.push((
+                usable.min(u16::MAX as u32) as u16,
+                rest.min(u16::MAX as u64) as u16,
+            ));
+        }
+    }
+
+    /// A node's expected free GPU percent that the typical shapes could
+    /// not use, from its [`Summary`] with `changes` (a GPU before and after)
+    /// applied and `cpu_free` left: for each shape, all of it when the
+    /// shape cannot run there at all (CPU, GPU model, too few GPUs with
+    /// room), else the GPUs it could not use; weighted by the shape's
+    /// frequency. O(shapes × changes), not O(shapes × GPUs).
+    pub(crate) fn evaluate(&self, s: &Summary, cpu_free: u64, changes: &[(Free, Free)]) -> f64 {
+        let mut total = s.total;
+        for (b, a) in changes {
+            total = total - b.pct as u64 + a.pct as u64;
+        }
+        let mut f = 0.0;
+        for (t, &(usable, rest)) in self.typical.iter().zip(&s.per) {
             let amount = if t.share_pct == 0 {
                 total
             } else {
-                let usable = |g: &Free| {
-                    g.pct >= t.share_pct
-                        && t.accepts.get(g.model as usize).copied().unwrap_or(false)
-                        && (!self.pools || g.pool == 0 || g.pool == t.share_pct)
-                };
-                let fitting = gpus.iter().filter(|g| usable(g)).count();
-                if fitting >= t.gpus as usize && cpu_free >= t.cpu_milli {
-                    gpus.iter()
-                        .filter(|g| !usable(g))
-                        .map(|g| g.pct as u64)
-                        .sum()
+                let (mut usable, mut rest) = (usable as u32, rest as u64);
+                for (b, a) in changes {
+                    if self.usable(t, b) {
+                        usable -= 1;
+                    } else {
+                        rest -= b.pct as u64;
+                    }
+                    if self.usable(t, a) {
+                        usable += 1;
+                    } else {
+                        rest += a.pct as u64;
+                    }
+                }
+                if usable >= t.gpus && cpu_free >= t.cpu_milli {
+                    rest
                 } else {
                     total
                 }
@@ -267,6 +316,14 @@ impl Mix {
             f += t.p * amount as f64;
         }
         f
+    }
+
+    /// [`Mix::evaluate`] of `gpus` as they are.
+    #[cfg(test)]
+    pub(crate) fn fragmentation(&self, cpu_free: u64, gpus: &[Free]) -> f64 {
+        let mut s = Summary::default();
+        self.summarize(gpus, &mut s);
+        self.evaluate(&s, cpu_free, &[])
     }
 
     /// GPU percent of a node that its free CPU cannot feed: free GPU
@@ -376,6 +433,52 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_with_changes_measures_what_the_changed_gpus_measure() {
+        let mut m = Mix::new(
+            vec![
+                shape(4000, 1, 46, 5),
+                shape(8000, 2, 100, 3),
+                shape(1000, 0, 0, 1),
+            ],
+            false,
+            true,
+            0.0,
+        );
+        m.model(1, "T4");
+        let before = [
+            free(54),
+            free(100),
+            Free {
+                pool: 46,
+                ..free(92)
+            },
+        ];
+        let mut s = Summary::default();
+        m.summarize(&before, &mut s);
+        for (k, after) in [
+            (0, free(8)),
+            (
+                1,
+                Free {
+                    pool: 46,
+                    ..free(54)
+                },
+            ),
+            (2, free(0)),
+        ] {
+            let mut gpus = before;
+            gpus[k] = after;
+            let full = m.fragmentation(60_000, &gpus);
+            let delta = m.evaluate(&s, 60_000, &[(before[k], after)]);
+            assert_eq!(
+                full.to_bits(),
+                delta.to_bits(),
+                "GPU {k}: {full} vs {delta}"
+            );
+        }
+    }
+
+    #[test]
     fn with_pools_a_share_needs_its_pool_or_an_empty_gpu() {
         let mut m = Mix::new(vec![shape(0, 1, 40, 1)], false, true, 0.0);
         m.model(1, "H100");
@@ -413,12 +516,12 @@ mod tests {
     }
 
     #[test]
-    fn a_learning_mix_derives_at_powers_of_two_then_every_64() {
+    fn a_learning_mix_derives_at_powers_of_two_then_every_1024() {
         let mut m = Mix::new(vec![shape(1000, 1, 20, 1)], true, false, 0.7);
-        let derived: Vec<u64> = (1..=200)
+        let derived: Vec<u64> = (1..=3000)
             .filter(|_| m.observe(shape(2000, 1, 40, 1)))
             .collect();
-        assert_eq!(derived, [1, 2, 4, 8, 16, 32, 64, 128, 192]);
+        assert_eq!(derived, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]);
         assert_eq!(m.typical.len(), 1, "the 40% shape is 95%+ of them");
         let mut fixed = Mix::new(vec![shape(1000, 1, 20, 1)], false, false, 0.7);
         assert!(!fixed.observe(shape(2000, 1, 40, 1)));

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
+/// The most GPUs a node may declare (the largest systems have 72; the
+/// score's per-node counters are 16 bits).
+pub const MAX_GPUS_PER_NODE: usize = 256;
+
 /// A node as it is declared (configuration, an agent's inventory, a trace).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +53,12 @@ impl NodeSpec {
         }
         if self.memory_mib == 0 {
             return Err(Invalid::new("memory_mib", "must be at least 1"));
+        }
+        if self.gpus.len() > MAX_GPUS_PER_NODE {
+            return Err(Invalid::new(
+                "gpus",
+                &format!("at most {MAX_GPUS_PER_NODE} GPUs per node"),
+            ));
         }
         for (i, g) in self.gpus.iter().enumerate() {
             if g.model.trim().is_empty() {

@@ -71,7 +71,24 @@ pub struct Filter {
     pub limit: Option<u32>,
 }
 
-type Batch = (Vec<Row>, tokio::sync::oneshot::Sender<Result<(), String>>);
+/// Rows to store: given, or to come from whoever reserved their place.
+enum Rows {
+    Now(Vec<Row>),
+    Later(mpsc::Receiver<Result<Vec<Row>, String>>),
+}
+
+type Batch = (Rows, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// A place in the trail's order, reserved for rows not encoded yet (see
+/// [`Audit::reserve`]). Dropping it unfilled fails its batch alone.
+pub struct Reserved(mpsc::SyncSender<Result<Vec<Row>, String>>);
+
+impl Reserved {
+    /// Hands over the rows (or why there are none) for the reserved place.
+    pub fn fill(self, rows: Result<Vec<Row>, String>) {
+        let _ = self.0.send(rows);
+    }
+}
 
 pub struct Audit {
     tx: Mutex<mpsc::Sender<Batch>>,
@@ -157,6 +174,20 @@ impl Audit {
     /// queued earlier commit no later (call under the lock that orders the
     /// decisions, await outside it).
     pub fn submit(&self, rows: Vec<Row>) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        self.queue(Rows::Now(rows))
+    }
+
+    /// Reserves the next place in the trail for rows the caller encodes
+    /// afterwards (call under the lock that orders the decisions; encode
+    /// and [`Reserved::fill`] outside it): the writer commits in reserved
+    /// order, waiting for a reserved place to be filled. The receiver
+    /// answers once they are committed.
+    pub fn reserve(&self) -> (Reserved, tokio::sync::oneshot::Receiver<Result<(), String>>) {
+        let (fill, rows) = mpsc::sync_channel(1);
+        (Reserved(fill), self.queue(Rows::Later(rows)))
+    }
+
+    fn queue(&self, rows: Rows) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = self
             .tx
@@ -269,8 +300,25 @@ fn writer(mut c: Connection, rx: mpsc::Receiver<Batch>, temp: Option<PathBuf>) {
                 Err(_) => break,
             }
         }
-        let result = commit(&mut c, &batches).map_err(|e| e.to_string());
-        for (_, reply) in batches {
+        // Reserved places are filled by now or soon (their encoders run
+        // outside the lock); one that fails fails its batch alone.
+        let mut ready = Vec::with_capacity(batches.len());
+        for (rows, reply) in batches {
+            let rows = match rows {
+                Rows::Now(r) => Ok(r),
+                Rows::Later(rx) => rx
+                    .recv()
+                    .unwrap_or_else(|_| Err("the decision was never encoded".into())),
+            };
+            match rows {
+                Ok(r) => ready.push((r, reply)),
+                Err(why) => {
+                    let _ = reply.send(Err(why));
+                }
+            }
+        }
+        let result = commit(&mut c, &ready).map_err(|e| e.to_string());
+        for (_, reply) in ready {
             let _ = reply.send(result.clone());
         }
     }
@@ -280,7 +328,9 @@ fn writer(mut c: Connection, rx: mpsc::Receiver<Batch>, temp: Option<PathBuf>) {
     }
 }
 
-fn commit(c: &mut Connection, batches: &[Batch]) -> Result<(), rusqlite::Error> {
+type Ready = (Vec<Row>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+fn commit(c: &mut Connection, batches: &[Ready]) -> Result<(), rusqlite::Error> {
     let tx = c.transaction()?;
     {
         let mut ins = tx.prepare_cached(

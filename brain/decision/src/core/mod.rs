@@ -105,7 +105,8 @@ pub struct Core {
     cfg: Config,
     nodes: Vec<Node>,
     index: HashMap<String, usize>,
-    placed: HashMap<String, Placed>,
+    /// Boxed: the table stays small when it grows (a placement is large).
+    placed: HashMap<String, Box<Placed>>,
     queue: BTreeMap<(Priority, u64), Queued>,
     queued: HashMap<String, (Priority, u64)>,
     usage: HashMap<String, f64>,
@@ -123,6 +124,8 @@ pub struct Core {
     replica_nodes: HashMap<String, HashMap<usize, u32>>,
     hot: Vec<Hot>,
     node_hot: Vec<NodeHot>,
+    /// Per node, its GPUs as fragmentation reads them.
+    summaries: Vec<crate::mix::Summary>,
 }
 
 impl Core {
@@ -149,6 +152,7 @@ impl Core {
             replica_nodes: HashMap::new(),
             hot: Vec::new(),
             node_hot: Vec::new(),
+            summaries: Vec::new(),
         })
     }
 
@@ -205,11 +209,11 @@ impl Core {
     }
 
     pub fn placement(&self, id: &str) -> Option<&Placed> {
-        self.placed.get(id)
+        self.placed.get(id).map(|p| &**p)
     }
 
     pub fn placements(&self) -> impl Iterator<Item = &Placed> {
-        self.placed.values()
+        self.placed.values().map(|p| &**p)
     }
 
     pub fn queued(&self) -> impl Iterator<Item = &Queued> {
@@ -732,7 +736,7 @@ impl Core {
             .entry(i)
             .or_default() += 1;
         self.refresh(i);
-        self.placed.insert(p.id.clone(), p);
+        self.placed.insert(p.id.clone(), Box::new(p));
     }
 
     /// Gives a placement's resources back; `refund`: the tenant gets the
@@ -789,7 +793,7 @@ impl Core {
     pub fn remove(&mut self, id: &str, now: u64) -> Result<Vec<Decision>, Refusal> {
         let seq;
         let mut d;
-        if let Some(p) = self.placed.get(id).cloned() {
+        if let Some(p) = self.placed.get(id).map(|p| (**p).clone()) {
             self.unbind(&p, now, true);
             seq = self.next_seq();
             d = Decision::new(
@@ -963,7 +967,7 @@ impl Core {
         now: u64,
     ) -> Result<Vec<Decision>, Refusal> {
         let i = self.node_index(node)?;
-        let (profile, old) = if let Some(p) = self.placed.get(id).cloned() {
+        let (profile, old) = if let Some(p) = self.placed.get(id).map(|p| (**p).clone()) {
             (p.profile.clone(), Some(p))
         } else if let Some(q) = self.queued_workload(id) {
             (q.profile.clone(), None)

@@ -5,7 +5,7 @@ use super::scan::{Ask, Cand};
 use super::{Core, accepts, open_to, step};
 use crate::classify::Class;
 use crate::explain::{Move, Plan};
-use crate::mix::Free;
+use crate::mix::{Free, Summary};
 use crate::score::{self, Slot};
 use crate::spec;
 use crate::state::{Placed, Resident};
@@ -265,7 +265,7 @@ impl Core {
     ) -> Option<Vec<Move>> {
         let mut moves: Vec<Move> = Vec::new();
         for id in ids {
-            let w = self.placed.get(id)?.clone();
+            let w = (**self.placed.get(id)?).clone();
             self.unbind(&w, now, false);
             let ask = Ask {
                 p: &w.profile,
@@ -302,7 +302,7 @@ impl Core {
 
     pub(super) fn undo_moves(&mut self, moves: &[Move], now: u64) {
         for m in moves.iter().rev() {
-            if let Some(w) = self.placed.get(&m.workload).cloned() {
+            if let Some(w) = self.placed.get(&m.workload).map(|w| (**w).clone()) {
                 self.unbind(&w, now, false);
                 let mut back = w;
                 back.node = m.from_node.clone();
@@ -338,7 +338,7 @@ impl Core {
                 let mut victims: Vec<&Placed> = g
                     .workloads
                     .iter()
-                    .filter_map(|w| self.placed.get(w))
+                    .filter_map(|w| self.placed.get(w).map(|p| &**p))
                     .filter(|w| {
                         !w.pinned
                             && w.profile.preemptible()
@@ -427,10 +427,21 @@ impl Core {
             view[k].pool = 0;
         }
         let by_size = self.mix.by_size(p.gpus(), share);
-        let frag = self.mix.fragmentation(n.cpu_free, &view);
+        let mut summary = Summary::default();
+        self.mix.summarize(&view, &mut summary);
+        let frag = self.mix.evaluate(&summary, n.cpu_free, &[]);
         let stranded = self.mix.stranded(n.cpu_free, &view, by_size);
         let cpu_after = n.cpu_free - p.cpu_milli;
-        let nt = self.node_terms(&mut view, &[k], share, cpu_after, by_size, frag, stranded);
+        let nt = self.node_terms(
+            &summary,
+            &mut view,
+            &[k],
+            share,
+            cpu_after,
+            by_size,
+            frag,
+            stranded,
+        );
         let terms = score::terms(&load, slot, share, affinity, n.local_to(&p.locality), nt);
         let score = terms.score(&self.cfg.weights);
         Some((

@@ -3,7 +3,7 @@
 
 use super::{Core, accepts};
 use crate::explain::RuledOut;
-use crate::mix::{Free, cpu_balance, fgd_score};
+use crate::mix::{Free, Summary, cpu_balance, fgd_score};
 use crate::score::{self, NodeTerms, Slot, Terms};
 use crate::spec;
 use crate::workload::Profile;
@@ -199,12 +199,16 @@ impl Core {
             .iter()
             .map(Hot::free)
             .collect();
+        if self.summaries.len() <= i {
+            self.summaries.resize_with(i + 1, Summary::default);
+        }
+        self.mix.summarize(&view, &mut self.summaries[i]);
         self.node_hot[i] = NodeHot {
             cpu_free: n.cpu_free,
             memory_free: n.memory_free,
             cordoned: n.cordoned,
             healthy: n.healthy,
-            frag: self.mix.fragmentation(n.cpu_free, &view),
+            frag: self.mix.evaluate(&self.summaries[i], n.cpu_free, &[]),
             first: nh.first,
             count: nh.count,
         };
@@ -213,6 +217,7 @@ impl Core {
     pub(super) fn rebuild_hot(&mut self) {
         self.hot.clear();
         self.node_hot.clear();
+        self.summaries.clear();
         for n in &self.nodes {
             let first = self.hot.len();
             self.hot
@@ -239,6 +244,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn node_terms(
         &self,
+        summary: &Summary,
         view: &mut [Free],
         take: &[usize],
         share: u32,
@@ -247,18 +253,21 @@ impl Core {
         frag_before: f64,
         stranded_before: f64,
     ) -> NodeTerms {
-        let mut saved = [Free::default(); 16];
+        let mut changes = [(Free::default(), Free::default()); 16];
         for (j, &k) in take.iter().enumerate() {
-            saved[j] = view[k];
+            let before = view[k];
             view[k].pct = view[k].pct.saturating_sub(share);
             if self.cfg.mps_pools {
                 view[k].pool = share;
             }
+            changes[j] = (before, view[k]);
         }
-        let frag_after = self.mix.fragmentation(cpu_after, view);
+        let frag_after = self
+            .mix
+            .evaluate(summary, cpu_after, &changes[..take.len()]);
         let stranded_after = self.mix.stranded(cpu_after, view, by_size);
         for (j, &k) in take.iter().enumerate() {
-            view[k] = saved[j];
+            view[k] = changes[j].0;
         }
         NodeTerms {
             fragmentation: fgd_score(frag_before, frag_after),
@@ -331,7 +340,16 @@ impl Core {
             let stranded_before = self.mix.stranded(nh.cpu_free, &view, by_size);
             let before = (nh.frag, stranded_before);
             if want == 0 {
-                let nt = self.node_terms(&mut view, &[], 0, cpu_after, false, before.0, before.1);
+                let nt = self.node_terms(
+                    &self.summaries[i],
+                    &mut view,
+                    &[],
+                    0,
+                    cpu_after,
+                    false,
+                    before.0,
+                    before.1,
+                );
                 let terms = score::node_only(local, nt);
                 let c = Light {
                     node: i,
@@ -423,6 +441,7 @@ impl Core {
                     Some(&(_, nt)) => nt,
                     None => {
                         let nt = self.node_terms(
+                            &self.summaries[i],
                             &mut view,
                             &[k],
                             a.share,
@@ -463,7 +482,14 @@ impl Core {
                 }
                 let take: Vec<usize> = idle[..want].iter().map(|c| c.gpu as usize).collect();
                 let nt = self.node_terms(
-                    &mut view, &take, 100, cpu_after, by_size, before.0, before.1,
+                    &self.summaries[i],
+                    &mut view,
+                    &take,
+                    100,
+                    cpu_after,
+                    by_size,
+                    before.0,
+                    before.1,
                 );
                 let all_terms: Vec<Terms> = idle[..want].iter().map(|c| c.terms).collect();
                 let t = Terms {

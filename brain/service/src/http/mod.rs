@@ -190,26 +190,42 @@ impl Api {
         placing: Option<&str>,
         f: impl FnOnce(&mut Core, u64) -> Result<Vec<Decision>, Refusal>,
     ) -> Result<Vec<Decided>, ApiError> {
-        let (rx, decided) = {
+        let (reserved, rx, decisions, saved) = {
             let mut core = self.core();
             let now = (self.clock)();
             let t = std::time::Instant::now();
             let decisions = f(&mut core, now).map_err(ApiError::from)?;
             self.metrics.decided(t.elapsed(), &decisions);
-            let mut rows = Vec::with_capacity(decisions.len());
-            let mut decided = Vec::with_capacity(decisions.len());
-            for d in &decisions {
-                let r = row(&core, d, actor, control)?;
-                decided.push(Decided {
-                    path: d.path,
-                    workload: d.workload.clone(),
-                    json: r.body.clone(),
-                });
-                rows.push(r);
-            }
-            // Queued under the lock: the trail has the core's order.
-            (self.audit.submit(rows), decided)
+            // What a restart restores, as it stands after these decisions.
+            let saved: Vec<Saved> = decisions
+                .iter()
+                .map(|d| saved_state(&core, d, control))
+                .collect();
+            // The trail's place for them is taken under the lock (the
+            // core's order); they are encoded outside it.
+            let (reserved, rx) = self.audit.reserve();
+            (reserved, rx, decisions, saved)
         };
+        let mut rows = Vec::with_capacity(decisions.len());
+        let mut decided = Vec::with_capacity(decisions.len());
+        let mut encoded = Ok(());
+        for (d, s) in decisions.iter().zip(&saved) {
+            match row(d, s, actor) {
+                Ok(r) => {
+                    decided.push(Decided {
+                        path: d.path,
+                        workload: d.workload.clone(),
+                        json: r.body.clone(),
+                    });
+                    rows.push(r);
+                }
+                Err(e) => {
+                    encoded = Err(format!("cannot encode the decision: {e}"));
+                    break;
+                }
+            }
+        }
+        reserved.fill(encoded.map(|()| rows));
         match rx.await {
             Ok(Ok(())) => {
                 self.metrics.audited(decided.len());
@@ -270,9 +286,10 @@ impl Api {
     }
 }
 
-/// The audit row of a decision, with the state a restart restores.
-fn row(core: &Core, d: &Decision, actor: &str, control: Option<&Control>) -> Result<Row, ApiError> {
-    let saved = match (d.path, control) {
+/// What a restart restores after decision `d`: the workload's state, or
+/// the control.
+fn saved_state(core: &Core, d: &Decision, control: Option<&Control>) -> Saved {
+    match (d.path, control) {
         (
             Path::Control,
             Some(Control::Pin { .. } | Control::Unpin { .. } | Control::Override { .. }),
@@ -280,16 +297,12 @@ fn row(core: &Core, d: &Decision, actor: &str, control: Option<&Control>) -> Res
         | (Path::Control, None) => workload_state(core, &d.workload),
         (Path::Control, Some(c)) => Saved::Control(c.clone()),
         _ => workload_state(core, &d.workload),
-    };
-    let ser = |v: &dyn erased::Ser| {
-        v.json().map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                None,
-                format!("cannot encode the decision: {e}"),
-            )
-        })
-    };
+    }
+}
+
+/// The audit row of a decision, with the state a restart restores.
+fn row(d: &Decision, saved: &Saved, actor: &str) -> Result<Row, serde_json::Error> {
+    let ser = |v: &dyn erased::Ser| v.json();
     Ok(Row {
         at_ms: d.at_ms,
         path: d.path.name().to_string(),
@@ -298,7 +311,7 @@ fn row(core: &Core, d: &Decision, actor: &str, control: Option<&Control>) -> Res
         actor: actor.to_string(),
         summary: d.summary.clone(),
         body: ser(d)?,
-        state: Some(ser(&saved)?),
+        state: Some(ser(saved)?),
     })
 }
 
