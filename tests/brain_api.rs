@@ -246,6 +246,16 @@ fn agent_nodes_have_their_cpu_memory_and_mps_state_and_no_invented_load() {
     assert_eq!(st, 202, "{v}");
     let ruled = v["decision"]["ruled_out"].to_string();
     assert!(ruled.contains("cpu") && ruled.contains("node-a"), "{v}");
+    let huge = with(
+        profile("too-much-memory"),
+        serde_json::json!({"memory_mib": kib / 1024 + 1, "priority": "P2"}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &huge);
+    assert_eq!(st, 202, "{v}");
+    assert!(
+        v["decision"]["ruled_out"].to_string().contains("memory"),
+        "{v}"
+    );
     let small = with(
         profile("fits"),
         serde_json::json!({"cpu_milli": 500, "share_pct": 20}),

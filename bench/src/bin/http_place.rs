@@ -10,17 +10,23 @@
 //!    and `--connections` keep-alive clients posting the same requests and
 //!    deleting their oldest once each holds `--live`.
 //!
-//! `http_place [--data DIR] [--connections 32] [--live 100] [--seconds 10]
-//!  [--warmup 3]`; prints one JSON line with both rates and their ratio.
+//! The two alternate in `--rounds` rounds of `--seconds` each (the clients
+//! paused while the core runs alone), so that each round's ratio compares
+//! rates the noisy machine gave alike.
+//!
+//! `http_place [--data DIR] [--connections 32] [--live 100] [--seconds 5]
+//!  [--warmup 3] [--rounds 3]`; prints one JSON line with each round's rates
+//! and ratio, and the median.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vagus_brain::http::auth::{Role, Token, Tokens};
-use vagus_decision::{Core, NodeSpec, Priority, Profile};
+use vagus_decision::{Core, NodeSpec, Profile};
+use vagus_replay::cluster::Pod;
 use vagus_replay::rng::Rng;
 
 const TOKEN: &str = "bench-operator-token-0000001";
@@ -31,6 +37,7 @@ struct Opts {
     live: usize,
     seconds: f64,
     warmup: f64,
+    rounds: usize,
 }
 
 fn opts() -> Opts {
@@ -38,8 +45,9 @@ fn opts() -> Opts {
         data: "../shared/data/openb".into(),
         connections: 32,
         live: 100,
-        seconds: 10.0,
+        seconds: 5.0,
         warmup: 3.0,
+        rounds: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -50,9 +58,10 @@ fn opts() -> Opts {
             "--live" => o.live = v.parse().expect("--live N"),
             "--seconds" => o.seconds = v.parse().expect("--seconds S"),
             "--warmup" => o.warmup = v.parse().expect("--warmup S"),
+            "--rounds" => o.rounds = v.parse().expect("--rounds N"),
             _ => {
                 eprintln!(
-                    "usage: http_place [--data DIR] [--connections N] [--live N] [--seconds S] [--warmup S]"
+                    "usage: http_place [--data DIR] [--connections N] [--live N] [--seconds S] [--warmup S] [--rounds N]"
                 );
                 std::process::exit(2);
             }
@@ -127,69 +136,69 @@ struct Tally {
     post_us: Vec<u32>,
 }
 
-/// A trace shape: (CPU, memory, GPUs, milli-GPU).
-type Shape = (u64, u64, u32, u32);
-
-/// The request for workload `name` of `shape`.
-fn request(name: String, (cpu, mem, num, milli): Shape) -> Profile {
+/// The request for workload `name`: trace pod `pod` as the replay makes it.
+fn request(name: String, pod: &Pod) -> Profile {
     Profile {
         model_id: name.clone(),
         name,
-        model_size_gb: 1.0,
-        batch: 1,
-        seq_len: 1,
-        priority: Priority::P2,
-        sla_ms: Some(100),
-        tenant: "bench".into(),
-        expected_duration_s: 3600,
-        locality: vec![],
-        accepted_models: vec![],
-        cpu_milli: cpu,
-        memory_mib: mem,
-        gpus: Some(num),
-        share_pct: Some(if num > 1 {
-            100
-        } else {
-            milli.div_ceil(10).clamp(1, 100)
-        }),
-        max_cost_per_hour: None,
-        preemptible: None,
-        image: None,
+        ..vagus_replay::vagus::profile(pod)
     }
 }
 
-/// The core alone on this thread: placements per second at the steady
-/// load the HTTP clients keep (`held` workloads).
-fn core_alone(nodes: &[NodeSpec], shapes: &[Shape], held: usize, o: &Opts) -> f64 {
-    let mut core = Core::new(vagus_decision::Config::default()).expect("config");
-    for n in nodes {
-        core.upsert_node(n).expect("node");
-    }
-    let mut rng = Rng::new(7);
-    let mut live: VecDeque<String> = VecDeque::new();
-    let (mut n, mut now) = (0u64, 0u64);
-    let mut step = |core: &mut Core, rng: &mut Rng, live: &mut VecDeque<String>| {
-        n += 1;
-        now += 1;
-        let name = format!("w{n}");
-        let p = request(name.clone(), shapes[rng.below(shapes.len())]);
-        core.place(p, now).expect("valid");
-        live.push_back(name);
-        if live.len() > held {
-            let old = live.pop_front().unwrap();
-            let _ = core.remove(&old, now);
+/// The core alone on this thread, at the steady load the HTTP clients
+/// keep (`held` workloads: each placement then removes the oldest).
+struct Alone<'a> {
+    core: Core,
+    shapes: &'a [Pod],
+    rng: Rng,
+    live: VecDeque<String>,
+    held: usize,
+    n: u64,
+}
+
+impl<'a> Alone<'a> {
+    fn new(nodes: &[NodeSpec], shapes: &'a [Pod], held: usize) -> Alone<'a> {
+        let mut core = Core::new(vagus_decision::Config::default()).expect("config");
+        for n in nodes {
+            core.upsert_node(n).expect("node");
         }
-    };
-    let warm = Instant::now();
-    while warm.elapsed().as_secs_f64() < o.warmup || live.len() < held {
-        step(&mut core, &mut rng, &mut live);
+        let mut a = Alone {
+            core,
+            shapes,
+            rng: Rng::new(7),
+            live: VecDeque::new(),
+            held,
+            n: 0,
+        };
+        while a.live.len() < held {
+            a.step();
+        }
+        a
     }
-    let (t, mut placed) = (Instant::now(), 0u64);
-    while t.elapsed().as_secs_f64() < o.seconds {
-        step(&mut core, &mut rng, &mut live);
-        placed += 1;
+
+    fn step(&mut self) {
+        self.n += 1;
+        let name = format!("w{}", self.n);
+        let pod = &self.shapes[self.rng.below(self.shapes.len())];
+        self.core
+            .place(request(name.clone(), pod), self.n)
+            .expect("valid");
+        self.live.push_back(name);
+        if self.live.len() > self.held {
+            let old = self.live.pop_front().unwrap();
+            let _ = self.core.remove(&old, self.n);
+        }
     }
-    placed as f64 / t.elapsed().as_secs_f64()
+
+    /// Placements per second over `secs`.
+    fn rate(&mut self, secs: f64) -> f64 {
+        let (t, mut placed) = (Instant::now(), 0u64);
+        while t.elapsed().as_secs_f64() < secs {
+            self.step();
+            placed += 1;
+        }
+        placed as f64 / t.elapsed().as_secs_f64()
+    }
 }
 
 /// CPU seconds of this process's threads whose name does not start with
@@ -220,21 +229,13 @@ fn main() {
         .expect("the openb node list");
     let trace = std::fs::read_to_string(o.data.join("openb_pod_list_default.csv")).unwrap();
     let pods = vagus_replay::openb::pods("pods", &trace).unwrap();
-    let shapes: Arc<Vec<Shape>> = Arc::new(
-        pods.iter()
+    let shapes: Arc<Vec<Pod>> = Arc::new(
+        pods.into_iter()
             .filter(|p| p.num_gpu > 0 && p.gpu_spec.is_empty())
-            .map(|p| {
-                (
-                    p.cpu_milli.max(1),
-                    p.memory_mib.max(1),
-                    p.num_gpu,
-                    p.gpu_milli,
-                )
-            })
             .collect(),
     );
     let held = o.connections * o.live;
-    let core_rate = core_alone(&nodes, &shapes, held, &o);
+    let mut alone = Alone::new(&nodes, &shapes, held);
 
     let dir = std::env::temp_dir().join(format!("vagus-http-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -272,11 +273,14 @@ fn main() {
         .build()
         .unwrap();
     let measuring = Arc::new(AtomicBool::new(false));
+    let paused = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let posts = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..o.connections)
         .map(|c| {
             let shapes = shapes.clone();
-            let (measuring, stop) = (measuring.clone(), stop.clone());
+            let (measuring, paused, stop) = (measuring.clone(), paused.clone(), stop.clone());
+            let posts = posts.clone();
             let live = o.live;
             rt.spawn(async move {
                 let mut conn = Conn {
@@ -289,6 +293,10 @@ fn main() {
                 let mut t = Tally::default();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    if paused.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
                     let on = measuring.load(Ordering::Relaxed);
                     if mine.len() >= live {
                         let id = mine.pop_front().unwrap();
@@ -302,7 +310,7 @@ fn main() {
                     }
                     n += 1;
                     let name = format!("c{c}-w{n}");
-                    let p = request(name.clone(), shapes[rng.below(shapes.len())]);
+                    let p = request(name.clone(), &shapes[rng.below(shapes.len())]);
                     let body = serde_json::to_string(&p).expect("a request encodes");
                     let t0 = Instant::now();
                     let st = conn
@@ -312,6 +320,7 @@ fn main() {
                     let us = t0.elapsed().as_micros() as u32;
                     mine.push_back(name);
                     if on {
+                        posts.fetch_add(1, Ordering::Relaxed);
                         t.posts += 1;
                         t.post_us.push(us);
                         match st {
@@ -326,14 +335,29 @@ fn main() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs_f64(o.warmup));
+    // Rounds: the core alone (the clients paused), then the service, so
+    // that both rates of a round see the machine alike.
     let brain_cpu = || cpu_seconds(&["bench-client", "http_place"]);
-    let cpu0 = brain_cpu();
-    measuring.store(true, Ordering::Relaxed);
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(o.seconds));
-    measuring.store(false, Ordering::Relaxed);
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu1 = brain_cpu();
+    let mut rounds = Vec::new();
+    let (mut secs, mut cpu) = (0.0, 0.0);
+    for _ in 0..o.rounds {
+        paused.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(300));
+        let core_rate = alone.rate(o.seconds);
+        paused.store(false, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(500));
+        let before = posts.load(Ordering::Relaxed);
+        let cpu0 = brain_cpu();
+        measuring.store(true, Ordering::Relaxed);
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(o.seconds));
+        measuring.store(false, Ordering::Relaxed);
+        let took = t0.elapsed().as_secs_f64();
+        cpu += brain_cpu() - cpu0;
+        secs += took;
+        let http_rate = (posts.load(Ordering::Relaxed) - before) as f64 / took;
+        rounds.push((core_rate, http_rate));
+    }
     stop.store(true, Ordering::Relaxed);
     let mut all = Tally::default();
     for t in tasks {
@@ -361,7 +385,11 @@ fn main() {
         });
     brain_rt.block_on(svc.shutdown());
     let _ = std::fs::remove_dir_all(&dir);
-    let http_rate = all.posts as f64 / secs;
+    let ratios: Vec<f64> = rounds.iter().map(|(c, h)| h / c).collect();
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     println!(
         "{}",
         serde_json::json!({
@@ -369,9 +397,14 @@ fn main() {
             "connections": o.connections,
             "live_per_connection": o.live,
             "seconds": (secs * 100.0).round() / 100.0,
-            "placements_per_s": http_rate.round(),
-            "core_placements_per_s": core_rate.round(),
-            "ratio": (http_rate / core_rate * 1000.0).round() / 1000.0,
+            "rounds": rounds.iter().map(|(c, h)| serde_json::json!({
+                "core_placements_per_s": c.round(),
+                "placements_per_s": h.round(),
+                "ratio": r3(h / c),
+            })).collect::<Vec<_>>(),
+            "ratio_median": r3(median),
+            "ratio_min": r3(sorted[0]),
+            "placements_per_s": (all.posts as f64 / secs).round(),
             "deletes_per_s": (all.deletes as f64 / secs).round(),
             "requests_per_s": ((all.posts + all.deletes) as f64 / secs).round(),
             "placed": all.placed,
@@ -379,7 +412,7 @@ fn main() {
             "errors": all.other,
             "post_p50_us": q(0.5),
             "post_p99_us": q(0.99),
-            "brain_cpu_cores": ((cpu1 - cpu0) / secs * 100.0).round() / 100.0,
+            "brain_cpu_cores": (cpu / secs * 100.0).round() / 100.0,
             "peak_rss_kib": rss,
         })
     );

@@ -2,9 +2,11 @@
 //! (`vagus_decision::Core::place`) on the openb cluster (1,213 nodes,
 //! 6,212 GPUs).
 //!
-//! The trace's GPU pods become workloads (share = the pod's `gpu_milli`
-//! rounded up to the MPS grid, whole GPUs for multi-GPU pods, its CPU and
-//! memory, a unique model, all P2: no preemption, repacks allowed). The core fills the
+//! The trace's GPU pods become workloads as `vagus_replay::vagus::profile`
+//! makes them (the pod's share, rounded up to the MPS grid by the default
+//! configuration, whole GPUs for multi-GPU pods, its CPU, memory and GPU
+//! models, a unique name and model, all P2: no preemption, repacks
+//! allowed). The core fills the
 //! cluster in a seeded order until the placed share reaches the load;
 //! requests that do not fit are withdrawn (the queue stays empty). Then
 //! `samples` more requests are timed, each withdrawn or removed again
@@ -13,7 +15,7 @@
 //! `place [--data DIR] [--samples N] [--loads 50,100]`; one JSON line per load.
 
 use std::time::Instant;
-use vagus_decision::{Config, Core, NodeLoad, NodeSpec, Priority, Profile};
+use vagus_decision::{Config, Core, NodeLoad, NodeSpec, Profile};
 
 const FULL_AFTER_MISSES: u32 = 500;
 use vagus_replay::rng::Rng;
@@ -65,31 +67,12 @@ fn main() {
     let shapes: Vec<&vagus_replay::cluster::Pod> = trace.iter().filter(|p| p.num_gpu > 0).collect();
     let mut seq = 0u64;
     let mut workload = |rng: &mut Rng| {
-        let p = shapes[rng.below(shapes.len())];
         seq += 1;
+        let name = format!("w{seq}");
         Profile {
-            name: format!("w{seq}"),
-            model_id: format!("m{seq}"),
-            model_size_gb: 1.0,
-            batch: 1,
-            seq_len: 1,
-            priority: Priority::P2,
-            sla_ms: Some(100),
-            tenant: "bench".into(),
-            expected_duration_s: 3600,
-            locality: vec![],
-            accepted_models: p.gpu_spec.clone(),
-            cpu_milli: p.cpu_milli.max(1),
-            memory_mib: p.memory_mib.max(1),
-            gpus: (p.num_gpu > 1).then_some(p.num_gpu),
-            share_pct: Some(if p.num_gpu > 1 {
-                100
-            } else {
-                p.gpu_milli.div_ceil(10).clamp(1, 100)
-            }),
-            max_cost_per_hour: None,
-            preemptible: None,
-            image: None,
+            model_id: name.clone(),
+            name,
+            ..vagus_replay::vagus::profile(shapes[rng.below(shapes.len())])
         }
     };
     for load in loads {
