@@ -147,10 +147,6 @@ impl Mix {
         m
     }
 
-    pub fn learning(&self) -> bool {
-        self.learning
-    }
-
     /// The shapes seen so far (the prior's included), with their counts.
     pub fn shapes(&self) -> &[Shape] {
         &self.shapes

@@ -100,8 +100,6 @@ pub fn check(trace: &[Pod]) -> Result<(), String> {
 pub struct CorePlacer {
     pub core: Core,
     index: HashMap<String, usize>,
-    /// Requests the core refused (a pod [`check`] would have named).
-    pub refused: usize,
 }
 
 impl CorePlacer {
@@ -113,23 +111,14 @@ impl CorePlacer {
             core.upsert_node(&crate::live::node_spec(n))?;
             index.insert(n.name.clone(), i);
         }
-        Ok(CorePlacer {
-            core,
-            index,
-            refused: 0,
-        })
+        Ok(CorePlacer { core, index })
     }
 
     /// Places `pod` through the core; where it went (the core has bound
-    /// it), or `None` when it waits (it fits nowhere).
+    /// it), or `None` when it waits (it fits nowhere) or the core refused
+    /// it (a pod [`check`] names).
     pub fn place(&mut self, pod: &Pod) -> Option<Placement> {
-        let decisions = match self.core.place(profile(pod), 0) {
-            Ok(d) => d,
-            Err(_) => {
-                self.refused += 1;
-                return None;
-            }
-        };
+        let decisions = self.core.place(profile(pod), 0).ok()?;
         let d = decisions.first().filter(|d| d.path.placed())?;
         let node = *self.index.get(d.node.as_deref()?)?;
         let milli = match d.gpus.len() {

@@ -186,11 +186,6 @@ impl Core {
         Mix::new(prior, learning, cfg.mps_pools, cfg.cpu_need_by_size)
     }
 
-    /// The workload mix the score measures fragmentation against.
-    pub fn mix(&self) -> &Mix {
-        &self.mix
-    }
-
     /// Counts a request's shape in a learning mix; when that changes the
     /// typical shapes, every node's fragmentation is measured again.
     fn learn(&mut self, p: &Profile, share: u32) {
