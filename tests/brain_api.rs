@@ -24,7 +24,7 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_j
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -183,7 +183,7 @@ fn node_a(
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, v) = http(addr, "GET", "/v1/nodes", "");
-        if let Some(n) = v
+        if let Some(n) = v["items"]
             .as_array()
             .and_then(|a| a.iter().find(|n| n["name"] == "node-a"))
             && ok(n)
@@ -269,7 +269,7 @@ fn agent_nodes_have_their_cpu_memory_and_mps_state_and_no_invented_load() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let event = loop {
         let (_, rows) = http(addr, "GET", "/v1/decisions?path=event", "");
-        if let Some(e) = rows.as_array().and_then(|r| r.first()) {
+        if let Some(e) = rows["items"].as_array().and_then(|r| r.first()) {
             break e.clone();
         }
         assert!(Instant::now() < deadline, "no mismatch event: {rows}");

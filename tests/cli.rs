@@ -1,8 +1,13 @@
 //! The `vagus` command line: clear errors for a missing driver, a bad
-//! kernel image and bad flags; `vagus gpusim status` shows the device.
+//! kernel image and bad flags, each said once on one line; address flags
+//! take host names; the agent says when it cannot reach the brain;
+//! `vagus gpusim status` shows the device.
 
 use crate::support::*;
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 fn stderr_of(mut c: Command) -> String {
     let out = c.output().unwrap();
@@ -210,11 +215,15 @@ fn replay_prints_the_allocation_curve_and_names_bad_input() {
     };
     bad(
         &["--pods", pods.to_str().unwrap(), "--policy", "magic"],
-        "--policy \"magic\": one of random",
+        "invalid value 'magic' for '--policy <POLICY>'",
+    );
+    bad(
+        &["--pods", pods.to_str().unwrap(), "--policy", "magic"],
+        "[possible values: random, dotprod,",
     );
     bad(
         &["--pods", pods.to_str().unwrap(), "--seeds", "9..3"],
-        "--seeds \"9..3\"",
+        "--seeds 9..3: the range is reversed (start 9 > end 3)",
     );
     std::fs::write(
         &pods,
@@ -279,5 +288,268 @@ fn an_agent_without_its_certificate_says_which_it_looked_for_and_the_ways_out() 
     assert!(
         err.contains("node-b") && err.contains("--agents node-b") && err.contains("--node"),
         "{err}"
+    );
+}
+
+/// Standard error's non-empty lines.
+fn lines_of(err: &str) -> Vec<&str> {
+    err.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+#[test]
+fn replay_names_a_reversed_seed_range_and_zero_threads() {
+    let sim = Sim::new("cli-replay-flags");
+    // The flags are checked before the trace is read.
+    let run = |extra: &[&str]| {
+        let mut c = sim.vagus(&[
+            "replay",
+            "--nodes",
+            "/nonexistent",
+            "--pods",
+            "/nonexistent",
+        ]);
+        c.args(extra);
+        stderr_of(c)
+    };
+    let err = run(&["--seeds", "5..2"]);
+    assert_eq!(
+        lines_of(&err),
+        ["vagus: --seeds 5..2: the range is reversed (start 5 > end 2)"],
+        "{err}"
+    );
+    let err = run(&["--threads", "0"]);
+    assert_eq!(
+        lines_of(&err),
+        ["vagus: --threads 0: must be at least 1"],
+        "{err}"
+    );
+    let err = run(&["--seeds", "0..18446744073709551615"]);
+    assert!(err.contains("at most 10000 seeds"), "{err}");
+}
+
+#[test]
+fn replay_help_lists_every_policy() {
+    let sim = Sim::new("cli-replay-help");
+    for help in ["--help", "-h"] {
+        let out = sim.vagus(&["replay", help]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let policy = text
+            .split("--policy")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no --policy in {text}"));
+        for (name, _) in vagus_replay::policy::Kind::ALL {
+            assert!(policy.contains(name), "{name} not in {help}: {text}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_path_is_said_once_on_one_line() {
+    let sim = Sim::new("cli-bad-path");
+    let missing = sim.dir.join("missing");
+    let m = missing.to_str().unwrap();
+    let check = |args: &[&str], want: &str| {
+        let err = stderr_of(sim.vagus(args));
+        let lines = lines_of(&err);
+        assert_eq!(lines.len(), 1, "one line: {err}");
+        assert!(lines[0].starts_with("vagus: "), "{err}");
+        assert!(lines[0].contains(want), "{want:?} not in {err}");
+        assert_eq!(
+            err.matches("(os error 2)").count(),
+            1,
+            "the cause once: {err}"
+        );
+    };
+    check(
+        &["replay", "--nodes", m, "--pods", m],
+        &format!("cannot read {m}: "),
+    );
+    check(
+        &["brain", "--http", "127.0.0.1:0", "--tokens", m],
+        &format!("--tokens {m}: "),
+    );
+    check(
+        &["brain", "--quic", "127.0.0.1:0", "--certs", m],
+        &format!("--certs {m}: "),
+    );
+    let tokens = write_tokens(&sim);
+    check(
+        &[
+            "brain",
+            "--http",
+            "127.0.0.1:0",
+            "--tokens",
+            &tokens,
+            "--config",
+            m,
+        ],
+        m,
+    );
+}
+
+const TOKEN: &str = "admin-token-for-the-cli-tests";
+
+fn write_tokens(sim: &Sim) -> String {
+    let p = sim.dir.join("tokens.toml");
+    std::fs::write(
+        &p,
+        format!("[[token]]\nname = \"ci\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
+    )
+    .unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// `GET path` from localhost:`port`: the status line and body, or `None`
+/// while nothing answers.
+fn get(port: u16, path: &str) -> Option<(String, String)> {
+    let mut s = std::net::TcpStream::connect(("localhost", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+#[test]
+fn the_brain_listens_on_a_host_name() {
+    let sim = Sim::new("cli-http-localhost");
+    let tokens = write_tokens(&sim);
+    let audit = sim.dir.join("audit.sqlite");
+    let port = free_tcp_port();
+    let http = format!("localhost:{port}");
+    let b = start_brain_with(
+        &sim,
+        &[
+            "--http",
+            &http,
+            "--tokens",
+            &tokens,
+            "--audit",
+            audit.to_str().unwrap(),
+        ],
+    );
+    let ev = b
+        .wait_for(Duration::from_secs(60), |v| v["event"] == "http")
+        .expect("the brain did not start its HTTP API on localhost");
+    let at: std::net::SocketAddr = ev["addr"].as_str().unwrap().parse().unwrap();
+    assert!(at.ip().is_loopback() && at.port() == port, "{ev}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (status, body) = loop {
+        if let Some(r) = get(port, "/healthz") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no answer on {http} in 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.contains(" 200 "), "{status}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+}
+
+#[test]
+fn a_host_name_that_does_not_resolve_is_named_with_its_flag() {
+    let sim = Sim::new("cli-unresolved");
+    let err = stderr_of(sim.vagus(&[
+        "agent",
+        "--brain",
+        "nosuchhost.invalid:7443",
+        "--certs",
+        "/nonexistent",
+        "--node",
+        "node-a",
+    ]));
+    let lines = lines_of(&err);
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0]
+            .starts_with("vagus: --brain nosuchhost.invalid:7443: cannot resolve the host name: "),
+        "{err}"
+    );
+    let err = stderr_of(sim.vagus(&["brain", "--http", "localhost"]));
+    assert!(
+        err.contains("--http localhost: expected HOST:PORT"),
+        "{err}"
+    );
+}
+
+/// A child process killed when dropped (a failed assertion included).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_agent_says_once_that_it_cannot_reach_the_brain() {
+    let sim = Sim::new("cli-agent-unreachable");
+    let certs = certs_init(&sim, "node-a");
+    // Nobody listens there.
+    let port = free_udp_port();
+    let brain = format!("localhost:{port}");
+    let mut agent = Killed(
+        sim.vagus(&[
+            "agent",
+            "--brain",
+            &brain,
+            "--certs",
+            certs.to_str().unwrap(),
+            "--node",
+            "node-a",
+            "--no-bpf",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let (tx, lines) = mpsc::channel::<String>();
+    let stderr = agent.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let want = format!("vagus agent: cannot reach the brain at {brain} (127.0.0.1:{port}): ");
+    let mut seen = Vec::new();
+    // The first attempt gives up after the QUIC idle timeout (5 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.starts_with(&want) => break l,
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("no {want:?} within 60 s; stderr: {seen:#?}"),
+        }
+    };
+    assert!(first.contains("; retrying in "), "{first}");
+    // It keeps retrying, quietly: the attempts after the first fail the
+    // same way (each within the idle timeout and the backoff, ≤ 10 s) and
+    // say nothing more.
+    let quiet = Instant::now() + Duration::from_secs(12);
+    while let Some(left) = quiet.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(e) => panic!("the agent stopped ({e}): {seen:#?}"),
+        }
+    }
+    assert!(
+        !seen.iter().any(|l| l.contains("cannot reach")),
+        "said once: {first}\n{seen:#?}"
+    );
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "the agent keeps running"
     );
 }

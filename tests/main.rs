@@ -4,6 +4,7 @@
 mod support;
 
 mod agent;
+mod api_fuzz;
 mod brain_api;
 mod cli;
 mod driver_api;

@@ -341,7 +341,7 @@ mod tests {
         drop(j);
         let mut j = Journal::open_keeping(&d, "n", KEEP).unwrap();
         let newest = 2 * KEEP as u64 + 10;
-        assert_eq!(j.outcome(1, &cmd(newest), |_| panic!()).1, false);
+        assert!(!j.outcome(1, &cmd(newest), |_| panic!()).1);
         assert_eq!(j.outcome(1, &cmd(1), |_| panic!()).0, Outcome::Duplicate);
         let _ = std::fs::remove_dir_all(&d);
     }

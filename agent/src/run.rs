@@ -5,7 +5,7 @@
 
 use crate::journal::Journal;
 use crate::node::{Node, NodeConfig};
-use crate::uplink::{UplinkConfig, UplinkStats};
+use crate::uplink::{LinkEvent, UplinkConfig, UplinkStats};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,9 @@ use vagus_proto::wire::{Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 #[derive(Clone, Debug)]
 pub struct BrainLink {
     pub addr: SocketAddr,
+    /// The brain as messages name it: the address as given (with what a
+    /// host name resolved to), e.g. `brain.example:7443 (10.0.0.5:7443)`.
+    pub shown: String,
     /// The name the brain's certificate carries.
     pub brain_name: String,
     /// The directory `vagus certs init` wrote.
@@ -55,6 +58,8 @@ pub enum RunError {
     Link(#[from] vagus_link::LinkError),
     #[error("{0}")]
     Journal(#[from] crate::journal::JournalError),
+    #[error("the link to the brain at {brain} stopped: {error}")]
+    Uplink { brain: String, error: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -136,6 +141,54 @@ pub fn host_resources() -> (Option<u64>, Option<u64>) {
         Some(kib / 1024)
     });
     (cpu, mem)
+}
+
+/// What the agent says about its connection to the brain: each
+/// connection, each lost connection, and an outage once — when its first
+/// attempt fails, and again only if the reason changes — not every retry.
+pub struct LinkLog {
+    brain: String,
+    /// The reason last reported during the current outage.
+    outage: Option<String>,
+}
+
+impl LinkLog {
+    /// `brain`: how to name it (see [`BrainLink::shown`]).
+    pub fn new(brain: &str) -> LinkLog {
+        LinkLog {
+            brain: brain.to_string(),
+            outage: None,
+        }
+    }
+
+    /// The line to print for `e`, if any (without the `vagus agent: `).
+    pub fn line(&mut self, e: &LinkEvent) -> Option<String> {
+        let b = &self.brain;
+        match e {
+            LinkEvent::Connected { ledger, .. } => {
+                self.outage = None;
+                Some(format!(
+                    "connected to the brain at {b} (ledger {ledger:016x})"
+                ))
+            }
+            LinkEvent::Lost { error } => {
+                self.outage = None;
+                Some(format!(
+                    "lost the connection to the brain at {b}: {error}; reconnecting"
+                ))
+            }
+            LinkEvent::Unreachable { error, retry_in } => {
+                if self.outage.as_ref() == Some(error) {
+                    return None;
+                }
+                self.outage = Some(error.clone());
+                Some(format!(
+                    "cannot reach the brain at {b}: {error}; retrying in {:.1} s",
+                    retry_in.as_secs_f64()
+                ))
+            }
+        }
+    }
 }
 
 fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
@@ -241,11 +294,35 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 };
                 eprintln!(
                     "vagus agent {name}: streaming to {} at {} Hz",
-                    brain.addr, cfg.hz
+                    brain.shown, cfg.hz
                 );
                 let stats = Arc::new(Mutex::new(UplinkStats::default()));
                 let applier = node.clone();
-                crate::uplink::run(up, rx, move |c| lock(&applier).apply(c), stats).await;
+                let mut log = LinkLog::new(&brain.shown);
+                crate::uplink::run_reporting(
+                    up,
+                    rx,
+                    move |c| lock(&applier).apply(c),
+                    stats.clone(),
+                    move |e| {
+                        if let Some(l) = log.line(&e) {
+                            eprintln!("vagus agent: {l}");
+                        }
+                    },
+                )
+                .await;
+                // The windows never stop: it returns only when it could not
+                // start.
+                let error = stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "it returned".into());
+                return Err(RunError::Uplink {
+                    brain: brain.shown,
+                    error,
+                });
             }
             _ => {
                 eprintln!("vagus agent {name}: collecting (no --brain)");
@@ -255,4 +332,46 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_reported_once_and_again_only_when_its_reason_changes() {
+        let mut log = LinkLog::new("brain.example:7443 (10.0.0.5:7443)");
+        let down = |error: &str| LinkEvent::Unreachable {
+            error: error.into(),
+            retry_in: Duration::from_millis(1500),
+        };
+        assert_eq!(
+            log.line(&down("connection: timed out")).as_deref(),
+            Some(
+                "cannot reach the brain at brain.example:7443 (10.0.0.5:7443): \
+                 connection: timed out; retrying in 1.5 s"
+            )
+        );
+        assert_eq!(log.line(&down("connection: timed out")), None);
+        assert_eq!(log.line(&down("connection: timed out")), None);
+        assert!(log.line(&down("refused by the brain: who")).is_some());
+        let up = LinkEvent::Connected {
+            ledger: 0x1ed9e5,
+            version: 1,
+        };
+        assert_eq!(
+            log.line(&up).as_deref(),
+            Some(
+                "connected to the brain at brain.example:7443 (10.0.0.5:7443) (ledger 00000000001ed9e5)"
+            )
+        );
+        let lost = LinkEvent::Lost {
+            error: "connection: timed out".into(),
+        };
+        assert!(log.line(&lost).unwrap().starts_with("lost the connection"));
+        assert!(
+            log.line(&down("connection: timed out")).is_some(),
+            "a new outage"
+        );
+    }
 }

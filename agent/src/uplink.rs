@@ -377,9 +377,35 @@ impl Outbox {
 /// stored it (resending it after a reconnection until then).
 pub async fn run(
     cfg: UplinkConfig,
+    windows: tokio::sync::mpsc::Receiver<TelemetryWindow>,
+    apply: impl FnMut(&Command) -> Outcome,
+    stats: std::sync::Arc<std::sync::Mutex<UplinkStats>>,
+) {
+    run_reporting(cfg, windows, apply, stats, |_| {}).await
+}
+
+/// What happens to the connection, as [`run_reporting`] reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LinkEvent {
+    /// Connected: the brain welcomed this agent.
+    Connected { ledger: u64, version: u16 },
+    /// An attempt to connect failed; the next one starts in `retry_in`.
+    Unreachable {
+        error: String,
+        retry_in: std::time::Duration,
+    },
+    /// The connection, established, died; reconnecting at once.
+    Lost { error: String },
+}
+
+/// [`run`], telling `report` of every connection, failed attempt and lost
+/// connection (each attempt: deciding what to log is the caller's).
+pub async fn run_reporting(
+    cfg: UplinkConfig,
     mut windows: tokio::sync::mpsc::Receiver<TelemetryWindow>,
     mut apply: impl FnMut(&Command) -> Outcome,
     stats: std::sync::Arc<std::sync::Mutex<UplinkStats>>,
+    mut report: impl FnMut(LinkEvent),
 ) {
     let stat = |f: &mut dyn FnMut(&mut UplinkStats)| {
         f(&mut stats.lock().unwrap_or_else(|e| e.into_inner()))
@@ -429,12 +455,14 @@ pub async fn run(
                     },
                 }
             };
-            match connected {
+            let error = match connected {
                 Ok(l) => break l,
-                Err(e) => stat(&mut |s| s.last_error = Some(e.to_string())),
-            }
-            let wait =
-                tokio::time::sleep(backoff(attempt, cfg.backoff_min, cfg.backoff_max, jitter()));
+                Err(e) => e.to_string(),
+            };
+            stat(&mut |s| s.last_error = Some(error.clone()));
+            let retry_in = backoff(attempt, cfg.backoff_min, cfg.backoff_max, jitter());
+            report(LinkEvent::Unreachable { error, retry_in });
+            let wait = tokio::time::sleep(retry_in);
             attempt = attempt.saturating_add(1);
             tokio::pin!(wait);
             loop {
@@ -449,25 +477,30 @@ pub async fn run(
         };
         attempt = 0;
         stat(&mut |s| s.connects += 1);
+        report(LinkEvent::Connected {
+            ledger: link.ledger,
+            version: link.version,
+        });
         // Everything unacknowledged goes again: what was written into a
         // connection that then died may never have arrived.
         outbox.reconnected();
-        let mut alive = true;
+        // Why the connection died, once it has.
+        let mut dead: Option<String> = None;
         for r in unconfirmed.values() {
-            if link.send_result(r.clone()).await.is_err() {
-                alive = false;
+            if let Err(e) = link.send_result(r.clone()).await {
+                dead = Some(e.to_string());
                 break;
             }
         }
-        while alive {
+        while dead.is_none() {
             while let Some(frame) = outbox.next(link.version) {
-                if link.send_window_frame(&frame).await.is_err() {
-                    alive = false;
+                if let Err(e) = link.send_window_frame(&frame).await {
+                    dead = Some(e.to_string());
                     break;
                 }
                 stat(&mut |s| s.windows_sent += 1);
             }
-            if !alive {
+            if dead.is_some() {
                 break;
             }
             tokio::select! {
@@ -500,15 +533,19 @@ pub async fn run(
                         }
                         let r = CommandResult { id: c.id, outcome };
                         unconfirmed.insert(c.id, r.clone());
-                        if link.send_result(r).await.is_err() {
-                            alive = false;
+                        if let Err(e) = link.send_result(r).await {
+                            dead = Some(e.to_string());
                         }
                     }
-                    _ => alive = false,
+                    Ok(None) => dead = Some("the brain closed the connection".into()),
+                    Err(e) => dead = Some(e.to_string()),
                 },
             }
         }
         link.close();
+        report(LinkEvent::Lost {
+            error: dead.unwrap_or_default(),
+        });
     }
 }
 

@@ -7,7 +7,6 @@
 
 use anyhow::Result;
 use clap::Args;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use vagus_agent::node::NodeConfig;
 use vagus_agent::run::{BrainLink, Config};
@@ -17,14 +16,20 @@ pub struct AgentArgs {
     /// This node's name (with `--brain`, its certificate must carry it).
     #[arg(long, env = "VAGUS_NODE")]
     pub node: Option<String>,
-    /// The brain's QUIC address; without it the agent collects and serves
-    /// metrics only.
-    #[arg(long, env = "VAGUS_BRAIN", requires = "certs")]
-    pub brain: Option<SocketAddr>,
+    /// The brain's QUIC address, HOST:PORT (an IP address or a host name);
+    /// without it the agent collects and serves metrics only.
+    #[arg(
+        long,
+        env = "VAGUS_BRAIN",
+        requires = "certs",
+        value_name = "HOST:PORT"
+    )]
+    pub brain: Option<String>,
     /// Directory from `vagus certs init`.
     #[arg(long, env = "VAGUS_CERTS_DIR")]
     pub certs: Option<PathBuf>,
-    /// The name on the brain's certificate.
+    /// The name on the brain's certificate (checked whatever --brain
+    /// names).
     #[arg(long, default_value = "brain")]
     pub brain_name: String,
     /// Windows per second.
@@ -34,9 +39,9 @@ pub struct AgentArgs {
     /// while it is unreachable); the oldest are dropped beyond.
     #[arg(long, default_value_t = vagus_agent::uplink::DEFAULT_BUFFER_BYTES)]
     pub buffer_bytes: usize,
-    /// Serve /metrics, /snapshot and /healthz here.
-    #[arg(long, env = "VAGUS_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    /// Serve /metrics, /snapshot and /healthz here (HOST:PORT).
+    #[arg(long, env = "VAGUS_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// The shim's segment directory.
     #[arg(long, env = "VAGUS_SHM_DIR", default_value = "/run/vagus")]
     pub segments: PathBuf,
@@ -79,18 +84,26 @@ fn hostname() -> String {
 
 pub fn agent(args: AgentArgs) -> Result<()> {
     let node = args.node.clone().unwrap_or_else(hostname);
-    let brain = match (args.brain, &args.certs) {
-        (Some(addr), Some(certs)) => Some(BrainLink {
-            addr,
-            brain_name: args.brain_name.clone(),
-            certs: certs.clone(),
-            buffer_bytes: args.buffer_bytes,
-            state_dir: args
-                .state_dir
-                .clone()
-                .unwrap_or_else(vagus_agent::run::default_state_dir),
+    let brain = match (&args.brain, &args.certs) {
+        (Some(given), Some(certs)) => Some({
+            let addr = crate::addr::resolve("--brain", given)?;
+            BrainLink {
+                addr,
+                shown: crate::addr::shown(given, addr),
+                brain_name: args.brain_name.clone(),
+                certs: certs.clone(),
+                buffer_bytes: args.buffer_bytes,
+                state_dir: args
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(vagus_agent::run::default_state_dir),
+            }
         }),
         _ => None,
+    };
+    let metrics_addr = match &args.metrics_addr {
+        Some(a) => Some(crate::addr::resolve("--metrics-addr", a)?),
+        None => None,
     };
     let cfg = Config {
         node: NodeConfig {
@@ -113,7 +126,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         node_given: args.node.is_some(),
         brain,
         hz: args.hz,
-        metrics_addr: args.metrics_addr,
+        metrics_addr,
     };
     Ok(vagus_agent::run::run(cfg)?)
 }

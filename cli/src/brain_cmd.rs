@@ -12,7 +12,6 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +24,15 @@ use vagus_proto::wire::CommandKind;
 
 #[derive(Args, Debug)]
 pub struct BrainArgs {
-    /// UDP address to accept agents on.
-    #[arg(long, env = "VAGUS_BRAIN_QUIC", default_value = "0.0.0.0:7443")]
-    pub quic: SocketAddr,
+    /// UDP address to accept agents on (HOST:PORT; a host name is
+    /// resolved).
+    #[arg(
+        long,
+        env = "VAGUS_BRAIN_QUIC",
+        default_value = "0.0.0.0:7443",
+        value_name = "HOST:PORT"
+    )]
+    pub quic: String,
     /// Directory from `vagus certs init`: accept agents over QUIC.
     #[arg(long, env = "VAGUS_CERTS_DIR")]
     pub certs: Option<PathBuf>,
@@ -54,9 +59,9 @@ pub struct BrainArgs {
 #[derive(Args, Debug, Default)]
 pub struct ApiArgs {
     /// Serve the HTTP API (placements, nodes, decisions, controls, metrics)
-    /// on this TCP address.
-    #[arg(long, env = "VAGUS_BRAIN_HTTP")]
-    pub http: Option<SocketAddr>,
+    /// on this TCP address (HOST:PORT; a host name is resolved).
+    #[arg(long, env = "VAGUS_BRAIN_HTTP", value_name = "HOST:PORT")]
+    pub http: Option<String>,
     /// Bearer tokens and their roles (TOML: [[token]] name, role, token).
     #[arg(long, env = "VAGUS_BRAIN_TOKENS")]
     pub tokens: Option<PathBuf>,
@@ -164,14 +169,16 @@ fn config(args: &BrainArgs) -> Result<Config> {
         args.certs.is_some() || args.api.http.is_some(),
         "give --certs DIR (accept agents over QUIC), --http ADDR (the API), or both"
     );
-    let http = match args.api.http {
-        Some(addr) => {
+    let http = match &args.api.http {
+        Some(given) => {
+            let addr = crate::addr::resolve("--http", given)?;
             let path = args
                 .api
                 .tokens
                 .as_deref()
                 .context("--http needs --tokens FILE (bearer tokens and their roles)")?;
-            let tokens = Tokens::load(path)?;
+            let tokens =
+                Tokens::load(path).with_context(|| format!("--tokens {}", path.display()))?;
             anyhow::ensure!(
                 !tokens.is_empty(),
                 "{}: no [[token]] entries: nobody could use the API",
@@ -196,8 +203,9 @@ fn config(args: &BrainArgs) -> Result<Config> {
     };
     let quic = match &args.certs {
         Some(dir) => Some(QuicConfig {
-            addr: args.quic,
-            identity: Identity::load(dir, &args.name)?,
+            addr: crate::addr::resolve("--quic", &args.quic)?,
+            identity: Identity::load(dir, &args.name)
+                .with_context(|| format!("--certs {}", dir.display()))?,
             ledger: args.ledger.clone(),
             rolling_windows: args.rolling_windows,
         }),

@@ -2,6 +2,7 @@
 //! libraries: flags are parsed here (clap, each with an environment variable)
 //! into validated configs that the subcommands receive.
 
+mod addr;
 mod agent_cmd;
 mod brain_cmd;
 mod gpusim_cmd;
@@ -100,8 +101,99 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vagus: {e:#}");
+            eprintln!("vagus: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes as one line, each said once: many errors here
+/// carry their cause in their own message already, which `{:#}` would
+/// repeat. A multi-line message (a TOML error's snippet) is flattened.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = flatten(&cause.to_string());
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        // A cause that only adds a code to what is said already
+        // ("Error code 14: unable to open database file").
+        if let Some((code, rest)) = text.split_once(": ")
+            && code.len() <= 24
+            && code.bytes().any(|b| b.is_ascii_digit())
+            && line.contains(rest)
+        {
+            continue;
+        }
+        if line.is_empty() {
+            line = text;
+            continue;
+        }
+        // "--tokens FILE", then "FILE: No such file…": FILE once.
+        let last = line.rsplit(' ').next().unwrap_or_default();
+        let rest = text
+            .strip_prefix(last)
+            .and_then(|r| r.strip_prefix(": "))
+            .filter(|_| !last.is_empty());
+        line.push_str(": ");
+        line.push_str(rest.unwrap_or(&text));
+    }
+    line
+}
+
+/// A message's lines joined into one, without a snippet's lines (`  |`,
+/// `2 | smz = 64`, `  | ^^^`): "TOML parse error at line 2, column 1:
+/// unknown field `smz`…".
+fn flatten(text: &str) -> String {
+    let snippet = |l: &str| {
+        l.trim_start_matches(|c: char| c.is_ascii_digit() || c.is_whitespace())
+            .starts_with('|')
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !snippet(l))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        /// An error whose message carries its source.
+        #[derive(Debug)]
+        struct Embeds {
+            what: String,
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for Embeds {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "reading {}: {}", self.what, self.source)
+            }
+        }
+        impl std::error::Error for Embeds {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let e = anyhow::Error::from(Embeds {
+            what: "/x".into(),
+            source: io(),
+        });
+        assert_eq!(one_line(&e), format!("reading /x: {}", io()));
+        let e = anyhow::Error::from(io()).context("cannot read /x");
+        assert_eq!(one_line(&e), format!("cannot read /x: {}", io()));
+        let e = anyhow::anyhow!("/x: no such file").context("--tokens /x");
+        assert_eq!(one_line(&e), "--tokens /x: no such file");
+        let toml = "TOML parse error at line 2, column 1\n  |\n2 | smz = 64\n  | ^^^\nunknown field `smz`\n";
+        let e = anyhow::anyhow!("{toml}").context("gpusim.toml");
+        assert_eq!(
+            one_line(&e),
+            "gpusim.toml: TOML parse error at line 2, column 1: unknown field `smz`"
+        );
     }
 }

@@ -3,8 +3,9 @@
 //! and fragmentation ratios against arrived load (means over seeds). On a
 //! terminal, a progress bar on standard error.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use std::path::PathBuf;
 use vagus_replay::policy::Kind;
 use vagus_replay::replay::{MAX_ARRIVED_PCT, mean_curve, replay_seeds};
@@ -17,10 +18,9 @@ pub struct ReplayArgs {
     /// Pod list (`name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,…]`).
     #[arg(long)]
     pub pods: PathBuf,
-    /// random, dotprod, gpu-clustering, gpu-packing, best-fit, fgd, or
-    /// vagus (the brain's decision core).
-    #[arg(long, default_value = "fgd")]
-    pub policy: String,
+    /// The placement policy (vagus: the brain's decision core).
+    #[arg(long, default_value = "fgd", value_parser = policies())]
+    pub policy: Kind,
     /// Seeds: `A..B` (inclusive) or a comma-separated list.
     #[arg(long, default_value = "42..51")]
     pub seeds: String,
@@ -38,15 +38,28 @@ pub struct ReplayArgs {
     pub record: Option<PathBuf>,
 }
 
+/// `--policy`: every policy the replay knows (its help lists them), as
+/// its [`Kind`].
+fn policies() -> impl TypedValueParser<Value = Kind> {
+    PossibleValuesParser::new(Kind::ALL.iter().map(|(name, _)| *name))
+        .map(|name| Kind::parse(&name).expect("a policy from Kind::ALL"))
+}
+
+/// The most seeds one replay runs.
+const MAX_SEEDS: u64 = 10_000;
+
 fn parse_seeds(s: &str) -> Result<Vec<u64>> {
-    let bad = || format!("--seeds {s:?}: expected A..B (inclusive) or a comma-separated list");
+    let bad = || format!("--seeds {s}: expected A..B (inclusive) or a comma-separated list");
     let seeds: Vec<u64> = if let Some((a, b)) = s.split_once("..") {
         let (a, b): (u64, u64) = (
             a.trim().parse().with_context(bad)?,
             b.trim().parse().with_context(bad)?,
         );
         if a > b {
-            bail!("{}", bad());
+            bail!("--seeds {s}: the range is reversed (start {a} > end {b})");
+        }
+        if b - a >= MAX_SEEDS {
+            bail!("--seeds {s}: at most {MAX_SEEDS} seeds");
         }
         (a..=b).collect()
     } else {
@@ -54,18 +67,18 @@ fn parse_seeds(s: &str) -> Result<Vec<u64>> {
             .map(|x| x.trim().parse().with_context(bad))
             .collect::<Result<_>>()?
     };
-    if seeds.is_empty() || seeds.len() > 10_000 {
-        bail!("--seeds {s:?}: between 1 and 10000 seeds");
+    if seeds.is_empty() || seeds.len() as u64 > MAX_SEEDS {
+        bail!("--seeds {s}: between 1 and {MAX_SEEDS} seeds");
     }
     Ok(seeds)
 }
 
 pub fn replay(args: ReplayArgs) -> Result<()> {
-    let kind = Kind::parse(&args.policy).with_context(|| {
-        let names: Vec<&str> = Kind::ALL.iter().map(|(n, _)| *n).collect();
-        format!("--policy {:?}: one of {}", args.policy, names.join(", "))
-    })?;
+    let kind = args.policy;
     let seeds = parse_seeds(&args.seeds)?;
+    if args.threads == Some(0) {
+        return Err(anyhow!("--threads 0: must be at least 1"));
+    }
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
     };
@@ -208,4 +221,22 @@ fn record(
         r.placed
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_and_their_errors() {
+        assert_eq!(parse_seeds("3..5").unwrap(), [3, 4, 5]);
+        assert_eq!(parse_seeds("7, 1").unwrap(), [7, 1]);
+        let err = |s: &str| format!("{:#}", parse_seeds(s).unwrap_err());
+        assert_eq!(
+            err("5..2"),
+            "--seeds 5..2: the range is reversed (start 5 > end 2)"
+        );
+        assert!(err("0..18446744073709551615").contains("at most 10000 seeds"));
+        assert!(err("1..x").starts_with("--seeds 1..x: expected A..B"));
+    }
 }

@@ -1,6 +1,7 @@
 //! The decision core's configuration (validated once, passed in).
 
 use crate::classify::Classes;
+use crate::explain::NodeShape;
 use crate::manifest::ManifestConfig;
 use crate::mix::Shape;
 use crate::score::Weights;
@@ -65,6 +66,10 @@ pub struct Config {
     pub quotas: BTreeMap<String, f64>,
     /// Ask for nodes when nothing fits (else only queue).
     pub scale_out: bool,
+    /// The nodes scale-out may ask for (the cloud's instance types, the
+    /// cluster's node pools). A request that neither a known node nor one
+    /// of these could hold when empty is rejected, not queued.
+    pub scale_out_shapes: Vec<NodeShape>,
     pub manifest: ManifestConfig,
     /// Candidates kept in each explanation.
     pub explain_top: usize,
@@ -97,6 +102,7 @@ impl Default for Config {
             },
             quotas: BTreeMap::new(),
             scale_out: true,
+            scale_out_shapes: default_shapes(),
             manifest: ManifestConfig::default(),
             explain_top: 3,
             search_limit: 8,
@@ -154,9 +160,51 @@ impl Config {
                 ));
             }
         }
+        for (i, n) in self.scale_out_shapes.iter().enumerate() {
+            let field = |f: &str| format!("scale_out_shapes[{i}].{f}");
+            if crate::spec::lookup(&n.gpu_model).is_none() {
+                return Err(Invalid::new(
+                    &field("gpu_model"),
+                    &format!(
+                        "{} is not in the brain's GPU table ({})",
+                        n.gpu_model,
+                        crate::spec::families()
+                    ),
+                ));
+            }
+            if !(1..=crate::rules::NODE_GPUS.max as u32).contains(&n.gpus) {
+                return Err(Invalid::new(
+                    &field("gpus"),
+                    &format!("must be 1 to {}", crate::rules::NODE_GPUS.max),
+                ));
+            }
+            crate::rules::NODE_CPU_MILLI.check(&field("cpu_milli"), n.cpu_milli)?;
+            crate::rules::NODE_MEMORY_MIB.check(&field("memory_mib"), n.memory_mib)?;
+        }
         if self.explain_top == 0 {
             return Err(Invalid::new("explain_top", "must be at least 1"));
         }
         Ok(())
     }
+}
+
+/// Eight-GPU instance types of the large clouds (AWS p5, p5e, p4de, g6e,
+/// g6, g5, g4dn, p3 sizes).
+fn default_shapes() -> Vec<NodeShape> {
+    let s = |gpu_model: &str, cpus: u64, gib: u64| NodeShape {
+        gpu_model: gpu_model.to_string(),
+        gpus: 8,
+        cpu_milli: cpus * 1000,
+        memory_mib: gib * 1024,
+    };
+    vec![
+        s("H200", 192, 2048),
+        s("H100", 192, 2048),
+        s("A100", 96, 1152),
+        s("L40S", 192, 1536),
+        s("L4", 192, 768),
+        s("A10", 192, 768),
+        s("T4", 96, 384),
+        s("V100", 64, 488),
+    ]
 }

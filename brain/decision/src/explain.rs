@@ -3,7 +3,7 @@
 use crate::classify::Class;
 use crate::score::{Slot, Terms};
 use k8s_openapi::api::core::v1::Pod;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -30,6 +30,18 @@ pub enum Path {
 }
 
 impl Path {
+    pub const ALL: [Path; 9] = [
+        Path::Direct,
+        Path::Reconfigure,
+        Path::Repack,
+        Path::Preempt,
+        Path::ScaleOut,
+        Path::Queue,
+        Path::Reject,
+        Path::Remove,
+        Path::Control,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Path::Direct => "direct",
@@ -107,9 +119,11 @@ pub struct Plan {
     pub restarts: u32,
 }
 
-/// A node to add.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+/// A node to add: scale-out asks for one of the configured shapes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeShape {
+    /// A GPU family of the brain's table (`H100`).
     pub gpu_model: String,
     pub gpus: u32,
     pub cpu_milli: u64,
@@ -137,8 +151,8 @@ pub struct Decision {
     pub plan: Option<Plan>,
     pub preempted: Vec<String>,
     pub scale_out: Option<NodeShape>,
-    /// The Pod to bind (placed workloads).
-    #[schema(value_type = Object)]
+    /// The Pod to bind (Kubernetes' `v1.Pod`); `null` unless it was placed.
+    #[schema(value_type = Option<Object>)]
     pub manifest: Option<Pod>,
 }
 

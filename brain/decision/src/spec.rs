@@ -84,6 +84,15 @@ pub fn lookup(name: &str) -> Option<&'static GpuModel> {
     TABLE.iter().find(|m| is_family(name, m.family))
 }
 
+/// The table's families, for messages (`V100M32, V100M16, H200, …`).
+pub fn families() -> String {
+    TABLE
+        .iter()
+        .map(|m| m.family)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The best TFLOPS/W in the table: efficiency is scored against it.
 pub fn best_tflops_per_watt() -> f64 {
     TABLE

@@ -3,14 +3,14 @@
 
 use crate::classify::Class;
 use crate::spec;
-use crate::workload::{Invalid, Profile, dns_label, non_empty};
+use crate::workload::{Invalid, Profile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 /// The most GPUs a node may declare (the largest systems have 72; the
 /// score's per-node counters are 16 bits).
-pub const MAX_GPUS_PER_NODE: usize = 256;
+pub const MAX_GPUS_PER_NODE: usize = crate::rules::NODE_GPUS.max;
 
 /// A node as it is declared (configuration, an agent's inventory, a trace).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -43,47 +43,43 @@ pub struct GpuSpec {
 }
 
 impl NodeSpec {
+    /// Checks the declaration against [`crate::rules`] (which the OpenAPI
+    /// document publishes); the error names the field.
     pub fn validate(&self) -> Result<(), Invalid> {
-        non_empty("name", &self.name)?;
-        if self.name.contains(char::is_whitespace) {
-            return Err(Invalid::new("name", "must not contain spaces"));
+        use crate::rules::*;
+        DNS_SUBDOMAIN.check("name", &self.name)?;
+        NODE_CPU_MILLI.check("cpu_milli", self.cpu_milli)?;
+        NODE_MEMORY_MIB.check("memory_mib", self.memory_mib)?;
+        LABELS.check("labels", self.labels.len())?;
+        for (k, v) in &self.labels {
+            LABEL_KEY.check("labels", k)?;
+            LABEL_VALUE.check(&format!("labels.{k}"), v)?;
         }
-        if self.cpu_milli == 0 {
-            return Err(Invalid::new("cpu_milli", "must be at least 1"));
-        }
-        if self.memory_mib == 0 {
-            return Err(Invalid::new("memory_mib", "must be at least 1"));
-        }
-        if self.gpus.len() > MAX_GPUS_PER_NODE {
-            return Err(Invalid::new(
-                "gpus",
-                &format!("at most {MAX_GPUS_PER_NODE} GPUs per node"),
-            ));
-        }
+        NODE_GPUS.check("gpus", self.gpus.len())?;
         for (i, g) in self.gpus.iter().enumerate() {
-            if g.model.trim().is_empty() {
-                return Err(Invalid::new(
-                    &format!("gpus[{i}].model"),
-                    "must not be empty",
-                ));
+            let field = |f: &str| format!("gpus[{i}].{f}");
+            GPU_MODEL.check(&field("model"), &g.model)?;
+            if let Some(s) = g.sms {
+                GPU_SMS.check(&field("sms"), s as u64)?;
             }
-            let (sms, mem, tdp) = (g.sms, g.memory_gb, g.tdp_w);
-            if spec::lookup(&g.model).is_none() && (sms.is_none() || mem.is_none() || tdp.is_none())
+            if let Some(m) = g.memory_gb {
+                GPU_MEMORY_GB.check(&field("memory_gb"), m)?;
+            }
+            if let Some(t) = g.tdp_w {
+                GPU_TDP_W.check(&field("tdp_w"), t)?;
+            }
+            if spec::lookup(&g.model).is_none()
+                && (g.sms.is_none() || g.memory_gb.is_none() || g.tdp_w.is_none())
             {
                 return Err(Invalid::new(
-                    &format!("gpus[{i}].model"),
-                    "is not in the GPU table: give sms, memory_gb and tdp_w",
+                    &field("model"),
+                    &format!(
+                        "{} is not in the brain's GPU table ({}): give sms, memory_gb and tdp_w",
+                        g.model,
+                        spec::families()
+                    ),
                 ));
             }
-            if mem.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
-                return Err(Invalid::new(&format!("gpus[{i}].memory_gb"), "must be > 0"));
-            }
-            if tdp.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
-                return Err(Invalid::new(&format!("gpus[{i}].tdp_w"), "must be > 0"));
-            }
-        }
-        for k in self.labels.keys() {
-            non_empty("labels", k)?;
         }
         Ok(())
     }
@@ -265,5 +261,5 @@ pub struct Queued {
 }
 
 pub(crate) fn check_id(id: &str) -> Result<(), Invalid> {
-    dns_label("name", id)
+    crate::rules::DNS_LABEL.check("name", id)
 }

@@ -89,31 +89,32 @@ impl Profile {
             .unwrap_or(matches!(self.priority, Priority::P2 | Priority::P3))
     }
 
-    /// Checks what serde cannot: ranges and formats. The error names the
-    /// field.
+    /// Checks what serde cannot: ranges and formats ([`crate::rules`],
+    /// which the OpenAPI document publishes). The error names the field.
     pub fn validate(&self) -> Result<(), Invalid> {
-        dns_label("name", &self.name)?;
-        non_empty("model_id", &self.model_id)?;
-        non_empty("tenant", &self.tenant)?;
-        if !(self.model_size_gb.is_finite()
-            && self.model_size_gb >= 0.0
-            && self.model_size_gb <= 10_000.0)
-        {
-            return Err(Invalid::new(
-                "model_size_gb",
-                "must be a number of GB in [0, 10000]",
-            ));
-        }
-        positive("batch", self.batch as u64)?;
-        positive("seq_len", self.seq_len as u64)?;
+        use crate::rules::*;
+        DNS_LABEL.check("name", &self.name)?;
+        MODEL_ID.check("model_id", &self.model_id)?;
+        MODEL_SIZE_GB.check("model_size_gb", self.model_size_gb)?;
+        BATCH.check("batch", self.batch as u64)?;
+        SEQ_LEN.check("seq_len", self.seq_len as u64)?;
         if let Some(sla) = self.sla_ms {
-            positive("sla_ms", sla as u64)?;
+            SLA_MS.check("sla_ms", sla as u64)?;
         }
-        positive("expected_duration_s", self.expected_duration_s)?;
-        if let Some(g) = self.gpus
-            && g > 16
-        {
-            return Err(Invalid::new("gpus", "must be 0 to 16"));
+        DNS_LABEL.check("tenant", &self.tenant)?;
+        DURATION_S.check("expected_duration_s", self.expected_duration_s)?;
+        HINTS.check("locality", self.locality.len())?;
+        for (i, l) in self.locality.iter().enumerate() {
+            LOCALITY.check(&format!("locality[{i}]"), l)?;
+        }
+        HINTS.check("accepted_models", self.accepted_models.len())?;
+        for (i, m) in self.accepted_models.iter().enumerate() {
+            GPU_MODEL.check(&format!("accepted_models[{i}]"), m)?;
+        }
+        CPU_MILLI.check("cpu_milli", self.cpu_milli)?;
+        MEMORY_MIB.check("memory_mib", self.memory_mib)?;
+        if let Some(g) = self.gpus {
+            WORKLOAD_GPUS.check("gpus", g as u64)?;
         }
         if self.gpus() == 0 && self.model_size_gb > 0.0 {
             return Err(Invalid::new(
@@ -125,9 +126,7 @@ impl Profile {
             if self.gpus() == 0 {
                 return Err(Invalid::new("share_pct", "must be absent with gpus 0"));
             }
-            if !(1..=100).contains(&s) {
-                return Err(Invalid::new("share_pct", "must be 1 to 100"));
-            }
+            SHARE_PCT.check("share_pct", s as u64)?;
             if self.gpus() > 1 && s != 100 {
                 return Err(Invalid::new(
                     "share_pct",
@@ -135,28 +134,11 @@ impl Profile {
                 ));
             }
         }
-        if let Some(c) = self.max_cost_per_hour
-            && !(c.is_finite() && c >= 0.0)
-        {
-            return Err(Invalid::new("max_cost_per_hour", "must be a number ≥ 0"));
+        if let Some(c) = self.max_cost_per_hour {
+            COST_PER_HOUR.check("max_cost_per_hour", c)?;
         }
-        for (i, m) in self.accepted_models.iter().enumerate() {
-            if m.trim().is_empty() {
-                return Err(Invalid::new(&format!("accepted_models[{i}]"), "is empty"));
-            }
-        }
-        for (i, l) in self.locality.iter().enumerate() {
-            if l.trim().is_empty() {
-                return Err(Invalid::new(&format!("locality[{i}]"), "is empty"));
-            }
-        }
-        if let Some(img) = &self.image
-            && (img.is_empty() || img.contains(char::is_whitespace))
-        {
-            return Err(Invalid::new(
-                "image",
-                "must be an image reference without spaces",
-            ));
+        if let Some(img) = &self.image {
+            IMAGE.check("image", img)?;
         }
         Ok(())
     }
@@ -176,41 +158,5 @@ impl Invalid {
             field: field.to_string(),
             problem: problem.to_string(),
         }
-    }
-}
-
-pub(crate) fn non_empty(field: &str, v: &str) -> Result<(), Invalid> {
-    if v.trim().is_empty() {
-        return Err(Invalid::new(field, "must not be empty"));
-    }
-    if v.len() > 253 {
-        return Err(Invalid::new(field, "is longer than 253 characters"));
-    }
-    Ok(())
-}
-
-fn positive(field: &str, v: u64) -> Result<(), Invalid> {
-    if v == 0 {
-        return Err(Invalid::new(field, "must be at least 1"));
-    }
-    Ok(())
-}
-
-/// Kubernetes object names: lowercase letters, digits and `-`, starting and
-/// ending with a letter or digit, at most 63 characters.
-pub(crate) fn dns_label(field: &str, v: &str) -> Result<(), Invalid> {
-    let ok = !v.is_empty()
-        && v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !v.starts_with('-')
-        && !v.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            field,
-            "must be 1–63 lowercase letters, digits or '-', not starting or ending with '-'",
-        ))
     }
 }

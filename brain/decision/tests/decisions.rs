@@ -247,7 +247,7 @@ fn reconfigure_when_the_gate_allows_and_queue_when_it_does_not() {
     // An operator's pause closes every gate.
     let mut c = core(&[node("n1", "NVIDIA H100 80GB HBM3", 1)]);
     place(&mut c, small("a"));
-    c.control(Control::PauseReconfiguration, 1_000).unwrap();
+    c.control(Control::PauseReconfiguration {}, 1_000).unwrap();
     let d = place(&mut c, with_share(small("b"), 40));
     assert!(d.summary.contains("paused"), "{}", d.summary);
     assert!(!d.path.placed());
@@ -341,7 +341,7 @@ fn repack_moves_lower_priority_work_and_respects_the_breaker() {
         1_000,
     )
     .unwrap();
-    c2.control(Control::TripBreaker, 1_000).unwrap();
+    c2.control(Control::TripBreaker {}, 1_000).unwrap();
     let out = c2.place(big, 2_000).unwrap();
     assert_eq!(out[0].path, Path::ScaleOut);
     assert!(
@@ -350,7 +350,7 @@ fn repack_moves_lower_priority_work_and_respects_the_breaker() {
         out[0].summary
     );
     // Resetting the breaker retries the queue: now it repacks.
-    let out = c2.control(Control::ResetBreaker, 3_000).unwrap();
+    let out = c2.control(Control::ResetBreaker {}, 3_000).unwrap();
     assert_eq!(out.len(), 3, "{out:#?}");
     assert_eq!(out[1].path, Path::Repack);
     assert_eq!(out[1].workload, "big");
@@ -445,31 +445,86 @@ fn scale_out_names_the_node_shape_or_queues() {
     large.model_size_gb = 60.0; // 600: large, prefers H100; 60 GB won't fit a T4
     let d = place(&mut c, large.clone());
     assert_eq!(d.path, Path::ScaleOut);
+    // One of the configured shapes: the default's eight-H100 node.
     let shape = d.scale_out.unwrap();
-    assert_eq!((shape.gpu_model.as_str(), shape.gpus), ("H100", 1));
+    assert_eq!((shape.gpu_model.as_str(), shape.gpus), ("H100", 8));
+    assert!(shape.cpu_milli >= large.cpu_milli && shape.memory_mib >= large.memory_mib);
     assert!(
         d.ruled_out
             .iter()
             .any(|r| r.constraint == "gpu-memory" && r.examples == ["n1/0"])
     );
-    // Without scale-out: the priority queue.
+    // Without scale-out, nothing known could ever hold it: rejected, with
+    // the constraint that rules it out.
     let cfg = Config {
         scale_out: false,
         ..Config::default()
     };
-    let mut c = core_with(cfg, &[node("n1", "Tesla T4", 1)]);
+    let mut c = core_with(cfg.clone(), &[node("n1", "Tesla T4", 1)]);
+    let d = place(&mut c, large.clone());
+    assert_eq!(d.path, Path::Reject, "{}", d.summary);
+    assert!(d.summary.starts_with("model_size_gb:"), "{}", d.summary);
+    // A node that could hold it, busy: the priority queue; it drains on
+    // the next removal.
+    let mut c = core_with(cfg, &[node("n1", "NVIDIA H100 80GB HBM3", 1)]);
+    let mut hold = with_share(small("hold"), 100);
+    hold.preemptible = Some(false);
+    assert!(place(&mut c, hold).path.placed());
     assert_eq!(place(&mut c, large).path, Path::Queue);
-    // A node arriving lets the queue drain on the next removal or control.
-    c.upsert_node(&node("n2", "NVIDIA H100 80GB HBM3", 1))
-        .unwrap();
-    let out = c
-        .control(Control::Uncordon { node: "n2".into() }, 5_000)
-        .unwrap();
+    let out = c.remove("hold", 5_000).unwrap();
     assert_eq!(out.len(), 2);
     assert_eq!(
         (out[1].workload.as_str(), out[1].node.as_deref()),
-        ("large", Some("n2"))
+        ("large", Some("n1"))
     );
+}
+
+/// A request no known node or scale-out shape could hold is rejected with
+/// the constraint that rules it out; with no node known and no scale-out
+/// it waits.
+#[test]
+fn hopeless_requests_are_rejected_naming_the_constraint() {
+    let mut c = core(&[node("n1", "NVIDIA H100 80GB HBM3", 2)]);
+    let cases: Vec<(&str, Box<dyn Fn(&mut Profile)>)> = vec![
+        ("cpu_milli:", Box::new(|p| p.cpu_milli = 4_000_000)),
+        ("memory_mib:", Box::new(|p| p.memory_mib = 60 << 20)),
+        (
+            "gpus:",
+            Box::new(|p| {
+                p.gpus = Some(16);
+                p.share_pct = None;
+            }),
+        ),
+        (
+            "accepted_models:",
+            Box::new(|p| p.accepted_models = vec!["Z9000".into()]),
+        ),
+        ("model_size_gb:", Box::new(|p| p.model_size_gb = 200.0)),
+        (
+            "max_cost_per_hour:",
+            Box::new(|p| p.max_cost_per_hour = Some(0.0001)),
+        ),
+    ];
+    for (i, (why, set)) in cases.iter().enumerate() {
+        let mut p = small(&format!("w{i}"));
+        set(&mut p);
+        let d = place(&mut c, p);
+        assert_eq!(d.path, Path::Reject, "{why} {}", d.summary);
+        assert!(d.summary.starts_with(why), "{why}: {}", d.summary);
+    }
+    assert!(c.queued().next().is_none() && c.placements().next().is_none());
+    // The unknown model's reason lists what the cluster and shapes have.
+    let mut p = small("z");
+    p.accepted_models = vec!["Z9000".into()];
+    let d = place(&mut c, p);
+    assert!(d.summary.contains("NVIDIA H100 80GB HBM3"), "{}", d.summary);
+    // Nothing known at all and no scale-out: it waits for nodes.
+    let cfg = Config {
+        scale_out: false,
+        ..Config::default()
+    };
+    let mut c = core_with(cfg, &[]);
+    assert_eq!(place(&mut c, small("early")).path, Path::Queue);
 }
 
 #[test]

@@ -58,17 +58,70 @@ pub struct Entry {
 /// `GET /v1/decisions` filters.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Filter {
     /// Only this workload's rows.
     pub workload: Option<String>,
-    /// Only this path (`direct`, `queue`, `control`, …).
+    /// Only this path: a decision's (`direct`, `queue`, `control`, …) or
+    /// `event` (what agents reported).
     pub path: Option<String>,
     pub node: Option<String>,
     pub actor: Option<String>,
-    /// Rows after this sequence number (for paging).
-    pub after: Option<i64>,
-    /// At most this many (default 100, at most 1000).
+    /// Rows after this sequence number (the last page's `next`).
+    pub after: Option<u64>,
+    /// At most this many (default 100).
     pub limit: Option<u32>,
+}
+
+/// What a row's `path` may be: a decision's path, or `event`.
+pub fn row_paths() -> impl Iterator<Item = &'static str> {
+    vagus_decision::Path::ALL
+        .iter()
+        .map(|p| p.name())
+        .chain(["event"])
+}
+
+impl Filter {
+    /// Checks the values against the rules the document publishes; the
+    /// error names the parameter.
+    pub fn validate(&self) -> Result<(), vagus_decision::Invalid> {
+        use vagus_decision::rules::{LOOKUP, PAGE, SEQ};
+        for (name, v) in [
+            ("workload", &self.workload),
+            ("node", &self.node),
+            ("actor", &self.actor),
+        ] {
+            if let Some(v) = v {
+                LOOKUP.check(name, v)?;
+            }
+        }
+        if let Some(p) = &self.path
+            && !row_paths().any(|k| k == p)
+        {
+            return Err(vagus_decision::Invalid::new(
+                "path",
+                &format!(
+                    "{p} is not a path; one of {}",
+                    row_paths().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        if let Some(a) = self.after {
+            SEQ.check("after", a)?;
+        }
+        if let Some(l) = self.limit {
+            PAGE.check("limit", l as u64)?;
+        }
+        Ok(())
+    }
+}
+
+/// A page of the trail, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Page {
+    pub items: Vec<Entry>,
+    /// Pass as `after` for the next page; `null` on the last.
+    pub next: Option<i64>,
 }
 
 /// Rows to store: given, or to come from whoever reserved their place.
@@ -200,9 +253,37 @@ impl Audit {
         rx
     }
 
+    /// A page of rows matching `f`.
+    pub fn page(&self, f: &Filter) -> Result<Page, AuditError> {
+        let limit = f.limit.unwrap_or(100).clamp(1, 1000) as usize;
+        let mut f = f.clone();
+        f.limit = Some(limit as u32 + 1);
+        let mut items = self.query(&f)?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    /// The highest decision sequence number the trail holds (0: none): a
+    /// restarted core numbers on from it.
+    pub fn last_decision_seq(&self) -> Result<u64, AuditError> {
+        let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        c.query_row(
+            "SELECT COALESCE(MAX(json_extract(body, '$.seq')), 0) FROM decisions WHERE state IS NOT NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|v| v.max(0) as u64)
+        .map_err(|e| self.err(e))
+    }
+
     pub fn query(&self, f: &Filter) -> Result<Vec<Entry>, AuditError> {
         let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
-        let limit = f.limit.unwrap_or(100).clamp(1, 1000) as i64;
+        let limit = f.limit.unwrap_or(100).clamp(1, 1001) as i64;
         let mut stmt = c
             .prepare_cached(
                 "SELECT seq, at_ms, path, workload, node, actor, summary, body FROM decisions
@@ -219,7 +300,7 @@ impl Audit {
                     f.path,
                     f.node,
                     f.actor,
-                    f.after.unwrap_or(0),
+                    f.after.unwrap_or(0).min(i64::MAX as u64) as i64,
                     limit
                 ],
                 |r| {

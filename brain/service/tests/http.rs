@@ -2,173 +2,14 @@
 //! endpoint, each role allowed and refused, invalid bodies answered with
 //! the field named, and the audit row committed before the answer.
 
+mod common;
+
+use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use vagus_brain::http::auth::{Role, Token, Tokens};
-use vagus_brain::{Config, HttpConfig, Service};
-use vagus_decision::{GpuSpec, NodeSpec};
-
-const ADMIN: &str = "admin-token-000000000001";
-const OPERATOR: &str = "operator-token-00000001";
-const VIEWER: &str = "viewer-token-0000000001";
-
-struct Api {
-    addr: std::net::SocketAddr,
-    db: PathBuf,
-    _rt: tokio::runtime::Runtime,
-}
-
-fn node(name: &str, model: &str, gpus: usize) -> NodeSpec {
-    NodeSpec {
-        name: name.into(),
-        cpu_milli: 64_000,
-        memory_mib: 256 * 1024,
-        labels: Default::default(),
-        gpus: (0..gpus)
-            .map(|_| GpuSpec {
-                model: model.into(),
-                sms: None,
-                memory_gb: None,
-                tdp_w: None,
-                throttling: false,
-            })
-            .collect(),
-    }
-}
-
-fn tokens() -> Tokens {
-    let t = |name: &str, role, token: &str| Token {
-        name: name.into(),
-        role,
-        token: token.into(),
-    };
-    Tokens::new(vec![
-        t("ada", Role::Admin, ADMIN),
-        t("otto", Role::Operator, OPERATOR),
-        t("vic", Role::Viewer, VIEWER),
-    ])
-    .unwrap()
-}
-
-fn start(tag: &str, db: Option<PathBuf>) -> Api {
-    let db = db.unwrap_or_else(|| {
-        let d = std::env::temp_dir().join(format!("vagus-api-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d.join("audit.sqlite")
-    });
-    let clock = Arc::new(AtomicU64::new(1_000));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let svc = rt
-        .block_on(Service::start(Config {
-            http: Some(HttpConfig {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                tokens: tokens(),
-                audit: Some(db.clone()),
-                core: vagus_decision::Config::default(),
-                nodes: vec![
-                    node("h1", "NVIDIA H100 80GB HBM3", 2),
-                    node("a1", "NVIDIA A100-SXM4-80GB", 2),
-                ],
-                clock: Some(Box::new(move || clock.load(Ordering::Relaxed))),
-            }),
-            quic: None,
-            sync_every: Duration::from_secs(1),
-        }))
-        .unwrap();
-    let addr = svc.http_addr.unwrap();
-    Api { addr, db, _rt: rt }
-}
-
-/// (status, body as JSON or a string).
-fn call(
-    api: &Api,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, serde_json::Value) {
-    call_at(api.addr, method, path, token, body)
-}
-
-fn call_at(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req += &format!("Authorization: Bearer {t}\r\n");
-    }
-    let body = body.unwrap_or("");
-    req += &format!(
-        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    parse_response(&out)
-}
-
-fn parse_response(out: &[u8]) -> (u16, serde_json::Value) {
-    let text = String::from_utf8_lossy(out);
-    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-    (status, v)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
-fn profile(name: &str, model: &str) -> String {
-    serde_json::json!({
-        "name": name, "model_id": model, "model_size_gb": 14.0, "batch": 8, "seq_len": 2048,
-        "priority": "P2", "sla_ms": 100, "tenant": "acme", "expected_duration_s": 3600
-    })
-    .to_string()
-}
-
-fn rows(db: &PathBuf, workload: &str) -> i64 {
-    let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row(
-        "SELECT COUNT(*) FROM decisions WHERE workload = ?1",
-        [workload],
-        |r| r.get(0),
-    )
-    .unwrap()
-}
 
 #[test]
 fn every_endpoint() {
@@ -205,18 +46,19 @@ fn every_endpoint() {
     );
     let (st, v) = call(&api, "GET", "/v1/placements", Some(VIEWER), None);
     assert_eq!(st, 200);
-    let ids: Vec<&str> = v["placed"]
+    let ids: Vec<&str> = v["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["id"].as_str().unwrap())
+        .map(|w| w["placement"]["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["svc-a", "svc-b"]);
+    assert!(v["next"].is_null());
     // GET /v1/nodes
     let (st, v) = call(&api, "GET", "/v1/nodes", Some(VIEWER), None);
     assert_eq!(st, 200);
-    assert_eq!(v.as_array().unwrap().len(), 2);
-    let used: u64 = v
+    assert_eq!(v["items"].as_array().unwrap().len(), 2);
+    let used: u64 = v["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -293,7 +135,7 @@ fn every_endpoint() {
     // GET /v1/decisions: all, by workload, by path, paged.
     let (st, all) = call(&api, "GET", "/v1/decisions", Some(VIEWER), None);
     assert_eq!(st, 200);
-    let all = all.as_array().unwrap().clone();
+    let all = all["items"].as_array().unwrap().clone();
     assert_eq!(all.len(), 9, "{all:#?}");
     assert_eq!(all[0]["actor"], "otto");
     let (_, v) = call(
@@ -303,7 +145,7 @@ fn every_endpoint() {
         Some(VIEWER),
         None,
     );
-    let paths: Vec<&str> = v
+    let paths: Vec<&str> = v["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -317,7 +159,7 @@ fn every_endpoint() {
         Some(VIEWER),
         None,
     );
-    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert_eq!(v["items"].as_array().unwrap().len(), 3);
     let after = all[4]["seq"].as_i64().unwrap();
     let (_, v) = call(
         &api,
@@ -326,7 +168,8 @@ fn every_endpoint() {
         Some(VIEWER),
         None,
     );
-    let seqs: Vec<i64> = v
+    assert_eq!(v["next"], all[6]["seq"]);
+    let seqs: Vec<i64> = v["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -376,7 +219,10 @@ fn every_endpoint() {
     assert!(v["components"]["schemas"]["Profile"]["properties"]["model_size_gb"].is_object());
     // Unknown endpoints: 404 in JSON.
     let (st, v) = call(&api, "GET", "/v2/nothing", Some(VIEWER), None);
-    assert_eq!((st, v["error"].as_str()), (404, Some("no such endpoint")));
+    assert_eq!(
+        (st, v["field"].as_str(), v["error"].as_str()),
+        (404, Some("path"), Some("path: no such endpoint"))
+    );
 }
 
 #[test]
@@ -439,7 +285,7 @@ fn roles_allow_and_refuse() {
     assert_eq!(call(&api, "GET", "/v1/nodes", Some(ADMIN), None).0, 200);
     // Refused requests changed nothing and were not audited.
     let (_, v) = call(&api, "GET", "/v1/decisions", Some(VIEWER), None);
-    let actors: Vec<&str> = v
+    let actors: Vec<&str> = v["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -472,7 +318,7 @@ fn invalid_bodies_name_the_field() {
                 p["batch"] = 0.into();
                 p.to_string()
             },
-            422,
+            400,
             "batch",
         ),
         (
@@ -502,7 +348,7 @@ fn invalid_bodies_name_the_field() {
                 p["name"] = "Bad Name".into();
                 p.to_string()
             },
-            422,
+            400,
             "name",
         ),
         (
@@ -512,7 +358,7 @@ fn invalid_bodies_name_the_field() {
                 p["share_pct"] = 250.into();
                 p.to_string()
             },
-            422,
+            400,
             "share_pct",
         ),
         (
@@ -525,13 +371,13 @@ fn invalid_bodies_name_the_field() {
         (
             "/v1/controls",
             r#"{"action":"maintenance","node":"h1","from_ms":5,"to_ms":1}"#.into(),
-            422,
+            400,
             "to_ms",
         ),
         (
             "/v1/nodes",
             r#"{"name":"n","cpu_milli":1,"memory_mib":1,"gpus":[{"model":"Mystery"}]}"#.into(),
-            422,
+            400,
             "gpus[0].model",
         ),
         (
@@ -567,10 +413,10 @@ fn invalid_bodies_name_the_field() {
     let (st, v) = post("/v1/placements", &p.to_string());
     assert_eq!((st, v["field"].as_str()), (409, Some("name")));
     let (_, v) = call(&api, "GET", "/v1/placements", Some(VIEWER), None);
-    assert_eq!(v["placed"].as_array().unwrap().len(), 1);
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
     let (_, v) = call(&api, "GET", "/v1/decisions", Some(VIEWER), None);
     assert_eq!(
-        v.as_array().unwrap().len(),
+        v["items"].as_array().unwrap().len(),
         1,
         "only the accepted request is in the trail"
     );
@@ -672,7 +518,7 @@ fn a_restart_restores_placements_queue_and_controls() {
     let (_, q) = call(&api, "GET", "/v1/placements/waits", Some(VIEWER), None);
     assert_eq!(q["state"], "queued");
     let (_, nodes) = call(&api, "GET", "/v1/nodes", Some(VIEWER), None);
-    let a1 = nodes
+    let a1 = nodes["items"]
         .as_array()
         .unwrap()
         .iter()

@@ -26,6 +26,7 @@ use self::scan::{Ask, Cand, Hot, NodeHot};
 use crate::classify::Class;
 use crate::config::Config;
 use crate::explain::{Candidate, Decision, NodeShape, Path, Plan, Step};
+use crate::fit::{Fit, Room};
 use crate::manifest;
 use crate::mix::{Mix, Shape};
 use crate::score::Slot;
@@ -52,8 +53,8 @@ pub enum Refusal {
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
     /// Stop automatic MPS reconfiguration (and repacks) on every node.
-    PauseReconfiguration,
-    ResumeReconfiguration,
+    PauseReconfiguration {},
+    ResumeReconfiguration {},
     /// No new placements on the node.
     Cordon {
         node: String,
@@ -83,11 +84,47 @@ pub enum Control {
         to_ms: u64,
     },
     /// Open the circuit breaker: no moves until reset.
-    TripBreaker,
-    ResetBreaker,
+    TripBreaker {},
+    ResetBreaker {},
 }
 
 impl Control {
+    /// Checks names and numbers against [`crate::rules`].
+    pub fn validate(&self) -> Result<(), Invalid> {
+        use crate::rules::*;
+        match self {
+            Control::Cordon { node } | Control::Uncordon { node } => {
+                DNS_SUBDOMAIN.check("node", node)
+            }
+            Control::Pin { workload } | Control::Unpin { workload } => {
+                DNS_LABEL.check("workload", workload)
+            }
+            Control::Override {
+                workload,
+                node,
+                gpu,
+            } => {
+                DNS_LABEL.check("workload", workload)?;
+                DNS_SUBDOMAIN.check("node", node)?;
+                gpu.map_or(Ok(()), |g| GPU_INDEX.check("gpu", g as u64))
+            }
+            Control::Maintenance {
+                node,
+                from_ms,
+                to_ms,
+            } => {
+                DNS_SUBDOMAIN.check("node", node)?;
+                TIME_MS.check("from_ms", *from_ms)?;
+                TIME_MS.check("to_ms", *to_ms)?;
+                if to_ms <= from_ms {
+                    return Err(Invalid::new("to_ms", "must be after from_ms"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn target(&self) -> String {
         match self {
             Control::Cordon { node }
@@ -126,6 +163,10 @@ pub struct Core {
     node_hot: Vec<NodeHot>,
     /// Per node, its GPUs as fragmentation reads them.
     summaries: Vec<crate::mix::Summary>,
+    /// Restored placements whose node is not known yet (a restart before
+    /// the node's agent reconnects): their names stay taken, their tenants
+    /// charged, and they are bound when the node appears.
+    waiting: BTreeMap<String, Placed>,
 }
 
 impl Core {
@@ -153,6 +194,7 @@ impl Core {
             hot: Vec::new(),
             node_hot: Vec::new(),
             summaries: Vec::new(),
+            waiting: BTreeMap::new(),
         })
     }
 
@@ -219,6 +261,32 @@ impl Core {
         self.queued.get(id).and_then(|k| self.queue.get(k))
     }
 
+    /// Restored placements waiting for their node to be known, by name.
+    pub fn waiting(&self) -> impl Iterator<Item = &Placed> {
+        self.waiting.values()
+    }
+
+    pub fn waiting_workload(&self, id: &str) -> Option<&Placed> {
+        self.waiting.get(id)
+    }
+
+    fn known(&self, id: &str) -> bool {
+        self.placed.contains_key(id)
+            || self.queued.contains_key(id)
+            || self.waiting.contains_key(id)
+    }
+
+    /// The last decision's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Continues numbering decisions after `seq` (a restart, after the
+    /// last decision its trail recorded).
+    pub fn resume_after(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
+
     pub fn reconfiguration_paused(&self) -> bool {
         self.paused
     }
@@ -252,6 +320,7 @@ impl Core {
                 ..NodeHot::default()
             });
             self.refresh(self.nodes.len() - 1);
+            self.bind_waiting(&spec.name);
             return Ok(());
         };
         let old = &self.nodes[i];
@@ -296,7 +365,25 @@ impl Core {
         }
         self.nodes[i] = n;
         self.refresh(i);
+        self.bind_waiting(&spec.name);
         Ok(())
+    }
+
+    /// Binds the restored placements that waited for node `name`; one
+    /// whose GPUs the node does not have keeps waiting.
+    fn bind_waiting(&mut self, name: &str) {
+        let here: Vec<String> = self
+            .waiting
+            .values()
+            .filter(|p| p.node == name)
+            .map(|p| p.id.clone())
+            .collect();
+        for id in here {
+            let p = self.waiting.remove(&id).expect("listed");
+            if self.restore_on_node(p.clone()).is_err() {
+                self.waiting.insert(id, p);
+            }
+        }
     }
 
     /// Takes a node's load and health from telemetry.
@@ -329,7 +416,7 @@ impl Core {
     pub fn place(&mut self, p: Profile, now: u64) -> Result<Vec<Decision>, Refusal> {
         p.validate()?;
         check_id(&p.name)?;
-        if self.placed.contains_key(&p.name) || self.queued.contains_key(&p.name) {
+        if self.known(&p.name) {
             return Err(Refusal::Conflict(format!("workload {}", p.name)));
         }
         let class = self.cfg.classes.classify(&p);
@@ -344,8 +431,9 @@ impl Core {
         share as f64 / 100.0 * p.gpus() as f64 * p.expected_duration_s as f64 / 3600.0
     }
 
-    /// Checks that can never change by waiting: quota, cost, a GPU model
-    /// big enough.
+    /// Checks that can never change by waiting: the tenant's quota, and
+    /// whether any known node or scale-out shape could hold the request
+    /// when empty. The reason names the constraint that rules it out.
     fn hopeless(&self, p: &Profile, class: &Class) -> Option<String> {
         if let Some(q) = self.cfg.quotas.get(&p.tenant) {
             let c = Self::charge(p, class.share_pct);
@@ -357,27 +445,56 @@ impl Core {
                 ));
             }
         }
-        if p.gpus() == 0 {
+        let shapes = self.scale_out_shapes();
+        if self.nodes.is_empty() && shapes.is_empty() {
+            // Nothing known yet to rule it out: it waits for nodes.
             return None;
         }
-        let per_gpu = p.model_size_gb / p.gpus() as f64;
-        let affordable = |price: f64| {
-            p.max_cost_per_hour.is_none_or(|c| {
-                price * class.share_pct as f64 / 100.0 * p.gpus() as f64 <= c + 1e-9
+        let fit = Fit::new(p, class.share_pct);
+        let node_holds = self.nodes.iter().any(|n| {
+            fit.holds(
+                n.cpu_milli,
+                n.memory_mib,
+                n.gpus
+                    .iter()
+                    .map(|g| (g.model.as_str(), g.memory_gb, g.price_per_hour)),
+            )
+        });
+        if node_holds || shapes.iter().any(|s| fit.holds_shape(s)) {
+            return None;
+        }
+        Some(fit.why_not(self.rooms(shapes)))
+    }
+
+    /// The configured scale-out shapes, or none when scale-out is off.
+    fn scale_out_shapes(&self) -> &[NodeShape] {
+        if self.cfg.scale_out {
+            &self.cfg.scale_out_shapes
+        } else {
+            &[]
+        }
+    }
+
+    /// Every known node and scale-out shape, empty.
+    fn rooms<'a>(&'a self, shapes: &'a [NodeShape]) -> Vec<Room<'a>> {
+        let nodes = self.nodes.iter().map(|n| Room {
+            cpu: n.cpu_milli,
+            mem: n.memory_mib,
+            gpus: n
+                .gpus
+                .iter()
+                .map(|g| (g.model.as_str(), g.memory_gb, g.price_per_hour))
+                .collect(),
+        });
+        let shapes = shapes.iter().filter_map(|s| {
+            let m = spec::lookup(&s.gpu_model)?;
+            Some(Room {
+                cpu: s.cpu_milli,
+                mem: s.memory_mib,
+                gpus: vec![(m.family, m.memory_gb, m.price_per_hour); s.gpus as usize],
             })
-        };
-        let in_cluster = self.nodes.iter().flat_map(|n| &n.gpus).any(|g| {
-            accepts(p, &g.model) && g.memory_gb >= per_gpu && affordable(g.price_per_hour)
         });
-        let in_table = spec::TABLE.iter().any(|m| {
-            accepts(p, m.family) && m.memory_gb >= per_gpu && affordable(m.price_per_hour)
-        });
-        if in_cluster || in_table {
-            return None;
-        }
-        Some(format!(
-            "no GPU model it accepts has {per_gpu:.1} GB of memory within its cost limit"
-        ))
+        nodes.chain(shapes).collect()
     }
 
     fn decide(
@@ -567,8 +684,12 @@ impl Core {
         } else if self.paused {
             why.push("moves paused by an operator".into());
         }
-        if may_scale && self.cfg.scale_out {
-            let shape = self.shape(&p, &class);
+        let shape = if may_scale {
+            self.shape(&p, &class)
+        } else {
+            None
+        };
+        if let Some(shape) = shape {
             d.path = Path::ScaleOut;
             d.summary = format!(
                 "{} waits (priority {:?}); no capacity{}; asking for a node with {} × {}",
@@ -605,41 +726,24 @@ impl Core {
         }
     }
 
-    /// The node to ask for: the preferred model if accepted and big
-    /// enough, else the most efficient accepted model that is.
-    fn shape(&self, p: &Profile, class: &Class) -> NodeShape {
-        let per_gpu = p.model_size_gb / p.gpus() as f64;
-        let ok = |m: &spec::GpuModel| {
-            m.memory_gb >= per_gpu
-                && (p.accepted_models.is_empty()
-                    || p.accepted_models
-                        .iter()
-                        .any(|a| spec::is_family(m.family, a)))
-                && p.max_cost_per_hour.is_none_or(|c| {
-                    m.price_per_hour * class.share_pct as f64 / 100.0 * p.gpus() as f64 <= c + 1e-9
-                })
+    /// The node to ask for: of the scale-out shapes that hold the request,
+    /// one of the class's preferred model, else the most efficient.
+    fn shape(&self, p: &Profile, class: &Class) -> Option<NodeShape> {
+        let fit = Fit::new(p, class.share_pct);
+        let holding = || {
+            self.scale_out_shapes()
+                .iter()
+                .filter(|s| fit.holds_shape(s))
         };
         let preferred = class
             .preferred_model
             .as_deref()
-            .and_then(|f| {
-                spec::TABLE
-                    .iter()
-                    .find(|m| m.family.eq_ignore_ascii_case(f))
-            })
-            .filter(|m| ok(m));
-        let model = preferred.or_else(|| {
-            spec::TABLE
-                .iter()
-                .filter(|m| ok(m))
-                .max_by(|a, b| a.tflops_per_watt().total_cmp(&b.tflops_per_watt()))
-        });
-        NodeShape {
-            gpu_model: model.map(|m| m.family.to_string()).unwrap_or_default(),
-            gpus: p.gpus(),
-            cpu_milli: p.cpu_milli,
-            memory_mib: p.memory_mib,
-        }
+            .and_then(|f| holding().find(|s| s.gpu_model.eq_ignore_ascii_case(f)));
+        let efficiency =
+            |s: &NodeShape| spec::lookup(&s.gpu_model).map_or(0.0, |m| m.tflops_per_watt());
+        preferred
+            .or_else(|| holding().max_by(|a, b| efficiency(a).total_cmp(&efficiency(b))))
+            .cloned()
     }
 
     fn enqueue(&mut self, p: Profile, now: u64) {
@@ -812,6 +916,22 @@ impl Core {
                 Path::Remove,
                 format!("{id} removed from the queue"),
             );
+        } else if let Some(p) = self.waiting.remove(id) {
+            if let Some(u) = self.usage.get_mut(&p.profile.tenant) {
+                *u = (*u - p.gpu_hours).max(0.0);
+            }
+            seq = self.next_seq();
+            d = Decision::new(
+                seq,
+                now,
+                id,
+                Path::Remove,
+                format!("{id} removed (restored onto {}, not known yet)", p.node),
+            );
+            d.node = Some(p.node.clone());
+            d.gpus = p.gpus.clone();
+            d.share_pct = Some(p.share_pct);
+            d.class = Some(p.class);
         } else {
             return Err(Refusal::NotFound(format!("workload {id}")));
         }
@@ -870,12 +990,13 @@ impl Core {
 
     /// Applies an operator's control.
     pub fn control(&mut self, c: Control, now: u64) -> Result<Vec<Decision>, Refusal> {
+        c.validate()?;
         let summary = match &c {
-            Control::PauseReconfiguration => {
+            Control::PauseReconfiguration {} => {
                 self.paused = true;
                 "automatic reconfiguration paused".to_string()
             }
-            Control::ResumeReconfiguration => {
+            Control::ResumeReconfiguration {} => {
                 self.paused = false;
                 "automatic reconfiguration resumed".to_string()
             }
@@ -914,18 +1035,15 @@ impl Core {
                 from_ms,
                 to_ms,
             } => {
-                if to_ms <= from_ms {
-                    return Err(Invalid::new("to_ms", "must be after from_ms").into());
-                }
                 let i = self.node_index(node)?;
                 self.nodes[i].maintenance = Some((*from_ms, *to_ms));
                 format!("{node}: maintenance window {from_ms}..{to_ms}")
             }
-            Control::TripBreaker => {
+            Control::TripBreaker {} => {
                 self.breaker_tripped = true;
                 "circuit breaker tripped".to_string()
             }
-            Control::ResetBreaker => {
+            Control::ResetBreaker {} => {
                 self.breaker_tripped = false;
                 self.breaker_open_until = 0;
                 self.moves.clear();
@@ -938,8 +1056,8 @@ impl Core {
             c,
             Control::Uncordon { .. }
                 | Control::Unpin { .. }
-                | Control::ResumeReconfiguration
-                | Control::ResetBreaker
+                | Control::ResumeReconfiguration {}
+                | Control::ResetBreaker {}
                 | Control::Maintenance { .. }
         ) {
             self.drain_queue(now, &mut out);
@@ -1044,7 +1162,7 @@ impl Core {
     /// those already waiting at its priority.
     pub fn restore_queued(&mut self, q: Queued) -> Result<(), Invalid> {
         q.profile.validate()?;
-        if self.placed.contains_key(&q.id) || self.queued.contains_key(&q.id) {
+        if self.known(&q.id) {
             return Err(Invalid::new("name", &format!("{} is already known", q.id)));
         }
         self.enqueue(q.profile, q.since_ms);
@@ -1052,8 +1170,25 @@ impl Core {
     }
 
     /// Puts back a placement recorded earlier (a restart reading its audit
-    /// trail): on its node and GPUs as they were, whatever the score.
+    /// trail): on its node and GPUs as they were, whatever the score. A
+    /// placement whose node is not known yet waits for it (its name stays
+    /// taken, its tenant charged).
     pub fn restore(&mut self, p: Placed) -> Result<(), Invalid> {
+        if self.known(&p.id) {
+            return Err(Invalid::new("name", &format!("{} is already known", p.id)));
+        }
+        p.profile.validate()?;
+        let (tenant, charge) = (p.profile.tenant.clone(), p.gpu_hours);
+        if !self.index.contains_key(&p.node) {
+            self.waiting.insert(p.id.clone(), p);
+        } else {
+            self.restore_on_node(p)?;
+        }
+        *self.usage.entry(tenant).or_default() += charge;
+        Ok(())
+    }
+
+    fn restore_on_node(&mut self, p: Placed) -> Result<(), Invalid> {
         let &i = self
             .index
             .get(&p.node)
@@ -1065,10 +1200,6 @@ impl Core {
                 &format!("{} has no GPU {:?}", p.node, p.gpus),
             ));
         }
-        if self.placed.contains_key(&p.id) {
-            return Err(Invalid::new("name", &format!("{} is already placed", p.id)));
-        }
-        *self.usage.entry(p.profile.tenant.clone()).or_default() += p.gpu_hours;
         let (profile, share) = (p.profile.clone(), p.share_pct);
         self.learn(&profile, share);
         self.bind(p, Slot::Pool);

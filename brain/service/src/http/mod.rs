@@ -1,27 +1,33 @@
 //! The brain's HTTP API (axum): placements, nodes, the audit trail,
-//! operator controls, health, Prometheus metrics and the OpenAPI document.
+//! operator controls, health, Prometheus metrics and the OpenAPI document
+//! (`doc`), which describes every answer each operation can give.
 //!
 //! Every request that changes something runs the decision core under one
 //! lock (decisions are ordered), hands the decisions to the audit writer
-//! in that order, and answers only once they are committed.
+//! in that order, and answers only once they are committed. Every error,
+//! from a handler or from a layer, is JSON `{"field", "error"}`.
 
 pub mod auth;
+mod doc;
 mod metrics;
+mod request;
 
 use self::auth::{Role, Tokens};
-use crate::audit::{self, Audit, Entry, Filter, Row};
+use self::request::{Body, Id, Params};
+use crate::audit::{self, Audit, Filter, Row};
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 use vagus_decision::state::{Node, Queued};
 use vagus_decision::{Control, Core, Decision, NodeSpec, Path, Placed, Profile, Refusal};
 
+pub use self::doc::ApiDoc;
 pub use self::metrics::Metrics;
 
 /// A milliseconds clock; the live service reads the system's.
@@ -42,8 +48,6 @@ pub struct Api {
     tokens: Tokens,
     clock: Clock,
     pub metrics: Metrics,
-    /// Restored placements whose node is not known yet.
-    pending: Mutex<Vec<Placed>>,
 }
 
 /// What the audit trail records so that a restart can rebuild the state.
@@ -74,7 +78,6 @@ impl Api {
             tokens,
             clock,
             metrics: Metrics::default(),
-            pending: Mutex::new(Vec::new()),
         }
     }
 
@@ -110,44 +113,29 @@ impl Api {
         let now = (self.clock)();
         let mut r = Restored::default();
         let mut core = self.core();
+        // Decisions number on from the last one recorded.
+        core.resume_after(self.audit.last_decision_seq()?);
         for c in controls {
             if core.control(c, now).is_ok() {
                 r.controls += 1;
             }
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for (_, s) in last {
             match s {
-                Saved::Placed(p) => {
-                    if core.node(&p.node).is_some() {
-                        if core.restore(*p).is_ok() {
-                            r.placements += 1;
-                        }
-                    } else {
-                        pending.push(*p);
-                        r.pending += 1;
-                    }
-                }
+                Saved::Placed(p) => r.placements += usize::from(core.restore(*p).is_ok()),
                 Saved::Queued(q) => r.queued += usize::from(core.restore_queued(*q).is_ok()),
                 _ => {}
             }
         }
+        r.pending = core.waiting().count();
+        r.placements -= r.pending;
         Ok(r)
     }
 
-    /// Adds or updates a node (an agent's inventory, configuration); puts
-    /// back restored placements that were waiting for it.
+    /// Adds or updates a node (an agent's inventory, configuration); the
+    /// core binds restored placements that were waiting for it.
     pub fn upsert_node(&self, spec: &NodeSpec) -> Result<(), vagus_decision::Invalid> {
-        let mut core = self.core();
-        core.upsert_node(spec)?;
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let (here, rest): (Vec<Placed>, Vec<Placed>) =
-            pending.drain(..).partition(|p| p.node == spec.name);
-        *pending = rest;
-        for p in here {
-            let _ = core.restore(p);
-        }
-        Ok(())
+        self.core().upsert_node(spec)
     }
 
     /// Runs `f` on the core (read only).
@@ -249,33 +237,49 @@ impl Api {
         }
     }
 
+    /// The token's holder, if it has at least the `need` role. The scheme
+    /// is case-insensitive (RFC 7235); a 401 carries `WWW-Authenticate`.
     fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<String, ApiError> {
-        let unauthorized = |msg: &str| {
-            ApiError::new(
+        let unauthorized = |error: Option<&str>, msg: &str| {
+            let challenge = match error {
+                Some(e) => format!("Bearer realm=\"vagus\", error=\"{e}\""),
+                None => "Bearer realm=\"vagus\"".to_string(),
+            };
+            let mut e = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 Some("authorization"),
-                msg.to_string(),
-            )
+                format!("authorization: {msg}"),
+            );
+            e.challenge = Some(challenge);
+            e
         };
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("missing the Authorization: Bearer header"))?;
+        let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            unauthorized(None, "missing the `Authorization: Bearer <token>` header")
+        })?;
         let value = value
             .to_str()
-            .map_err(|_| unauthorized("the Authorization header is not text"))?;
+            .map_err(|_| unauthorized(Some("invalid_request"), "the header is not ASCII text"))?;
         let token = value
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                unauthorized(
+                    Some("invalid_request"),
+                    "the header must be `Bearer <token>`",
+                )
+            })?;
         let t = self
             .tokens
-            .find(token.trim())
-            .ok_or_else(|| unauthorized("unknown token"))?;
+            .find(token)
+            .ok_or_else(|| unauthorized(Some("invalid_token"), "unknown token"))?;
         if t.role < need {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 Some("authorization"),
                 format!(
-                    "{} is a {}; this needs the {} role",
+                    "authorization: {} is a {}; this needs the {} role",
                     t.name,
                     t.role.name(),
                     need.name()
@@ -283,6 +287,26 @@ impl Api {
             ));
         }
         Ok(t.name.clone())
+    }
+}
+
+/// The caller, authorized for at least the role `R` names.
+pub struct Caller<const R: u8>(pub String);
+
+pub type Viewer = Caller<0>;
+pub type Operator = Caller<1>;
+pub type Admin = Caller<2>;
+
+impl<const R: u8> FromRequestParts<Arc<Api>> for Caller<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Api>) -> Result<Self, ApiError> {
+        let need = match R {
+            0 => Role::Viewer,
+            1 => Role::Operator,
+            _ => Role::Admin,
+        };
+        s.authorize(&parts.headers, need).map(Caller)
     }
 }
 
@@ -337,14 +361,18 @@ fn workload_state(core: &Core, id: &str) -> Saved {
     }
 }
 
-/// An error answer: `{"error": …, "field": …}`.
+/// An error answer: `{"field": …, "error": …}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApiError {
     #[serde(skip)]
     status: StatusCode,
-    /// The request field that is wrong, where one is.
+    /// The request's field (body field, path or query parameter, header)
+    /// that is wrong; `null` where no one field is.
     field: Option<String>,
     error: String,
+    /// A 401's `WWW-Authenticate`.
+    #[serde(skip)]
+    challenge: Option<String>,
 }
 
 impl ApiError {
@@ -353,6 +381,7 @@ impl ApiError {
             status,
             field: field.map(str::to_string),
             error,
+            challenge: None,
         }
     }
 }
@@ -361,17 +390,26 @@ impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> ApiError {
         match r {
             Refusal::Invalid(i) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::BAD_REQUEST,
                 Some(&i.field),
                 format!("{}: {}", i.field, i.problem),
             ),
             Refusal::Conflict(what) => ApiError::new(
                 StatusCode::CONFLICT,
                 Some("name"),
-                format!("{what} already exists"),
+                format!("name: {what} already exists"),
             ),
             Refusal::NotFound(what) => {
-                ApiError::new(StatusCode::NOT_FOUND, None, format!("{what} not found"))
+                // "node n1", "workload w", "placement w": the field named.
+                let field = match what.split(' ').next() {
+                    Some("node") => "node",
+                    _ => "workload",
+                };
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    Some(field),
+                    format!("{field}: {what} not found"),
+                )
             }
         }
     }
@@ -379,48 +417,16 @@ impl From<Refusal> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(&self)).into_response()
+        let mut r = (self.status, axum::Json(&self)).into_response();
+        if let Some(c) = self
+            .challenge
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+        }
+        r
     }
-}
-
-/// Parses a JSON body; the error names the field at fault.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            Some("body"),
-            "body: expected a JSON object".into(),
-        ));
-    }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.inner().to_string();
-        let syntax = e.inner().is_syntax() || e.inner().is_eof();
-        let field = if syntax {
-            "body".to_string()
-        } else if path != "." && !path.is_empty() {
-            // A missing field's path is its object's.
-            match quoted(&msg) {
-                Some(f) if msg.starts_with("missing field") => format!("{path}.{f}"),
-                _ => path,
-            }
-        } else {
-            quoted(&msg).unwrap_or_else(|| "body".to_string())
-        };
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            Some(&field),
-            format!("{field}: {msg}"),
-        )
-    })
-}
-
-/// The first `backquoted` word of a serde message.
-fn quoted(msg: &str) -> Option<String> {
-    let a = msg.find('`')?;
-    let b = msg[a + 1..].find('`')?;
-    Some(msg[a + 1..a + 1 + b].to_string())
 }
 
 /// A decision as recorded: its path, its workload, its JSON.
@@ -438,6 +444,17 @@ pub struct Answer {
     /// The decision on this workload.
     pub decision: Decision,
     /// Decisions it caused for other workloads (moved, preempted, dequeued).
+    pub related: Vec<Decision>,
+}
+
+/// The answer to a placement request that can never be placed as asked:
+/// the decision (path `reject`, recorded in the trail) says which
+/// constraint rules it out.
+#[derive(Serialize, ToSchema)]
+pub struct Rejection {
+    pub id: String,
+    pub decision: Decision,
+    /// Always empty: a rejection changes nothing else.
     pub related: Vec<Decision>,
 }
 
@@ -469,128 +486,225 @@ fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// Where a new workload's decisions can be read.
+fn located(mut r: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/placements/{id}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
 #[utoipa::path(post, path = "/v1/placements", request_body = Profile,
     responses(
-        (status = 201, description = "Placed now", body = Answer),
-        (status = 202, description = "Queued (and scale-out asked for)", body = Answer),
-        (status = 422, description = "Rejected (quota, cost, no GPU big enough) or invalid", body = ApiError),
-        (status = 400, description = "Malformed body", body = ApiError),
-        (status = 409, description = "The workload exists", body = ApiError),
+        (status = 201, description = "Placed now", body = Answer,
+            headers(("Location" = String, description = "The workload's URL"))),
+        (status = 202, description = "Queued (and a scale-out node asked for)", body = Answer,
+            headers(("Location" = String, description = "The workload's URL"))),
+        (status = 409, description = "A workload of this name exists", body = ApiError),
+        (status = 422, description = "Rejected: over quota, or no known node or scale-out shape could ever hold it", body = Rejection),
     ), security(("bearer" = [])))]
 async fn create_placement(
     State(s): State<Arc<Api>>,
-    headers: HeaderMap,
-    body: Bytes,
+    Caller(actor): Operator,
+    Body(p): Body<Profile>,
 ) -> Result<Response, ApiError> {
-    let actor = s.authorize(&headers, Role::Operator)?;
-    let p: Profile = parse(&body)?;
     let id = p.name.clone();
     let ds = s
         .decide(&actor, None, Some(&id), |c, now| c.place(p, now))
         .await?;
     let (path, body) = answer(&id, &ds);
-    let status = match path {
-        p if p.placed() => StatusCode::CREATED,
-        Path::Reject => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::ACCEPTED,
-    };
-    Ok(json(status, body))
+    Ok(match path {
+        p if p.placed() => located(json(StatusCode::CREATED, body), &id),
+        Path::Reject => json(StatusCode::UNPROCESSABLE_ENTITY, body),
+        _ => located(json(StatusCode::ACCEPTED, body), &id),
+    })
 }
 
 /// A workload as the API shows it.
 #[derive(Serialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Workload {
+    /// Running where its placement says.
     Placed {
         placement: Placed,
+        /// The Pod that binds it (Kubernetes' `v1.Pod`).
         #[schema(value_type = Object)]
-        manifest: Option<serde_json::Value>,
+        manifest: serde_json::Value,
     },
-    Queued {
-        queued: Queued,
-    },
+    /// Restored from the trail onto a node that is not known yet (a
+    /// restart before its agent reconnects): bound when the node appears.
+    Waiting { placement: Placed },
+    /// Waiting for capacity.
+    Queued { queued: Queued },
+}
+
+impl Workload {
+    fn of(core: &Core, id: &str) -> Option<Workload> {
+        if let Some(p) = core.placement(id) {
+            Some(Workload::Placed {
+                placement: p.clone(),
+                manifest: serde_json::to_value(core.manifest(p)).unwrap_or_default(),
+            })
+        } else if let Some(p) = core.waiting_workload(id) {
+            Some(Workload::Waiting {
+                placement: p.clone(),
+            })
+        } else {
+            core.queued_workload(id)
+                .map(|q| Workload::Queued { queued: q.clone() })
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/v1/placements/{id}",
     params(("id" = String, Path, description = "Workload name")),
-    responses((status = 200, body = Workload), (status = 404, body = ApiError)),
+    responses((status = 200, body = Workload),
+        (status = 404, description = "No workload of this name", body = ApiError)),
     security(("bearer" = [])))]
 async fn get_placement(
     State(s): State<Arc<Api>>,
-    headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
+    _: Viewer,
+    Id(id): Id,
 ) -> Result<Response, ApiError> {
-    s.authorize(&headers, Role::Viewer)?;
     let core = s.core();
-    let w = if let Some(p) = core.placement(&id) {
-        let pod = core.manifest(p);
-        Workload::Placed {
-            placement: p.clone(),
-            manifest: serde_json::to_value(pod).ok(),
-        }
-    } else if let Some(q) = core.queued_workload(&id) {
-        Workload::Queued { queued: q.clone() }
-    } else {
-        return Err(Refusal::NotFound(format!("workload {id}")).into());
-    };
-    Ok(axum::Json(w).into_response())
+    match Workload::of(&core, &id) {
+        Some(w) => Ok(axum::Json(w).into_response()),
+        None => Err(not_found_id(&id)),
+    }
+}
+
+fn not_found_id(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        Some("id"),
+        format!("id: no workload {id}"),
+    )
 }
 
 #[utoipa::path(delete, path = "/v1/placements/{id}",
     params(("id" = String, Path, description = "Workload name")),
-    responses((status = 200, body = Answer), (status = 404, body = ApiError)),
+    responses((status = 200, description = "Removed; what the freed capacity placed follows", body = Answer),
+        (status = 404, description = "No workload of this name", body = ApiError)),
     security(("bearer" = [])))]
 async fn delete_placement(
     State(s): State<Arc<Api>>,
-    headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
+    Caller(actor): Operator,
+    Id(id): Id,
 ) -> Result<Response, ApiError> {
-    let actor = s.authorize(&headers, Role::Operator)?;
     let ds = s
         .decide(&actor, None, None, |c, now| c.remove(&id, now))
-        .await?;
+        .await
+        .map_err(|e| match e.status {
+            StatusCode::NOT_FOUND => not_found_id(&id),
+            _ => e,
+        })?;
     Ok(json(StatusCode::OK, answer(&id, &ds).1))
 }
 
-/// Placed and queued workloads, in name order.
-#[derive(Serialize, ToSchema)]
-pub struct Listing {
-    pub placed: Vec<Placed>,
-    pub queued: Vec<Queued>,
+/// `GET` lists: a page after a name.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Entries after this name (the last page's `next`).
+    pub after: Option<String>,
+    /// At most this many (default 100).
+    pub limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/placements",
-    responses((status = 200, body = Listing)), security(("bearer" = [])))]
+impl PageQuery {
+    fn validate(&self) -> Result<usize, ApiError> {
+        use vagus_decision::rules::{LOOKUP, PAGE};
+        let bad = |e: vagus_decision::Invalid| ApiError::from(Refusal::Invalid(e));
+        if let Some(a) = &self.after {
+            LOOKUP.check("after", a).map_err(bad)?;
+        }
+        let limit = self.limit.unwrap_or(100);
+        PAGE.check("limit", limit as u64).map_err(bad)?;
+        Ok(limit as usize)
+    }
+
+    /// The page of `names` (sorted) after `after`, and the cursor to the
+    /// next one.
+    fn page<'a>(&self, names: &[&'a str], limit: usize) -> (Vec<&'a str>, Option<String>) {
+        let from = match &self.after {
+            Some(a) => names.partition_point(|n| *n <= a.as_str()),
+            None => 0,
+        };
+        let rest = &names[from..];
+        let page: Vec<&str> = rest.iter().take(limit).copied().collect();
+        let next = (rest.len() > limit)
+            .then(|| page.last().map(|n| n.to_string()))
+            .flatten();
+        (page, next)
+    }
+}
+
+/// A page of workloads (placed, waiting for their node, queued), in name
+/// order.
+#[derive(Serialize, ToSchema)]
+pub struct Workloads {
+    pub items: Vec<Workload>,
+    /// Pass as `after` for the next page; `null` on the last.
+    pub next: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/placements", params(PageQuery),
+    responses((status = 200, body = Workloads)), security(("bearer" = [])))]
 async fn list_placements(
     State(s): State<Arc<Api>>,
-    headers: HeaderMap,
+    _: Viewer,
+    Params(q): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
-    s.authorize(&headers, Role::Viewer)?;
+    let limit = q.validate()?;
     let core = s.core();
-    let mut placed: Vec<Placed> = core.placements().cloned().collect();
-    placed.sort_by(|a, b| a.id.cmp(&b.id));
-    let queued = core.queued().cloned().collect();
-    Ok(axum::Json(Listing { placed, queued }).into_response())
+    let mut names: Vec<&str> = core
+        .placements()
+        .map(|p| p.id.as_str())
+        .chain(core.waiting().map(|p| p.id.as_str()))
+        .chain(core.queued().map(|q| q.id.as_str()))
+        .collect();
+    names.sort_unstable();
+    let (page, next) = q.page(&names, limit);
+    let items = page
+        .iter()
+        .filter_map(|id| Workload::of(&core, id))
+        .collect();
+    Ok(axum::Json(Workloads { items, next }).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/nodes",
-    responses((status = 200, body = Vec<Node>)), security(("bearer" = [])))]
-async fn list_nodes(State(s): State<Arc<Api>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    s.authorize(&headers, Role::Viewer)?;
+/// A page of nodes, in name order.
+#[derive(Serialize, ToSchema)]
+pub struct Nodes {
+    pub items: Vec<Node>,
+    /// Pass as `after` for the next page; `null` on the last.
+    pub next: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/nodes", params(PageQuery),
+    responses((status = 200, body = Nodes)), security(("bearer" = [])))]
+async fn list_nodes(
+    State(s): State<Arc<Api>>,
+    _: Viewer,
+    Params(q): Params<PageQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.validate()?;
     let core = s.core();
-    Ok(axum::Json(core.nodes()).into_response())
+    let mut names: Vec<&str> = core.nodes().iter().map(|n| n.name.as_str()).collect();
+    names.sort_unstable();
+    let (page, next) = q.page(&names, limit);
+    let items = page.iter().filter_map(|n| core.node(n).cloned()).collect();
+    Ok(axum::Json(Nodes { items, next }).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/nodes", request_body = NodeSpec,
-    responses((status = 200, body = Node), (status = 422, body = ApiError)),
+    responses((status = 200, description = "The node as the brain holds it", body = Node)),
     security(("bearer" = [])))]
 async fn put_node(
     State(s): State<Arc<Api>>,
-    headers: HeaderMap,
-    body: Bytes,
+    _: Admin,
+    Body(spec): Body<NodeSpec>,
 ) -> Result<Response, ApiError> {
-    s.authorize(&headers, Role::Admin)?;
-    let spec: NodeSpec = parse(&body)?;
     s.upsert_node(&spec)
         .map_err(|e| ApiError::from(Refusal::from(e)))?;
     let core = s.core();
@@ -598,45 +712,32 @@ async fn put_node(
 }
 
 #[utoipa::path(get, path = "/v1/decisions", params(Filter),
-    responses((status = 200, body = Vec<Entry>), (status = 400, body = ApiError)),
+    responses((status = 200, body = audit::Page)),
     security(("bearer" = [])))]
 async fn list_decisions(
     State(s): State<Arc<Api>>,
-    headers: HeaderMap,
-    query: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
+    _: Viewer,
+    Params(f): Params<Filter>,
 ) -> Result<Response, ApiError> {
-    s.authorize(&headers, Role::Viewer)?;
-    let Query(f) = query.map_err(|e| {
-        let msg = e.body_text();
-        // "Failed to deserialize query string: limit: invalid digit…"
-        let field = msg
-            .split_once("query string: ")
-            .and_then(|(_, rest)| rest.split_once(": "))
-            .map(|(f, _)| f.to_string())
-            .filter(|f| !f.contains(' '))
-            .or_else(|| quoted(&msg))
-            .unwrap_or_else(|| "query".into());
-        ApiError::new(StatusCode::BAD_REQUEST, Some(&field), msg)
-    })?;
+    f.validate()
+        .map_err(|e| ApiError::from(Refusal::Invalid(e)))?;
     let s2 = s.clone();
-    let rows = tokio::task::spawn_blocking(move || s2.audit.query(&f))
+    let page = tokio::task::spawn_blocking(move || s2.audit.page(&f))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string()))?;
-    Ok(axum::Json(rows).into_response())
+    Ok(axum::Json(page).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/controls", request_body = Control,
-    responses((status = 200, body = Vec<Decision>), (status = 400, body = ApiError),
-        (status = 404, body = ApiError)),
+    responses((status = 200, description = "The control's decision, then what it placed", body = Vec<Decision>),
+        (status = 404, description = "No such node or workload", body = ApiError)),
     security(("bearer" = [])))]
 async fn post_control(
     State(s): State<Arc<Api>>,
-    headers: HeaderMap,
-    body: Bytes,
+    Caller(actor): Admin,
+    Body(c): Body<Control>,
 ) -> Result<Response, ApiError> {
-    let actor = s.authorize(&headers, Role::Admin)?;
-    let c: Control = parse(&body)?;
     let c2 = c.clone();
     let ds = s
         .decide(&actor, Some(&c), None, move |core, now| {
@@ -652,6 +753,8 @@ pub struct Health {
     pub status: String,
     pub nodes: usize,
     pub placements: usize,
+    /// Restored placements waiting for their node.
+    pub waiting: usize,
     pub queued: usize,
 }
 
@@ -662,13 +765,15 @@ async fn healthz(State(s): State<Arc<Api>>) -> Response {
         status: "ok".into(),
         nodes: core.nodes().len(),
         placements: core.placements().count(),
+        waiting: core.waiting().count(),
         queued: core.queued().count(),
     })
     .into_response()
 }
 
 #[utoipa::path(get, path = "/metrics",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus text format", body = String,
+        content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(s): State<Arc<Api>>) -> Response {
     let text = {
         let core = s.core();
@@ -684,36 +789,16 @@ async fn metrics(State(s): State<Arc<Api>>) -> Response {
         .into_response()
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Vagus brain", description = "Placement decisions, the audit trail and operator controls"),
-    paths(create_placement, get_placement, delete_placement, list_placements, list_nodes, put_node,
-        list_decisions, post_control, healthz, metrics),
-    components(schemas(Profile, Answer, Decision, Workload, Listing, Node, NodeSpec, Entry, Control,
-        ApiError, Health)),
-    modifiers(&Bearer)
-)]
-pub struct ApiDoc;
-
-struct Bearer;
-
-impl utoipa::Modify for Bearer {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let c = doc.components.get_or_insert_with(Default::default);
-        c.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
 async fn openapi() -> Response {
-    axum::Json(ApiDoc::openapi()).into_response()
+    axum::Json(doc::document()).into_response()
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, None, "no such endpoint".into())
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        Some("path"),
+        "path: no such endpoint".into(),
+    )
 }
 
 pub fn router(s: Arc<Api>) -> Router {
@@ -733,6 +818,8 @@ pub fn router(s: Arc<Api>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(request::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(request::json_errors))
         .layer(axum::middleware::from_fn_with_state(s.clone(), count))
         .with_state(s)
 }
