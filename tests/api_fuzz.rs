@@ -42,11 +42,7 @@ fn schemathesis_finds_nothing() {
     );
     let sim = Sim::new("schemathesis");
     let dir = sim.dir.clone();
-    std::fs::write(
-        dir.join("tokens.toml"),
-        format!("[[token]]\nname = \"fuzzer\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
-    )
-    .unwrap();
+    let tokens = admin_tokens(&sim, TOKEN);
     let nodes = serde_json::json!([
         {"name": "node-a", "cpu_milli": 64000, "memory_mib": 262144, "labels": {},
          "gpus": [{"model": "NVIDIA H100 80GB HBM3"}, {"model": "NVIDIA H100 80GB HBM3"}]},
@@ -61,7 +57,7 @@ fn schemathesis_finds_nothing() {
             "--http",
             &addr,
             "--tokens",
-            dir.join("tokens.toml").to_str().unwrap(),
+            &tokens,
             "--nodes",
             dir.join("nodes.json").to_str().unwrap(),
             "--audit",

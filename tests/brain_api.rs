@@ -10,13 +10,7 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "admin-token-for-the-tests-01";
 
 fn tokens(sim: &Sim) -> String {
-    let p = sim.dir.join("tokens.toml");
-    std::fs::write(
-        &p,
-        format!("[[token]]\nname = \"ci\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
-    )
-    .unwrap();
-    p.to_str().unwrap().to_string()
+    admin_tokens(sim, TOKEN)
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {

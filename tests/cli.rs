@@ -391,13 +391,7 @@ fn a_bad_path_is_said_once_on_one_line() {
 const TOKEN: &str = "admin-token-for-the-cli-tests";
 
 fn write_tokens(sim: &Sim) -> String {
-    let p = sim.dir.join("tokens.toml");
-    std::fs::write(
-        &p,
-        format!("[[token]]\nname = \"ci\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
-    )
-    .unwrap();
-    p.to_str().unwrap().to_string()
+    admin_tokens(sim, TOKEN)
 }
 
 /// `GET path` from localhost:`port`: the status line and body, or `None`

@@ -350,3 +350,15 @@ pub fn free_tcp_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A tokens file in the sim's directory giving `token` the admin role;
+/// its path.
+pub fn admin_tokens(sim: &Sim, token: &str) -> String {
+    let p = sim.dir.join("tokens.toml");
+    std::fs::write(
+        &p,
+        format!("[[token]]\nname = \"ci\"\nrole = \"admin\"\ntoken = \"{token}\"\n"),
+    )
+    .unwrap();
+    p.to_str().unwrap().to_string()
+}

@@ -536,17 +536,7 @@ fn lists_are_paged() {
         let mut b: Value = serde_json::from_str(&profile(name, name)).unwrap();
         b["model_size_gb"] = json!(1.0);
         b["share_pct"] = json!(10);
-        assert_eq!(
-            call(
-                &api,
-                "POST",
-                "/v1/placements",
-                Some(OPERATOR),
-                Some(&b.to_string())
-            )
-            .0,
-            201
-        );
+        assert_eq!(place(&api, &b.to_string()).0, 201);
     }
     let mut seen = Vec::new();
     let mut next: Option<String> = None;
@@ -618,13 +608,7 @@ fn hopeless_requests_are_rejected_with_the_constraint() {
     for (name, field, value, why) in cases {
         let mut b: Value = serde_json::from_str(&profile(name, "m")).unwrap();
         b[field] = value;
-        let (st, v) = call(
-            &api,
-            "POST",
-            "/v1/placements",
-            Some(OPERATOR),
-            Some(&b.to_string()),
-        );
+        let (st, v) = place(&api, &b.to_string());
         assert_eq!(st, 422, "{v}");
         assert_eq!(
             (v["id"].as_str(), v["decision"]["path"].as_str()),
@@ -654,25 +638,13 @@ fn decision_numbers_continue_after_a_restart() {
     let db = api.db.clone();
     let mut last = 0;
     for name in ["s1", "s2"] {
-        let (_, v) = call(
-            &api,
-            "POST",
-            "/v1/placements",
-            Some(OPERATOR),
-            Some(&profile(name, name)),
-        );
+        let (_, v) = place(&api, &profile(name, name));
         last = v["decision"]["seq"].as_u64().unwrap();
     }
     assert_eq!(last, 2);
     drop(api);
     let api = start("seq", Some(db));
-    let (st, v) = call(
-        &api,
-        "POST",
-        "/v1/placements",
-        Some(OPERATOR),
-        Some(&profile("s3", "s3")),
-    );
+    let (st, v) = place(&api, &profile("s3", "s3"));
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["decision"]["seq"], last + 1);
     let (_, d) = call(&api, "GET", "/v1/decisions", Some(VIEWER), None);
@@ -692,28 +664,8 @@ fn names_stay_taken_while_their_node_is_unknown() {
     let h1 = || vec![node("h1", "NVIDIA H100 80GB HBM3", 2)];
     let api = start_with("waiting", None, h1());
     let db = api.db.clone();
-    assert_eq!(
-        call(
-            &api,
-            "POST",
-            "/v1/placements",
-            Some(OPERATOR),
-            Some(&profile("keep", "m"))
-        )
-        .0,
-        201
-    );
-    assert_eq!(
-        call(
-            &api,
-            "POST",
-            "/v1/placements",
-            Some(OPERATOR),
-            Some(&profile("drop", "m2"))
-        )
-        .0,
-        201
-    );
+    assert_eq!(place(&api, &profile("keep", "m")).0, 201);
+    assert_eq!(place(&api, &profile("drop", "m2")).0, 201);
     let (_, before) = call(&api, "GET", "/v1/placements/keep", Some(VIEWER), None);
     drop(api);
     // No nodes: the placements wait, visible, their names taken.
@@ -721,13 +673,7 @@ fn names_stay_taken_while_their_node_is_unknown() {
     let (st, v) = call(&api, "GET", "/v1/placements/keep", Some(VIEWER), None);
     assert_eq!((st, v["state"].as_str()), (200, Some("waiting")), "{v}");
     assert_eq!(v["placement"], before["placement"]);
-    let (st, v) = call(
-        &api,
-        "POST",
-        "/v1/placements",
-        Some(OPERATOR),
-        Some(&profile("keep", "other")),
-    );
+    let (st, v) = place(&api, &profile("keep", "other"));
     assert_eq!((st, v["field"].as_str()), (409, Some("name")), "{v}");
     let (_, list) = call(&api, "GET", "/v1/placements", Some(VIEWER), None);
     assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");

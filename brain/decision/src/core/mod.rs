@@ -890,50 +890,31 @@ impl Core {
     /// Deletes a placement (or a queued workload); queued workloads that now
     /// fit follow its decision.
     pub fn remove(&mut self, id: &str, now: u64) -> Result<Vec<Decision>, Refusal> {
-        let seq;
-        let mut d;
-        if let Some(p) = self.placed.get(id).map(|p| (**p).clone()) {
+        let (summary, held) = if let Some(p) = self.placed.get(id).map(|p| (**p).clone()) {
             self.unbind(&p, now, true);
-            seq = self.next_seq();
-            d = Decision::new(
-                seq,
-                now,
-                id,
-                Path::Remove,
+            (
                 format!("{id} removed from {} GPU {:?}", p.node, p.gpus),
-            );
-            d.node = Some(p.node.clone());
-            d.gpus = p.gpus.clone();
-            d.share_pct = Some(p.share_pct);
-            d.class = Some(p.class);
+                Some(p),
+            )
         } else if let Some(key) = self.queued.remove(id) {
             self.queue.remove(&key);
-            seq = self.next_seq();
-            d = Decision::new(
-                seq,
-                now,
-                id,
-                Path::Remove,
-                format!("{id} removed from the queue"),
-            );
+            (format!("{id} removed from the queue"), None)
         } else if let Some(p) = self.waiting.remove(id) {
             if let Some(u) = self.usage.get_mut(&p.profile.tenant) {
                 *u = (*u - p.gpu_hours).max(0.0);
             }
-            seq = self.next_seq();
-            d = Decision::new(
-                seq,
-                now,
-                id,
-                Path::Remove,
-                format!("{id} removed (restored onto {}, not known yet)", p.node),
-            );
-            d.node = Some(p.node.clone());
-            d.gpus = p.gpus.clone();
-            d.share_pct = Some(p.share_pct);
-            d.class = Some(p.class);
+            let why = format!("{id} removed (restored onto {}, not known yet)", p.node);
+            (why, Some(p))
         } else {
             return Err(Refusal::NotFound(format!("workload {id}")));
+        };
+        let seq = self.next_seq();
+        let mut d = Decision::new(seq, now, id, Path::Remove, summary);
+        if let Some(p) = held {
+            d.node = Some(p.node);
+            d.gpus = p.gpus;
+            d.share_pct = Some(p.share_pct);
+            d.class = Some(p.class);
         }
         let mut out = vec![d];
         self.drain_queue(now, &mut out);

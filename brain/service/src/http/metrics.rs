@@ -6,17 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use vagus_decision::{Core, Decision, Path};
 
-const PATHS: [Path; 9] = [
-    Path::Direct,
-    Path::Reconfigure,
-    Path::Repack,
-    Path::Preempt,
-    Path::ScaleOut,
-    Path::Queue,
-    Path::Reject,
-    Path::Remove,
-    Path::Control,
-];
+const PATHS: [Path; 9] = Path::ALL;
 
 /// Upper bounds (seconds) of the decision-time histogram.
 const BUCKETS: [f64; 10] = [

@@ -195,3 +195,8 @@ pub fn raw(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String, serde_js
     let (status, body) = parse_response(&out);
     (status, head.to_ascii_lowercase(), body)
 }
+
+/// `POST /v1/placements` as the operator.
+pub fn place(api: &Api, body: &str) -> (u16, serde_json::Value) {
+    call(api, "POST", "/v1/placements", Some(OPERATOR), Some(body))
+}
