@@ -408,12 +408,7 @@ fn openb_dir() -> std::path::PathBuf {
     if let Some(d) = std::env::var_os("VAGUS_OPENB_DIR") {
         return d.into();
     }
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared/data/openb"))
-        .chain([std::path::PathBuf::from("/work/shared/data/openb")])
-        .find(|p| p.is_dir())
-        .expect("the openb trace (set VAGUS_OPENB_DIR)")
+    shared_data("openb")
 }
 
 #[test]

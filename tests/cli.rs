@@ -291,6 +291,27 @@ fn an_agent_without_its_certificate_says_which_it_looked_for_and_the_ways_out() 
     );
 }
 
+/// A node name that could not be a Kubernetes node is refused at start,
+/// naming the flag.
+#[test]
+fn the_agent_refuses_a_node_name_kubernetes_would_refuse() {
+    let sim = Sim::new("agent-node-name");
+    for bad in ["Node_A", "node/a", "nöde"] {
+        let out = sim
+            .vagus(&["agent", "--node", bad, "--metrics-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} was taken");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines = lines_of(&err);
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].contains("--node") && lines[0].contains("DNS-1123"),
+            "{err}"
+        );
+    }
+}
+
 /// Standard error's non-empty lines.
 fn lines_of(err: &str) -> Vec<&str> {
     err.lines().filter(|l| !l.trim().is_empty()).collect()

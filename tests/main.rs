@@ -13,5 +13,6 @@ mod mps;
 mod nvml;
 mod occupancy;
 mod probes;
+mod serve;
 mod shim;
 mod transport;

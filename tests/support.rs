@@ -362,3 +362,15 @@ pub fn admin_tokens(sim: &Sim, token: &str) -> String {
     .unwrap();
     p.to_str().unwrap().to_string()
 }
+
+/// `shared/data/NAME`: beside the checkout or above it (`../shared/data/`),
+/// else where this workplace keeps it.
+pub fn shared_data(name: &str) -> PathBuf {
+    let rel = format!("shared/data/{name}");
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join(&rel))
+        .chain([PathBuf::from("/work").join(&rel)])
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{rel} is not beside the checkout nor in /work"))
+}

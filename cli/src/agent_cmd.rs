@@ -77,13 +77,19 @@ pub struct AgentArgs {
 }
 
 fn hostname() -> String {
+    // Lowercased, as Kubernetes names a node after its host.
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
+        .map(|s| s.trim().to_ascii_lowercase())
         .unwrap_or_else(|_| "localhost".into())
 }
 
 pub fn agent(args: AgentArgs) -> Result<()> {
     let node = args.node.clone().unwrap_or_else(hostname);
+    // The brain takes a node by this name, and it becomes a Pod's
+    // `nodeName`: Kubernetes' DNS-1123 subdomain rules.
+    vagus_decision::rules::DNS_SUBDOMAIN
+        .check("--node", &node)
+        .map_err(|e| anyhow::anyhow!("{e} (the name is {node:?})"))?;
     let brain = match (&args.brain, &args.certs) {
         (Some(given), Some(certs)) => Some({
             let addr = crate::addr::resolve("--brain", given)?;

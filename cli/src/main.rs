@@ -9,6 +9,7 @@ mod gpusim_cmd;
 mod load;
 mod replay_cmd;
 mod run;
+mod serve_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -38,6 +39,14 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Replay a GPU-sharing trace with a placement policy (the FGD paper's method).
     Replay(replay_cmd::ReplayArgs),
+    /// An LLM inference server stand-in: OpenAI completions, continuous
+    /// batching, vLLM's metrics, its work run as CUDA kernels.
+    Serve(serve_cmd::ServeArgs),
+    /// Benchmark clients.
+    Bench {
+        #[command(subcommand)]
+        command: serve_cmd::BenchCommand,
+    },
     /// Certificates for the agent-brain transport (mutual TLS).
     Certs {
         #[command(subcommand)]
@@ -79,6 +88,8 @@ fn main() -> ExitCode {
         Command::Brain(args) => brain_cmd::brain(args),
         Command::Agent(args) => agent_cmd::agent(args),
         Command::Replay(args) => replay_cmd::replay(args),
+        Command::Serve(args) => serve_cmd::serve(args),
+        Command::Bench { command } => serve_cmd::bench(command),
         Command::Certs {
             command: CertsCommand::Init { dir, agents, brain },
         } => vagus_link::certs::init(&dir, &brain, &agents)

@@ -134,11 +134,16 @@ impl Sync {
                     continue;
                 }
             };
-            self.unusable.remove(&name);
             if let Err(e) = api.upsert_node(&spec) {
-                eprintln!("vagus brain: node {name} from its agent: {e}");
+                // Said once, not every round.
+                if self.unusable.insert(name.clone()) {
+                    eprintln!(
+                        "vagus brain: node {name} from its agent: {e}; nothing is placed there"
+                    );
+                }
                 continue;
             }
+            self.unusable.remove(&name);
             let _ = api.observe(&name, &load);
             rows.extend(self.reconcile(api, &name, &mps));
         }
