@@ -84,14 +84,6 @@ pub struct ApiArgs {
     pub mix: Option<PathBuf>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 fn event_json(e: &Event) -> serde_json::Value {
     match e {
         Event::Connected { node, version } => {
@@ -220,7 +212,7 @@ fn config(args: &BrainArgs) -> Result<Config> {
 
 pub fn brain(args: BrainArgs) -> Result<()> {
     let cfg = config(&args)?;
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let svc = Service::start(cfg).await?;
         if let Some(api) = &svc.api {
             let r = &svc.restored;

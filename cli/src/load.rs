@@ -9,10 +9,11 @@ use clap::Args;
 use cudarc::driver::sys;
 use gpusim::ptx::BUSY_WAIT_PTX;
 use hdrhistogram::Histogram;
-use std::ffi::{CStr, CString, c_void};
+use std::ffi::{CString, c_void};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use vagus_serve::gpu::DeviceInfo;
 
 #[derive(Args, Clone, Debug)]
 pub struct LoadArgs {
@@ -101,21 +102,7 @@ impl LoadArgs {
 }
 
 fn check(r: sys::CUresult, what: &str) -> Result<()> {
-    if r == sys::CUresult::CUDA_SUCCESS {
-        return Ok(());
-    }
-    let mut name: *const std::ffi::c_char = std::ptr::null();
-    // SAFETY: cuGetErrorName writes a static string pointer or NULL.
-    unsafe { sys::cuGetErrorName(r, &mut name) };
-    let name = if name.is_null() {
-        format!("{r:?}")
-    } else {
-        // SAFETY: the driver returns a NUL-terminated static string.
-        unsafe { CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    Err(anyhow!("{what} failed: {name}"))
+    Ok(vagus_serve::gpu::check(r, what)?)
 }
 
 /// Driver handles shared by the worker threads.
@@ -128,50 +115,11 @@ struct Gpu {
 unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
-struct DeviceInfo {
-    name: String,
-    sms: i32,
-    driver_version: i32,
-}
-
 fn open(args: &LoadArgs) -> Result<(Gpu, DeviceInfo)> {
-    // SAFETY: only probes whether a driver library can be opened.
-    if !unsafe { sys::is_culib_present() } {
-        bail!(
-            "no CUDA driver found (libcuda.so / libcuda.so.1 not loadable); \
-             to run on gpusim: LD_LIBRARY_PATH=$(vagus gpusim libdir) vagus load ..."
-        );
-    }
-    // SAFETY: plain driver API calls with out-pointers we own.
+    let (ctx, info) = vagus_serve::gpu::open_device(args.device)?;
+    // SAFETY: plain driver API calls with out-pointers we own, in the
+    // context `open_device` made current.
     unsafe {
-        check(sys::cuInit(0), "cuInit")?;
-        let mut version = 0;
-        check(sys::cuDriverGetVersion(&mut version), "cuDriverGetVersion")?;
-        let mut dev = 0;
-        check(
-            sys::cuDeviceGet(&mut dev, args.device),
-            &format!("cuDeviceGet({})", args.device),
-        )?;
-        let mut name = [0 as std::ffi::c_char; 128];
-        check(
-            sys::cuDeviceGetName(name.as_mut_ptr(), 128, dev),
-            "cuDeviceGetName",
-        )?;
-        let mut sms = 0;
-        check(
-            sys::cuDeviceGetAttribute(
-                &mut sms,
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-                dev,
-            ),
-            "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)",
-        )?;
-        let mut ctx = std::ptr::null_mut();
-        check(
-            sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
-            "cuDevicePrimaryCtxRetain",
-        )?;
-        check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
         let (text, origin) = match &args.ptx {
             Some(p) => (
                 std::fs::read_to_string(p)
@@ -201,11 +149,6 @@ fn open(args: &LoadArgs) -> Result<(Gpu, DeviceInfo)> {
                 &format!("cuMemAlloc({} MiB of --memory-mib)", args.memory_mib),
             )?;
         }
-        let info = DeviceInfo {
-            name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
-            sms,
-            driver_version: version,
-        };
         Ok((Gpu { ctx, func }, info))
     }
 }

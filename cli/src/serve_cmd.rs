@@ -107,14 +107,6 @@ pub struct BenchServeArgs {
     pub json: bool,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 pub fn serve(a: ServeArgs) -> Result<()> {
     let cfg = Config {
         listen: crate::addr::resolve("--listen", &a.listen)?,
@@ -132,7 +124,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_model_len: a.max_model_len,
         device: a.device,
     };
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let s = vagus_serve::server::start(cfg.clone()).await?;
         eprintln!(
             "vagus serve: {} on {} ({} SMs) at http://{}",
@@ -171,7 +163,7 @@ pub fn bench(c: BenchCommand) -> Result<()> {
         slo_ms: a.slo_ms,
         seed: a.seed,
     };
-    let r = runtime()?.block_on(vagus_serve::client::run(&cfg))?;
+    let r = crate::runtime()?.block_on(vagus_serve::client::run(&cfg))?;
     if a.json {
         println!("{r}");
         return Ok(());

@@ -15,7 +15,7 @@ use std::ffi::{CStr, CString, c_void};
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
     #[error(
-        "no CUDA driver found (libcuda.so / libcuda.so.1 not loadable); to run on gpusim: LD_LIBRARY_PATH=$(vagus gpusim libdir) …"
+        "no CUDA driver found (libcuda.so / libcuda.so.1 not loadable); to run on gpusim, set LD_LIBRARY_PATH=$(vagus gpusim libdir)"
     )]
     NoDriver,
     #[error("{what} failed: {name}")]
@@ -53,6 +53,58 @@ pub struct DeviceInfo {
     pub driver_version: i32,
 }
 
+/// Loads the driver, opens `device` and makes its primary context current
+/// on this thread: the context and what the device is.
+pub fn open_device(device: i32) -> Result<(sys::CUcontext, DeviceInfo), GpuError> {
+    // SAFETY: only probes whether a driver library can be opened.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(GpuError::NoDriver);
+    }
+    // SAFETY: plain driver API calls with out-pointers we own.
+    unsafe {
+        check(sys::cuInit(0), "cuInit")?;
+        let mut version = 0;
+        check(sys::cuDriverGetVersion(&mut version), "cuDriverGetVersion")?;
+        let mut dev = 0;
+        check(
+            sys::cuDeviceGet(&mut dev, device),
+            &format!("cuDeviceGet({device})"),
+        )?;
+        let mut name = [0 as std::ffi::c_char; 128];
+        check(
+            sys::cuDeviceGetName(name.as_mut_ptr(), 128, dev),
+            "cuDeviceGetName",
+        )?;
+        let attr = |a, what: &str| -> Result<i32, GpuError> {
+            let mut v = 0;
+            check(sys::cuDeviceGetAttribute(&mut v, a, dev), what)?;
+            Ok(v)
+        };
+        use sys::CUdevice_attribute as A;
+        let sms = attr(
+            A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)",
+        )?;
+        let clock_khz = attr(
+            A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE,
+            "cuDeviceGetAttribute(CLOCK_RATE)",
+        )?;
+        let mut ctx = std::ptr::null_mut();
+        check(
+            sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
+            "cuDevicePrimaryCtxRetain",
+        )?;
+        check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
+        let info = DeviceInfo {
+            name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
+            sms: sms.max(0) as u32,
+            clock_mhz: (clock_khz.max(1000) / 1000) as u32,
+            driver_version: version,
+        };
+        Ok((ctx, info))
+    }
+}
+
 /// One device, with the model's weights on it and the kernel loaded.
 pub struct Gpu {
     ctx: sys::CUcontext,
@@ -73,39 +125,10 @@ impl Gpu {
     /// Opens `device`, loads the kernel and holds `weights_mib` of device
     /// memory like a model's weights.
     pub fn open(device: i32, weights_mib: u64) -> Result<Gpu, GpuError> {
-        // SAFETY: only probes whether a driver library can be opened.
-        if !unsafe { sys::is_culib_present() } {
-            return Err(GpuError::NoDriver);
-        }
-        // SAFETY: plain driver API calls with out-pointers we own.
+        let (ctx, info) = open_device(device)?;
+        // SAFETY: plain driver API calls with out-pointers we own, in the
+        // context `open_device` made current.
         unsafe {
-            check(sys::cuInit(0), "cuInit")?;
-            let mut version = 0;
-            check(sys::cuDriverGetVersion(&mut version), "cuDriverGetVersion")?;
-            let mut dev = 0;
-            check(
-                sys::cuDeviceGet(&mut dev, device),
-                &format!("cuDeviceGet({device})"),
-            )?;
-            let mut name = [0 as std::ffi::c_char; 128];
-            check(
-                sys::cuDeviceGetName(name.as_mut_ptr(), 128, dev),
-                "cuDeviceGetName",
-            )?;
-            let attr = |a, what: &str| -> Result<i32, GpuError> {
-                let mut v = 0;
-                check(sys::cuDeviceGetAttribute(&mut v, a, dev), what)?;
-                Ok(v)
-            };
-            use sys::CUdevice_attribute as A;
-            let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, "SM count")?;
-            let clock_khz = attr(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE, "clock rate")?;
-            let mut ctx = std::ptr::null_mut();
-            check(
-                sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
-                "cuDevicePrimaryCtxRetain",
-            )?;
-            check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
             let ptx = CString::new(BUSY_WAIT_PTX).expect("the PTX has no NUL");
             let mut module = std::ptr::null_mut();
             check(
@@ -130,12 +153,7 @@ impl Gpu {
                 ctx,
                 func,
                 stream,
-                info: DeviceInfo {
-                    name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
-                    sms: sms.max(0) as u32,
-                    clock_mhz: (clock_khz.max(1000) / 1000) as u32,
-                    driver_version: version,
-                },
+                info,
             })
         }
     }
