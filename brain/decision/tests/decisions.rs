@@ -485,7 +485,8 @@ fn scale_out_names_the_node_shape_or_queues() {
 #[test]
 fn hopeless_requests_are_rejected_naming_the_constraint() {
     let mut c = core(&[node("n1", "NVIDIA H100 80GB HBM3", 2)]);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Profile)>)> = vec![
+    type Case = (&'static str, Box<dyn Fn(&mut Profile)>);
+    let cases: Vec<Case> = vec![
         ("cpu_milli:", Box::new(|p| p.cpu_milli = 4_000_000)),
         ("memory_mib:", Box::new(|p| p.memory_mib = 60 << 20)),
         (

@@ -107,11 +107,13 @@ impl Sync {
     /// Brings every connected agent's node and load into the core, and
     /// records pool mismatches.
     pub async fn round(&mut self, agents: &Agents, api: &Api) {
-        let nodes: Vec<(
+        // Each node: its name, what its agent describes, its GPUs' MPS state.
+        type Described = (
             String,
             Result<(NodeSpec, NodeLoad), String>,
             Vec<(u32, MpsState)>,
-        )> = {
+        );
+        let nodes: Vec<Described> = {
             let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
             st.ingest
                 .nodes
