@@ -34,15 +34,6 @@ impl<'a> Fit<'a> {
         }
     }
 
-    fn accepts(&self, model: &str) -> bool {
-        self.p.accepted_models.is_empty()
-            || self
-                .p
-                .accepted_models
-                .iter()
-                .any(|m| spec::is_family(model, m))
-    }
-
     /// What one GPU costs this request per hour, across its GPUs.
     fn cost(&self, price: f64) -> f64 {
         price * self.share as f64 / 100.0 * self.p.gpus() as f64
@@ -55,7 +46,7 @@ impl<'a> Fit<'a> {
     }
 
     fn gpu_ok(&self, (model, gb, price): (&str, f64, f64)) -> bool {
-        self.accepts(model) && gb >= self.per_gpu_gb && self.affordable(price)
+        self.p.accepts(model) && gb >= self.per_gpu_gb && self.affordable(price)
     }
 
     /// Whether an empty node with these resources holds the request.
@@ -95,7 +86,7 @@ impl<'a> Fit<'a> {
             known.sort();
             known.dedup();
             for r in &mut rooms {
-                r.gpus.retain(|g| self.accepts(g.0));
+                r.gpus.retain(|g| p.accepts(g.0));
             }
             if rooms.iter().all(|r| r.gpus.is_empty()) {
                 return format!(

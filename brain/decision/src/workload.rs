@@ -84,6 +84,15 @@ impl Profile {
         self.gpus.unwrap_or(1)
     }
 
+    /// Whether it accepts a GPU named `model` (its families; none: any).
+    pub fn accepts(&self, model: &str) -> bool {
+        self.accepted_models.is_empty()
+            || self
+                .accepted_models
+                .iter()
+                .any(|m| crate::spec::is_family(model, m))
+    }
+
     pub fn preemptible(&self) -> bool {
         self.preemptible
             .unwrap_or(matches!(self.priority, Priority::P2 | Priority::P3))

@@ -1193,11 +1193,6 @@ fn open_to(n: &Node, p: &Profile) -> bool {
     !n.cordoned && n.healthy && n.cpu_free >= p.cpu_milli && n.memory_free >= p.memory_mib
 }
 
-/// Whether the workload accepts a GPU named `model`.
-fn accepts(p: &Profile, model: &str) -> bool {
-    p.accepted_models.is_empty() || p.accepted_models.iter().any(|m| spec::is_family(model, m))
-}
-
 fn step(
     action: &str,
     node: &str,

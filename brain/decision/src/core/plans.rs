@@ -2,7 +2,7 @@
 //! safety gate), repacks (and the circuit breaker), preemption.
 
 use super::scan::{Ask, Cand};
-use super::{Core, accepts, open_to, step};
+use super::{Core, open_to, step};
 use crate::classify::Class;
 use crate::explain::{Move, Plan};
 use crate::mix::{Free, Summary};
@@ -141,7 +141,7 @@ impl Core {
             }
             for g in &n.gpus {
                 if g.workloads.is_empty()
-                    || !accepts(p, &g.model)
+                    || !p.accepts(&g.model)
                     || p.max_cost_per_hour
                         .is_some_and(|c| g.price_per_hour * share as f64 / 100.0 > c + 1e-9)
                     || g.memory_gb < per_gpu_gb
@@ -326,7 +326,7 @@ impl Core {
             }
             for g in &n.gpus {
                 if g.workloads.is_empty()
-                    || !accepts(p, &g.model)
+                    || !p.accepts(&g.model)
                     || g.memory_gb < p.model_size_gb
                     || !g
                         .residents

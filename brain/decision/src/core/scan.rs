@@ -1,7 +1,7 @@
 //! The scan: every node and GPU of the cluster against every constraint,
 //! scored, in one sweep over a packed copy of what it reads.
 
-use super::{Core, accepts};
+use super::Core;
 use crate::explain::RuledOut;
 use crate::mix::{Free, Summary, cpu_balance, fgd_score};
 use crate::score::{self, NodeTerms, Slot, Terms};
@@ -379,7 +379,7 @@ impl Core {
                 }
                 if memo.0 != h.model_no {
                     let model = &self.nodes[i].gpus[k].model;
-                    let ok = accepts(p, model);
+                    let ok = p.accepts(model);
                     let affinity = match a.preferred {
                         Some(m) if spec::is_family(model, m) => 1.0,
                         Some(_) => 0.0,

@@ -613,7 +613,12 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    fn validate(&self) -> Result<usize, ApiError> {
+    /// The page of `names` (in name order) after `after`, and the cursor
+    /// to the next one; 400 for a bad `after` or `limit`.
+    fn page<'a>(
+        &self,
+        mut names: Vec<&'a str>,
+    ) -> Result<(Vec<&'a str>, Option<String>), ApiError> {
         use vagus_decision::rules::{LOOKUP, PAGE};
         let bad = |e: vagus_decision::Invalid| ApiError::from(Refusal::Invalid(e));
         if let Some(a) = &self.after {
@@ -621,12 +626,8 @@ impl PageQuery {
         }
         let limit = self.limit.unwrap_or(100);
         PAGE.check("limit", limit as u64).map_err(bad)?;
-        Ok(limit as usize)
-    }
-
-    /// The page of `names` (sorted) after `after`, and the cursor to the
-    /// next one.
-    fn page<'a>(&self, names: &[&'a str], limit: usize) -> (Vec<&'a str>, Option<String>) {
+        let limit = limit as usize;
+        names.sort_unstable();
         let from = match &self.after {
             Some(a) => names.partition_point(|n| *n <= a.as_str()),
             None => 0,
@@ -636,7 +637,7 @@ impl PageQuery {
         let next = (rest.len() > limit)
             .then(|| page.last().map(|n| n.to_string()))
             .flatten();
-        (page, next)
+        Ok((page, next))
     }
 }
 
@@ -656,16 +657,14 @@ async fn list_placements(
     _: Viewer,
     Params(q): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = q.validate()?;
     let core = s.core();
-    let mut names: Vec<&str> = core
+    let names = core
         .placements()
         .map(|p| p.id.as_str())
         .chain(core.waiting().map(|p| p.id.as_str()))
         .chain(core.queued().map(|q| q.id.as_str()))
         .collect();
-    names.sort_unstable();
-    let (page, next) = q.page(&names, limit);
+    let (page, next) = q.page(names)?;
     let items = page
         .iter()
         .filter_map(|id| Workload::of(&core, id))
@@ -688,11 +687,9 @@ async fn list_nodes(
     _: Viewer,
     Params(q): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = q.validate()?;
     let core = s.core();
-    let mut names: Vec<&str> = core.nodes().iter().map(|n| n.name.as_str()).collect();
-    names.sort_unstable();
-    let (page, next) = q.page(&names, limit);
+    let names = core.nodes().iter().map(|n| n.name.as_str()).collect();
+    let (page, next) = q.page(names)?;
     let items = page.iter().filter_map(|n| core.node(n).cloned()).collect();
     Ok(axum::Json(Nodes { items, next }).into_response())
 }
