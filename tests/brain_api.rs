@@ -108,6 +108,15 @@ fn the_audit_trail_survives_sigkill_and_restores_placements() {
 /// A brain with QUIC and HTTP, and an agent for `node-a` connected to it
 /// (with gpusim's MPS daemon when `mps`); the agent's metrics port.
 fn brain_and_agent(sim: &mut Sim, mps: bool) -> (BrainProc, SocketAddr, Child, u16) {
+    brain_and_agent_with(sim, mps, &[])
+}
+
+/// [`brain_and_agent`], the agent given more flags.
+fn brain_and_agent_with(
+    sim: &mut Sim,
+    mps: bool,
+    agent_flags: &[&str],
+) -> (BrainProc, SocketAddr, Child, u16) {
     let tokens = tokens(sim);
     let certs = certs_init(sim, "node-a");
     let quic = format!("127.0.0.1:{}", free_udp_port());
@@ -159,6 +168,7 @@ fn brain_and_agent(sim: &mut Sim, mps: bool) -> (BrainProc, SocketAddr, Child, u
             "--mps-start",
         ]);
     }
+    args.extend_from_slice(agent_flags);
     let agent = sim
         .vagus(&args)
         .stdout(Stdio::null())
@@ -504,4 +514,132 @@ fn the_service_places_a_trace_as_the_replay_does() {
         placed > 100 && waiting > 10,
         "{placed} placed, {waiting} waiting"
     );
+}
+
+/// The agent's `/snapshot` on `port`.
+fn agent_snapshot(port: u16) -> serde_json::Value {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return serde_json::Value::Null;
+    };
+    let _ = write!(
+        s,
+        "GET /snapshot HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_default()
+}
+
+/// An endpoint's cumulative latency histogram in a snapshot.
+fn latency_of(endpoint: &serde_json::Value) -> vagus_proto::wire::HistogramDelta {
+    let l = &endpoint["latency"];
+    let nums = |k: &str| -> Vec<serde_json::Value> { l[k].as_array().cloned().unwrap_or_default() };
+    vagus_proto::wire::HistogramDelta {
+        bounds_s: nums("bounds_s")
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect(),
+        counts: nums("counts").iter().map(|v| v.as_u64().unwrap()).collect(),
+        sum_s: l["sum_s"].as_f64().unwrap_or(0.0),
+        count: l["count"].as_u64().unwrap_or(0),
+    }
+}
+
+#[test]
+fn the_agent_reads_a_servers_own_metrics_as_its_clients_measured_them() {
+    let mut sim = Sim::new("serving-scrape");
+    // Buckets 4% apart: a p99 read from them is within 4% of the true one.
+    let server = crate::serve::serve_with(&sim, &[], &["--fine-buckets"]);
+    let endpoint = crate::serve::port(&server).to_string();
+    let (_b, addr, mut agent, port) =
+        brain_and_agent_with(&mut sim, false, &["--serving", &endpoint]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let endpoint_of = |snap: &serde_json::Value| snap["serving"][0].clone();
+    // Read, and past its baseline scrape.
+    while !endpoint_of(&agent_snapshot(port))["requests"].is_number() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never read the server: {}",
+            agent_snapshot(port)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = endpoint_of(&agent_snapshot(port));
+    // Nearly even arrivals, so the brain's 10 s rate is steady too.
+    let r = crate::serve::bench(
+        &sim,
+        &server,
+        &[
+            "--qps",
+            "4",
+            "--arrivals",
+            "gamma",
+            "--burstiness",
+            "50",
+            "--duration",
+            "20s",
+            "--prompt-tokens",
+            "512",
+            "--output-tokens",
+            "64",
+        ],
+    );
+    assert_eq!(r["failed"], 0, "{r}");
+    // The brain's view, while its horizon still covers the run.
+    let (st, nodes) = http(addr, "GET", "/v1/nodes", "");
+    assert_eq!(st, 200, "{nodes}");
+    let node = nodes["items"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["name"] == "node-a"))
+        .cloned()
+        .unwrap_or_else(|| panic!("node-a is not among the brain's nodes: {nodes}"));
+    // Two windows for the last scrape to land.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = endpoint_of(&agent_snapshot(port));
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    let n = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let requests = n(&after, "requests") - n(&before, "requests");
+    assert_eq!(
+        requests,
+        n(&r, "requests"),
+        "every request the bench sent, once: {r}"
+    );
+    assert_eq!(n(&after, "errors") - n(&before, "errors"), 0.0);
+    let seconds = (n(&after, "through_unix_ns") - n(&before, "through_unix_ns")) / 1e9;
+    let rate = requests / seconds;
+    let bench_rate = n(&r, "throughput_rps");
+    assert!(
+        (rate / bench_rate - 1.0).abs() < 0.05,
+        "the agent's {rate:.3} req/s over {seconds:.2} s vs the bench's {bench_rate:.3}: {r}"
+    );
+    let (mut run, earlier) = (latency_of(&after), latency_of(&before));
+    assert_eq!(run.bounds_s, earlier.bounds_s);
+    for (c, e) in run.counts.iter_mut().zip(&earlier.counts) {
+        *c -= e;
+    }
+    let p99 = run.quantile(0.99).unwrap();
+    let bench_p99 = r["e2e_ms"]["p99"].as_f64().unwrap() / 1000.0;
+    assert!(
+        (p99 / bench_p99 - 1.0).abs() < 0.05,
+        "p99: the agent's {p99:.4} s vs the bench's {bench_p99:.4} s"
+    );
+    eprintln!(
+        "agent: {rate:.3} req/s, e2e p99 {p99:.4} s; bench: {bench_rate:.3} req/s, p99 {bench_p99:.4} s; \
+         brain: {} req/s",
+        node["qps"]
+    );
+    // The brain's node: its request rate, error rate and queue depth from
+    // the same windows (the last 10 s of them, mostly the run).
+    let qps = node["qps"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the brain knows the node's rate: {node}"));
+    assert!(
+        qps > 0.6 * bench_rate && qps < 1.3 * bench_rate,
+        "the brain's {qps} req/s vs the bench's {bench_rate}: {node}"
+    );
+    assert_eq!(node["error_rate"], 0.0, "{node}");
+    assert!(node["queue_depth"].is_number(), "{node}");
 }

@@ -12,9 +12,9 @@ fn azure_trace() -> std::path::PathBuf {
     shared_data("azure-llm-2023").join("AzureLLMInferenceTrace_conv.csv")
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -29,16 +29,24 @@ impl Drop for Server {
 const MODEL_GB: &str = "32";
 
 fn serve(sim: &Sim, extra_env: &[(&str, &str)]) -> Server {
+    serve_with(sim, extra_env, &[])
+}
+
+/// `vagus serve` for model `m` (see [`MODEL_GB`]), with more flags.
+pub(crate) fn serve_with(sim: &Sim, extra_env: &[(&str, &str)], flags: &[&str]) -> Server {
     let port = free_tcp_port();
-    let mut c = sim.vagus(&[
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
         "serve",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        &listen,
         "--model",
         "m",
         "--model-gb",
         MODEL_GB,
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    let mut c = sim.vagus(&args);
     for (k, v) in extra_env {
         c.env(k, v);
     }
@@ -60,7 +68,7 @@ fn serve(sim: &Sim, extra_env: &[(&str, &str)]) -> Server {
     s
 }
 
-fn port(s: &Server) -> u16 {
+pub(crate) fn port(s: &Server) -> u16 {
     s.url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
@@ -94,7 +102,7 @@ fn get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// `vagus bench serve ARGS --json` against `s`.
-fn bench(sim: &Sim, s: &Server, args: &[&str]) -> serde_json::Value {
+pub(crate) fn bench(sim: &Sim, s: &Server, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["bench", "serve", "--url", &s.url, "--model", "m", "--json"];
     all.extend_from_slice(args);
     let out = sim.vagus(&all).output().unwrap();

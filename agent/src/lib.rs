@@ -7,6 +7,8 @@
 //! - [`segments`]: the shim's shared-memory segments, read and controlled.
 //! - [`nvml`]: the devices as NVML reports them.
 //! - [`mps`]: the MPS control daemon's client.
+//! - [`serving`]: inference servers' own metrics read into windows, and
+//!   [`scrape`] the HTTP that fetches them.
 //! - [`node`]: every GPU process joined from those sources; telemetry
 //!   windows; the brain's commands applied.
 //! - [`metrics`]: Prometheus exposition, and [`http`] its endpoints.
@@ -22,5 +24,7 @@ pub mod mps;
 pub mod node;
 pub mod nvml;
 pub mod run;
+pub mod scrape;
 pub mod segments;
+pub mod serving;
 pub mod uplink;

@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub mps: Vec<crate::mps::MpsControl>,
     /// Start those daemons when they are not running.
     pub mps_start: bool,
+    /// Inference servers' metrics endpoints to scrape.
+    pub serving: Vec<crate::serving::Target>,
 }
 
 /// Where a process's data comes from.
@@ -132,6 +134,9 @@ pub struct Node {
     mps_sent: Vec<Option<MpsState>>,
     mps_next_poll_ns: u64,
     mps_dirty: bool,
+    /// The inference servers scraped (their tasks, see [`crate::scrape`],
+    /// fill it; each window takes what they read).
+    pub serving: crate::serving::Serving,
 }
 
 /// How often the MPS daemons are asked for their state (each look runs the
@@ -179,6 +184,7 @@ impl Node {
             }
         });
         let segments = cfg.segment_dir.clone().map(SegmentDir::new);
+        let serving = crate::serving::Serving::new(cfg.serving.clone());
         let resolver = cgroup::v2_root().map(cgroup::Resolver::new);
         let mut node = Node {
             cfg,
@@ -198,6 +204,7 @@ impl Node {
             mps_sent: Vec::new(),
             mps_next_poll_ns: 0,
             mps_dirty: false,
+            serving,
         };
         let mut initial: Vec<PathBuf> = node.cfg.libcuda.clone();
         if let Some(p) = find_on_loader_path("libcuda.so.1") {
@@ -521,6 +528,7 @@ impl Node {
             processes,
             dropped_windows: 0,
             mps,
+            serving: self.serving.take_windows(now_unix_ns),
         };
         self.seq += 1;
         self.counters.windows += 1;
@@ -596,6 +604,7 @@ impl Node {
         serde_json::json!({
             "node": self.cfg.node,
             "mps": mps,
+            "serving": self.serving.snapshot(),
             "probes": self.probes.is_some(),
             "nvml": self.gpus.is_some(),
             "notes": self.notes,
@@ -864,6 +873,7 @@ mod tests {
             launch_probes: false,
             mps: vec![],
             mps_start: false,
+            serving: vec![],
         });
         assert!(node.notes.iter().any(|n| n.contains("without eBPF")));
         let w = node.tick(1_000_000_000, 100_000_000);
@@ -913,6 +923,7 @@ mod tests {
             launch_probes: false,
             mps: vec![],
             mps_start: false,
+            serving: vec![],
         });
         // No such process, and no cgroup with this id.
         node.attribute(u32::MAX - 1, u64::MAX - 1);

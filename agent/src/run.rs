@@ -250,6 +250,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 what: "cannot start the collector thread".into(),
                 source,
             })?;
+        crate::scrape::spawn(node.clone(), period);
         if let Some(addr) = cfg.metrics_addr {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -580,6 +580,7 @@ mod outbox_tests {
             processes: vec![],
             dropped_windows: 0,
             mps: Vec::new(),
+            serving: Vec::new(),
         }
     }
 

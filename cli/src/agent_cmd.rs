@@ -69,6 +69,17 @@ pub struct AgentArgs {
     /// Start the MPS control daemons that are not running.
     #[arg(long)]
     pub mps_start: bool,
+    /// An inference server's Prometheus endpoint to read every window
+    /// (vLLM, SGLang, TGI, Triton or `vagus serve`): PORT (on loopback),
+    /// HOST:PORT, either with /PATH (default /metrics), or an http:// URL.
+    /// Repeat for each server.
+    #[arg(
+        long = "serving",
+        env = "VAGUS_SERVING",
+        value_delimiter = ',',
+        value_name = "ENDPOINT"
+    )]
+    pub serving: Vec<String>,
     /// Where the agent keeps the journal of the brain's commands it applied,
     /// so that a restarted agent applies none twice (default: /var/lib/vagus
     /// for root, else $XDG_STATE_HOME/vagus).
@@ -128,6 +139,14 @@ pub fn agent(args: AgentArgs) -> Result<()> {
                 })
                 .collect(),
             mps_start: args.mps_start,
+            serving: args
+                .serving
+                .iter()
+                .map(|s| {
+                    vagus_agent::serving::Target::parse(s)
+                        .map_err(|e| anyhow::anyhow!("--serving: {e}"))
+                })
+                .collect::<Result<_>>()?,
         },
         node_given: args.node.is_some(),
         brain,

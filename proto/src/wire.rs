@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 /// The newest protocol this build speaks, and the oldest it still accepts.
 /// Version 2: the node's CPU and memory and each GPU's MPS state in the
 /// `Hello`, MPS state changes in windows, and whether a process runs under
-/// the shim.
-pub const PROTOCOL_VERSION: u16 = 2;
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// the shim. Version 3: what each inference server's own metrics said over
+/// the window ([`ServingWindow`]).
+pub const PROTOCOL_VERSION: u16 = 3;
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// Default largest frame (header included) a peer accepts.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 /// Bytes before the payload: length, version, kind.
@@ -132,6 +133,92 @@ pub struct ProcessWindow {
     pub sync_hist: Vec<u8>,
 }
 
+/// A histogram's change over a window, bucket-exact: the observations that
+/// fell in each of the server's own buckets (not cumulative), so windows
+/// add up to exactly what the server counted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistogramDelta {
+    /// The buckets' finite upper bounds (seconds), ascending, as the
+    /// server exports them; `counts` has one more entry, for `+Inf`.
+    /// Empty for a server that exports only a sum and a count.
+    pub bounds_s: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl HistogramDelta {
+    /// Adds `other` in; `false` (and nothing added) when its buckets are
+    /// not these.
+    pub fn add(&mut self, other: &HistogramDelta) -> bool {
+        if self.bounds_s != other.bounds_s || self.counts.len() != other.counts.len() {
+            return false;
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_s += other.sum_s;
+        self.count += other.count;
+        true
+    }
+
+    /// The `q` quantile (0–1) the way Prometheus's `histogram_quantile`
+    /// reads buckets: linear within the bucket the rank falls in (from 0 for
+    /// the first), the highest finite bound when it falls in `+Inf`; `None`
+    /// without observations or buckets.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.counts.iter().sum();
+        if total == 0 || self.bounds_s.is_empty() || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c > 0 && (below + c) as f64 >= rank {
+                let Some(&upper) = self.bounds_s.get(i) else {
+                    return self.bounds_s.last().copied();
+                };
+                let lower = if i == 0 { 0.0 } else { self.bounds_s[i - 1] };
+                let into = ((rank - below as f64) / c as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * into);
+            }
+            below += c;
+        }
+        self.bounds_s.last().copied()
+    }
+}
+
+/// What one inference server's own Prometheus endpoint said over a window
+/// (the differences between its scrapes; gauges as last scraped). `None`:
+/// that server does not export it, never zero.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServingWindow {
+    /// The metrics URL scraped.
+    pub endpoint: String,
+    /// The process serving it, where the agent knows it (it started it).
+    pub pid: Option<u32>,
+    /// Which names it exports: `vllm` (also `vagus serve`), `sglang`,
+    /// `tgi`, `triton`; empty until a scrape recognised one.
+    pub server: String,
+    /// The model label, when the endpoint serves exactly one.
+    pub model: String,
+    /// Scrapes attempted and failed during the window, and why the last
+    /// failure failed (empty: none did).
+    pub scrapes: u32,
+    pub failures: u32,
+    pub error: String,
+    /// Requests finished in the window (successes and server errors), and
+    /// those that failed with a server error.
+    pub requests: Option<u64>,
+    pub errors: Option<u64>,
+    /// Requests waiting for the engine, and running in it.
+    pub queue_depth: Option<f64>,
+    pub running: Option<f64>,
+    /// End-to-end request latency and time to first token.
+    pub latency: Option<HistogramDelta>,
+    pub ttft: Option<HistogramDelta>,
+}
+
 /// What an agent saw on its node over one window (default 100 ms).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryWindow {
@@ -146,6 +233,8 @@ pub struct TelemetryWindow {
     pub dropped_windows: u64,
     /// GPUs whose MPS state changed since the previous window (empty: none).
     pub mps: Vec<GpuMps>,
+    /// Each inference server endpoint the agent scrapes.
+    pub serving: Vec<ServingWindow>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -456,6 +545,35 @@ pub fn negotiate(theirs: (u16, u16), ours: (u16, u16)) -> Result<u16, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn quantiles_read_buckets_as_prometheus_does() {
+        let mut h = HistogramDelta {
+            bounds_s: vec![1.0, 2.0, 4.0],
+            counts: vec![10, 80, 10, 0],
+            sum_s: 190.0,
+            count: 100,
+        };
+        assert_eq!(h.quantile(0.05), Some(0.5));
+        assert_eq!(h.quantile(0.5), Some(1.5));
+        assert_eq!(h.quantile(0.95), Some(3.0));
+        assert!(h.add(&h.clone()));
+        assert_eq!((h.count, h.counts[1]), (200, 160));
+        assert_eq!(h.quantile(0.5), Some(1.5), "doubling changes no quantile");
+        h.counts[3] = 400;
+        assert_eq!(
+            h.quantile(0.99),
+            Some(4.0),
+            "+Inf: the highest finite bound"
+        );
+        let other = HistogramDelta {
+            bounds_s: vec![1.0],
+            counts: vec![1, 0],
+            ..Default::default()
+        };
+        assert!(!h.add(&other), "different buckets do not add");
+        assert_eq!(HistogramDelta::default().quantile(0.5), None);
+    }
     use super::*;
 
     pub(super) fn samples() -> Vec<Message> {
@@ -535,6 +653,26 @@ mod tests {
                 mps: vec![GpuMps {
                     gpu: 0,
                     state: gpu.mps.clone().unwrap_or_default(),
+                }],
+                serving: vec![ServingWindow {
+                    endpoint: "http://127.0.0.1:8000/metrics".into(),
+                    pid: Some(42),
+                    server: "vllm".into(),
+                    model: "vagus-8b".into(),
+                    scrapes: 1,
+                    failures: 0,
+                    error: String::new(),
+                    requests: Some(3),
+                    errors: Some(0),
+                    queue_depth: Some(2.0),
+                    running: None,
+                    latency: Some(HistogramDelta {
+                        bounds_s: vec![0.5, 1.0],
+                        counts: vec![1, 2, 0],
+                        sum_s: 2.1,
+                        count: 3,
+                    }),
+                    ttft: None,
                 }],
             }),
             Message::Heartbeat(Heartbeat { seq: 1, unix_ns: 2 }),
@@ -634,23 +772,23 @@ mod tests {
         assert!(matches!(d.finish(), Err(FrameError::Truncated { .. })));
 
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        d.push(&[3, 0, 0, 0, 3, 0, 200]);
+        d.push(&[3, 0, 0, 0, 4, 0, 200]);
         let e = d.next_message().unwrap_err();
-        assert_eq!(e, FrameError::UnsupportedVersion { version: 3 });
+        assert_eq!(e, FrameError::UnsupportedVersion { version: 4 });
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        d.push(&[3, 0, 0, 0, 2, 0, 200]);
+        d.push(&[3, 0, 0, 0, 3, 0, 200]);
         let e = d.next_message().unwrap_err();
         assert_eq!(
             e,
             FrameError::UnknownKind {
                 kind: 200,
-                version: 2
+                version: 3
             }
         );
         assert!(e.to_string().contains("unknown message kind 200"), "{e}");
 
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        d.push(&[5, 0, 0, 0, 2, 0, 5, 0xff, 0xff]);
+        d.push(&[5, 0, 0, 0, 3, 0, 5, 0xff, 0xff]);
         let e = d.next_message().unwrap_err();
         assert!(
             matches!(

@@ -164,6 +164,7 @@ fn template(node: &str, a: &Args, hists: &[Vec<u8>]) -> TelemetryWindow {
             .collect(),
         dropped_windows: 0,
         mps: Vec::new(),
+        serving: Vec::new(),
     }
 }
 

@@ -84,6 +84,7 @@ fn main() {
         let idle = NodeLoad {
             qps: Some(0.0),
             error_rate: Some(0.0),
+            queue_depth: None,
             healthy: true,
             gpus: Vec::new(),
         };

@@ -182,6 +182,8 @@ pub struct Node {
     /// until a source reports them (unknown is never taken as zero).
     pub qps: Option<f64>,
     pub error_rate: Option<f64>,
+    /// Requests waiting in its inference servers' queues.
+    pub queue_depth: Option<f64>,
     /// Maintenance window [from, to) in ms of the core's clock.
     pub maintenance: Option<(u64, u64)>,
     pub gpus: Vec<Gpu>,
@@ -202,6 +204,7 @@ impl Node {
             cordoned: false,
             qps: None,
             error_rate: None,
+            queue_depth: None,
             maintenance: None,
             gpus: s
                 .gpus
@@ -229,6 +232,7 @@ pub struct NodeLoad {
     /// `None`: no source reports it (yet).
     pub qps: Option<f64>,
     pub error_rate: Option<f64>,
+    pub queue_depth: Option<f64>,
     pub healthy: bool,
     /// (GPU index, utilisation 0–1, power W).
     pub gpus: Vec<(u32, f64, f64)>,

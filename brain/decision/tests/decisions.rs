@@ -176,6 +176,7 @@ fn reconfigure_when_the_gate_allows_and_queue_when_it_does_not() {
         &NodeLoad {
             qps: Some(500.0),
             error_rate: Some(0.0),
+            queue_depth: None,
             healthy: true,
             gpus: vec![],
         },
@@ -196,6 +197,7 @@ fn reconfigure_when_the_gate_allows_and_queue_when_it_does_not() {
         &NodeLoad {
             qps: Some(3.0),
             error_rate: Some(0.0),
+            queue_depth: None,
             healthy: true,
             gpus: vec![],
         },
@@ -225,6 +227,7 @@ fn reconfigure_when_the_gate_allows_and_queue_when_it_does_not() {
         &NodeLoad {
             qps: Some(1.0),
             error_rate: Some(0.05),
+            queue_depth: None,
             healthy: true,
             gpus: vec![],
         },
@@ -748,6 +751,7 @@ fn cordoned_and_unhealthy_nodes_take_nothing() {
         &NodeLoad {
             qps: Some(0.0),
             error_rate: Some(0.0),
+            queue_depth: None,
             healthy: false,
             gpus: vec![],
         },

@@ -4,9 +4,11 @@
 //!
 //! - A node's CPU and memory are what its agent's `Hello` says; a node whose
 //!   agent could not tell is not placed on (said once).
-//! - Its request rate and error rate stay unknown (`None`) until a source
-//!   reports them; the core's reconfiguration gate treats unknown as not
-//!   safe outside a maintenance window.
+//! - Its request rate, error rate and queue depth are the sums over the
+//!   inference servers its agent scrapes (their own metrics, the last 10 s
+//!   of windows); unknown (`None`) where none reports them, which the
+//!   core's reconfiguration gate treats as not safe outside a maintenance
+//!   window.
 //! - A GPU is throttled (oversubscription allowed) only when NVML shows it
 //!   and every process on it runs under the shim.
 //! - Where the core keeps MPS pools, each GPU's pool is compared with the
@@ -61,10 +63,12 @@ fn node_of(name: &str, n: &NodeState) -> Result<(NodeSpec, NodeLoad), String> {
             })
             .collect(),
     };
+    // From the inference servers' own metrics; unknown where none reports.
+    let serving = n.serving_rates();
     let load = NodeLoad {
-        // No serving metrics reach the brain yet: unknown, not zero.
-        qps: None,
-        error_rate: None,
+        qps: serving.qps,
+        error_rate: serving.error_rate,
+        queue_depth: serving.queue_depth,
         healthy: n.gpus.values().all(|g| g.xids.is_empty()),
         gpus: n
             .gpus

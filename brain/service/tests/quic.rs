@@ -46,6 +46,7 @@ fn window(node: &str, seq: u64) -> TelemetryWindow {
         processes: vec![],
         dropped_windows: 0,
         mps: Vec::new(),
+        serving: Vec::new(),
     }
 }
 

@@ -351,6 +351,7 @@ impl Core {
         n.cordoned = old.cordoned;
         n.qps = old.qps;
         n.error_rate = old.error_rate;
+        n.queue_depth = old.queue_depth;
         n.maintenance = old.maintenance;
         n.replicas = old.replicas.clone();
         for (g, o) in n.gpus.iter_mut().zip(&old.gpus) {
@@ -395,6 +396,7 @@ impl Core {
         let n = &mut self.nodes[i];
         n.qps = load.qps;
         n.error_rate = load.error_rate;
+        n.queue_depth = load.queue_depth;
         n.healthy = load.healthy;
         for &(g, util, power) in &load.gpus {
             if let Some(g) = n.gpus.get_mut(g as usize) {

@@ -12,7 +12,9 @@
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use vagus_proto::wire::{GpuInfo, GpuWindow, Hello, MpsState, ProcessWindow, TelemetryWindow};
+use vagus_proto::wire::{
+    GpuInfo, GpuWindow, Hello, MpsState, ProcessWindow, ServingWindow, TelemetryWindow,
+};
 
 /// The last `cap` windows' serialized histograms of one series.
 #[derive(Debug, Default)]
@@ -76,6 +78,94 @@ pub struct ProcessState {
     pub seen_seq: u64,
 }
 
+/// How far back request rates and error rates look (agent's clock).
+pub const SERVING_HORIZON_NS: u64 = 10_000_000_000;
+
+/// One inference server endpoint as its windows describe it.
+#[derive(Debug, Default)]
+pub struct ServingState {
+    pub pid: Option<u32>,
+    pub server: String,
+    pub model: String,
+    /// Gauges as last reported (a window whose scrapes failed reports none).
+    pub queue_depth: Option<f64>,
+    pub running: Option<f64>,
+    /// Why its latest window's last failed scrape failed (empty: none did).
+    pub error: String,
+    /// The recent windows: (end, duration, requests, errors), agent's clock.
+    recent: VecDeque<(u64, u64, Option<u64>, Option<u64>)>,
+    pub requests_total: u64,
+    pub errors_total: u64,
+    pub seen_seq: u64,
+}
+
+/// Rates over an endpoint's (or a node's) recent windows.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    /// Requests finished per second; `None`: no window reported requests.
+    pub qps: Option<f64>,
+    /// Server errors over requests (0–1; 0 with no requests); `None`:
+    /// the server does not count its errors, or no rate is known.
+    pub error_rate: Option<f64>,
+    pub queue_depth: Option<f64>,
+}
+
+impl ServingState {
+    fn take(&mut self, w: ServingWindow, end_ns: u64, duration_ns: u64, seq: u64) {
+        self.pid = w.pid;
+        if !w.server.is_empty() {
+            self.server = w.server;
+            self.model = w.model;
+        }
+        if w.scrapes > w.failures {
+            self.queue_depth = w.queue_depth;
+            self.running = w.running;
+        } else if w.scrapes > 0 {
+            (self.queue_depth, self.running) = (None, None);
+        }
+        self.error = w.error;
+        self.requests_total += w.requests.unwrap_or(0);
+        self.errors_total += w.errors.unwrap_or(0);
+        self.recent
+            .push_back((end_ns, duration_ns, w.requests, w.errors));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(e, ..)| e + SERVING_HORIZON_NS < end_ns)
+        {
+            self.recent.pop_front();
+        }
+        self.seen_seq = seq;
+    }
+
+    /// Requests/s and error ratio over the windows that reported them.
+    pub fn rates(&self) -> Rates {
+        let (mut ns, mut req, mut err, mut err_known) = (0u64, 0u64, 0u64, false);
+        for (_, d, r, e) in &self.recent {
+            if let Some(r) = r {
+                ns += d;
+                req += r;
+                if let Some(e) = e {
+                    err += e;
+                    err_known = true;
+                }
+            }
+        }
+        let qps = (ns > 0).then(|| req as f64 / (ns as f64 / 1e9));
+        Rates {
+            qps,
+            error_rate: (qps.is_some() && err_known).then(|| {
+                if req == 0 {
+                    0.0
+                } else {
+                    err as f64 / req as f64
+                }
+            }),
+            queue_depth: self.queue_depth,
+        }
+    }
+}
+
 /// What the brain knows of one node.
 #[derive(Debug, Default)]
 pub struct NodeState {
@@ -102,9 +192,36 @@ pub struct NodeState {
     /// that carry a change); GPUs whose MPS the agent does not drive have
     /// none.
     pub mps: BTreeMap<u32, MpsState>,
+    /// Each inference server endpoint its agent scrapes, by URL.
+    pub serving: BTreeMap<String, ServingState>,
 }
 
 impl NodeState {
+    /// The node's request rate, error ratio and queue depth: the sums over
+    /// its endpoints (an endpoint that does not say is left out; none
+    /// saying is unknown).
+    pub fn serving_rates(&self) -> Rates {
+        let mut total = Rates::default();
+        let (mut req, mut err) = (0.0, 0.0);
+        for r in self.serving.values().map(ServingState::rates) {
+            if let Some(q) = r.qps {
+                total.qps = Some(total.qps.unwrap_or(0.0) + q);
+                if let Some(e) = r.error_rate {
+                    req += q;
+                    err += e * q;
+                    total.error_rate = Some(0.0);
+                }
+            }
+            if let Some(d) = r.queue_depth {
+                total.queue_depth = Some(total.queue_depth.unwrap_or(0.0) + d);
+            }
+        }
+        if total.error_rate.is_some() && req > 0.0 {
+            total.error_rate = Some(err / req);
+        }
+        total
+    }
+
     /// Approximate heap bytes this node's state holds.
     pub fn heap_bytes(&self) -> usize {
         let p: usize = self
@@ -245,7 +362,16 @@ impl Ingest {
             s.seen_seq = w.seq;
         }
         let seq = w.seq;
+        for sw in w.serving.drain(..) {
+            n.serving.entry(sw.endpoint.clone()).or_default().take(
+                sw,
+                n.window_end_unix_ns,
+                w.duration_ns,
+                seq,
+            );
+        }
         n.processes.retain(|_, p| p.seen_seq + rolling as u64 > seq);
+        n.serving.retain(|_, e| e.seen_seq + rolling as u64 > seq);
 
         self.totals.windows += 1;
         self.totals.bytes += frame_bytes as u64;
@@ -339,6 +465,7 @@ mod tests {
             processes,
             dropped_windows: 0,
             mps: Vec::new(),
+            serving: Vec::new(),
         }
     }
 

@@ -1,0 +1,100 @@
+//! Fetching serving endpoints: one task per endpoint, one GET per period
+//! over a kept-alive connection, the page read (see [`crate::serving`])
+//! outside the node's lock and only the difference taken under it.
+
+use crate::node::Node;
+use crate::serving::read;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The largest metrics page read (a vLLM page is tens of KiB).
+const MAX_PAGE: usize = 4 << 20;
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// One GET of `url`: the page, or why there is none.
+async fn fetch(client: &HttpClient, url: &hyper::Uri, timeout: Duration) -> Result<String, String> {
+    let get = async {
+        let resp = client
+            .get(url.clone())
+            .await
+            .map_err(|e| format!("GET {url}: {}", source_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("GET {url}: {status}"));
+        }
+        let body = Limited::new(resp.into_body(), MAX_PAGE)
+            .collect()
+            .await
+            .map_err(|e| format!("GET {url}: reading the page: {e}"))?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|_| format!("GET {url}: the page is not UTF-8"))
+    };
+    tokio::time::timeout(timeout, get)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "GET {url}: no answer in {} ms",
+                timeout.as_millis()
+            ))
+        })
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
+    n.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts one scraping task per endpoint of `node` (on the current tokio
+/// runtime), each fetching every `period`.
+pub fn spawn(node: Arc<Mutex<Node>>, period: Duration) {
+    let urls: Vec<String> = lock(&node)
+        .serving
+        .endpoints
+        .iter()
+        .map(|e| e.target.url.clone())
+        .collect();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+    // A page slower than this is a failed scrape, not a stalled window.
+    let timeout = period.max(Duration::from_secs(2));
+    for (i, url) in urls.into_iter().enumerate() {
+        let (node, client) = (node.clone(), client.clone());
+        tokio::spawn(async move {
+            let uri: hyper::Uri = match url.parse() {
+                Ok(u) => u,
+                Err(e) => {
+                    let why = format!("{url}: {e}");
+                    lock(&node).serving.endpoints[i].observe(Err(why));
+                    return;
+                }
+            };
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let scraped = fetch(&client, &uri, timeout).await.and_then(|t| read(&t));
+                lock(&node).serving.endpoints[i].observe(scraped);
+            }
+        });
+    }
+}
