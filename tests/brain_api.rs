@@ -7,13 +7,18 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "admin-token-for-the-tests-01";
+pub(crate) const TOKEN: &str = "admin-token-for-the-tests-01";
 
-fn tokens(sim: &Sim) -> String {
+pub(crate) fn tokens(sim: &Sim) -> String {
     admin_tokens(sim, TOKEN)
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+pub(crate) fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
@@ -41,7 +46,7 @@ fn http_addr(b: &BrainProc) -> SocketAddr {
         .unwrap()
 }
 
-fn profile(name: &str) -> String {
+pub(crate) fn profile(name: &str) -> String {
     serde_json::json!({
         "name": name, "model_id": name, "model_size_gb": 7.0, "batch": 4, "seq_len": 1024,
         "priority": "P1", "sla_ms": 50, "tenant": "acme", "expected_duration_s": 600
@@ -108,33 +113,33 @@ fn the_audit_trail_survives_sigkill_and_restores_placements() {
 /// A brain with QUIC and HTTP, and an agent for `node-a` connected to it
 /// (with gpusim's MPS daemon when `mps`); the agent's metrics port.
 fn brain_and_agent(sim: &mut Sim, mps: bool) -> (BrainProc, SocketAddr, Child, u16) {
-    brain_and_agent_with(sim, mps, &[])
+    brain_and_agent_with(sim, mps, &[], &[])
 }
 
-/// [`brain_and_agent`], the agent given more flags.
-fn brain_and_agent_with(
+/// [`brain_and_agent`], the brain and the agent given more flags.
+pub(crate) fn brain_and_agent_with(
     sim: &mut Sim,
     mps: bool,
+    brain_flags: &[&str],
     agent_flags: &[&str],
 ) -> (BrainProc, SocketAddr, Child, u16) {
     let tokens = tokens(sim);
     let certs = certs_init(sim, "node-a");
     let quic = format!("127.0.0.1:{}", free_udp_port());
-    let b = start_brain_with(
-        sim,
-        &[
-            "--quic",
-            &quic,
-            "--certs",
-            certs.to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-            "--tokens",
-            &tokens,
-            "--stats-every",
-            "0",
-        ],
-    );
+    let mut flags = vec![
+        "--quic",
+        &quic,
+        "--certs",
+        certs.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+        "--tokens",
+        &tokens,
+        "--stats-every",
+        "0",
+    ];
+    flags.extend_from_slice(brain_flags);
+    let b = start_brain_with(sim, &flags);
     let addr = http_addr(&b);
     let port = free_tcp_port();
     let segdir = sim.dir.join("segments");
@@ -199,7 +204,7 @@ fn node_a(
     }
 }
 
-fn with(base: String, extra: serde_json::Value) -> String {
+pub(crate) fn with(base: String, extra: serde_json::Value) -> String {
     let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
     for (k, x) in extra.as_object().unwrap() {
         v[k] = x.clone();
@@ -517,7 +522,7 @@ fn the_service_places_a_trace_as_the_replay_does() {
 }
 
 /// The agent's `/snapshot` on `port`.
-fn agent_snapshot(port: u16) -> serde_json::Value {
+pub(crate) fn agent_snapshot(port: u16) -> serde_json::Value {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return serde_json::Value::Null;
     };
@@ -553,7 +558,7 @@ fn the_agent_reads_a_servers_own_metrics_as_its_clients_measured_them() {
     let server = crate::serve::serve_with(&sim, &[], &["--fine-buckets"]);
     let endpoint = crate::serve::port(&server).to_string();
     let (_b, addr, mut agent, port) =
-        brain_and_agent_with(&mut sim, false, &["--serving", &endpoint]);
+        brain_and_agent_with(&mut sim, false, &[], &["--serving", &endpoint]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let endpoint_of = |snap: &serde_json::Value| snap["serving"][0].clone();
     // Read, and past its baseline scrape.
@@ -642,4 +647,204 @@ fn the_agent_reads_a_servers_own_metrics_as_its_clients_measured_them() {
     );
     assert_eq!(node["error_rate"], 0.0, "{node}");
     assert!(node["queue_depth"].is_number(), "{node}");
+}
+
+/// Waits until the brain knows node-a (its agent's first windows).
+pub(crate) fn node_joined(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http(addr, "GET", "/v1/nodes", "").1["items"]
+        .to_string()
+        .contains("node-a")
+    {
+        assert!(Instant::now() < deadline, "node-a never joined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kills these pids when dropped (replicas outlive the agents that started
+/// them, as they must, and a failed test must not leave them running).
+pub(crate) struct Reap(pub(crate) Vec<u32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: kill only sends a signal.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The placement's replica as the brain shows it, once `ok` holds.
+pub(crate) fn replica_until(
+    addr: SocketAddr,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = http(addr, "GET", &format!("/v1/placements/{id}"), "");
+        if ok(&v["replica"]) || ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{id}: never {what}: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether this host lets the agent give replicas cgroups (cgroup v2
+/// mounted and writable).
+fn cgroups_writable() -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let Some(root) = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+    }) else {
+        return false;
+    };
+    let probe = std::path::Path::new(&root).join(format!("vagus-probe-{}", std::process::id()));
+    let ok = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    ok
+}
+
+#[test]
+fn a_placement_with_a_launch_spec_runs_as_a_replica_found_again_after_an_agent_restart() {
+    let mut sim = Sim::new("replica");
+    // MPS shares in quarters, so that a request for 50% gets 50%.
+    let config = sim.dir.join("core.toml");
+    std::fs::write(&config, "[classes]\ngrid = [25, 50, 75, 100]\n").unwrap();
+    let (_b, addr, agent, port) = brain_and_agent_with(
+        &mut sim,
+        false,
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    node_joined(addr);
+    let serve_port = free_tcp_port();
+    let vagus = bin("vagus");
+    let chat = with(
+        profile("chat"),
+        serde_json::json!({"cpu_milli": 500, "share_pct": 50, "launch": {
+            "command": vagus.to_str().unwrap(),
+            "args": ["serve", "--listen", format!("127.0.0.1:{serve_port}"), "--model", "chat",
+                     "--model-gb", "2"],
+            "env": {"VAGUS_TEST_MARK": "replica"},
+            "port": serve_port,
+        }}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
+    assert_eq!(st, 201, "{v}");
+    let v = replica_until(addr, "chat", "ready", |r| {
+        r["state"] == "ready" || r["state"] == "running"
+    });
+    let r = &v["replica"];
+    let pid = r["pid"].as_u64().unwrap() as u32;
+    let _reap = Reap(vec![pid]);
+    assert_eq!(r["node"], "node-a", "{v}");
+    assert_eq!(r["gpus"], serde_json::json!([0]), "{v}");
+    assert_eq!(r["mps_percent"], 50.0, "{v}");
+    assert_eq!(r["url"], format!("http://127.0.0.1:{serve_port}"), "{v}");
+
+    // Its share: an MPS client at 50% of an H100 sees 66 of its 132 SMs.
+    let log = sim.dir.join("agent-state/replicas-node-a/chat.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let started: serde_json::Value = text
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no start line in {}: {text}", log.display()));
+    assert_eq!(started["device"]["sms"], 66, "{text}");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let env: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect();
+    for want in [
+        "CUDA_VISIBLE_DEVICES=0",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50",
+        "VAGUS_TEST_MARK=replica",
+    ] {
+        assert!(env.iter().any(|e| e == want), "{want} not in {env:?}");
+    }
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("LD_PRELOAD=") && e.ends_with("libvagus_shim.so")),
+        "the shim is preloaded: {env:?}"
+    );
+    if cgroups_writable() {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(cg.contains("0::/vagus.slice/chat"), "{cg}");
+    }
+    let (_, routes) = http(addr, "GET", "/v1/routes", "");
+    let chat_routes = &routes["models"]["chat"];
+    assert_eq!(chat_routes[0]["placement"], "chat", "{routes}");
+    assert_eq!(chat_routes[0]["weight"], 100, "{routes}");
+
+    // The agent restarts (SIGKILL): the replica runs on and is found again,
+    // not started twice.
+    let argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", agent.id()))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut agent = agent;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+    let mut agent = sim
+        .vagus(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let snap = agent_snapshot(port);
+        if let Some(r) = snap["replicas"].as_array().and_then(|r| r.first())
+            && r["state"] != "starting"
+        {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent never found it: {snap}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(found["pid"], pid, "the same process: {found}");
+    assert_eq!(found["found_again"], true, "{found}");
+    assert_eq!(found["state"], "ready", "{found}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let snap = agent_snapshot(port);
+    assert_eq!(snap["replicas"].as_array().map(Vec::len), Some(1), "{snap}");
+    assert_eq!(snap["replicas"][0]["pid"], pid, "not started twice: {snap}");
+
+    // DELETE: it drains (nothing in flight), then stops.
+    let (st, v) = http(addr, "DELETE", "/v1/placements/chat", "");
+    assert_eq!(st, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        let snap = agent_snapshot(port);
+        let r = snap["replicas"][0].clone();
+        if r["state"] == "exited" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never stopped: {snap}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        exited["exit"].as_str().unwrap().contains("no status"),
+        "found again, so not the new agent's child: {exited}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z")),
+        "the process is gone"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
 }

@@ -8,6 +8,7 @@ mod api_fuzz;
 mod brain_api;
 mod cli;
 mod driver_api;
+mod gateway;
 mod load;
 mod mps;
 mod nvml;

@@ -7,6 +7,8 @@
 //! - [`segments`]: the shim's shared-memory segments, read and controlled.
 //! - [`nvml`]: the devices as NVML reports them.
 //! - [`mps`]: the MPS control daemon's client.
+//! - [`replicas`]: the local executor, the brain's replicas started, found
+//!   again after a restart, drained and stopped.
 //! - [`serving`]: inference servers' own metrics read into windows, and
 //!   [`scrape`] the HTTP that fetches them.
 //! - [`node`]: every GPU process joined from those sources; telemetry
@@ -23,6 +25,7 @@ pub mod metrics;
 pub mod mps;
 pub mod node;
 pub mod nvml;
+pub mod replicas;
 pub mod run;
 pub mod scrape;
 pub mod segments;

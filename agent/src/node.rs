@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub mps_start: bool,
     /// Inference servers' metrics endpoints to scrape.
     pub serving: Vec<crate::serving::Target>,
+    /// How the brain's replicas are started here; `None`: this node runs
+    /// none (without a brain nobody asks).
+    pub exec: Option<crate::replicas::ExecConfig>,
 }
 
 /// Where a process's data comes from.
@@ -137,6 +140,8 @@ pub struct Node {
     /// The inference servers scraped (their tasks, see [`crate::scrape`],
     /// fill it; each window takes what they read).
     pub serving: crate::serving::Serving,
+    /// The replicas the brain has this node run.
+    pub replicas: Option<crate::replicas::Replicas>,
 }
 
 /// How often the MPS daemons are asked for their state (each look runs the
@@ -184,7 +189,22 @@ impl Node {
             }
         });
         let segments = cfg.segment_dir.clone().map(SegmentDir::new);
-        let serving = crate::serving::Serving::new(cfg.serving.clone());
+        let mut serving = crate::serving::Serving::new(cfg.serving.clone());
+        let replicas = cfg.exec.clone().map(|mut e| {
+            e.mps_pipe_dirs = cfg.mps.iter().map(|m| m.pipe_dir.clone()).collect();
+            let r = crate::replicas::Replicas::open(e);
+            notes.extend(r.notes.iter().cloned());
+            // Replicas found again are scraped again.
+            for rep in r.map.values() {
+                if let Some(url) = rep.metrics_url() {
+                    serving.ensure(crate::serving::Target {
+                        url,
+                        pid: Some(rep.pid()),
+                    });
+                }
+            }
+            r
+        });
         let resolver = cgroup::v2_root().map(cgroup::Resolver::new);
         let mut node = Node {
             cfg,
@@ -205,6 +225,7 @@ impl Node {
             mps_next_poll_ns: 0,
             mps_dirty: false,
             serving,
+            replicas,
         };
         let mut initial: Vec<PathBuf> = node.cfg.libcuda.clone();
         if let Some(p) = find_on_loader_path("libcuda.so.1") {
@@ -528,11 +549,40 @@ impl Node {
             processes,
             dropped_windows: 0,
             mps,
+            replicas: self.replica_windows(),
             serving: self.serving.take_windows(now_unix_ns),
         };
         self.seq += 1;
         self.counters.windows += 1;
         w
+    }
+
+    /// Moves the replicas along (see [`crate::replicas::Replicas::tick`]),
+    /// from what their own metrics say; a replica gone is scraped no more.
+    fn replica_windows(&mut self) -> Vec<vagus_proto::wire::ReplicaWindow> {
+        let Some(reps) = &mut self.replicas else {
+            return Vec::new();
+        };
+        let serving = &self.serving;
+        let windows = reps.tick(std::time::Instant::now(), |r| {
+            let e = r.metrics_url().and_then(|u| serving.get(&u));
+            crate::replicas::Load {
+                in_flight: e.and_then(|e| {
+                    let last = e.last.as_ref()?;
+                    Some(last.queue.unwrap_or(0.0) + last.running?)
+                }),
+                served: e.and_then(|e| e.totals.requests).unwrap_or(0),
+            }
+        });
+        for w in &windows {
+            if w.state == vagus_proto::wire::ReplicaState::Exited
+                && let Some(p) = w.port
+            {
+                self.serving
+                    .remove(&format!("http://127.0.0.1:{p}/metrics"));
+            }
+        }
+        windows
     }
 
     /// What the node knows now, for operators and tests.
@@ -605,6 +655,7 @@ impl Node {
             "node": self.cfg.node,
             "mps": mps,
             "serving": self.serving.snapshot(),
+            "replicas": self.replicas.as_ref().map(|r| r.snapshot()),
             "probes": self.probes.is_some(),
             "nvml": self.gpus.is_some(),
             "notes": self.notes,
@@ -687,6 +738,27 @@ impl Node {
             CommandKind::DrainGpu { .. } => Outcome::Failed(
                 "this agent cannot apply DrainGpu yet: draining is not built".into(),
             ),
+            CommandKind::StartReplica(spec) => {
+                let Some(reps) = &mut self.replicas else {
+                    return Outcome::Failed(
+                        "this agent runs no replicas (started without --brain)".into(),
+                    );
+                };
+                let out = reps.start(spec);
+                if let Some(r) = reps.map.get(&spec.id)
+                    && let Some(url) = r.metrics_url()
+                {
+                    self.serving.ensure(crate::serving::Target {
+                        url,
+                        pid: Some(r.pid()),
+                    });
+                }
+                out
+            }
+            CommandKind::StopReplica { id, grace_ms } => match &mut self.replicas {
+                Some(reps) => reps.stop(id, std::time::Duration::from_millis(*grace_ms)),
+                None => Outcome::Applied,
+            },
         }
     }
 }
@@ -874,6 +946,7 @@ mod tests {
             mps: vec![],
             mps_start: false,
             serving: vec![],
+            exec: None,
         });
         assert!(node.notes.iter().any(|n| n.contains("without eBPF")));
         let w = node.tick(1_000_000_000, 100_000_000);
@@ -924,6 +997,7 @@ mod tests {
             mps: vec![],
             mps_start: false,
             serving: vec![],
+            exec: None,
         });
         // No such process, and no cgroup with this id.
         node.attribute(u32::MAX - 1, u64::MAX - 1);

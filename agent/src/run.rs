@@ -41,6 +41,19 @@ pub struct Config {
     pub hz: f64,
     /// Serve `/metrics`, `/snapshot` and `/healthz` here.
     pub metrics_addr: Option<SocketAddr>,
+    /// `libvagus_shim.so` for the replicas the brain has this node run;
+    /// `None`: the one beside this executable, if there is one.
+    pub shim: Option<PathBuf>,
+}
+
+/// The shim beside the running executable (`target/…/libvagus_shim.so`
+/// next to `vagus`), if it is there.
+fn shim_beside_exe() -> Option<PathBuf> {
+    let p = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .join("libvagus_shim.so");
+    p.exists().then_some(p)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +221,18 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         ),
         None => (None, None),
     };
-    let mut node = Node::new(cfg.node);
+    let mut node_cfg = cfg.node;
+    if let Some(b) = &cfg.brain {
+        // Replicas run where a brain can ask for them.
+        node_cfg.exec = Some(crate::replicas::ExecConfig {
+            state_dir: b.state_dir.join(format!("replicas-{name}")),
+            shim: cfg.shim.clone().or_else(shim_beside_exe),
+            segment_dir: node_cfg.segment_dir.clone(),
+            mps_pipe_dirs: Vec::new(),
+            cgroup_root: crate::cgroup::v2_root(),
+        });
+    }
+    let mut node = Node::new(node_cfg);
     for note in &node.notes {
         eprintln!("vagus agent: {note}");
     }

@@ -1,6 +1,7 @@
-//! Fetching serving endpoints: one task per endpoint, one GET per period
-//! over a kept-alive connection, the page read (see [`crate::serving`])
-//! outside the node's lock and only the difference taken under it.
+//! Fetching serving endpoints: one task that, every period, GETs every
+//! endpoint at once over kept-alive connections and asks starting
+//! replicas' `/health`; pages are read (see [`crate::serving`]) outside the
+//! node's lock and only the differences are taken under it.
 
 use crate::node::Node;
 use crate::serving::read;
@@ -60,15 +61,11 @@ fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
     n.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts one scraping task per endpoint of `node` (on the current tokio
-/// runtime), each fetching every `period`.
+/// Starts the scraping task (on the current tokio runtime): every
+/// `period`, every endpoint of `node` fetched at once (the list is read
+/// anew each time: replicas come and go), and every starting replica's
+/// `/health` asked.
 pub fn spawn(node: Arc<Mutex<Node>>, period: Duration) {
-    let urls: Vec<String> = lock(&node)
-        .serving
-        .endpoints
-        .iter()
-        .map(|e| e.target.url.clone())
-        .collect();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -77,24 +74,64 @@ pub fn spawn(node: Arc<Mutex<Node>>, period: Duration) {
         .build(connector);
     // A page slower than this is a failed scrape, not a stalled window.
     let timeout = period.max(Duration::from_secs(2));
-    for (i, url) in urls.into_iter().enumerate() {
-        let (node, client) = (node.clone(), client.clone());
-        tokio::spawn(async move {
-            let uri: hyper::Uri = match url.parse() {
-                Ok(u) => u,
-                Err(e) => {
-                    let why = format!("{url}: {e}");
-                    lock(&node).serving.endpoints[i].observe(Err(why));
-                    return;
-                }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (urls, probes) = {
+                let n = lock(&node);
+                let urls: Vec<String> = n
+                    .serving
+                    .endpoints
+                    .iter()
+                    .map(|e| e.target.url.clone())
+                    .collect();
+                let probes = n
+                    .replicas
+                    .as_ref()
+                    .map(|r| r.to_probe())
+                    .unwrap_or_default();
+                (urls, probes)
             };
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let scraped = fetch(&client, &uri, timeout).await.and_then(|t| read(&t));
-                lock(&node).serving.endpoints[i].observe(scraped);
+            let scrapes = urls.iter().map(|url| {
+                let client = &client;
+                async move {
+                    let scraped = match url.parse::<hyper::Uri>() {
+                        Ok(uri) => fetch(client, &uri, timeout).await.and_then(|t| read(&t)),
+                        Err(e) => Err(format!("{url}: {e}")),
+                    };
+                    (url, scraped)
+                }
+            });
+            let health = probes.iter().map(|(id, port)| {
+                let client = &client;
+                async move {
+                    let uri: hyper::Uri = format!("http://127.0.0.1:{port}/health")
+                        .parse()
+                        .expect("a valid URL");
+                    let ok = tokio::time::timeout(timeout, client.get(uri))
+                        .await
+                        .is_ok_and(|r| r.is_ok_and(|r| r.status().is_success()));
+                    (id, ok)
+                }
+            });
+            let (scraped, healthy) = futures_util::future::join(
+                futures_util::future::join_all(scrapes),
+                futures_util::future::join_all(health),
+            )
+            .await;
+            let mut n = lock(&node);
+            for (url, s) in scraped {
+                if let Some(e) = n.serving.get_mut(url) {
+                    e.observe(s);
+                }
             }
-        });
-    }
+            if let Some(r) = &mut n.replicas {
+                for (id, ok) in healthy {
+                    r.healthy(id, ok);
+                }
+            }
+        }
+    });
 }

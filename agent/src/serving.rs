@@ -487,7 +487,7 @@ pub struct Totals {
 #[derive(Debug)]
 pub struct Endpoint {
     pub target: Target,
-    last: Option<Reading>,
+    pub last: Option<Reading>,
     window: ServingWindow,
     pub totals: Totals,
 }
@@ -581,6 +581,32 @@ impl Serving {
         Serving {
             endpoints: targets.into_iter().map(Endpoint::new).collect(),
         }
+    }
+
+    /// Scrapes `target` too (nothing if its URL is scraped already).
+    pub fn ensure(&mut self, target: Target) {
+        match self
+            .endpoints
+            .iter_mut()
+            .find(|e| e.target.url == target.url)
+        {
+            Some(e) => e.target.pid = target.pid,
+            None => self.endpoints.push(Endpoint::new(target)),
+        }
+    }
+
+    /// Stops scraping `url`.
+    pub fn remove(&mut self, url: &str) {
+        self.endpoints.retain(|e| e.target.url != url);
+    }
+
+    /// The endpoint scraping `url`.
+    pub fn get_mut(&mut self, url: &str) -> Option<&mut Endpoint> {
+        self.endpoints.iter_mut().find(|e| e.target.url == url)
+    }
+
+    pub fn get(&self, url: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.target.url == url)
     }
 
     /// Each endpoint's window, ending at `end_unix_ns`.

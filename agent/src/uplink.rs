@@ -581,6 +581,7 @@ mod outbox_tests {
             dropped_windows: 0,
             mps: Vec::new(),
             serving: Vec::new(),
+            replicas: Vec::new(),
         }
     }
 

@@ -80,6 +80,10 @@ pub struct AgentArgs {
         value_name = "ENDPOINT"
     )]
     pub serving: Vec<String>,
+    /// The shim preloaded into the replicas the brain has this node run
+    /// (default: libvagus_shim.so beside this executable).
+    #[arg(long, env = "VAGUS_SHIM")]
+    pub shim: Option<PathBuf>,
     /// Where the agent keeps the journal of the brain's commands it applied,
     /// so that a restarted agent applies none twice (default: /var/lib/vagus
     /// for root, else $XDG_STATE_HOME/vagus).
@@ -147,11 +151,13 @@ pub fn agent(args: AgentArgs) -> Result<()> {
                         .map_err(|e| anyhow::anyhow!("--serving: {e}"))
                 })
                 .collect::<Result<_>>()?,
+            exec: None,
         },
         node_given: args.node.is_some(),
         brain,
         hz: args.hz,
         metrics_addr,
+        shim: args.shim.clone(),
     };
     Ok(vagus_agent::run::run(cfg)?)
 }

@@ -5,6 +5,7 @@
 mod addr;
 mod agent_cmd;
 mod brain_cmd;
+mod gateway_cmd;
 mod gpusim_cmd;
 mod load;
 mod replay_cmd;
@@ -42,6 +43,9 @@ enum Command {
     /// An LLM inference server stand-in: OpenAI completions, continuous
     /// batching, vLLM's metrics, its work run as CUDA kernels.
     Serve(serve_cmd::ServeArgs),
+    /// The gateway: an HTTP reverse proxy in front of each model's replicas,
+    /// routing by the brain's weights and measuring what users feel.
+    Gateway(gateway_cmd::GatewayArgs),
     /// Benchmark clients.
     Bench {
         #[command(subcommand)]
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent_cmd::agent(args),
         Command::Replay(args) => replay_cmd::replay(args),
         Command::Serve(args) => serve_cmd::serve(args),
+        Command::Gateway(args) => gateway_cmd::gateway(args),
         Command::Bench { command } => serve_cmd::bench(command),
         Command::Certs {
             command: CertsCommand::Init { dir, agents, brain },

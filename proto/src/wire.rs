@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 /// Version 2: the node's CPU and memory and each GPU's MPS state in the
 /// `Hello`, MPS state changes in windows, and whether a process runs under
 /// the shim. Version 3: what each inference server's own metrics said over
-/// the window ([`ServingWindow`]).
+/// the window ([`ServingWindow`]), and the replicas the brain has agents
+/// run ([`ReplicaSpec`], [`ReplicaWindow`]).
 pub const PROTOCOL_VERSION: u16 = 3;
 pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// Default largest frame (header included) a peer accepts.
@@ -219,6 +220,60 @@ pub struct ServingWindow {
     pub ttft: Option<HistogramDelta>,
 }
 
+/// A replica the brain asks an agent to run: one process of a placement,
+/// on the GPUs and at the MPS share it was given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaSpec {
+    /// The placement's id: a node runs at most one replica of it.
+    pub id: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// The loopback port it serves HTTP on (`/health`, `/metrics`);
+    /// `None`: nothing to probe or scrape.
+    pub port: Option<u16>,
+    pub gpus: Vec<u32>,
+    /// Its MPS active thread percentage (0–100); `None`: a whole GPU.
+    pub mps_percent: Option<f32>,
+}
+
+/// Where a replica is in its life. It starts, becomes ready when its
+/// `/health` answers 200, running once it has served a request, draining
+/// when told to stop, and exited when its process is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaState {
+    Starting,
+    Ready,
+    Running,
+    Draining,
+    Exited,
+}
+
+impl ReplicaState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicaState::Starting => "starting",
+            ReplicaState::Ready => "ready",
+            ReplicaState::Running => "running",
+            ReplicaState::Draining => "draining",
+            ReplicaState::Exited => "exited",
+        }
+    }
+}
+
+/// A replica as its agent runs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaWindow {
+    pub id: String,
+    pub pid: u32,
+    pub port: Option<u16>,
+    pub state: ReplicaState,
+    /// How it ended (`exit status 0`, `signal 9`), once exited.
+    pub exit: Option<String>,
+    pub gpus: Vec<u32>,
+    pub mps_percent: Option<f32>,
+}
+
 /// What an agent saw on its node over one window (default 100 ms).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryWindow {
@@ -235,6 +290,8 @@ pub struct TelemetryWindow {
     pub mps: Vec<GpuMps>,
     /// Each inference server endpoint the agent scrapes.
     pub serving: Vec<ServingWindow>,
+    /// Every replica the agent runs (each window: there are few).
+    pub replicas: Vec<ReplicaWindow>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -273,6 +330,14 @@ pub enum CommandKind {
     /// Stop placing work on a GPU and let what runs there finish.
     DrainGpu {
         gpu: u32,
+    },
+    /// Run a replica (nothing if one of that id runs already).
+    StartReplica(ReplicaSpec),
+    /// Stop a replica gracefully: wait until it holds no request (at most
+    /// `grace_ms`), then SIGTERM, then SIGKILL.
+    StopReplica {
+        id: String,
+        grace_ms: u64,
     },
 }
 
@@ -674,6 +739,27 @@ mod tests {
                     }),
                     ttft: None,
                 }],
+                replicas: vec![ReplicaWindow {
+                    id: "chat".into(),
+                    pid: 42,
+                    port: Some(8000),
+                    state: ReplicaState::Exited,
+                    exit: Some("signal 15".into()),
+                    gpus: vec![0],
+                    mps_percent: Some(50.0),
+                }],
+            }),
+            Message::Command(Command {
+                id: 79,
+                kind: CommandKind::StartReplica(ReplicaSpec {
+                    id: "chat".into(),
+                    command: "vagus".into(),
+                    args: vec!["serve".into()],
+                    env: vec![("A".into(), "b".into())],
+                    port: Some(8000),
+                    gpus: vec![0],
+                    mps_percent: None,
+                }),
             }),
             Message::Heartbeat(Heartbeat { seq: 1, unix_ns: 2 }),
             Message::Command(Command {
@@ -881,7 +967,7 @@ mod fuzz {
         }
 
         #[test]
-        fn any_valid_message_round_trips(i in 0usize..10, version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION) {
+        fn any_valid_message_round_trips(i in 0usize..11, version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION) {
             let m = samples()[i].clone();
             let mut out = Vec::new();
             encode(&m, version, DEFAULT_MAX_FRAME, &mut out).unwrap();

@@ -165,6 +165,7 @@ fn template(node: &str, a: &Args, hists: &[Vec<u8>]) -> TelemetryWindow {
         dropped_windows: 0,
         mps: Vec::new(),
         serving: Vec::new(),
+        replicas: Vec::new(),
     }
 }
 

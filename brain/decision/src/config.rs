@@ -66,6 +66,8 @@ pub struct Config {
     pub quotas: BTreeMap<String, f64>,
     /// Ask for nodes when nothing fits (else only queue).
     pub scale_out: bool,
+    /// Replicas of one model a node may hold (anti-affinity; at least 1).
+    pub replicas_per_node: u32,
     /// The nodes scale-out may ask for (the cloud's instance types, the
     /// cluster's node pools). A request that neither a known node nor one
     /// of these could hold when empty is rejected, not queued.
@@ -102,6 +104,7 @@ impl Default for Config {
             },
             quotas: BTreeMap::new(),
             scale_out: true,
+            replicas_per_node: 1,
             scale_out_shapes: default_shapes(),
             manifest: ManifestConfig::default(),
             explain_top: 3,
@@ -114,6 +117,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.classes.validate()?;
         self.weights.validate()?;
+        if self.replicas_per_node == 0 {
+            return Err(Invalid::new("replicas_per_node", "must be at least 1"));
+        }
         if !(100..=200).contains(&self.oversubscription_pct) {
             return Err(Invalid::new("oversubscription_pct", "must be 100 to 200"));
         }

@@ -25,4 +25,4 @@ pub use crate::core::{Control, Core, Refusal};
 pub use crate::explain::{Decision, Path};
 pub use crate::mix::{Mix, Shape};
 pub use crate::state::{GpuSpec, NodeLoad, NodeSpec, Placed};
-pub use crate::workload::{Invalid, Priority, Profile};
+pub use crate::workload::{Invalid, Launch, Priority, Profile};

@@ -169,6 +169,44 @@ pub const IMAGE: Text = Text {
     means: "an image reference: printable ASCII without spaces",
 };
 
+/// A replica's executable: printable ASCII without spaces.
+pub const LAUNCH_COMMAND: Text = Text {
+    min: 1,
+    max: 1024,
+    pattern: "^[!-~]+$",
+    means: "a command: printable ASCII without spaces",
+};
+
+/// One argument: printable ASCII.
+pub const LAUNCH_ARG: Text = Text {
+    min: 0,
+    max: 4096,
+    pattern: "^[ -~]*$",
+    means: "printable ASCII",
+};
+
+pub const LAUNCH_ARGS: Items = Items { max: 256 };
+pub const LAUNCH_ENV: Items = Items { max: 128 };
+
+/// An environment variable's name, as POSIX shells take them.
+pub const ENV_NAME: Text = Text {
+    min: 1,
+    max: 256,
+    pattern: "^[A-Za-z_][A-Za-z0-9_]*$",
+    means: "a variable name: letters, digits and `_`, not starting with a digit",
+};
+
+pub const ENV_VALUE: Text = Text {
+    min: 0,
+    max: 4096,
+    pattern: "^[ -~]*$",
+    means: "printable ASCII",
+};
+
+pub const PORT: Int = Int { min: 1, max: 65535 };
+/// A replica's routing weight.
+pub const ROUTE_WEIGHT: Int = Int { min: 0, max: 1000 };
+
 /// Free text that is looked up, not stored (query filters).
 pub const LOOKUP: Text = Text {
     min: 1,
@@ -286,6 +324,10 @@ const ALL_TEXT: &[Text] = &[
     LOCALITY,
     IMAGE,
     LOOKUP,
+    LAUNCH_COMMAND,
+    LAUNCH_ARG,
+    ENV_NAME,
+    ENV_VALUE,
 ];
 
 /// One field's rule, as the document shows it.
@@ -323,6 +365,10 @@ pub const FIELDS: &[(&str, &str, Rule)] = &[
     ("Profile", "share_pct", Rule::Int(SHARE_PCT)),
     ("Profile", "max_cost_per_hour", Rule::Num(COST_PER_HOUR)),
     ("Profile", "image", Rule::Text(IMAGE)),
+    ("Launch", "command", Rule::Text(LAUNCH_COMMAND)),
+    ("Launch", "args", Rule::List(LAUNCH_ARGS, Some(LAUNCH_ARG))),
+    ("Launch", "env", Rule::Map(LAUNCH_ENV, ENV_NAME, ENV_VALUE)),
+    ("Launch", "port", Rule::Int(PORT)),
     ("NodeSpec", "name", Rule::Text(DNS_SUBDOMAIN)),
     ("NodeSpec", "cpu_milli", Rule::Int(NODE_CPU_MILLI)),
     ("NodeSpec", "memory_mib", Rule::Int(NODE_MEMORY_MIB)),
@@ -341,6 +387,7 @@ pub const FIELDS: &[(&str, &str, Rule)] = &[
     ("Control", "gpu", Rule::Int(GPU_INDEX)),
     ("Control", "from_ms", Rule::Int(TIME_MS)),
     ("Control", "to_ms", Rule::Int(TIME_MS)),
+    ("Control", "weight", Rule::Int(ROUTE_WEIGHT)),
 ];
 
 /// Writes [`FIELDS`] into the document's component schemas. Panics if a

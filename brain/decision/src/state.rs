@@ -252,6 +252,10 @@ pub struct Placed {
     pub gpu_hours: f64,
     /// Operators pinned it: never moved or preempted.
     pub pinned: bool,
+    /// Its replica's routing weight, when an operator set one (the
+    /// `weight` control); unset: the default.
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 /// A workload waiting for capacity.

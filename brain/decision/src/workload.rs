@@ -69,6 +69,48 @@ pub struct Profile {
     /// Container image for the Pod manifest.
     #[serde(default)]
     pub image: Option<String>,
+    /// What to run where no Kubernetes does: once placed, the node's agent
+    /// starts it as a replica with the GPUs and share it was given.
+    #[serde(default)]
+    pub launch: Option<Launch>,
+}
+
+/// A replica's process: the node's agent runs it with the placement's
+/// GPUs (`CUDA_VISIBLE_DEVICES`) and MPS share, the shim preloaded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Launch {
+    /// The executable (a path, or a name on the agent's `PATH`).
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// More environment, over the agent's own.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The port it serves HTTP on, on its node (`/health`, `/metrics`,
+    /// the requests the gateway routes); none: it serves nothing.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+impl Launch {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        use crate::rules::*;
+        LAUNCH_COMMAND.check("launch.command", &self.command)?;
+        LAUNCH_ARGS.check("launch.args", self.args.len())?;
+        for (i, a) in self.args.iter().enumerate() {
+            LAUNCH_ARG.check(&format!("launch.args[{i}]"), a)?;
+        }
+        LAUNCH_ENV.check("launch.env", self.env.len())?;
+        for (k, v) in &self.env {
+            ENV_NAME.check(&format!("launch.env.{k}"), k)?;
+            ENV_VALUE.check(&format!("launch.env.{k}"), v)?;
+        }
+        if let Some(p) = self.port {
+            PORT.check("launch.port", p as u64)?;
+        }
+        Ok(())
+    }
 }
 
 fn default_cpu() -> u64 {
@@ -148,6 +190,9 @@ impl Profile {
         }
         if let Some(img) = &self.image {
             IMAGE.check("image", img)?;
+        }
+        if let Some(l) = &self.launch {
+            l.validate()?;
         }
         Ok(())
     }

@@ -48,6 +48,7 @@ fn small(name: &str) -> Profile {
         max_cost_per_hour: None,
         preemptible: None,
         image: None,
+        launch: None,
     }
 }
 

@@ -78,6 +78,7 @@ pub fn profile(p: &Pod) -> Profile {
         max_cost_per_hour: None,
         preemptible: None,
         image: None,
+        launch: None,
     }
 }
 

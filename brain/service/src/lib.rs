@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod audit;
 pub mod http;
+pub mod replicas;
 mod service;
 mod sync;
 

@@ -29,6 +29,7 @@ use vagus_proto::wire::MpsState;
 pub struct Sync {
     mismatches: HashMap<(String, u32), String>,
     unusable: HashSet<String>,
+    executor: crate::replicas::Executor,
 }
 
 /// A node as its agent describes it, and its load.
@@ -156,6 +157,7 @@ impl Sync {
         if !rows.is_empty() {
             api.record_events(rows).await;
         }
+        self.executor.round(agents, api).await;
     }
 
     /// Event rows for this node's GPUs whose pool and MPS state disagree

@@ -47,6 +47,7 @@ fn window(node: &str, seq: u64) -> TelemetryWindow {
         dropped_windows: 0,
         mps: Vec::new(),
         serving: Vec::new(),
+        replicas: Vec::new(),
     }
 }
 

@@ -83,6 +83,13 @@ pub enum Control {
         from_ms: u64,
         to_ms: u64,
     },
+    /// The share of its model's requests the workload's replica gets
+    /// (relative to its model's other replicas; 0: none, those it holds
+    /// finish). Unset: the default, 100.
+    Weight {
+        workload: String,
+        weight: u32,
+    },
     /// Open the circuit breaker: no moves until reset.
     TripBreaker {},
     ResetBreaker {},
@@ -98,6 +105,10 @@ impl Control {
             }
             Control::Pin { workload } | Control::Unpin { workload } => {
                 DNS_LABEL.check("workload", workload)
+            }
+            Control::Weight { workload, weight } => {
+                DNS_LABEL.check("workload", workload)?;
+                ROUTE_WEIGHT.check("weight", *weight as u64)
             }
             Control::Override {
                 workload,
@@ -132,6 +143,7 @@ impl Control {
             | Control::Maintenance { node, .. } => node.clone(),
             Control::Pin { workload }
             | Control::Unpin { workload }
+            | Control::Weight { workload, .. }
             | Control::Override { workload, .. } => workload.clone(),
             _ => String::new(),
         }
@@ -776,6 +788,7 @@ impl Core {
             at_ms: now,
             gpu_hours: charge,
             pinned: false,
+            weight: None,
             profile: p,
         };
         let id = placed.id.clone();
@@ -1013,6 +1026,14 @@ impl Core {
             } => {
                 return self.override_placement(workload, node, *gpu, now);
             }
+            Control::Weight { workload, weight } => {
+                let p = self
+                    .placed
+                    .get_mut(workload)
+                    .ok_or_else(|| Refusal::NotFound(format!("placement {workload}")))?;
+                p.weight = Some(*weight);
+                format!("{workload} routed at weight {weight}")
+            }
             Control::Maintenance {
                 node,
                 from_ms,
@@ -1131,6 +1152,7 @@ impl Core {
                     at_ms: now,
                     gpu_hours: charge,
                     pinned: true,
+                    weight: None,
                     profile,
                 }
             }

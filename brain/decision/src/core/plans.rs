@@ -136,7 +136,10 @@ impl Core {
         // GPUs that would take the request once the workloads to move are gone.
         let mut targets: Vec<(usize, u32, Vec<String>, f64)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if !open_to(n, p) || banned.is_some_and(|b| b.contains_key(&i)) {
+            let full = |b: &std::collections::HashMap<usize, u32>| {
+                b.get(&i).is_some_and(|&n| n >= self.cfg.replicas_per_node)
+            };
+            if !open_to(n, p) || banned.is_some_and(full) {
                 continue;
             }
             for g in &n.gpus {

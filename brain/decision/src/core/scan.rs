@@ -312,6 +312,7 @@ impl Core {
         let mut view: Vec<Free> = Vec::new();
         let mut alike: Vec<(Free, NodeTerms)> = Vec::new();
         let banned = self.replica_nodes.get(&p.model_id);
+        let per_node = self.cfg.replicas_per_node;
         for i in nodes {
             let nh = self.node_hot[i];
             s.considered += if want == 0 { 1 } else { nh.count as u32 };
@@ -323,7 +324,7 @@ impl Core {
                 Some(2)
             } else if nh.memory_free < p.memory_mib {
                 Some(3)
-            } else if banned.is_some_and(|b| b.contains_key(&i)) {
+            } else if banned.is_some_and(|b| b.get(&i).is_some_and(|&n| n >= per_node)) {
                 Some(4)
             } else {
                 None

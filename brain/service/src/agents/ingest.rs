@@ -13,7 +13,8 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use vagus_proto::wire::{
-    GpuInfo, GpuWindow, Hello, MpsState, ProcessWindow, ServingWindow, TelemetryWindow,
+    GpuInfo, GpuWindow, Hello, MpsState, ProcessWindow, ReplicaWindow, ServingWindow,
+    TelemetryWindow,
 };
 
 /// The last `cap` windows' serialized histograms of one series.
@@ -194,6 +195,10 @@ pub struct NodeState {
     pub mps: BTreeMap<u32, MpsState>,
     /// Each inference server endpoint its agent scrapes, by URL.
     pub serving: BTreeMap<String, ServingState>,
+    /// The replicas its agent runs, by placement id, as last reported.
+    pub replicas: BTreeMap<String, ReplicaWindow>,
+    /// The address its agent connects from (where its replicas serve).
+    pub addr: Option<std::net::IpAddr>,
 }
 
 impl NodeState {
@@ -362,6 +367,8 @@ impl Ingest {
             s.seen_seq = w.seq;
         }
         let seq = w.seq;
+        // Every window lists every replica.
+        n.replicas = w.replicas.drain(..).map(|r| (r.id.clone(), r)).collect();
         for sw in w.serving.drain(..) {
             n.serving.entry(sw.endpoint.clone()).or_default().take(
                 sw,
@@ -466,6 +473,7 @@ mod tests {
             dropped_windows: 0,
             mps: Vec::new(),
             serving: Vec::new(),
+            replicas: Vec::new(),
         }
     }
 

@@ -375,6 +375,11 @@ async fn serve(
         let me = st.connections;
         st.connected.insert(node.clone(), (me, cmd_tx));
         st.ingest.hello(&hello);
+        // Where the node's replicas are reached: the address its agent
+        // connects from.
+        if let Some(n) = st.ingest.nodes.get_mut(&node) {
+            n.addr = Some(conn.remote_address().ip());
+        }
         st.emit(Event::Connected {
             node: node.clone(),
             version,

@@ -6,12 +6,13 @@
 //! parameter, and the links a client follows from a new placement.
 
 use super::{
-    __path_create_placement, __path_delete_placement, __path_get_placement, __path_healthz,
-    __path_list_decisions, __path_list_nodes, __path_list_placements, __path_metrics,
-    __path_post_control, __path_put_node, Answer, ApiError, Health, Nodes, Rejection, Workload,
-    Workloads,
+    __path_create_placement, __path_delete_placement, __path_get_placement, __path_get_routes,
+    __path_healthz, __path_list_decisions, __path_list_nodes, __path_list_placements,
+    __path_metrics, __path_post_control, __path_put_node, Answer, ApiError, Health, Nodes,
+    Rejection, Route, Routes, Workload, Workloads,
 };
 use crate::audit::{self, Entry};
+use crate::replicas::ReplicaView;
 use std::sync::LazyLock;
 use utoipa::OpenApi;
 use utoipa::openapi::content::ContentBuilder;
@@ -23,14 +24,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Response, ResponseBuilder};
 use vagus_decision::rules::{self, Rule};
 use vagus_decision::state::{Node, Queued};
-use vagus_decision::{Control, Decision, NodeSpec, Placed, Profile};
+use vagus_decision::{Control, Decision, Launch, NodeSpec, Placed, Profile};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Vagus brain", description = "Placement decisions, the audit trail and operator controls. Every error is JSON `{\"field\", \"error\"}`."),
     paths(create_placement, get_placement, delete_placement, list_placements, list_nodes, put_node,
-        list_decisions, post_control, healthz, metrics),
-    components(schemas(Profile, Answer, Rejection, Decision, Workload, Workloads, Placed, Queued,
+        list_decisions, post_control, get_routes, healthz, metrics),
+    components(schemas(Profile, Launch, ReplicaView, Route, Routes, Answer, Rejection, Decision, Workload, Workloads, Placed, Queued,
         Nodes, Node, NodeSpec, Entry, audit::Page, Control, ApiError, Health)),
     modifiers(&Contract)
 )]

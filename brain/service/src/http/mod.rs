@@ -15,6 +15,7 @@ mod request;
 use self::auth::{Role, Tokens};
 use self::request::{Body, Id, Params};
 use crate::audit::{self, Audit, Filter, Row};
+use crate::replicas::ReplicaView;
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -22,6 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use utoipa::ToSchema;
 use vagus_decision::state::{Node, Queued};
@@ -44,6 +46,8 @@ pub fn system_clock() -> Clock {
 
 pub struct Api {
     core: Mutex<Core>,
+    /// The replicas agents run, by placement id (see [`crate::replicas`]).
+    replicas: Mutex<BTreeMap<String, ReplicaView>>,
     audit: Audit,
     tokens: Tokens,
     clock: Clock,
@@ -74,6 +78,7 @@ impl Api {
     pub fn new(core: Core, audit: Audit, tokens: Tokens, clock: Clock) -> Api {
         Api {
             core: Mutex::new(core),
+            replicas: Mutex::new(BTreeMap::new()),
             audit,
             tokens,
             clock,
@@ -83,6 +88,26 @@ impl Api {
 
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every replica as last reported, by placement id.
+    pub fn replicas(&self) -> BTreeMap<String, ReplicaView> {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn replica(&self, id: &str) -> Option<ReplicaView> {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn set_replicas(&self, r: BTreeMap<String, ReplicaView>) {
+        *self.replicas.lock().unwrap_or_else(|e| e.into_inner()) = r;
     }
 
     pub fn audit(&self) -> &Audit {
@@ -316,7 +341,12 @@ fn saved_state(core: &Core, d: &Decision, control: Option<&Control>) -> Saved {
     match (d.path, control) {
         (
             Path::Control,
-            Some(Control::Pin { .. } | Control::Unpin { .. } | Control::Override { .. }),
+            Some(
+                Control::Pin { .. }
+                | Control::Unpin { .. }
+                | Control::Override { .. }
+                | Control::Weight { .. },
+            ),
         )
         | (Path::Control, None) => workload_state(core, &d.workload),
         (Path::Control, Some(c)) => Saved::Control(c.clone()),
@@ -530,6 +560,8 @@ pub enum Workload {
         /// The Pod that binds it (Kubernetes' `v1.Pod`).
         #[schema(value_type = Object)]
         manifest: serde_json::Value,
+        /// Its replica, when it has a launch spec and its agent reports it.
+        replica: Option<ReplicaView>,
     },
     /// Restored from the trail onto a node that is not known yet (a
     /// restart before its agent reconnects): bound when the node appears.
@@ -539,11 +571,12 @@ pub enum Workload {
 }
 
 impl Workload {
-    fn of(core: &Core, id: &str) -> Option<Workload> {
+    fn of(core: &Core, replicas: &BTreeMap<String, ReplicaView>, id: &str) -> Option<Workload> {
         if let Some(p) = core.placement(id) {
             Some(Workload::Placed {
                 placement: p.clone(),
                 manifest: serde_json::to_value(core.manifest(p)).unwrap_or_default(),
+                replica: replicas.get(id).cloned(),
             })
         } else if let Some(p) = core.waiting_workload(id) {
             Some(Workload::Waiting {
@@ -566,8 +599,9 @@ async fn get_placement(
     _: Viewer,
     Id(id): Id,
 ) -> Result<Response, ApiError> {
+    let replicas = s.replicas();
     let core = s.core();
-    match Workload::of(&core, &id) {
+    match Workload::of(&core, &replicas, &id) {
         Some(w) => Ok(axum::Json(w).into_response()),
         None => Err(not_found_id(&id)),
     }
@@ -657,6 +691,7 @@ async fn list_placements(
     _: Viewer,
     Params(q): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
+    let replicas = s.replicas();
     let core = s.core();
     let names = core
         .placements()
@@ -667,9 +702,59 @@ async fn list_placements(
     let (page, next) = q.page(names)?;
     let items = page
         .iter()
-        .filter_map(|id| Workload::of(&core, id))
+        .filter_map(|id| Workload::of(&core, &replicas, id))
         .collect();
     Ok(axum::Json(Workloads { items, next }).into_response())
+}
+
+/// Where a model's requests go: each replica that serves it, with its
+/// weight (0: no new requests; those it holds finish).
+#[derive(Serialize, ToSchema)]
+pub struct Route {
+    pub placement: String,
+    pub node: String,
+    pub url: String,
+    pub state: String,
+    pub weight: u32,
+}
+
+/// Every model's routes, by model id.
+#[derive(Serialize, ToSchema)]
+pub struct Routes {
+    pub models: BTreeMap<String, Vec<Route>>,
+}
+
+/// The weight a replica in good health gets.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+#[utoipa::path(get, path = "/v1/routes",
+    responses((status = 200, body = Routes)), security(("bearer" = [])))]
+async fn get_routes(State(s): State<Arc<Api>>, _: Viewer) -> Response {
+    let mut models: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+    let weights: BTreeMap<String, Option<u32>> =
+        s.with_core(|c| c.placements().map(|p| (p.id.clone(), p.weight)).collect());
+    for (id, r) in s.replicas() {
+        let Some(url) = r.url.clone() else { continue };
+        // Exited, or its placement gone (it drains): no route.
+        let Some(weight) = weights.get(&id) else {
+            continue;
+        };
+        if r.state == "exited" {
+            continue;
+        }
+        models.entry(r.model.clone()).or_default().push(Route {
+            placement: id,
+            node: r.node.clone(),
+            url,
+            weight: if r.takes_requests() {
+                weight.unwrap_or(DEFAULT_WEIGHT)
+            } else {
+                0
+            },
+            state: r.state,
+        });
+    }
+    axum::Json(Routes { models }).into_response()
 }
 
 /// A page of nodes, in name order.
@@ -811,6 +896,7 @@ pub fn router(s: Arc<Api>) -> Router {
         .route("/v1/nodes", get(list_nodes).post(put_node))
         .route("/v1/decisions", get(list_decisions))
         .route("/v1/controls", post(post_control))
+        .route("/v1/routes", get(get_routes))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))

@@ -1,0 +1,13 @@
+//! `vagus gateway`: where requests arrive. An HTTP reverse proxy (hyper) in
+//! front of each model's replicas that routes by the weights the brain
+//! publishes (`GET /v1/routes`), profiles what it forwards and measures
+//! what users feel, per model and replica.
+//!
+//! - [`route`]: the route table and smooth weighted round robin (pure).
+//! - [`proxy`]: the server, the forwarding, retries before anything was
+//!   sent, the measured stream back, the route refresh.
+//! - [`metrics`]: its Prometheus metrics.
+
+pub mod metrics;
+pub mod proxy;
+pub mod route;

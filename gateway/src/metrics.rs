@@ -1,0 +1,152 @@
+//! What the gateway measures, per model and replica, under `vagus_gateway_`
+//! names (the `prometheus` crate): requests by status code, latency to the
+//! first byte (a stream's first token) and to the last, requests in
+//! flight, retries, requests it could not route, and the profile of what it
+//! forwards (prompt tokens, `max_tokens`, by priority).
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets: 0.5 ms to 2 min, about 26% apart.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0005, 1.26, 54).expect("valid buckets")
+}
+
+fn token_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(1.0, 2.0, 18).expect("valid buckets")
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub forwarded: IntCounterVec,
+    pub duration: HistogramVec,
+    pub first_byte: HistogramVec,
+    pub in_flight: IntGaugeVec,
+    pub retries: IntCounterVec,
+    pub unrouted: IntCounterVec,
+    pub prompt_tokens: HistogramVec,
+    pub max_tokens: HistogramVec,
+    pub route_updates: IntCounter,
+    pub route_errors: IntCounter,
+    pub replicas: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter"),
+            )
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], b: Vec<f64>| {
+            reg(
+                &registry,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(b), labels)
+                    .expect("a valid histogram"),
+            )
+        };
+        let replica = &["model", "replica"];
+        Metrics {
+            requests: counter(
+                "vagus_gateway_requests_total",
+                "Requests forwarded, by model, replica and the status code answered.",
+                &["model", "replica", "code"],
+            ),
+            forwarded: counter(
+                "vagus_gateway_forwarded_total",
+                "Requests sent to a replica (counted when sent, retries included).",
+                &["model", "replica"],
+            ),
+            duration: histogram(
+                "vagus_gateway_request_duration_seconds",
+                "From the request's arrival to its answer's last byte.",
+                replica,
+                latency_buckets(),
+            ),
+            first_byte: histogram(
+                "vagus_gateway_first_byte_seconds",
+                "From the request's arrival to its answer's first body byte (a stream's first token).",
+                replica,
+                latency_buckets(),
+            ),
+            in_flight: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vagus_gateway_in_flight",
+                        "Requests forwarded and not yet answered in full.",
+                    ),
+                    replica,
+                )
+                .expect("a valid gauge"),
+            ),
+            retries: counter(
+                "vagus_gateway_retries_total",
+                "Requests sent again to another replica after the first could not be reached.",
+                &["model"],
+            ),
+            unrouted: counter(
+                "vagus_gateway_unrouted_total",
+                "Requests answered by the gateway itself, by reason.",
+                &["model", "reason"],
+            ),
+            prompt_tokens: histogram(
+                "vagus_gateway_prompt_tokens",
+                "Prompt tokens of the requests forwarded (text: a token per four characters).",
+                &["model", "priority"],
+                token_buckets(),
+            ),
+            max_tokens: histogram(
+                "vagus_gateway_max_tokens",
+                "The max_tokens the requests forwarded asked for.",
+                &["model", "priority"],
+                token_buckets(),
+            ),
+            route_updates: reg(
+                &registry,
+                IntCounter::new(
+                    "vagus_gateway_route_updates_total",
+                    "Route tables taken from the brain.",
+                )
+                .expect("a valid counter"),
+            ),
+            route_errors: reg(
+                &registry,
+                IntCounter::new(
+                    "vagus_gateway_route_errors_total",
+                    "Route updates that failed (the last table stays).",
+                )
+                .expect("a valid counter"),
+            ),
+            replicas: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vagus_gateway_replicas",
+                        "Replicas taking requests, by model.",
+                    ),
+                    &["model"],
+                )
+                .expect("a valid gauge"),
+            ),
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn text(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,406 @@
+//! `vagus gateway` in front of replicas the brain runs on gpusim: requests
+//! follow the brain's weights, a weight of 0 or a `DELETE` drains a replica
+//! without failing a request, and a replica killed under load fails at
+//! most the requests it held.
+
+use crate::brain_api::{
+    Reap, TOKEN, brain_and_agent_with, http, node_joined, profile, replica_until, with,
+};
+use crate::support::*;
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+struct Gateway {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A brain and its agent for `node-a`, MPS shares in quarters.
+fn cluster(sim: &mut Sim) -> (crate::support::BrainProc, SocketAddr, Child) {
+    let config = sim.dir.join("core.toml");
+    // One node here: the replicas share it.
+    std::fs::write(
+        &config,
+        "replicas_per_node = 4\n[classes]\ngrid = [25, 50, 75, 100]\n",
+    )
+    .unwrap();
+    let (b, addr, agent, _) =
+        brain_and_agent_with(sim, false, &["--config", config.to_str().unwrap()], &[]);
+    node_joined(addr);
+    (b, addr, agent)
+}
+
+/// Places replica `name` of model `m` (a quarter of the GPU) and waits
+/// until it takes requests; its pid.
+fn replica(addr: SocketAddr, name: &str) -> u32 {
+    let port = free_tcp_port();
+    let body = with(
+        profile(name),
+        serde_json::json!({"model_id": "m", "model_size_gb": 1.0, "cpu_milli": 200,
+            "share_pct": 25, "launch": {
+            "command": bin("vagus").to_str().unwrap(),
+            "args": ["serve", "--listen", format!("127.0.0.1:{port}"), "--model", "m",
+                     "--model-gb", "1"],
+            "port": port,
+        }}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &body);
+    assert_eq!(st, 201, "{v}");
+    let v = replica_until(addr, name, "ready", |r| {
+        r["state"] == "ready" || r["state"] == "running"
+    });
+    v["replica"]["pid"].as_u64().unwrap() as u32
+}
+
+fn gateway(sim: &Sim, addr: SocketAddr) -> Gateway {
+    let token = sim.dir.join("gateway.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let port = free_tcp_port();
+    let child = sim
+        .vagus(&[
+            "gateway",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--brain",
+            &format!("http://{addr}"),
+            "--token-file",
+            token.to_str().unwrap(),
+            "--refresh-ms",
+            "200",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Gateway { child, port }
+}
+
+/// The gateway's metrics page.
+fn page(g: &Gateway) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", g.port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The sum of family `name`'s samples whose labels include `labels`, read
+/// with a Prometheus text parser.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let Ok((_, families)) = nom_openmetrics::parser::prometheus(text) else {
+        panic!("the gateway's page does not parse: {text}");
+    };
+    families
+        .iter()
+        .flat_map(|f| f.samples.iter())
+        .filter(|s| s.name() == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels().iter().any(|l| l.name == *k && l.value == *v))
+        })
+        .map(|s| s.number())
+        .sum()
+}
+
+fn forwarded(g: &Gateway, replica: &str) -> f64 {
+    metric(
+        &page(g),
+        "vagus_gateway_forwarded_total",
+        &[("replica", replica)],
+    )
+}
+
+/// Waits until the gateway routes `model` to `n` replicas.
+fn routed(g: &Gateway, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&page(g), "vagus_gateway_replicas", &[("model", "m")]) != n as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never routed {n} replicas: {}",
+            page(g)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn weight(addr: SocketAddr, workload: &str, w: u32) {
+    let c = serde_json::json!({"action": "weight", "workload": workload, "weight": w});
+    let (st, v) = http(addr, "POST", "/v1/controls", &c.to_string());
+    assert_eq!(st, 200, "{v}");
+}
+
+/// `vagus bench serve` against the gateway, in the background.
+fn load(sim: &Sim, g: &Gateway, args: &[&str]) -> Child {
+    let url = format!("http://127.0.0.1:{}", g.port);
+    let mut all = vec!["bench", "serve", "--url", &url, "--model", "m", "--json"];
+    all.extend_from_slice(args);
+    sim.vagus(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn report(c: Child) -> serde_json::Value {
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "bench serve failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn requests_follow_the_brains_weights() {
+    let mut sim = Sim::new("gateway-weights");
+    let (_b, addr, _agent) = cluster(&mut sim);
+    let _reap = Reap(vec![replica(addr, "m-a"), replica(addr, "m-b")]);
+    weight(addr, "m-a", 10);
+    weight(addr, "m-b", 90);
+    let g = gateway(&sim, addr);
+    routed(&g, 2);
+    // One route update after the weights: the next ones carry them.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = report(load(
+        &sim,
+        &g,
+        &[
+            "--qps",
+            "400",
+            "--max-requests",
+            "2000",
+            "--prompt-tokens",
+            "16",
+            "--output-tokens",
+            "1",
+        ],
+    ));
+    assert_eq!(
+        (r["requests"].as_u64(), r["failed"].as_u64()),
+        (Some(2000), Some(0)),
+        "{r}"
+    );
+    let (a, b) = (forwarded(&g, "m-a"), forwarded(&g, "m-b"));
+    eprintln!("forwarded: m-a (weight 10) {a}, m-b (weight 90) {b}");
+    assert_eq!(a + b, 2000.0);
+    assert!(
+        (a / 2000.0 - 0.10).abs() <= 0.02,
+        "m-a (weight 10) got {a} of 2000"
+    );
+}
+
+#[test]
+fn weight_zero_and_delete_drain_without_failures_and_a_killed_replica_fails_only_its_own() {
+    let mut sim = Sim::new("gateway-drain");
+    let (_b, addr, agent) = cluster(&mut sim);
+    let pids = vec![
+        replica(addr, "m-a"),
+        replica(addr, "m-b"),
+        replica(addr, "m-c"),
+    ];
+    let _reap = Reap(pids.clone());
+    let g = gateway(&sim, addr);
+    routed(&g, 3);
+    // Requests that take a while (100 tokens each), 8 s of them.
+    let args = [
+        "--qps",
+        "15",
+        "--duration",
+        "8s",
+        "--prompt-tokens",
+        "64",
+        "--output-tokens",
+        "100",
+    ];
+    let bench = load(&sim, &g, &args);
+    std::thread::sleep(Duration::from_secs(2));
+    // Weight 0: no new request within one route update (200 ms here, and
+    // the brain's answer); those it holds finish.
+    weight(addr, "m-a", 0);
+    std::thread::sleep(Duration::from_millis(600));
+    let a_then = forwarded(&g, "m-a");
+    // DELETE under load: m-b drains (no new requests, the held ones
+    // finish), then stops.
+    let (st, v) = http(addr, "DELETE", "/v1/placements/m-b", "");
+    assert_eq!(st, 200, "{v}");
+    let r = report(bench);
+    eprintln!(
+        "drain: {} requests, {} failed; m-a forwarded {a_then} before weight 0, {} after",
+        r["requests"],
+        r["failed"],
+        forwarded(&g, "m-a")
+    );
+    assert_eq!(r["failed"], 0, "weight 0 and DELETE fail nothing: {r}");
+    assert!(r["requests"].as_u64().unwrap() > 80, "{r}");
+    assert_eq!(
+        forwarded(&g, "m-a"),
+        a_then,
+        "m-a got requests after its weight went to 0"
+    );
+    let port = agent_port(&agent);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snap = crate::brain_api::agent_snapshot(port);
+        let b = snap["replicas"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["id"] == "m-b").cloned());
+        if b.as_ref().is_some_and(|b| b["state"] == "exited") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "m-b never stopped: {snap}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // m-a back; m-c killed under load: only what m-c held fails.
+    weight(addr, "m-a", 100);
+    routed(&g, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let bench = load(&sim, &g, &args);
+    std::thread::sleep(Duration::from_secs(3));
+    let held = metric(&page(&g), "vagus_gateway_in_flight", &[("replica", "m-c")]);
+    // SAFETY: kill only sends a signal.
+    unsafe {
+        libc::kill(pids[2] as i32, libc::SIGKILL);
+    }
+    let r = report(bench);
+    let failed = r["failed"].as_f64().unwrap();
+    // Every request that failed was one m-c held when it died: forwarded to
+    // it, its answer under way (its first byte had come), then cut off —
+    // the gateway's 502s for m-c, and none for anyone else. Those sent to it
+    // after it died went elsewhere (retried: nothing had reached it).
+    let text = page(&g);
+    let m = |replica: &str, name: &str, code: Option<&str>| {
+        let mut l = vec![("replica", replica)];
+        if let Some(c) = code {
+            l.push(("code", c));
+        }
+        metric(&text, name, &l)
+    };
+    let cut = m("m-c", "vagus_gateway_requests_total", Some("502"));
+    let answered = m("m-c", "vagus_gateway_requests_total", Some("200"));
+    let under_way = m("m-c", "vagus_gateway_first_byte_seconds_count", None) - answered;
+    eprintln!(
+        "killed m-c (in flight a moment before: {held}): {failed} failed of {}, {cut} cut off \
+         with their answers under way ({under_way}), {} sent again elsewhere",
+        r["requests"],
+        metric(&text, "vagus_gateway_retries_total", &[])
+    );
+    assert_eq!(cut, failed, "every failure is one m-c held: {text}");
+    assert!(cut <= under_way, "each was under way at m-c: {text}");
+    assert_eq!(
+        m("m-a", "vagus_gateway_requests_total", Some("502")),
+        0.0,
+        "{text}"
+    );
+    assert!(
+        r["requests"].as_u64().unwrap() > 80,
+        "the rest went on: {r}"
+    );
+    let after = page(&g);
+    assert!(
+        metric(&after, "vagus_gateway_replicas", &[("model", "m")]) <= 1.0,
+        "m-c is marked down at once: {after}"
+    );
+}
+
+/// The agent's metrics port, from its command line.
+fn agent_port(agent: &Child) -> u16 {
+    let argv = std::fs::read(format!("/proc/{}/cmdline", agent.id())).unwrap();
+    let args: Vec<String> = argv
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let i = args.iter().position(|a| a == "--metrics-addr").unwrap();
+    args[i + 1].rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn bad_requests_are_named_and_a_replicas_own_answers_pass_through() {
+    use std::io::{Read, Write};
+    let sim = Sim::new("gateway-bad-input");
+    let server = crate::serve::serve_with(&sim, &[], &[]);
+    let routes = serde_json::json!({"models": {
+        "m": [{"placement": "m-a", "node": "n", "url": server.url, "state": "running", "weight": 100}],
+        "z": [{"placement": "z-a", "node": "n", "url": "http://127.0.0.1:9", "state": "draining", "weight": 0}],
+    }});
+    let file = sim.dir.join("routes.json");
+    std::fs::write(&file, routes.to_string()).unwrap();
+    let port = free_tcp_port();
+    let child = sim
+        .vagus(&[
+            "gateway",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--routes",
+            file.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let g = Gateway { child, port };
+    let post = |body: &[u8]| -> (u16, serde_json::Value) {
+        let mut s = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", g.port)) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = write!(
+            s,
+            "POST /v1/completions HTTP/1.1\r\nHost: g\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(body);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or_default())
+    };
+    let param = |v: &serde_json::Value| v["error"]["param"].as_str().unwrap_or("").to_string();
+    let (st, v) = post(b"{not json");
+    assert_eq!((st, param(&v).as_str()), (400, "body"), "{v}");
+    let (st, v) = post(br#"{"model": "nope", "prompt": "hi"}"#);
+    assert_eq!((st, param(&v).as_str()), (404, "model"), "{v}");
+    let (st, v) = post(br#"{"prompt": "hi"}"#);
+    assert_eq!(
+        (st, param(&v).as_str()),
+        (400, "model"),
+        "two models: which? {v}"
+    );
+    let (st, v) = post(br#"{"model": "z", "prompt": "hi"}"#);
+    assert_eq!(
+        (st, param(&v).as_str()),
+        (503, "model"),
+        "weight 0 only: {v}"
+    );
+    let big = vec![b' '; (16 << 20) + 1];
+    let (st, v) = post(&big);
+    assert_eq!((st, param(&v).as_str()), (413, "body"), "{v}");
+    // The replica's own refusal, naming its field, comes through.
+    let (st, v) = post(br#"{"model": "m", "prompt": "hi", "max_tokens": 0}"#);
+    assert_eq!((st, param(&v).as_str()), (400, "max_tokens"), "{v}");
+    let (st, v) = post(br#"{"model": "m", "prompt": "hello", "max_tokens": 3}"#);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
+}
