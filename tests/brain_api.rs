@@ -557,8 +557,9 @@ fn the_agent_reads_a_servers_own_metrics_as_its_clients_measured_them() {
     // Buckets 4% apart: a p99 read from them is within 4% of the true one.
     let server = crate::serve::serve_with(&sim, &[], &["--fine-buckets"]);
     let endpoint = crate::serve::port(&server).to_string();
-    let (_b, addr, mut agent, port) =
+    let (_b, addr, agent, port) =
         brain_and_agent_with(&mut sim, false, &[], &["--serving", &endpoint]);
+    let agent = Owned(agent);
     let deadline = Instant::now() + Duration::from_secs(20);
     let endpoint_of = |snap: &serde_json::Value| snap["serving"][0].clone();
     // Read, and past its baseline scrape.
@@ -602,8 +603,7 @@ fn the_agent_reads_a_servers_own_metrics_as_its_clients_measured_them() {
     // Two windows for the last scrape to land.
     std::thread::sleep(Duration::from_millis(300));
     let after = endpoint_of(&agent_snapshot(port));
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
 
     let n = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let requests = n(&after, "requests") - n(&before, "requests");
@@ -722,6 +722,7 @@ fn a_placement_with_a_launch_spec_runs_as_a_replica_found_again_after_an_agent_r
         &["--config", config.to_str().unwrap()],
         &[],
     );
+    let agent = Owned(agent);
     node_joined(addr);
     let serve_port = free_tcp_port();
     let vagus = bin("vagus");
@@ -784,22 +785,21 @@ fn a_placement_with_a_launch_spec_runs_as_a_replica_found_again_after_an_agent_r
 
     // The agent restarts (SIGKILL): the replica runs on and is found again,
     // not started twice.
-    let argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", agent.id()))
+    let argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", agent.0.id()))
         .unwrap()
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let mut agent = agent;
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-    let mut agent = sim
-        .vagus(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let agent = Owned(
+        sim.vagus(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let found = loop {
         let snap = agent_snapshot(port);
@@ -845,6 +845,5 @@ fn a_placement_with_a_launch_spec_runs_as_a_replica_found_again_after_an_agent_r
                 .is_ok_and(|s| s.contains(") Z")),
         "the process is gone"
     );
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
 }

@@ -304,6 +304,17 @@ pub fn start_brain_with(sim: &Sim, args: &[&str]) -> BrainProc {
     }
 }
 
+/// A child process killed (and reaped) when dropped, so that a test that
+/// passes or panics leaves nothing running to load the next ones.
+pub struct Owned(pub Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for BrainProc {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -253,6 +253,9 @@ fn engine_loop(
             engine.cancel(id);
             clients.remove(&id);
         }
+        // As the iteration left them: the gauges must not keep a finished
+        // request running while the engine sleeps.
+        metrics.queue(engine.running(), engine.waiting());
     }
 }
 
