@@ -60,27 +60,37 @@ fn replica(addr: SocketAddr, name: &str) -> u32 {
     v["replica"]["pid"].as_u64().unwrap() as u32
 }
 
-fn gateway(sim: &Sim, addr: SocketAddr) -> Gateway {
-    let token = sim.dir.join("gateway.token");
-    std::fs::write(&token, TOKEN).unwrap();
+/// `vagus gateway` on a free port with `flags` (where its routes come from).
+fn start_gateway(sim: &Sim, flags: &[&str]) -> Gateway {
     let port = free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["gateway", "--listen", &listen];
+    args.extend_from_slice(flags);
     let child = sim
-        .vagus(&[
-            "gateway",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--brain",
-            &format!("http://{addr}"),
-            "--token-file",
-            token.to_str().unwrap(),
-            "--refresh-ms",
-            "200",
-        ])
+        .vagus(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     Gateway { child, port }
+}
+
+/// A gateway that takes its routes from the brain at `addr`.
+fn gateway(sim: &Sim, addr: SocketAddr) -> Gateway {
+    let token = sim.dir.join("gateway.token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let brain = format!("http://{addr}");
+    start_gateway(
+        sim,
+        &[
+            "--brain",
+            &brain,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--refresh-ms",
+            "200",
+        ],
+    )
 }
 
 /// The gateway's metrics page.
@@ -349,20 +359,7 @@ fn bad_requests_are_named_and_a_replicas_own_answers_pass_through() {
     }});
     let file = sim.dir.join("routes.json");
     std::fs::write(&file, routes.to_string()).unwrap();
-    let port = free_tcp_port();
-    let child = sim
-        .vagus(&[
-            "gateway",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--routes",
-            file.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let g = Gateway { child, port };
+    let g = start_gateway(&sim, &["--routes", file.to_str().unwrap()]);
     let post = |body: &[u8]| -> (u16, serde_json::Value) {
         let mut s = loop {
             match std::net::TcpStream::connect(("127.0.0.1", g.port)) {

@@ -204,7 +204,8 @@ impl LinkLog {
     }
 }
 
-fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
+/// The node, even if a thread panicked holding it (its state stays usable).
+pub(crate) fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
     n.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -4,6 +4,7 @@
 //! node's lock and only the differences are taken under it.
 
 use crate::node::Node;
+use crate::run::lock;
 use crate::serving::read;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -55,10 +56,6 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-fn lock(n: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
-    n.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Starts the scraping task (on the current tokio runtime): every
