@@ -275,7 +275,10 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 what: "cannot start the collector thread".into(),
                 source,
             })?;
-        crate::scrape::spawn(node.clone(), period);
+        crate::scrape::spawn(node.clone(), period).map_err(|source| RunError::Io {
+            what: "cannot start the scraping thread".into(),
+            source,
+        })?;
         if let Some(addr) = cfg.metrics_addr {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

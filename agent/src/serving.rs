@@ -14,7 +14,7 @@
 //! gauges as last scraped. The first scrape of an endpoint is its baseline:
 //! what happened before the agent looked belongs to no window.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use vagus_proto::wire::{HistogramDelta, ServingWindow};
 
 /// How a server exports a latency distribution.
@@ -182,8 +182,9 @@ pub struct Reading {
     pub ttft: Option<Cumulative>,
 }
 
-fn family_of(line: &str) -> &str {
-    let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+/// A sample line's metric name (the text before its labels or value).
+fn name_of(line: &str) -> &str {
+    let end = memchr::memchr3(b'{', b' ', b'\t', line.as_bytes()).unwrap_or(line.len());
     &line[..end]
 }
 
@@ -196,49 +197,191 @@ fn of_family(name: &str, family: &str) -> bool {
             .is_some_and(|rest| matches!(rest, "_bucket" | "_sum" | "_count"))
 }
 
-/// Reads one scrape's text. An error names what was wrong: no known
-/// server's names, or lines the parser refused.
+/// Reads one scrape's text (without a reader's memory of the last page).
+/// An error names what was wrong: no known server's names, or lines the
+/// parser refused.
 pub fn read(text: &str) -> Result<Reading, String> {
-    let names = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| SERVERS.iter().find(|s| l.starts_with(s.prefix)))
-        .ok_or_else(|| {
-            "no vLLM, SGLang, TGI or Triton metrics in the page (none of vllm:, sglang:, tgi_, \
-             nv_inference_)"
-                .to_string()
-        })?;
-    let families = names.families();
-    let mut selected = String::with_capacity(text.len() / 2);
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let name = family_of(line);
-        if families.iter().any(|f| of_family(name, f)) {
-            selected.push_str(line);
-            selected.push('\n');
-        }
-    }
-    let samples = parse(&selected)?;
-    Ok(reading(names, &samples))
+    Reader::default().read(text)
 }
 
-type Sample<'a> = nom_openmetrics::Sample<'a>;
+/// A latency distribution a reading has.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dist {
+    Latency = 0,
+    Ttft = 1,
+}
 
-fn label<'s>(s: &'s Sample<'_>, k: &str) -> Option<&'s str> {
+/// What a sample adds to in a reading.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Role {
+    Success,
+    Failure,
+    /// `http_requests_total`: a server error when its status is 5xx.
+    Http {
+        error: bool,
+    },
+    Queue,
+    Running,
+    /// A cumulative bucket, its bound in seconds.
+    Bucket(Dist, f64),
+    /// A sum, in units of this many seconds.
+    Sum(Dist, f64),
+    Count(Dist),
+}
+
+/// One sample as a reading takes it: what it adds to (Triton's success
+/// counter is also its latency's count) and its model.
+#[derive(Clone, Debug)]
+struct Parsed {
+    roles: [Option<Role>; 2],
+    value: f64,
+    model: Option<String>,
+    /// The page it was last seen on.
+    page: u64,
+}
+
+fn label<'s>(s: &'s nom_openmetrics::Sample<'_>, k: &str) -> Option<&'s str> {
     s.labels()
         .iter()
         .find(|l| l.name == k)
         .map(|l| l.value.as_str())
 }
 
+impl Parsed {
+    fn of(names: &Names, s: &nom_openmetrics::Sample<'_>, page: u64) -> Parsed {
+        let name = s.name();
+        let mut roles = Vec::with_capacity(2);
+        if names.success == Some(name) {
+            roles.push(Role::Success);
+        }
+        match names.failures {
+            Failures::Counter(c) if c == name => roles.push(Role::Failure),
+            Failures::HttpStatus if name == HTTP_REQUESTS => roles.push(Role::Http {
+                error: label(s, "status").is_some_and(|v| v.starts_with('5')),
+            }),
+            _ => {}
+        }
+        if names.queue == Some(name) {
+            roles.push(Role::Queue);
+        }
+        if names.running == Some(name) {
+            roles.push(Role::Running);
+        }
+        for (dist, hist) in [(Dist::Latency, names.latency), (Dist::Ttft, names.ttft)] {
+            match hist {
+                Some(Hist::Buckets { name: f, unit_s }) => match name.strip_prefix(f) {
+                    Some("_bucket") => {
+                        let le = label(s, "le").and_then(|v| v.parse::<f64>().ok());
+                        if let Some(le) = le.filter(|le| !le.is_nan()) {
+                            roles.push(Role::Bucket(dist, le.max(0.0) * unit_s));
+                        }
+                    }
+                    Some("_sum") => roles.push(Role::Sum(dist, unit_s)),
+                    Some("_count") => roles.push(Role::Count(dist)),
+                    _ => {}
+                },
+                Some(Hist::SumCount { sum, count, unit_s }) => {
+                    if name == sum {
+                        roles.push(Role::Sum(dist, unit_s));
+                    }
+                    if name == count {
+                        roles.push(Role::Count(dist));
+                    }
+                }
+                None => {}
+            }
+        }
+        Parsed {
+            roles: [roles.first().copied(), roles.get(1).copied()],
+            value: s.number(),
+            model: (!names.model_label.is_empty())
+                .then(|| label(s, names.model_label).map(str::to_string))
+                .flatten(),
+            page,
+        }
+    }
+}
+
+/// One endpoint's reader. It keeps the last page's lines, taken apart: a
+/// line the server writes again unchanged (a bucket no request reached, an
+/// idle gauge) is not parsed again. Only the lines of the families read are
+/// handed to the parser.
+#[derive(Debug, Default)]
+pub struct Reader {
+    server: &'static str,
+    lines: HashMap<String, Parsed>,
+    page: u64,
+}
+
+impl Reader {
+    /// Reads one scrape's text. An error names what was wrong: no known
+    /// server's names, lines the parser refused, or a sample twice.
+    pub fn read(&mut self, text: &str) -> Result<Reading, String> {
+        let names = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| SERVERS.iter().find(|s| l.starts_with(s.prefix)))
+            .ok_or_else(|| {
+                "no vLLM, SGLang, TGI or Triton metrics in the page (none of vllm:, sglang:, tgi_, \
+                 nv_inference_)"
+                    .to_string()
+            })?;
+        if self.server != names.server {
+            // Another server answers at this address: its lines mean other things.
+            self.lines.clear();
+            self.server = names.server;
+        }
+        self.page += 1;
+        let page = self.page;
+        let families = names.families();
+        let twice = |line: &str| {
+            let shown: String = line.chars().take(120).collect();
+            format!("the metrics page has a sample twice: {shown:?}")
+        };
+        let mut fresh: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            if !families.iter().any(|f| of_family(name_of(line), f)) {
+                continue;
+            }
+            match self.lines.get_mut(line) {
+                Some(p) if p.page == page => return Err(twice(line)),
+                Some(p) => p.page = page,
+                None => fresh.push(line),
+            }
+        }
+        if !fresh.is_empty() {
+            let mut text = String::with_capacity(fresh.iter().map(|l| l.len() + 1).sum());
+            for line in &fresh {
+                text.push_str(line);
+                text.push('\n');
+            }
+            let samples = parse(&text)?;
+            // One sample a line: the parser took every line it was given.
+            if samples.len() != fresh.len() {
+                return Err(format!(
+                    "the metrics page's {} new lines read as {} samples",
+                    fresh.len(),
+                    samples.len()
+                ));
+            }
+            for (line, s) in fresh.into_iter().zip(&samples) {
+                let p = Parsed::of(names, s, page);
+                if self.lines.insert(line.to_string(), p).is_some() {
+                    return Err(twice(line));
+                }
+            }
+        }
+        self.lines.retain(|_, p| p.page == page);
+        Ok(reading(names, self.lines.values()))
+    }
+}
+
 /// The page's samples, borrowed from `text` (families are not needed: the
 /// names say what each sample is).
-fn parse(text: &str) -> Result<Vec<Sample<'_>>, String> {
-    if text.is_empty() {
-        return Ok(Vec::new());
-    }
+fn parse(text: &str) -> Result<Vec<nom_openmetrics::Sample<'_>>, String> {
     match nom_openmetrics::parser::prometheus(text) {
         Ok((_, f)) => Ok(f.into_iter().flat_map(|f| f.samples).collect()),
         Err(_) => {
@@ -255,126 +398,100 @@ fn parse(text: &str) -> Result<Vec<Sample<'_>>, String> {
     }
 }
 
-fn reading(names: &'static Names, samples: &[Sample<'_>]) -> Reading {
-    let sum = |family: &str| -> Option<f64> {
-        let mut v = samples.iter().filter(|s| s.name() == family).peekable();
-        v.peek()?;
-        Some(v.map(|s| s.number()).sum())
-    };
-    let mut models: Vec<&str> = if names.model_label.is_empty() {
-        Vec::new()
-    } else {
-        samples
-            .iter()
-            .filter_map(|s| label(s, names.model_label))
-            .collect()
-    };
-    models.sort_unstable();
-    models.dedup();
-    let failures = match names.failures {
-        Failures::Counter(c) => sum(c),
-        Failures::HttpStatus => {
-            let http: Vec<&Sample> = samples
-                .iter()
-                .filter(|s| s.name() == HTTP_REQUESTS)
-                .collect();
-            (!http.is_empty()).then(|| {
-                http.iter()
-                    .filter(|s| label(s, "status").is_some_and(|v| v.starts_with('5')))
-                    .map(|s| s.number())
-                    .sum()
-            })
-        }
-        Failures::Unknown => None,
-    };
-    let hist = |h: Option<Hist>| -> Option<Cumulative> {
-        match h? {
-            Hist::Buckets { name, unit_s } => buckets(samples, name, unit_s),
-            Hist::SumCount {
-                sum: s,
-                count,
-                unit_s,
-            } => Some(Cumulative {
+/// A distribution's samples, summed over their label sets.
+#[derive(Default)]
+struct Sums {
+    /// Cumulative counts by bound (positive floats order as their bits).
+    by_bound: BTreeMap<u64, f64>,
+    sum_s: Option<f64>,
+    count: Option<f64>,
+}
+
+fn add(total: &mut Option<f64>, v: f64) {
+    *total = Some(total.unwrap_or(0.0) + v);
+}
+
+impl Sums {
+    fn cumulative(self, hist: Option<Hist>) -> Option<Cumulative> {
+        match hist? {
+            Hist::Buckets { .. } => {
+                if self.by_bound.is_empty() {
+                    return None;
+                }
+                let count = self.count.unwrap_or(0.0);
+                let mut bounds_s = Vec::with_capacity(self.by_bound.len());
+                let mut at_or_below = Vec::with_capacity(self.by_bound.len() + 1);
+                let mut inf = None;
+                for (bits, c) in self.by_bound {
+                    let b = f64::from_bits(bits);
+                    if b.is_infinite() {
+                        inf = Some(c);
+                    } else {
+                        bounds_s.push(b);
+                        at_or_below.push(c);
+                    }
+                }
+                at_or_below.push(inf.unwrap_or(count));
+                Some(Cumulative {
+                    bounds_s,
+                    at_or_below,
+                    sum_s: self.sum_s.unwrap_or(0.0),
+                    count,
+                })
+            }
+            Hist::SumCount { .. } => Some(Cumulative {
                 bounds_s: Vec::new(),
                 at_or_below: Vec::new(),
-                sum_s: sum(s)? * unit_s,
-                count: sum(count)?,
+                sum_s: self.sum_s?,
+                count: self.count?,
             }),
         }
-    };
-    let latency = hist(names.latency);
-    let success = match names.success {
-        Some(c) => sum(c),
-        // Finished requests are what the latency histogram counted.
-        None => latency.as_ref().map(|l| l.count),
-    };
-    Reading {
-        server: names.server,
-        model: if models.len() == 1 {
-            models[0].to_string()
-        } else {
-            String::new()
-        },
-        success,
-        failures,
-        queue: names.queue.and_then(sum),
-        running: names.running.and_then(sum),
-        latency,
-        ttft: hist(names.ttft),
     }
 }
 
-/// A histogram family summed over its label sets (buckets by bound).
-fn buckets(samples: &[Sample<'_>], name: &str, unit_s: f64) -> Option<Cumulative> {
-    let (bucket, sum, count) = (
-        format!("{name}_bucket"),
-        format!("{name}_sum"),
-        format!("{name}_count"),
-    );
-    let mut by_bound: BTreeMap<u64, f64> = BTreeMap::new();
-    let (mut total_sum, mut total_count, mut any) = (0.0, 0.0, false);
-    for s in samples {
-        let (n, v) = (s.name(), s.number());
-        if n == bucket {
-            let Some(le) = label(s, "le").and_then(|v| v.parse::<f64>().ok()) else {
-                continue;
-            };
-            if le.is_nan() {
-                continue;
+fn reading<'a>(names: &'static Names, samples: impl Iterator<Item = &'a Parsed>) -> Reading {
+    let mut r = Reading {
+        server: names.server,
+        ..Reading::default()
+    };
+    let mut dists = [Sums::default(), Sums::default()];
+    let mut models: Vec<&str> = Vec::new();
+    for p in samples {
+        if let Some(m) = p.model.as_deref()
+            && !models.contains(&m)
+        {
+            models.push(m);
+        }
+        let v = p.value;
+        for role in p.roles.iter().flatten() {
+            match *role {
+                Role::Success => add(&mut r.success, v),
+                Role::Failure => add(&mut r.failures, v),
+                Role::Http { error } => add(&mut r.failures, if error { v } else { 0.0 }),
+                Role::Queue => add(&mut r.queue, v),
+                Role::Running => add(&mut r.running, v),
+                Role::Bucket(d, bound_s) => {
+                    *dists[d as usize]
+                        .by_bound
+                        .entry(bound_s.to_bits())
+                        .or_default() += v;
+                }
+                Role::Sum(d, unit_s) => add(&mut dists[d as usize].sum_s, v * unit_s),
+                Role::Count(d) => add(&mut dists[d as usize].count, v),
             }
-            // Ordered by the bound: positive floats order as their bits.
-            *by_bound
-                .entry((le.max(0.0) * unit_s).to_bits())
-                .or_default() += v;
-            any = true;
-        } else if n == sum {
-            total_sum += v;
-        } else if n == count {
-            total_count += v;
         }
     }
-    if !any {
-        return None;
+    let [latency, ttft] = dists;
+    r.latency = latency.cumulative(names.latency);
+    r.ttft = ttft.cumulative(names.ttft);
+    if names.success.is_none() {
+        // Finished requests are what the latency histogram counted.
+        r.success = r.latency.as_ref().map(|l| l.count);
     }
-    let mut bounds_s = Vec::new();
-    let mut at_or_below = Vec::new();
-    let mut inf = None;
-    for (bits, c) in by_bound {
-        let b = f64::from_bits(bits);
-        if b.is_infinite() {
-            inf = Some(c);
-        } else {
-            bounds_s.push(b);
-            at_or_below.push(c);
-        }
+    if models.len() == 1 {
+        r.model = models[0].to_string();
     }
-    at_or_below.push(inf.unwrap_or(total_count));
-    Some(Cumulative {
-        bounds_s,
-        at_or_below,
-        sum_s: total_sum * unit_s,
-        count: total_count,
-    })
+    r
 }
 
 /// A counter's increase; a counter that went down restarted from zero.
@@ -738,6 +855,40 @@ mod tests {
         assert_eq!(t.requests, Some(14));
         assert_eq!(t.latency.as_ref().unwrap().counts, vec![6, 4, 3]);
         assert_eq!(t.through_unix_ns, 3);
+    }
+
+    #[test]
+    fn a_reader_that_remembers_the_last_page_reads_as_a_fresh_one() {
+        let pages = [
+            vllm(10.0, 2.0, [4.0, 9.0, 10.0], 3.0),
+            vllm(10.0, 2.0, [4.0, 9.0, 10.0], 3.0),
+            // Some lines changed, some did not.
+            vllm(12.0, 2.0, [4.0, 10.0, 12.0], 0.0),
+            vllm(13.0, 5.0, [5.0, 11.0, 13.0], 0.0),
+        ];
+        let mut reader = Reader::default();
+        for page in &pages {
+            assert_eq!(reader.read(page).unwrap(), read(page).unwrap());
+        }
+        // Another server at the same address: nothing of vLLM's is kept.
+        let tgi =
+            "tgi_request_success 9\ntgi_queue_size 2\nhttp_requests_total{status=\"5xx\"} 4\n";
+        let r = reader.read(tgi).unwrap();
+        assert_eq!((r.server, r.failures, r.latency), ("tgi", None, None));
+        let back = reader.read(&pages[3]).unwrap();
+        assert_eq!(back, read(&pages[3]).unwrap());
+
+        let twice = format!(
+            "{}vllm:num_requests_running{{model_name=\"m\"}} 4.0\n",
+            pages[3]
+        );
+        let e = reader.read(&twice).unwrap_err();
+        assert!(
+            e.contains("twice") && e.contains("vllm:num_requests_running"),
+            "{e}"
+        );
+        let e = Reader::default().read(&twice).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]

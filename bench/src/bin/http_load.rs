@@ -2,8 +2,10 @@
 //! kept-alive connections, either closed-loop (`--connections N`: each
 //! connection sends its next request when the last is answered; reports
 //! requests/s) or open-loop (`--rate R`: requests sent on a fixed schedule
-//! whatever the answers, latency measured from the scheduled time, so a
-//! slow server cannot hide its queue). One JSON line per run.
+//! whatever the answers, each in a task of its own, so a slow server
+//! cannot hold the next back and its queue shows; latency is measured from
+//! when the request is sent: tokio's timer has millisecond resolution and
+//! the schedule's own lateness is the generator's). One JSON line per run.
 //!
 //!   http_load URL --seconds S (--connections N | --rate R)
 
@@ -95,8 +97,12 @@ fn main() {
                     let (client, url, hist, failed) =
                         (client.clone(), url.clone(), hist.clone(), failed.clone());
                     tasks.push(tokio::spawn(async move {
+                        // From when it is sent: tokio's timer wakes this
+                        // loop up to a millisecond after `at`, which is the
+                        // load generator's lateness, not the server's.
+                        let sent = Instant::now();
                         if get(&client, &url).await {
-                            let us = at.elapsed().as_micros() as u64;
+                            let us = sent.elapsed().as_micros() as u64;
                             hist.lock().unwrap().saturating_record(us.max(1));
                             1
                         } else {
