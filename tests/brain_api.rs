@@ -783,6 +783,34 @@ fn a_placement_with_a_launch_spec_runs_as_a_replica_found_again_after_an_agent_r
     assert_eq!(chat_routes[0]["placement"], "chat", "{routes}");
     assert_eq!(chat_routes[0]["weight"], 100, "{routes}");
 
+    // What it serves shows in its placement, per request, from its own
+    // metrics as its agent scraped them.
+    for _ in 0..5 {
+        let (st, body) = crate::serve::request(
+            serve_port,
+            "POST",
+            "/v1/completions",
+            r#"{"model":"chat","prompt":"hello there","max_tokens":4}"#,
+        );
+        assert_eq!(st, 200, "{body}");
+    }
+    let v = replica_until(addr, "chat", "serving five requests", |r| {
+        r["serving"]["requests"] == 5
+    });
+    let s = &v["replica"]["serving"];
+    assert_eq!(
+        (s["server"].as_str(), s["errors"].as_u64()),
+        (Some("vllm"), Some(0)),
+        "{v}"
+    );
+    let (p50, p99) = (
+        s["latency_p50_s"].as_f64().unwrap(),
+        s["latency_p99_s"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 < 10.0, "{v}");
+    assert!(s["qps"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(s["queue_depth"], 0.0, "{v}");
+
     // The agent restarts (SIGKILL): the replica runs on and is found again,
     // not started twice.
     let argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", agent.0.id()))

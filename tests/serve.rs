@@ -72,7 +72,7 @@ pub(crate) fn port(s: &Server) -> u16 {
     s.url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-fn request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+pub(crate) fn request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());

@@ -10,6 +10,7 @@
 //! and the routes.
 
 use crate::agents::Agents;
+use crate::agents::ingest::ServingView;
 use crate::http::Api;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -36,6 +37,9 @@ pub struct ReplicaView {
     pub mps_percent: Option<f32>,
     /// The model it serves (its placement's `model_id`).
     pub model: String,
+    /// What its own metrics said over the last 10 s, as its agent scraped
+    /// them; `null` until a window carries them.
+    pub serving: Option<ServingView>,
 }
 
 impl ReplicaView {
@@ -82,19 +86,39 @@ impl Executor {
                 })
                 .collect()
         });
-        type Reported = Vec<(String, Option<std::net::IpAddr>, Vec<ReplicaWindow>)>;
+        type Reported = Vec<(
+            String,
+            Option<std::net::IpAddr>,
+            Vec<(ReplicaWindow, Option<ServingView>)>,
+        )>;
         let reported: Reported = {
             let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
             st.ingest
                 .nodes
                 .iter()
-                .map(|(n, s)| (n.clone(), s.addr, s.replicas.values().cloned().collect()))
+                .map(|(n, s)| {
+                    // A replica's endpoint is the one its agent scrapes for
+                    // its pid.
+                    let rs = s
+                        .replicas
+                        .values()
+                        .map(|r| {
+                            let serving = s
+                                .serving
+                                .values()
+                                .find(|e| e.pid == Some(r.pid))
+                                .map(|e| e.view());
+                            (r.clone(), serving)
+                        })
+                        .collect();
+                    (n.clone(), s.addr, rs)
+                })
                 .collect()
         };
         let runs = |node: &str, id: &str| {
             reported
                 .iter()
-                .any(|(n, _, rs)| n == node && rs.iter().any(|r| r.id == id))
+                .any(|(n, _, rs)| n == node && rs.iter().any(|(r, _)| r.id == id))
         };
         for (id, (node, _, spec)) in &wanted {
             if self.started.contains(id) || runs(node, id) {
@@ -113,7 +137,7 @@ impl Executor {
         let mut views = BTreeMap::new();
         let mut live = HashSet::new();
         for (node, addr, rs) in &reported {
-            for r in rs {
+            for (r, serving) in rs {
                 let key = (node.clone(), r.id.clone());
                 let placed_here = wanted.get(&r.id).is_some_and(|(n, ..)| n == node);
                 let gone = matches!(r.state, ReplicaState::Exited);
@@ -159,6 +183,7 @@ impl Executor {
                         gpus: r.gpus.clone(),
                         mps_percent: r.mps_percent,
                         model,
+                        serving: serving.clone(),
                     },
                 );
             }

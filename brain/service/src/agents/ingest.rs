@@ -11,10 +11,12 @@
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use utoipa::ToSchema;
 use vagus_proto::wire::{
-    GpuInfo, GpuWindow, Hello, MpsState, ProcessWindow, ReplicaWindow, ServingWindow,
-    TelemetryWindow,
+    GpuInfo, GpuWindow, Hello, HistogramDelta, MpsState, ProcessWindow, ReplicaWindow,
+    ServingWindow, TelemetryWindow,
 };
 
 /// The last `cap` windows' serialized histograms of one series.
@@ -93,11 +95,49 @@ pub struct ServingState {
     pub running: Option<f64>,
     /// Why its latest window's last failed scrape failed (empty: none did).
     pub error: String,
-    /// The recent windows: (end, duration, requests, errors), agent's clock.
-    recent: VecDeque<(u64, u64, Option<u64>, Option<u64>)>,
+    /// The recent windows, by the agent's clock.
+    recent: VecDeque<Recent>,
     pub requests_total: u64,
     pub errors_total: u64,
     pub seen_seq: u64,
+}
+
+/// One window of an endpoint, kept for the horizon.
+#[derive(Debug)]
+struct Recent {
+    end_ns: u64,
+    duration_ns: u64,
+    requests: Option<u64>,
+    errors: Option<u64>,
+    latency: Option<HistogramDelta>,
+    ttft: Option<HistogramDelta>,
+}
+
+/// What an inference server's own metrics said over the last
+/// [`SERVING_HORIZON_NS`] (the agent's windows summed bucket-exact).
+/// `null`: the server does not export it, or no window reported it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
+pub struct ServingView {
+    /// The server the agent recognised (`vllm`, `sglang`, `tgi`, `triton`).
+    pub server: String,
+    /// Requests finished over the horizon, successes and server errors.
+    pub requests: Option<u64>,
+    pub errors: Option<u64>,
+    /// Requests finished per second over the windows that reported them.
+    pub qps: Option<f64>,
+    /// Server errors over requests (0–1).
+    pub error_rate: Option<f64>,
+    /// Requests waiting, and running, as last scraped.
+    pub queue_depth: Option<f64>,
+    pub running: Option<f64>,
+    /// End-to-end latency and time to first token quantiles, seconds (read
+    /// from the server's buckets as Prometheus's `histogram_quantile` does).
+    pub latency_p50_s: Option<f64>,
+    pub latency_p99_s: Option<f64>,
+    pub ttft_p50_s: Option<f64>,
+    pub ttft_p99_s: Option<f64>,
+    /// Why its latest failed scrape failed (empty: none did).
+    pub error: String,
 }
 
 /// Rates over an endpoint's (or a node's) recent windows.
@@ -127,12 +167,18 @@ impl ServingState {
         self.error = w.error;
         self.requests_total += w.requests.unwrap_or(0);
         self.errors_total += w.errors.unwrap_or(0);
-        self.recent
-            .push_back((end_ns, duration_ns, w.requests, w.errors));
+        self.recent.push_back(Recent {
+            end_ns,
+            duration_ns,
+            requests: w.requests,
+            errors: w.errors,
+            latency: w.latency,
+            ttft: w.ttft,
+        });
         while self
             .recent
             .front()
-            .is_some_and(|(e, ..)| e + SERVING_HORIZON_NS < end_ns)
+            .is_some_and(|r| r.end_ns + SERVING_HORIZON_NS < end_ns)
         {
             self.recent.pop_front();
         }
@@ -142,11 +188,11 @@ impl ServingState {
     /// Requests/s and error ratio over the windows that reported them.
     pub fn rates(&self) -> Rates {
         let (mut ns, mut req, mut err, mut err_known) = (0u64, 0u64, 0u64, false);
-        for (_, d, r, e) in &self.recent {
-            if let Some(r) = r {
-                ns += d;
+        for w in &self.recent {
+            if let Some(r) = w.requests {
+                ns += w.duration_ns;
                 req += r;
-                if let Some(e) = e {
+                if let Some(e) = w.errors {
                     err += e;
                     err_known = true;
                 }
@@ -163,6 +209,44 @@ impl ServingState {
                 }
             }),
             queue_depth: self.queue_depth,
+        }
+    }
+
+    /// The horizon's summary, for the API.
+    pub fn view(&self) -> ServingView {
+        let rates = self.rates();
+        let sum = |f: fn(&Recent) -> Option<u64>| {
+            self.recent
+                .iter()
+                .filter_map(f)
+                .fold(None, |t: Option<u64>, v| Some(t.unwrap_or(0) + v))
+        };
+        // Windows with other buckets (a restarted server) start the sum again.
+        let merged = |f: fn(&Recent) -> Option<&HistogramDelta>| {
+            let mut total: Option<HistogramDelta> = None;
+            for h in self.recent.iter().filter_map(f) {
+                if !total.as_mut().is_some_and(|t| t.add(h)) {
+                    total = Some(h.clone());
+                }
+            }
+            total
+        };
+        let latency = merged(|r| r.latency.as_ref());
+        let ttft = merged(|r| r.ttft.as_ref());
+        let q = |h: &Option<HistogramDelta>, q: f64| h.as_ref().and_then(|h| h.quantile(q));
+        ServingView {
+            server: self.server.clone(),
+            requests: sum(|r| r.requests),
+            errors: sum(|r| r.errors),
+            qps: rates.qps,
+            error_rate: rates.error_rate,
+            queue_depth: self.queue_depth,
+            running: self.running,
+            latency_p50_s: q(&latency, 0.5),
+            latency_p99_s: q(&latency, 0.99),
+            ttft_p50_s: q(&ttft, 0.5),
+            ttft_p99_s: q(&ttft, 0.99),
+            error: self.error.clone(),
         }
     }
 }

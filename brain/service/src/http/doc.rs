@@ -11,6 +11,7 @@ use super::{
     __path_metrics, __path_post_control, __path_put_node, Answer, ApiError, Health, Nodes,
     Rejection, Route, Routes, Workload, Workloads,
 };
+use crate::agents::ingest::ServingView;
 use crate::audit::{self, Entry};
 use crate::replicas::ReplicaView;
 use std::sync::LazyLock;
@@ -31,7 +32,7 @@ use vagus_decision::{Control, Decision, Launch, NodeSpec, Placed, Profile};
     info(title = "Vagus brain", description = "Placement decisions, the audit trail and operator controls. Every error is JSON `{\"field\", \"error\"}`."),
     paths(create_placement, get_placement, delete_placement, list_placements, list_nodes, put_node,
         list_decisions, post_control, get_routes, healthz, metrics),
-    components(schemas(Profile, Launch, ReplicaView, Route, Routes, Answer, Rejection, Decision, Workload, Workloads, Placed, Queued,
+    components(schemas(Profile, Launch, ReplicaView, ServingView, Route, Routes, Answer, Rejection, Decision, Workload, Workloads, Placed, Queued,
         Nodes, Node, NodeSpec, Entry, audit::Page, Control, ApiError, Health)),
     modifiers(&Contract)
 )]
