@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The gateway against nginx (Debian's) configured as the same proxy, side by
-# side in one run: a fast upstream (nginx answering `200 ok` itself), nginx
-# proxying to it over kept-alive upstream connections, and `vagus gateway`
+# side in one run: a fast upstream (an nginx of its own, one worker,
+# answering `200 ok` itself: the same upstream for both proxies, and no
+# proxy shares its processes), nginx (two workers, as the gateway has two
+# threads on two cores) proxying to it over kept-alive upstream
+# connections, and `vagus gateway`
 # routing to it (a static route table, one model). Closed loop, each proxy
 # in turn: requests/s and their ratio. Open loop at RATE req/s: latency
 # p50/p99 direct to the upstream and through each proxy, and what each
@@ -16,8 +19,19 @@ command -v nginx >/dev/null || apt-get install -y nginx-light >/dev/null
 cargo build --release -q -p vagus -p vagus-bench
 R=$PWD/target/release
 TMP=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; [ -f "$TMP/nginx.pid" ] && kill $(cat "$TMP/nginx.pid") 2>/dev/null; rm -rf "$TMP"' EXIT
+mkdir -p "$TMP/up"
+trap 'kill $(jobs -p) 2>/dev/null; for f in "$TMP/nginx.pid" "$TMP/up/nginx.pid"; do [ -f "$f" ] && kill $(cat "$f") 2>/dev/null; done; rm -rf "$TMP"' EXIT
 UP=18801; NGX=18802; GW=18803
+cat > "$TMP/up/nginx.conf" <<CONF
+worker_processes 1;
+pid $TMP/up/nginx.pid;
+error_log $TMP/up/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$UP; keepalive_requests 1000000; location / { return 200 "ok\n"; } }
+}
+CONF
 cat > "$TMP/nginx.conf" <<CONF
 worker_processes 2;
 pid $TMP/nginx.pid;
@@ -26,7 +40,6 @@ events { worker_connections 4096; }
 http {
   access_log off;
   upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-  server { listen 127.0.0.1:$UP; keepalive_requests 1000000; location / { return 200 "ok\n"; } }
   server {
     listen 127.0.0.1:$NGX;
     keepalive_requests 1000000;
@@ -39,6 +52,7 @@ http {
   }
 }
 CONF
+nginx -c "$TMP/up/nginx.conf" -p "$TMP/up"
 nginx -c "$TMP/nginx.conf" -p "$TMP"
 echo '{"models": {"m": [{"placement": "up", "node": "local", "url": "http://127.0.0.1:'$UP'", "state": "running", "weight": 100}]}}' > "$TMP/routes.json"
 $R/vagus gateway --listen 127.0.0.1:$GW --routes "$TMP/routes.json" >/dev/null 2>"$TMP/gateway.log" &

@@ -561,7 +561,7 @@ pub enum Workload {
         #[schema(value_type = Object)]
         manifest: serde_json::Value,
         /// Its replica, when it has a launch spec and its agent reports it.
-        replica: Option<ReplicaView>,
+        replica: Option<Box<ReplicaView>>,
     },
     /// Restored from the trail onto a node that is not known yet (a
     /// restart before its agent reconnects): bound when the node appears.
@@ -576,7 +576,7 @@ impl Workload {
             Some(Workload::Placed {
                 placement: p.clone(),
                 manifest: serde_json::to_value(core.manifest(p)).unwrap_or_default(),
-                replica: replicas.get(id).cloned(),
+                replica: replicas.get(id).cloned().map(Box::new),
             })
         } else if let Some(p) = core.waiting_workload(id) {
             Some(Workload::Waiting {
