@@ -89,6 +89,8 @@ fn gateway(sim: &Sim, addr: SocketAddr) -> Gateway {
             token.to_str().unwrap(),
             "--refresh-ms",
             "200",
+            "--report-ms",
+            "250",
         ],
     )
 }
@@ -211,6 +213,41 @@ fn requests_follow_the_brains_weights() {
         (a / 2000.0 - 0.10).abs() <= 0.02,
         "m-a (weight 10) got {a} of 2000"
     );
+    // The gateway streamed what it measured to the brain: each replica's
+    // requests, counted once, with their latency (the load took 5 s, well
+    // inside the brain's 10 s horizon).
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let measured = |id: &str| {
+        let (_, v) = http(addr, "GET", &format!("/v1/placements/{id}"), "");
+        v["replica"]["gateway"].clone()
+    };
+    loop {
+        let (ga, gb) = (measured("m-a"), measured("m-b"));
+        let n = |g: &serde_json::Value| g["requests"].as_u64().unwrap_or(0) as f64;
+        if n(&ga) == a && n(&gb) == b {
+            assert_eq!(
+                (ga["errors"].as_u64(), gb["errors"].as_u64()),
+                (Some(0), Some(0))
+            );
+            for g in [&ga, &gb] {
+                let p50 = g["latency_p50_s"].as_f64().unwrap();
+                assert!(
+                    p50 > 0.0 && p50 <= g["latency_p99_s"].as_f64().unwrap(),
+                    "{g}"
+                );
+                assert!(
+                    g["ttft_p50_s"].as_f64().unwrap() <= g["latency_p99_s"].as_f64().unwrap(),
+                    "{g}"
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the brain's view of the gateway: m-a {ga}, m-b {gb}; the gateway forwarded {a} and {b}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

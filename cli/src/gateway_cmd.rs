@@ -17,7 +17,8 @@ pub struct GatewayArgs {
     /// GET /v1/routes.
     #[arg(long, env = "VAGUS_GATEWAY_BRAIN", requires = "token_file")]
     pub brain: Option<String>,
-    /// A file holding a bearer token of the brain's (viewer is enough).
+    /// A file holding a bearer token of the brain's: the gateway role (a
+    /// viewer that may report measurements) or above.
     #[arg(long, env = "VAGUS_GATEWAY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Routes to serve by (the JSON of GET /v1/routes), with no brain or
@@ -27,6 +28,13 @@ pub struct GatewayArgs {
     /// How often the routes are asked for (ms).
     #[arg(long, default_value_t = 250)]
     pub refresh_ms: u64,
+    /// The name the brain knows this gateway by (a DNS-1123 subdomain; each
+    /// gateway of a brain its own).
+    #[arg(long, env = "VAGUS_GATEWAY_NAME", default_value = "gateway")]
+    pub name: String,
+    /// How often its measurements are sent to the brain (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub report_ms: u64,
 }
 
 pub fn gateway(a: GatewayArgs) -> Result<()> {
@@ -54,11 +62,16 @@ pub fn gateway(a: GatewayArgs) -> Result<()> {
         brain.is_some() || a.routes.is_some(),
         "give --brain (with --token-file) or --routes: the gateway needs routes"
     );
+    vagus_decision::rules::DNS_SUBDOMAIN
+        .check("--name", &a.name)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.problem))?;
     let cfg = Config {
         listen,
         brain,
         routes,
         refresh: Duration::from_millis(a.refresh_ms),
+        name: a.name.clone(),
+        report: Duration::from_millis(a.report_ms),
     };
     crate::runtime()?.block_on(async {
         let g = vagus_gateway::proxy::start(cfg).await?;

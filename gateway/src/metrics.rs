@@ -31,6 +31,9 @@ pub struct Metrics {
     pub max_tokens: HistogramVec,
     pub route_updates: IntCounter,
     pub route_errors: IntCounter,
+    pub reports: IntCounter,
+    pub report_errors: IntCounter,
+    pub report_dropped: IntCounter,
     pub replicas: IntGaugeVec,
 }
 
@@ -124,6 +127,30 @@ impl Default for Metrics {
                 IntCounter::new(
                     "vagus_gateway_route_errors_total",
                     "Route updates that failed (the last table stays).",
+                )
+                .expect("a valid counter"),
+            ),
+            reports: reg(
+                &registry,
+                IntCounter::new(
+                    "vagus_gateway_reports_total",
+                    "Windows of measurements the brain took.",
+                )
+                .expect("a valid counter"),
+            ),
+            report_errors: reg(
+                &registry,
+                IntCounter::new(
+                    "vagus_gateway_report_errors_total",
+                    "Attempts to send a window that failed (the window is sent again).",
+                )
+                .expect("a valid counter"),
+            ),
+            report_dropped: reg(
+                &registry,
+                IntCounter::new(
+                    "vagus_gateway_report_dropped_total",
+                    "Windows given up while the brain did not answer (beyond the 120 kept).",
                 )
                 .expect("a valid counter"),
             ),

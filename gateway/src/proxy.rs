@@ -41,6 +41,10 @@ pub struct Config {
     pub routes: RouteSet,
     /// How often the routes are asked for.
     pub refresh: Duration,
+    /// With a brain: the name it knows this gateway by, and how often the
+    /// measurements are sent to it (see [`crate::report`]).
+    pub name: String,
+    pub report: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +58,7 @@ pub enum GatewayError {
     Config(String),
 }
 
-type Upstream = Client<HttpConnector, Full<Bytes>>;
+type Upstream = crate::report::Client;
 
 pub struct Shared {
     pub table: Mutex<Table>,
@@ -127,6 +131,9 @@ pub async fn start(cfg: Config) -> Result<Gateway, GatewayError> {
     if cfg.refresh.is_zero() {
         return Err(GatewayError::Config("--refresh must be above 0".into()));
     }
+    if cfg.report.is_zero() {
+        return Err(GatewayError::Config("--report-ms must be above 0".into()));
+    }
     let shared = Arc::new(Shared {
         table: Mutex::new(Table::default()),
         client: upstream_client(),
@@ -153,7 +160,20 @@ pub async fn start(cfg: Config) -> Result<Gateway, GatewayError> {
         sockets.push(l.into_std().map_err(io("the listening socket".into()))?);
     }
     if let Some((brain, token)) = cfg.brain.clone() {
-        tokio::spawn(refresh(shared.clone(), brain, token, cfg.refresh));
+        tokio::spawn(refresh(
+            shared.clone(),
+            brain.clone(),
+            token.clone(),
+            cfg.refresh,
+        ));
+        tokio::spawn(crate::report::report(
+            shared.clone(),
+            upstream_client(),
+            brain,
+            token,
+            cfg.name.clone(),
+            cfg.report,
+        ));
     }
     let mut threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {

@@ -207,6 +207,34 @@ pub const PORT: Int = Int { min: 1, max: 65535 };
 /// A replica's routing weight.
 pub const ROUTE_WEIGHT: Int = Int { min: 0, max: 1000 };
 
+/// A gateway's report: its window (at most a minute), the replicas it
+/// forwarded to, their buckets, and what one window can count.
+pub const WINDOW_MS: Int = Int {
+    min: 1,
+    max: 60_000,
+};
+pub const GATEWAY_REPLICAS: Items = Items { max: 4096 };
+/// Finite bounds, and counts (one more: `+Inf`).
+pub const BUCKET_BOUNDS: Items = Items { max: 255 };
+pub const BUCKET_COUNTS: Items = Items { max: 256 };
+/// Requests in one window (a billion a minute is beyond any gateway).
+pub const WINDOW_COUNT: Int = Int {
+    min: 0,
+    max: 1_000_000_000,
+};
+/// A bucket's upper bound, seconds (up to a day).
+pub const BUCKET_BOUND_S: Num = Num {
+    min: 0.0,
+    above: true,
+    max: 86_400.0,
+};
+/// A window's summed latency, seconds.
+pub const LATENCY_SUM_S: Num = Num {
+    min: 0.0,
+    above: false,
+    max: 1e15,
+};
+
 /// Free text that is looked up, not stored (query filters).
 pub const LOOKUP: Text = Text {
     min: 1,
@@ -388,6 +416,21 @@ pub const FIELDS: &[(&str, &str, Rule)] = &[
     ("Control", "from_ms", Rule::Int(TIME_MS)),
     ("Control", "to_ms", Rule::Int(TIME_MS)),
     ("Control", "weight", Rule::Int(ROUTE_WEIGHT)),
+    ("GatewayWindow", "duration_ms", Rule::Int(WINDOW_MS)),
+    (
+        "GatewayWindow",
+        "replicas",
+        Rule::List(GATEWAY_REPLICAS, None),
+    ),
+    ("GatewayReplica", "model", Rule::Text(MODEL_ID)),
+    ("GatewayReplica", "placement", Rule::Text(DNS_LABEL)),
+    ("GatewayReplica", "requests", Rule::Int(WINDOW_COUNT)),
+    ("GatewayReplica", "errors", Rule::Int(WINDOW_COUNT)),
+    ("GatewayReplica", "in_flight", Rule::Int(WINDOW_COUNT)),
+    ("Buckets", "bounds_s", Rule::List(BUCKET_BOUNDS, None)),
+    ("Buckets", "counts", Rule::List(BUCKET_COUNTS, None)),
+    ("Buckets", "sum_s", Rule::Num(LATENCY_SUM_S)),
+    ("Buckets", "count", Rule::Int(WINDOW_COUNT)),
 ];
 
 /// Writes [`FIELDS`] into the document's component schemas. Panics if a

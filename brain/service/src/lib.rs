@@ -5,11 +5,13 @@
 //! - [`http`]: the HTTP API (axum) with bearer roles, and [`audit`], its
 //!   SQLite trail, committed before every answer;
 //! - `sync`: what agents report, brought into the core;
+//! - [`gateways`]: what the gateways measure per replica, as they report it;
 //! - [`Service`]: all of it started from one [`Config`] — by `vagus brain`,
 //!   the tests and the benches alike.
 
 pub mod agents;
 pub mod audit;
+pub mod gateways;
 pub mod http;
 pub mod replicas;
 mod service;

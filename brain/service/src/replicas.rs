@@ -40,6 +40,10 @@ pub struct ReplicaView {
     /// What its own metrics said over the last 10 s, as its agent scraped
     /// them; `null` until a window carries them.
     pub serving: Option<ServingView>,
+    /// What the gateways measured of it over the last 10 s (requests,
+    /// errors, latency to the first and the last byte, in flight); `null`
+    /// until a gateway reports it.
+    pub gateway: Option<ServingView>,
 }
 
 impl ReplicaView {
@@ -184,6 +188,7 @@ impl Executor {
                         mps_percent: r.mps_percent,
                         model,
                         serving: serving.clone(),
+                        gateway: None,
                     },
                 );
             }

@@ -23,6 +23,13 @@ fn valid_node() -> Value {
         "labels": {"zone": "z1"}, "gpus": [{"model": "Tesla T4"}]})
 }
 
+fn valid_window() -> Value {
+    json!({"session": 1, "seq": 0, "duration_ms": 1000, "replicas": [{
+        "model": "m", "placement": "p", "requests": 2, "errors": 0, "in_flight": 0,
+        "latency": {"bounds_s": [0.1], "counts": [1, 1], "sum_s": 0.3, "count": 2},
+        "first_byte": null}]})
+}
+
 /// A value that breaks the property's first published rule, if it has one.
 fn breaking(prop: &Value) -> Option<Value> {
     let p = match prop.get("oneOf") {
@@ -72,6 +79,12 @@ fn every_published_rule_is_enforced() {
             serde_json::from_str::<Value>(&profile("base", "m")).unwrap(),
         ),
         ("NodeSpec", "/v1/nodes", ADMIN, valid_node()),
+        (
+            "GatewayWindow",
+            "/v1/gateways/gw-1/windows",
+            GATEWAY,
+            valid_window(),
+        ),
     ];
     let before = snapshot(&api);
     let mut checked = 0;
@@ -707,4 +720,55 @@ fn names_stay_taken_while_their_node_is_unknown() {
         call(&api, "GET", "/v1/placements/keep", Some(VIEWER), None).0,
         200
     );
+}
+
+/// A gateway reports with the gateway role (a viewer cannot, and a
+/// gateway can place nothing); a window is counted once; a bad one names
+/// its field.
+#[test]
+fn gateways_report_with_their_role_and_bad_windows_name_the_field() {
+    let api = start("gateways", None);
+    let path = "/v1/gateways/gw-1/windows";
+    let body = valid_window().to_string();
+    let (st, v) = call(&api, "POST", path, Some(VIEWER), Some(&body));
+    assert_eq!(
+        (st, v["field"].as_str()),
+        (403, Some("authorization")),
+        "{v}"
+    );
+    let (st, v) = call(&api, "POST", path, Some(GATEWAY), Some(&body));
+    assert_eq!((st, &v["counted"]), (200, &json!(true)), "{v}");
+    let (st, v) = call(&api, "POST", path, Some(GATEWAY), Some(&body));
+    assert_eq!((st, &v["counted"]), (200, &json!(false)), "sent again: {v}");
+    let (st, _) = call(&api, "POST", path, Some(OPERATOR), Some(&body));
+    assert_eq!(st, 200, "an operator may report too");
+    let (st, v) = call(
+        &api,
+        "POST",
+        "/v1/placements",
+        Some(GATEWAY),
+        Some(&profile("nope", "m")),
+    );
+    assert_eq!(st, 403, "{v}");
+
+    let mut bad = valid_window();
+    bad["replicas"][0]["latency"]["counts"] = json!([1]);
+    let (st, v) = call(&api, "POST", path, Some(GATEWAY), Some(&bad.to_string()));
+    assert_eq!(
+        (st, v["field"].as_str()),
+        (400, Some("replicas[0].latency.counts")),
+        "{v}"
+    );
+    let (st, v) = call(
+        &api,
+        "POST",
+        "/v1/gateways/Not_A_Name/windows",
+        Some(GATEWAY),
+        Some(&body),
+    );
+    assert_eq!((st, v["field"].as_str()), (400, Some("name")), "{v}");
+    bad = valid_window();
+    bad["extra"] = json!(1);
+    let (st, v) = call(&api, "POST", path, Some(GATEWAY), Some(&bad.to_string()));
+    assert_eq!(st, 400, "{v}");
 }

@@ -3,18 +3,21 @@
 //! ```toml
 //! [[token]]
 //! name = "ci"            # recorded as the actor in the audit trail
-//! role = "operator"      # viewer | operator | admin
+//! role = "operator"      # viewer | gateway | operator | admin
 //! token = "…"            # at least 16 characters
 //! ```
 
 use serde::Deserialize;
 use std::path::Path;
 
-/// Viewer reads; operator also places and deletes; admin also controls.
+/// Viewer reads; gateway also reports its measurements; operator also
+/// places and deletes; admin also controls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
+    /// A viewer that may also report what a gateway measured.
+    Gateway,
     Operator,
     Admin,
 }
@@ -23,6 +26,7 @@ impl Role {
     pub fn name(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
+            Role::Gateway => "gateway",
             Role::Operator => "operator",
             Role::Admin => "admin",
         }

@@ -8,11 +8,12 @@
 use super::{
     __path_create_placement, __path_delete_placement, __path_get_placement, __path_get_routes,
     __path_healthz, __path_list_decisions, __path_list_nodes, __path_list_placements,
-    __path_metrics, __path_post_control, __path_put_node, Answer, ApiError, Health, Nodes,
-    Rejection, Route, Routes, Workload, Workloads,
+    __path_metrics, __path_post_control, __path_post_gateway_window, __path_put_node, Answer,
+    ApiError, Health, Nodes, Rejection, Route, Routes, Workload, Workloads,
 };
 use crate::agents::ingest::ServingView;
 use crate::audit::{self, Entry};
+use crate::gateways::{Buckets, GatewayReplica, GatewayWindow, WindowTaken};
 use crate::replicas::ReplicaView;
 use std::sync::LazyLock;
 use utoipa::OpenApi;
@@ -31,8 +32,8 @@ use vagus_decision::{Control, Decision, Launch, NodeSpec, Placed, Profile};
 #[openapi(
     info(title = "Vagus brain", description = "Placement decisions, the audit trail and operator controls. Every error is JSON `{\"field\", \"error\"}`."),
     paths(create_placement, get_placement, delete_placement, list_placements, list_nodes, put_node,
-        list_decisions, post_control, get_routes, healthz, metrics),
-    components(schemas(Profile, Launch, ReplicaView, ServingView, Route, Routes, Answer, Rejection, Decision, Workload, Workloads, Placed, Queued,
+        list_decisions, post_control, get_routes, post_gateway_window, healthz, metrics),
+    components(schemas(Profile, Launch, ReplicaView, ServingView, GatewayWindow, GatewayReplica, Buckets, WindowTaken, Route, Routes, Answer, Rejection, Decision, Workload, Workloads, Placed, Queued,
         Nodes, Node, NodeSpec, Entry, audit::Page, Control, ApiError, Health)),
     modifiers(&Contract)
 )]
@@ -110,6 +111,7 @@ fn parameters(op: &mut Operation) {
     for p in op.parameters.iter_mut().flatten() {
         let rule = match p.name.as_str() {
             "id" => Rule::Text(rules::DNS_LABEL),
+            "name" => Rule::Text(rules::DNS_SUBDOMAIN),
             "limit" => Rule::Int(rules::PAGE),
             // The trail's cursor is a sequence number, the lists' a name.
             "after" if op.operation_id.as_deref() == Some("list_decisions") => {

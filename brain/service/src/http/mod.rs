@@ -15,6 +15,7 @@ mod request;
 use self::auth::{Role, Tokens};
 use self::request::{Body, Id, Params};
 use crate::audit::{self, Audit, Filter, Row};
+use crate::gateways::{GatewayWindow, Gateways, WindowTaken};
 use crate::replicas::ReplicaView;
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
@@ -48,6 +49,8 @@ pub struct Api {
     core: Mutex<Core>,
     /// The replicas agents run, by placement id (see [`crate::replicas`]).
     replicas: Mutex<BTreeMap<String, ReplicaView>>,
+    /// What the gateways report (see [`crate::gateways`]).
+    gateways: Mutex<Gateways>,
     audit: Audit,
     tokens: Tokens,
     clock: Clock,
@@ -79,6 +82,7 @@ impl Api {
         Api {
             core: Mutex::new(core),
             replicas: Mutex::new(BTreeMap::new()),
+            gateways: Mutex::new(Gateways::default()),
             audit,
             tokens,
             clock,
@@ -90,12 +94,24 @@ impl Api {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every replica as last reported, by placement id.
+    /// Every replica as last reported, by placement id, with what the
+    /// gateways measured of it.
     pub fn replicas(&self) -> BTreeMap<String, ReplicaView> {
-        self.replicas
+        let mut all = self
+            .replicas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        let now = (self.clock)();
+        let g = self.gateways();
+        for (id, r) in all.iter_mut() {
+            r.gateway = g.view(id, now);
+        }
+        all
+    }
+
+    fn gateways(&self) -> std::sync::MutexGuard<'_, Gateways> {
+        self.gateways.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn replica(&self, id: &str) -> Option<ReplicaView> {
@@ -319,8 +335,9 @@ impl Api {
 pub struct Caller<const R: u8>(pub String);
 
 pub type Viewer = Caller<0>;
-pub type Operator = Caller<1>;
-pub type Admin = Caller<2>;
+pub type Reporter = Caller<1>;
+pub type Operator = Caller<2>;
+pub type Admin = Caller<3>;
 
 impl<const R: u8> FromRequestParts<Arc<Api>> for Caller<R> {
     type Rejection = ApiError;
@@ -328,7 +345,8 @@ impl<const R: u8> FromRequestParts<Arc<Api>> for Caller<R> {
     async fn from_request_parts(parts: &mut Parts, s: &Arc<Api>) -> Result<Self, ApiError> {
         let need = match R {
             0 => Role::Viewer,
-            1 => Role::Operator,
+            1 => Role::Gateway,
+            2 => Role::Operator,
             _ => Role::Admin,
         };
         s.authorize(&parts.headers, need).map(Caller)
@@ -757,6 +775,27 @@ async fn get_routes(State(s): State<Arc<Api>>, _: Viewer) -> Response {
     axum::Json(Routes { models }).into_response()
 }
 
+#[utoipa::path(post, path = "/v1/gateways/{name}/windows",
+    params(("name" = String, Path, description = "The gateway's name (a DNS-1123 subdomain)")),
+    request_body = GatewayWindow,
+    responses((status = 200, description = "Taken (counted once)", body = WindowTaken)),
+    security(("bearer" = [])))]
+async fn post_gateway_window(
+    State(s): State<Arc<Api>>,
+    _: Reporter,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Body(w): Body<GatewayWindow>,
+) -> Result<Response, ApiError> {
+    let bad = |e: vagus_decision::Invalid| ApiError::from(Refusal::Invalid(e));
+    vagus_decision::rules::DNS_SUBDOMAIN
+        .check("name", &name)
+        .map_err(bad)?;
+    w.validate().map_err(bad)?;
+    let now = (s.clock)();
+    let counted = s.gateways().take(&name, w, now);
+    Ok(axum::Json(WindowTaken { counted }).into_response())
+}
+
 /// A page of nodes, in name order.
 #[derive(Serialize, ToSchema)]
 pub struct Nodes {
@@ -897,6 +936,7 @@ pub fn router(s: Arc<Api>) -> Router {
         .route("/v1/decisions", get(list_decisions))
         .route("/v1/controls", post(post_control))
         .route("/v1/routes", get(get_routes))
+        .route("/v1/gateways/{name}/windows", post(post_gateway_window))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))

@@ -15,6 +15,7 @@ use vagus_decision::{GpuSpec, NodeSpec};
 pub const ADMIN: &str = "admin-token-000000000001";
 pub const OPERATOR: &str = "operator-token-00000001";
 pub const VIEWER: &str = "viewer-token-0000000001";
+pub const GATEWAY: &str = "gateway-token-000000001";
 
 pub struct Api {
     pub addr: std::net::SocketAddr,
@@ -50,6 +51,7 @@ pub fn tokens() -> Tokens {
         t("ada", Role::Admin, ADMIN),
         t("otto", Role::Operator, OPERATOR),
         t("vic", Role::Viewer, VIEWER),
+        t("gus", Role::Gateway, GATEWAY),
     ])
     .unwrap()
 }
