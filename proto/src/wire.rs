@@ -163,6 +163,19 @@ impl HistogramDelta {
         true
     }
 
+    /// The sum of a run of windows' differences; windows whose buckets
+    /// differ from the sum's (a restarted server) start it again. `None`
+    /// for none.
+    pub fn sum<'a>(run: impl IntoIterator<Item = &'a HistogramDelta>) -> Option<HistogramDelta> {
+        let mut total: Option<HistogramDelta> = None;
+        for h in run {
+            if !total.as_mut().is_some_and(|t| t.add(h)) {
+                total = Some(h.clone());
+            }
+        }
+        total
+    }
+
     /// The `q` quantile (0–1) the way Prometheus's `histogram_quantile`
     /// reads buckets: linear within the bucket the rank falls in (from 0 for
     /// the first), the highest finite bound when it falls in `+Inf`; `None`

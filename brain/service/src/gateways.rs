@@ -229,17 +229,8 @@ impl Gateways {
         for k in &kept {
             in_flight.insert(&k.gateway, k.in_flight);
         }
-        let merged = |f: fn(&Kept) -> Option<&HistogramDelta>| {
-            let mut total: Option<HistogramDelta> = None;
-            for h in kept.iter().filter_map(|k| f(k)) {
-                if !total.as_mut().is_some_and(|t| t.add(h)) {
-                    total = Some(h.clone());
-                }
-            }
-            total
-        };
-        let latency = merged(|k| k.latency.as_ref());
-        let first = merged(|k| k.first_byte.as_ref());
+        let latency = HistogramDelta::sum(kept.iter().filter_map(|k| k.latency.as_ref()));
+        let first = HistogramDelta::sum(kept.iter().filter_map(|k| k.first_byte.as_ref()));
         let q = |h: &Option<HistogramDelta>, q: f64| h.as_ref().and_then(|h| h.quantile(q));
         Some(ServingView {
             server: "gateway".into(),

@@ -221,18 +221,8 @@ impl ServingState {
                 .filter_map(f)
                 .fold(None, |t: Option<u64>, v| Some(t.unwrap_or(0) + v))
         };
-        // Windows with other buckets (a restarted server) start the sum again.
-        let merged = |f: fn(&Recent) -> Option<&HistogramDelta>| {
-            let mut total: Option<HistogramDelta> = None;
-            for h in self.recent.iter().filter_map(f) {
-                if !total.as_mut().is_some_and(|t| t.add(h)) {
-                    total = Some(h.clone());
-                }
-            }
-            total
-        };
-        let latency = merged(|r| r.latency.as_ref());
-        let ttft = merged(|r| r.ttft.as_ref());
+        let latency = HistogramDelta::sum(self.recent.iter().filter_map(|r| r.latency.as_ref()));
+        let ttft = HistogramDelta::sum(self.recent.iter().filter_map(|r| r.ttft.as_ref()));
         let q = |h: &Option<HistogramDelta>, q: f64| h.as_ref().and_then(|h| h.quantile(q));
         ServingView {
             server: self.server.clone(),
