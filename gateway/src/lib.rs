@@ -8,7 +8,9 @@
 //!   sent, the measured stream back, the route refresh.
 //! - [`metrics`]: its Prometheus metrics.
 //! - [`report`]: those measurements streamed to the brain, window by window.
+//! - [`brain`]: the calls to the brain's API (routes, reports).
 
+pub mod brain;
 pub mod metrics;
 pub mod proxy;
 pub mod report;

@@ -10,6 +10,7 @@
 //! reached nothing, goes to another; a request that failed after it was
 //! sent is answered 502 (it may have run), not retried.
 
+use crate::brain::Brain;
 use crate::metrics::Metrics;
 use crate::route::{RouteSet, Table};
 use bytes::Bytes;
@@ -58,12 +59,10 @@ pub enum GatewayError {
     Config(String),
 }
 
-type Upstream = crate::report::Client;
+type Upstream = crate::brain::Client;
 
 pub struct Shared {
     pub table: Mutex<Table>,
-    /// For the route refresh (each serving thread has its own).
-    client: Upstream,
     pub metrics: Metrics,
 }
 
@@ -136,7 +135,6 @@ pub async fn start(cfg: Config) -> Result<Gateway, GatewayError> {
     }
     let shared = Arc::new(Shared {
         table: Mutex::new(Table::default()),
-        client: upstream_client(),
         metrics: Metrics::default(),
     });
     shared.set_routes(&cfg.routes);
@@ -160,17 +158,12 @@ pub async fn start(cfg: Config) -> Result<Gateway, GatewayError> {
         sockets.push(l.into_std().map_err(io("the listening socket".into()))?);
     }
     if let Some((brain, token)) = cfg.brain.clone() {
-        tokio::spawn(refresh(
-            shared.clone(),
-            brain.clone(),
-            token.clone(),
-            cfg.refresh,
-        ));
+        let brain =
+            Arc::new(Brain::new(&brain, &token, upstream_client()).map_err(GatewayError::Config)?);
+        tokio::spawn(refresh(shared.clone(), brain.clone(), cfg.refresh));
         tokio::spawn(crate::report::report(
             shared.clone(),
-            upstream_client(),
             brain,
-            token,
             cfg.name.clone(),
             cfg.report,
         ));
@@ -229,45 +222,18 @@ async fn serve(socket: std::net::TcpListener, shared: Arc<Shared>) {
 }
 
 /// Asks the brain for the routes every `every`; a failure keeps the last.
-async fn refresh(s: Arc<Shared>, brain: String, token: String, every: Duration) {
-    let url: hyper::Uri = match format!("{}/v1/routes", brain.trim_end_matches('/')).parse() {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("vagus gateway: --brain {brain}: {e}");
-            return;
-        }
-    };
-    let auth = HeaderValue::from_str(&format!("Bearer {token}")).ok();
+async fn refresh(s: Arc<Shared>, brain: Arc<Brain>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut said: Option<String> = None;
     loop {
         tick.tick().await;
-        let mut req = Request::get(url.clone());
-        if let Some(a) = &auth {
-            req = req.header(header::AUTHORIZATION, a.clone());
-        }
-        let got = async {
-            let req = req
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            let resp = tokio::time::timeout(Duration::from_secs(5), s.client.request(req))
-                .await
-                .map_err(|_| "no answer in 5 s".to_string())?
-                .map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
-            }
-            serde_json::from_slice::<RouteSet>(&body).map_err(|e| format!("the routes: {e}"))
-        }
-        .await;
+        let got = brain
+            .call(hyper::Method::GET, "/v1/routes", None)
+            .await
+            .and_then(|body| {
+                serde_json::from_slice::<RouteSet>(&body).map_err(|e| format!("the routes: {e}"))
+            });
         match got {
             Ok(routes) => {
                 s.set_routes(&routes);
@@ -278,7 +244,7 @@ async fn refresh(s: Arc<Shared>, brain: String, token: String, every: Duration) 
                 s.metrics.route_errors.inc();
                 if said.as_ref() != Some(&e) {
                     eprintln!(
-                        "vagus gateway: cannot get the routes from {url}: {e}; keeping the last"
+                        "vagus gateway: cannot get the routes from the brain: {e}; keeping the last"
                     );
                     said = Some(e);
                 }

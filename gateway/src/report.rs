@@ -10,11 +10,9 @@
 //! unreachable for a while gets every window (up to [`MAX_PENDING`]) and,
 //! as windows are numbered, counts each once.
 
+use crate::brain::Brain;
 use crate::metrics::Metrics;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper::header::{self, HeaderValue};
+use hyper::Method;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -211,62 +209,14 @@ fn window_of(now: &Snapshot, before: &Snapshot) -> Vec<Replica> {
     out
 }
 
-pub type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-async fn post(
-    client: &Client,
-    url: &hyper::Uri,
-    auth: &HeaderValue,
-    w: &Window,
-) -> Result<(), String> {
-    let body = serde_json::to_vec(w).map_err(|e| e.to_string())?;
-    let req = Request::post(url.clone())
-        .header(header::AUTHORIZATION, auth.clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
-        .await
-        .map_err(|_| "no answer in 5 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let text = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("{status}: {}", String::from_utf8_lossy(&text)))
-    }
-}
-
 /// Reports to `brain` as gateway `name` every `every`, for good.
 pub async fn report(
     shared: std::sync::Arc<crate::proxy::Shared>,
-    client: Client,
-    brain: String,
-    token: String,
+    brain: std::sync::Arc<Brain>,
     name: String,
     every: Duration,
 ) {
-    let url: hyper::Uri =
-        match format!("{}/v1/gateways/{name}/windows", brain.trim_end_matches('/')).parse() {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!("vagus gateway: --brain {brain} --name {name}: {e}");
-                return;
-            }
-        };
-    let Ok(auth) = HeaderValue::from_str(&format!("Bearer {token}")) else {
-        eprintln!("vagus gateway: the token is not a valid header value");
-        return;
-    };
+    let path = format!("/v1/gateways/{name}/windows");
     let session = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -296,7 +246,11 @@ pub async fn report(
             m.report_dropped.inc();
         }
         while let Some(w) = pending.front() {
-            match post(&client, &url, &auth, w).await {
+            let sent = match serde_json::to_vec(w) {
+                Ok(body) => brain.call(Method::POST, &path, Some(body)).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match sent.map(drop) {
                 Ok(()) => {
                     pending.pop_front();
                     m.reports.inc();
@@ -306,7 +260,7 @@ pub async fn report(
                     m.report_errors.inc();
                     if said.as_ref() != Some(&e) {
                         eprintln!(
-                            "vagus gateway: cannot report to {url}: {e}; keeping the windows"
+                            "vagus gateway: cannot report to the brain ({path}): {e}; keeping the windows"
                         );
                         said = Some(e);
                     }
