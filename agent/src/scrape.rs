@@ -7,8 +7,8 @@
 //! A thread of its own, not the agent's shared runtime: every scrape's
 //! request, response and connection task then run on one thread, with no
 //! wake-ups across threads, and hyper's connections are used directly (no
-//! pool to check out of). Together these took a third off the scraping's
-//! CPU (bench/README.md).
+//! pool to check out of). Together these took its HTTP from 1.9 % to 1.1 %
+//! of a core for 16 endpoints at 10 Hz (bench/README.md).
 
 use crate::node::Node;
 use crate::run::lock;
