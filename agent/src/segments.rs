@@ -3,9 +3,10 @@
 //! its counters and writes its control block (the SM-time budget).
 //!
 //! A file that is not a segment of this version — wrong magic, version or
-//! size, too short — is skipped and counted by reason, once per file; a
-//! segment whose magic is still 0 is being created and is tried again at
-//! the next scan.
+//! size — is skipped and counted by reason, once per file. One too short
+//! or whose magic is still 0 may be being written (the shim renames a whole
+//! segment into place, but other writers need not): it is tried again at
+//! every scan, and a short one is counted once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsRawFd;
@@ -204,6 +205,8 @@ pub struct SegmentDir {
     dir: PathBuf,
     open: HashMap<PathBuf, SegmentFile>,
     refused: HashSet<PathBuf>,
+    /// Files found too short, counted and tried again at each scan.
+    short: HashSet<PathBuf>,
     /// Files skipped, by reason (each file counted once).
     pub skipped: BTreeMap<&'static str, u64>,
 }
@@ -214,6 +217,7 @@ impl SegmentDir {
             dir,
             open: HashMap::new(),
             refused: HashSet::new(),
+            short: HashSet::new(),
             skipped: BTreeMap::new(),
         }
     }
@@ -243,6 +247,11 @@ impl SegmentDir {
                     self.open.insert(path, s);
                 }
                 Err(SegmentError::NotReady { .. }) => {}
+                Err(e @ SegmentError::TooShort { .. }) => {
+                    if self.short.insert(path) {
+                        *self.skipped.entry(e.reason()).or_default() += 1;
+                    }
+                }
                 Err(e) => {
                     *self.skipped.entry(e.reason()).or_default() += 1;
                     self.refused.insert(path);
@@ -251,6 +260,8 @@ impl SegmentDir {
         }
         self.open.retain(|p, s| seen.contains(p) && alive(s.pid()));
         self.refused.retain(|p| seen.contains(p));
+        self.short
+            .retain(|p| seen.contains(p) && !self.open.contains_key(p));
     }
 
     /// The segments mapped now.
@@ -261,5 +272,36 @@ impl SegmentDir {
     /// The segment of process `pid`, if mapped.
     pub fn of(&self, pid: u32) -> Option<&SegmentFile> {
         self.open.values().find(|s| s.pid() == pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_found_short_is_mapped_once_it_is_whole() {
+        let dir = std::env::temp_dir().join(format!("vagus-segments-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        let path = dir.join(format!("{me}.shm"));
+        // As another writer may leave it between creating and sizing it.
+        std::fs::write(&path, b"").unwrap();
+        let mut segs = SegmentDir::new(dir.clone());
+        segs.scan();
+        segs.scan();
+        assert!(segs.of(me).is_none());
+        assert_eq!(segs.skipped.get("too short"), Some(&1), "counted once");
+        let mut b = vec![0u8; shm::SEGMENT_BYTES];
+        b[..8].copy_from_slice(&shm::MAGIC.to_le_bytes());
+        b[8..12].copy_from_slice(&shm::VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(shm::SEGMENT_BYTES as u32).to_le_bytes());
+        b[16..20].copy_from_slice(&me.to_le_bytes());
+        std::fs::write(&path, b).unwrap();
+        segs.scan();
+        assert!(segs.of(me).is_some(), "mapped once whole");
+        assert_eq!(segs.skipped.get("too short"), Some(&1));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

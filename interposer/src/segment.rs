@@ -90,13 +90,19 @@ fn create() -> Result<&'static Segment, String> {
     }
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
+    // Made whole under a name the agent does not read, then renamed into
+    // place: the agent never sees a `.shm` file shorter than a segment or
+    // without its header.
     let path = dir.join(format!("{pid}.shm"));
+    let building = dir.join(format!("{pid}.shm.new"));
     let cpath = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| "segment path has a NUL byte")?;
+    let cbuilding = CString::new(building.as_os_str().as_encoded_bytes())
         .map_err(|_| "segment path has a NUL byte")?;
     // SAFETY: plain file creation and mapping; every result is checked.
     let seg = unsafe {
         let fd = libc::open(
-            cpath.as_ptr(),
+            cbuilding.as_ptr(),
             libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
             0o660,
         );
@@ -123,11 +129,22 @@ fn create() -> Result<&'static Segment, String> {
         let err = std::io::Error::last_os_error();
         libc::close(fd);
         if m == libc::MAP_FAILED {
-            return Err(format!("cannot map {}: {err}", path.display()));
+            libc::unlink(cbuilding.as_ptr());
+            return Err(format!("cannot map {}: {err}", building.display()));
         }
         &*(m as *const Segment)
     };
     fill_header(seg, pid);
+    // SAFETY: two NUL-terminated paths in one directory.
+    if unsafe { libc::rename(cbuilding.as_ptr(), cpath.as_ptr()) } != 0 {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: as above.
+        unsafe { libc::unlink(cbuilding.as_ptr()) };
+        return Err(format!(
+            "cannot rename {} into place: {err}",
+            building.display()
+        ));
+    }
     Ok(seg)
 }
 
