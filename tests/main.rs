@@ -7,6 +7,7 @@ mod agent;
 mod api_fuzz;
 mod brain_api;
 mod cli;
+mod control;
 mod driver_api;
 mod gateway;
 mod load;

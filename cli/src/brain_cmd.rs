@@ -52,6 +52,10 @@ pub struct BrainArgs {
     /// Windows of histograms kept per process.
     #[arg(long, default_value_t = 10)]
     pub rolling_windows: usize,
+    /// Append each control-loop tick (what it saw, what it did) to this
+    /// file as a JSON line, for `vagus control replay`.
+    #[arg(long, env = "VAGUS_BRAIN_CONTROL_RECORD")]
+    pub control_record: Option<PathBuf>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -207,6 +211,7 @@ fn config(args: &BrainArgs) -> Result<Config> {
         http,
         quic,
         sync_every: Duration::from_secs(1),
+        control_record: args.control_record.clone(),
     })
 }
 

@@ -5,6 +5,7 @@
 mod addr;
 mod agent_cmd;
 mod brain_cmd;
+mod control_cmd;
 mod gateway_cmd;
 mod gpusim_cmd;
 mod load;
@@ -55,6 +56,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: serve_cmd::BenchCommand,
+    },
+    /// The brain's control loop, offline.
+    Control {
+        #[command(subcommand)]
+        command: control_cmd::ControlCommand,
     },
     /// Certificates for the agent-brain transport (mutual TLS).
     Certs {
@@ -110,6 +116,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::serve(args),
         Command::Gateway(args) => gateway_cmd::gateway(args),
         Command::Bench { command } => serve_cmd::bench(command),
+        Command::Control { command } => control_cmd::run(command),
         Command::Certs {
             command: CertsCommand::Init { dir, agents, brain },
         } => vagus_link::certs::init(&dir, &brain, &agents)

@@ -263,6 +263,7 @@ fn main() {
             }),
             quic: None,
             sync_every: Duration::from_secs(1),
+            control_record: None,
         }))
         .expect("the brain starts");
     let addr = svc.http_addr.expect("an HTTP address");

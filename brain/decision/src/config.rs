@@ -78,6 +78,8 @@ pub struct Config {
     /// Repack plans tried (and reconfigurable GPUs offered) at most per
     /// decision.
     pub search_limit: usize,
+    /// The control loop (see [`crate::control`]).
+    pub control: crate::control::ControlConfig,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             manifest: ManifestConfig::default(),
             explain_top: 3,
             search_limit: 8,
+            control: crate::control::ControlConfig::default(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.classes.validate()?;
         self.weights.validate()?;
+        self.control.validate()?;
         if self.replicas_per_node == 0 {
             return Err(Invalid::new("replicas_per_node", "must be at least 1"));
         }

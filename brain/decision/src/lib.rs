@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod explain;
 mod fit;
@@ -21,6 +22,7 @@ pub mod workload;
 
 pub use crate::classify::{Class, Classes};
 pub use crate::config::Config;
+pub use crate::control::{ControlConfig, Controller};
 pub use crate::core::{Control, Core, Refusal};
 pub use crate::explain::{Decision, Path};
 pub use crate::mix::{Mix, Shape};

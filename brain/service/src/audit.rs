@@ -62,8 +62,8 @@ pub struct Entry {
 pub struct Filter {
     /// Only this workload's rows.
     pub workload: Option<String>,
-    /// Only this path: a decision's (`direct`, `queue`, `control`, …) or
-    /// `event` (what agents reported).
+    /// Only this path: a decision's (`direct`, `queue`, `control`, …),
+    /// `event` (what agents reported) or `budget` (the control loop's).
     pub path: Option<String>,
     pub node: Option<String>,
     pub actor: Option<String>,
@@ -73,12 +73,12 @@ pub struct Filter {
     pub limit: Option<u32>,
 }
 
-/// What a row's `path` may be: a decision's path, or `event`.
+/// What a row's `path` may be: a decision's path, `event` or `budget`.
 pub fn row_paths() -> impl Iterator<Item = &'static str> {
     vagus_decision::Path::ALL
         .iter()
         .map(|p| p.name())
-        .chain(["event"])
+        .chain(["event", "budget"])
 }
 
 impl Filter {

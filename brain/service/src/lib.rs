@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod control;
 pub mod gateways;
 pub mod http;
 pub mod replicas;

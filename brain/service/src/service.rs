@@ -61,6 +61,9 @@ pub struct Config {
     pub quic: Option<QuicConfig>,
     /// How often what agents report is brought into the core.
     pub sync_every: Duration,
+    /// Where the control loop appends each tick's observation and actions
+    /// (JSON lines, for `vagus control replay`); `None`: nowhere.
+    pub control_record: Option<PathBuf>,
 }
 
 /// A running brain. Dropping it leaves its tasks running on the runtime;
@@ -138,16 +141,33 @@ impl Service {
             svc.tasks
                 .push(tokio::spawn(async move { serving.run().await }));
             if let Some(api) = &svc.api {
-                let (a, api) = (agents.clone(), api.clone());
+                let (a, synced) = (agents.clone(), api.clone());
                 let every = cfg.sync_every;
                 svc.tasks.push(tokio::spawn(async move {
                     let mut tick = tokio::time::interval(every);
                     let mut sync = sync::Sync::default();
                     loop {
                         tick.tick().await;
-                        sync.round(&a, &api).await;
+                        sync.round(&a, &synced).await;
                     }
                 }));
+                // The control loop, unless the core's settings turn it off.
+                let control = api.with_core(|c| c.config().control.clone());
+                if control.tick_ms > 0 {
+                    let l = crate::control::Loop::new(control, cfg.control_record.as_deref())
+                        .map_err(|source| StartError::Io {
+                            what: format!(
+                                "the control record {}",
+                                cfg.control_record
+                                    .as_deref()
+                                    .map(|p| p.display().to_string())
+                                    .unwrap_or_default()
+                            ),
+                            source,
+                        })?;
+                    let (a, api) = (agents.clone(), api.clone());
+                    svc.tasks.push(tokio::spawn(l.run(a, api)));
+                }
             }
             svc.agents = Some(agents);
         }

@@ -212,6 +212,22 @@ impl ServingState {
         }
     }
 
+    /// Requests finished, and their end-to-end p99 (s), over the windows
+    /// that ended within `horizon_ns` of the latest (the control loop's
+    /// view, shorter than the API's).
+    pub fn recent_latency(&self, horizon_ns: u64) -> (Option<u64>, Option<f64>) {
+        let Some(last) = self.recent.back() else {
+            return (None, None);
+        };
+        let from = last.end_ns.saturating_sub(horizon_ns);
+        let recent = || self.recent.iter().filter(move |r| r.end_ns > from);
+        let requests = recent()
+            .filter_map(|r| r.requests)
+            .fold(None, |t: Option<u64>, v| Some(t.unwrap_or(0) + v));
+        let latency = HistogramDelta::sum(recent().filter_map(|r| r.latency.as_ref()));
+        (requests, latency.and_then(|h| h.quantile(0.99)))
+    }
+
     /// The horizon's summary, for the API.
     pub fn view(&self) -> ServingView {
         let rates = self.rates();

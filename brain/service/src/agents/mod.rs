@@ -45,6 +45,8 @@ pub struct AgentsState {
     /// carries its commands.
     connected: HashMap<String, (u64, mpsc::UnboundedSender<Command>)>,
     connections: u64,
+    /// Woken by every new window (the control loop waits on it).
+    pub fresh: Arc<tokio::sync::Notify>,
 }
 
 /// Something that happened at the brain's endpoint.
@@ -174,6 +176,7 @@ impl Agents {
                 events: None,
                 connected: HashMap::new(),
                 connections: 0,
+                fresh: Arc::new(tokio::sync::Notify::new()),
             })),
             ledger,
             ledger_id: recovered.ledger_id,
@@ -489,6 +492,7 @@ async fn telemetry(
         let accepted = st.ingest.window(&node, session, w, bytes, now);
         received.store(seq + 1, Ordering::Release);
         if accepted == Accepted::New {
+            st.fresh.notify_one();
             st.emit(Event::Window {
                 node: node.clone(),
                 seq,

@@ -25,6 +25,10 @@ pub struct Metrics {
     events: AtomicU64,
     /// Answers by status class 2xx…5xx.
     answers: [AtomicU64; 4],
+    /// The control loop's ticks, the time they took, and its actions.
+    loop_ticks: AtomicU64,
+    loop_ns: AtomicU64,
+    loop_budgets: AtomicU64,
 }
 
 impl Metrics {
@@ -41,6 +45,12 @@ impl Metrics {
         if let Some(i) = BUCKETS.iter().position(|&b| s <= b) {
             self.buckets[i].fetch_add(1, Relaxed);
         }
+    }
+
+    pub(crate) fn looped(&self, took: Duration, actions: &[vagus_decision::control::Action]) {
+        self.loop_ticks.fetch_add(1, Relaxed);
+        self.loop_ns.fetch_add(took.as_nanos() as u64, Relaxed);
+        self.loop_budgets.fetch_add(actions.len() as u64, Relaxed);
     }
 
     pub(crate) fn audited(&self, rows: usize) {
@@ -144,6 +154,36 @@ impl Metrics {
                 n.load(Relaxed)
             )?;
         }
+        writeln!(
+            o,
+            "# HELP vagus_brain_loop_ticks_total Control loop ticks run."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_loop_ticks_total counter")?;
+        writeln!(
+            o,
+            "vagus_brain_loop_ticks_total {}",
+            self.loop_ticks.load(Relaxed)
+        )?;
+        writeln!(
+            o,
+            "# HELP vagus_brain_loop_seconds_total Time the control loop's ticks took (observation and controller)."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_loop_seconds_total counter")?;
+        writeln!(
+            o,
+            "vagus_brain_loop_seconds_total {}",
+            self.loop_ns.load(Relaxed) as f64 / 1e9
+        )?;
+        writeln!(
+            o,
+            "# HELP vagus_brain_loop_actions_total Actions the control loop took, by kind."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_loop_actions_total counter")?;
+        writeln!(
+            o,
+            "vagus_brain_loop_actions_total{{kind=\"budget\"}} {}",
+            self.loop_budgets.load(Relaxed)
+        )?;
         let nodes = core.nodes();
         let gpus: usize = nodes.iter().map(|n| n.gpus.len()).sum();
         let used: u64 = nodes

@@ -94,6 +94,7 @@ pub fn start_with(tag: &str, db: Option<PathBuf>, nodes: Vec<NodeSpec>) -> Api {
             }),
             quic: None,
             sync_every: Duration::from_secs(1),
+            control_record: None,
         }))
         .unwrap();
     let addr = svc.http_addr.unwrap();

@@ -1,0 +1,297 @@
+//! The control loop as the service runs it: every tick, what the agents'
+//! latest windows and the core's placements say becomes an
+//! [`Observation`]; the core's [`Controller`] turns it into budget actions;
+//! each is sent to its node's agent (`SetShimBudget`, through the command
+//! ledger), recorded in the audit trail (path `budget`) and counted. With
+//! a record file, every tick's observation and actions are appended to it
+//! as a JSON line, for `vagus control replay`.
+
+use crate::agents::Agents;
+use crate::audit::Row;
+use crate::http::Api;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use vagus_decision::control::{
+    Action, GpuObservation, Observation, ProcessObservation, Recorded, UNLIMITED_PPM,
+};
+use vagus_decision::{ControlConfig, Controller, Priority};
+use vagus_proto::wire::CommandKind;
+
+/// The first line of a record: the settings the ticks ran with.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RecordHeader {
+    pub control: ControlConfig,
+}
+
+pub struct Loop {
+    ctl: Controller,
+    record: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Loop {
+    /// A loop with the core's control settings; `record` names a file to
+    /// append the ticks to (created, or truncated).
+    pub fn new(cfg: ControlConfig, record: Option<&std::path::Path>) -> std::io::Result<Loop> {
+        let record = match record {
+            Some(p) => {
+                let mut w = std::io::BufWriter::new(std::fs::File::create(p)?);
+                let header = RecordHeader {
+                    control: cfg.clone(),
+                };
+                serde_json::to_writer(&mut w, &header)?;
+                w.write_all(b"\n")?;
+                w.flush()?;
+                Some(w)
+            }
+            None => None,
+        };
+        Ok(Loop {
+            ctl: Controller::new(cfg),
+            record,
+        })
+    }
+
+    /// Runs until the task is aborted: as soon as a new window arrives (so
+    /// a window that shows pressure is acted on at once, not at the next
+    /// tick), and every `tick_ms` when none does. Windows that arrive
+    /// during a round are taken together by the next.
+    pub async fn run(mut self, agents: Arc<Agents>, api: Arc<Api>) {
+        let every = Duration::from_millis(self.ctl.config().tick_ms.max(1));
+        let fresh = agents
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fresh
+            .clone();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = fresh.notified() => tick.reset(),
+            }
+            self.round(&agents, &api).await;
+        }
+    }
+
+    /// One tick.
+    pub async fn round(&mut self, agents: &Agents, api: &Api) {
+        let t = std::time::Instant::now();
+        let obs = observe(agents, api, self.ctl.config().horizon_ms);
+        let actions = self.ctl.tick(&obs);
+        api.metrics.looped(t.elapsed(), &actions);
+        if let Some(w) = &mut self.record {
+            let line = Recorded {
+                observation: obs,
+                actions: actions.clone(),
+            };
+            let ok = serde_json::to_writer(&mut *w, &line).is_ok()
+                && w.write_all(b"\n").is_ok()
+                && w.flush().is_ok();
+            if !ok {
+                eprintln!("vagus brain: cannot write the control record; no longer recording");
+                self.record = None;
+            }
+        }
+        if actions.is_empty() {
+            return;
+        }
+        let mut rows = Vec::with_capacity(actions.len());
+        for a in &actions {
+            let budget_ppm = if a.budget_ppm >= UNLIMITED_PPM {
+                0
+            } else {
+                a.budget_ppm
+            };
+            let kind = CommandKind::SetShimBudget {
+                pid: a.pid,
+                budget_ppm,
+            };
+            if let Err(e) = agents.issue(&a.node, kind).await {
+                eprintln!(
+                    "vagus brain: the loop could not send pid {}'s budget to {}: {e}",
+                    a.pid, a.node
+                );
+            }
+            rows.push(row(a));
+        }
+        api.record_events(rows).await;
+    }
+}
+
+fn share(ppm: u32) -> String {
+    if ppm >= UNLIMITED_PPM {
+        "unlimited".into()
+    } else {
+        format!("{:.3}", ppm as f64 / 1e6)
+    }
+}
+
+fn row(a: &Action) -> Row {
+    let who = a
+        .workload
+        .as_deref()
+        .unwrap_or("a process the brain did not place");
+    let summary = format!(
+        "pid {} ({who}) on {} GPU {}: budget {} (was {}): {}",
+        a.pid,
+        a.node,
+        a.gpu,
+        share(a.budget_ppm),
+        share(a.was_ppm.unwrap_or(UNLIMITED_PPM)),
+        a.reason
+    );
+    Row {
+        at_ms: a.at_ms,
+        path: "budget".into(),
+        workload: a.workload.clone().unwrap_or_default(),
+        node: Some(a.node.clone()),
+        actor: "loop".into(),
+        summary,
+        body: serde_json::to_string(a).unwrap_or_default(),
+        state: None,
+    }
+}
+
+/// What a workload's placement says the loop needs of it.
+struct Placement {
+    latency_sensitive: bool,
+    sla_ms: Option<u32>,
+    ceiling: f64,
+}
+
+/// The observation of this moment: per GPU of every connected node, the
+/// processes its latest window listed, each with its placement (found by
+/// the replica's pid) and its request latency over `horizon_ms`.
+fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
+    let (now_ms, paused, placements) = api.with_core(|c| {
+        let placements: std::collections::HashMap<String, Placement> = c
+            .placements()
+            .map(|p| {
+                let pr = &p.profile;
+                let shared = p.gpus.len() == 1 && p.share_pct < 100;
+                (
+                    p.id.clone(),
+                    Placement {
+                        latency_sensitive: pr.sla_ms.is_some()
+                            || matches!(pr.priority, Priority::P0 | Priority::P1),
+                        sla_ms: pr.sla_ms,
+                        ceiling: if shared {
+                            p.share_pct as f64 / 100.0
+                        } else {
+                            1.0
+                        },
+                    },
+                )
+            })
+            .collect();
+        (api.now(), c.reconfiguration_paused(), placements)
+    });
+    let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut nodes: Vec<&String> = st.ingest.nodes.keys().collect();
+    nodes.sort();
+    let mut gpus = Vec::new();
+    for name in nodes {
+        if !st.is_connected(name) {
+            continue;
+        }
+        let n = &st.ingest.nodes[name];
+        let Some(last) = n.last_seq else { continue };
+        let mut by_gpu: std::collections::BTreeMap<u32, Vec<ProcessObservation>> =
+            n.gpus.keys().map(|g| (*g, Vec::new())).collect();
+        let mut procs: Vec<_> = n
+            .processes
+            .values()
+            .filter(|p| p.seen_seq == last)
+            .map(|p| &p.latest)
+            .collect();
+        procs.sort_by_key(|p| (p.gpu, p.pid));
+        for p in procs {
+            let replica = n.replicas.values().find(|r| r.pid == p.pid);
+            let placed = replica.and_then(|r| placements.get(&r.id).map(|pl| (r, pl)));
+            let (requests, p99_ms) = n
+                .serving
+                .values()
+                .find(|e| e.pid == Some(p.pid))
+                .map(|e| e.recent_latency(horizon_ms * 1_000_000))
+                .unwrap_or((None, None));
+            by_gpu.entry(p.gpu).or_default().push(ProcessObservation {
+                pid: p.pid,
+                shimmed: p.shimmed,
+                workload: placed.map(|(r, _)| r.id.clone()),
+                latency_sensitive: placed.is_some_and(|(_, pl)| pl.latency_sensitive),
+                sla_ms: placed.and_then(|(_, pl)| pl.sla_ms),
+                ceiling: placed.map_or(1.0, |(_, pl)| pl.ceiling),
+                requests,
+                p99_ms: p99_ms.map(|s| s * 1e3),
+            });
+        }
+        for (gpu, processes) in by_gpu {
+            if !processes.is_empty() {
+                gpus.push(GpuObservation {
+                    node: name.clone(),
+                    gpu,
+                    processes,
+                });
+            }
+        }
+    }
+    Observation {
+        now_ms,
+        paused,
+        gpus,
+    }
+}
+
+/// What a replay of a record ran.
+#[derive(Debug, serde::Serialize)]
+pub struct Replayed {
+    pub ticks: usize,
+    pub actions: usize,
+}
+
+/// Runs a fresh controller, with the record's settings, over a record the
+/// loop wrote; an error names the line that is not a tick, or the first
+/// tick whose actions differ from those recorded.
+pub fn replay_record(path: &std::path::Path) -> Result<Replayed, String> {
+    use std::io::BufRead;
+    let what = path.display();
+    let f = std::fs::File::open(path).map_err(|e| format!("{what}: {e}"))?;
+    let mut lines = std::io::BufReader::new(f).lines();
+    let header = lines
+        .next()
+        .ok_or_else(|| format!("{what}: empty (no settings line)"))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    let header: RecordHeader = serde_json::from_str(&header)
+        .map_err(|e| format!("{what}:1: not the settings line of a control record: {e}"))?;
+    header
+        .control
+        .validate()
+        .map_err(|e| format!("{what}:1: {e}"))?;
+    let mut ticks = Vec::new();
+    for (i, l) in lines.enumerate() {
+        let l = l.map_err(|e| format!("{what}: {e}"))?;
+        // A record cut short by a kill ends in a partial line: the ticks
+        // before it still replay.
+        match serde_json::from_str::<Recorded>(&l) {
+            Ok(t) => ticks.push(t),
+            Err(e) if e.is_eof() => break,
+            Err(e) => return Err(format!("{what}:{}: not a tick: {e}", i + 2)),
+        }
+    }
+    let recorded: Vec<u64> = ticks.iter().map(|t| t.observation.now_ms).collect();
+    vagus_decision::control::replay(header.control, ticks)
+        .map(|(ticks, actions)| Replayed { ticks, actions })
+        .map_err(|d| {
+            let show = |a: &[Action]| serde_json::to_string(a).unwrap_or_default();
+            format!(
+                "{what}:{}: tick {} (at {} ms) replays differently: recorded {}, replayed {}",
+                d.tick + 2,
+                d.tick,
+                recorded[d.tick],
+                show(&d.recorded),
+                show(&d.replayed)
+            )
+        })
+}

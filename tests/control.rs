@@ -1,0 +1,226 @@
+//! The control loop on gpusim: a latency-sensitive `vagus serve` replica
+//! the brain placed, beside a saturating best-effort process on the same
+//! GPU, with and without the loop, under the same arrivals.
+
+use crate::brain_api::{
+    Reap, brain_and_agent_with, http, node_joined, profile, replica_until, with,
+};
+use crate::support::*;
+use std::time::{Duration, Instant};
+
+const SLA_MS: u64 = 200;
+
+struct Run {
+    bench: serde_json::Value,
+    /// The loop's audit rows (path `budget`).
+    budgets: Vec<serde_json::Value>,
+    best_effort_pid: u32,
+    record: std::path::PathBuf,
+    _sim: Sim,
+}
+
+fn run(name: &str, control: bool) -> Run {
+    let mut sim = Sim::new(name);
+    let config = sim.dir.join("core.toml");
+    // Off: the same brain, its loop never ticking.
+    let toml = if control {
+        ""
+    } else {
+        "[control]\ntick_ms = 0\n"
+    };
+    std::fs::write(&config, toml).unwrap();
+    let record = sim.dir.join("control.jsonl");
+    let (_b, addr, agent, agent_port) = brain_and_agent_with(
+        &mut sim,
+        false,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--control-record",
+            record.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let _agent = Owned(agent);
+    node_joined(addr);
+    let port = free_tcp_port();
+    let vagus = bin("vagus");
+    let chat = with(
+        profile("chat"),
+        serde_json::json!({"sla_ms": SLA_MS, "share_pct": 100, "cpu_milli": 500, "launch": {
+            "command": vagus.to_str().unwrap(),
+            "args": ["serve", "--listen", format!("127.0.0.1:{port}"), "--model", "chat",
+                     "--model-gb", "2", "--fine-buckets"],
+            "port": port,
+        }}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
+    assert_eq!(st, 201, "{v}");
+    let v = replica_until(addr, "chat", "ready", |r| {
+        r["state"] == "ready" || r["state"] == "running"
+    });
+    let _reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    // Best effort the brain did not place: whole-GPU kernels, four streams,
+    // far more arrivals than the GPU serves — it never lets up.
+    let segdir = sim.dir.join("segments");
+    let shim = bin("libvagus_shim.so");
+    let env = [
+        ("LD_PRELOAD", shim.to_str().unwrap()),
+        ("VAGUS_SHM_DIR", segdir.to_str().unwrap()),
+    ];
+    let load = Owned(sim.spawn_load(
+        &[
+            "--qps",
+            "2000",
+            "--concurrency",
+            "4",
+            "--duration",
+            "60s",
+            "--kernels",
+            "4",
+            "--grid",
+            "1056",
+            "--work-cycles",
+            "2000000",
+        ],
+        &env,
+    ));
+    let be = load.0.id();
+    // The agent sees it under the shim; with the loop, the brain has set
+    // its budget. Either way the same time passes before the requests.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let snap = crate::brain_api::agent_snapshot(agent_port);
+        let seen = snap["processes"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["pid"] == be && p["sources"]["shim"] == true)
+        });
+        let budgeted = !control || !budget_rows(addr).is_empty();
+        if seen && budgeted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "best effort never seen (or budgeted): {snap}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let url = format!("http://127.0.0.1:{port}");
+    let slo = SLA_MS.to_string();
+    let out = sim
+        .vagus(&[
+            "bench",
+            "serve",
+            "--url",
+            &url,
+            "--model",
+            "chat",
+            "--qps",
+            "10",
+            "--duration",
+            "8s",
+            "--prompt-tokens",
+            "256",
+            "--output-tokens",
+            "16",
+            "--slo-ms",
+            &slo,
+            "--seed",
+            "7",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bench: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    Run {
+        bench,
+        budgets: budget_rows(addr),
+        best_effort_pid: be,
+        record,
+        _sim: sim,
+    }
+}
+
+fn budget_rows(addr: std::net::SocketAddr) -> Vec<serde_json::Value> {
+    let (st, v) = http(addr, "GET", "/v1/decisions?path=budget&limit=1000", "");
+    assert_eq!(st, 200, "{v}");
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn budgets_keep_a_servers_sla_beside_saturating_work_that_breaks_it_without_them() {
+    let off = run("control-off", false);
+    let on = run("control-on", true);
+    let p99 = |r: &Run| r.bench["e2e_ms"]["p99"].as_f64().unwrap();
+    let attained = |r: &Run| r.bench["slo_attainment"].as_f64().unwrap();
+    for r in [&off, &on] {
+        assert_eq!(r.bench["failed"], 0, "{}", r.bench);
+    }
+    assert_eq!(off.bench["requests"], on.bench["requests"], "same arrivals");
+    // Without the loop the best effort takes the GPU from it.
+    assert!(off.budgets.is_empty(), "{:?}", off.budgets);
+    assert!(
+        p99(&off) > SLA_MS as f64 && attained(&off) < 0.5,
+        "without the loop: {}",
+        off.bench
+    );
+    // With it, the SLA holds.
+    assert!(
+        p99(&on) <= SLA_MS as f64 && attained(&on) >= 0.95,
+        "with the loop: {}",
+        on.bench
+    );
+    // What it did is in the trail: the best effort's budget first set to
+    // what the server's reservation (the whole GPU) leaves of the 120%.
+    let first = &on.budgets[0];
+    assert_eq!(first["actor"], "loop", "{first}");
+    let d = &first["decision"];
+    assert_eq!(d["pid"], on.best_effort_pid, "{first}");
+    assert_eq!(d["budget_ppm"], 200_000, "{first}");
+    assert_eq!(d["evidence"]["workload"], "chat", "{first}");
+    assert!(
+        first["summary"].as_str().unwrap().contains("budget 0.200"),
+        "{first}"
+    );
+    // Replayed offline, the record gives the same actions.
+    let out = on
+        ._sim
+        .vagus(&["control", "replay", on.record.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["same"], true, "{r}");
+    assert!(
+        r["actions"].as_u64().unwrap() >= on.budgets.len() as u64
+            && r["ticks"].as_u64().unwrap() > 50,
+        "{r} vs {} rows",
+        on.budgets.len()
+    );
+    // A record whose actions were altered does not replay.
+    let text = std::fs::read_to_string(&on.record).unwrap();
+    let bent = text.replacen("\"budget_ppm\":200000", "\"budget_ppm\":300000", 1);
+    assert_ne!(bent, text);
+    let path = on._sim.dir.join("bent.jsonl");
+    std::fs::write(&path, bent).unwrap();
+    let out = on
+        ._sim
+        .vagus(&["control", "replay", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("replays differently"),
+        "{err}"
+    );
+}
