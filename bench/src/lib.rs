@@ -1,7 +1,11 @@
-//! Shared set-up for the launch-overhead benchmarks: one process holding
+//! `loop_bench`: `vagus bench loop`, the sharing policies side by side.
+//!
+//! The rest: shared set-up for the launch-overhead benchmarks: one process holding
 //! gpusim's driver (in its null-launch mode, where `cuLaunchKernel` returns at
 //! once) and the shim, so the same launch can go straight to the driver or
 //! through the shim's wrapper, and the difference is what the shim adds.
+
+pub mod loop_bench;
 
 use std::ffi::{CStr, c_int, c_uint, c_void};
 use std::path::{Path, PathBuf};

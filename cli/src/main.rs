@@ -4,6 +4,7 @@
 
 mod addr;
 mod agent_cmd;
+mod bench_loop_cmd;
 mod brain_cmd;
 mod control_cmd;
 mod gateway_cmd;

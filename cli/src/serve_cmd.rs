@@ -58,6 +58,10 @@ pub enum BenchCommand {
     /// Replay a trace (or Poisson/gamma arrivals) against an
     /// OpenAI-compatible completions server; report TTFT, TPOT, latency.
     Serve(BenchServeArgs),
+    /// Four `vagus serve` workloads on one GPU under each sharing policy
+    /// (exclusive, time-sliced, static MPS shares, static budgets, and the
+    /// control loop), the same arrivals each time.
+    Loop(crate::bench_loop_cmd::BenchLoopArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -148,7 +152,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
 }
 
 pub fn bench(c: BenchCommand) -> Result<()> {
-    let BenchCommand::Serve(a) = c;
+    let a = match c {
+        BenchCommand::Serve(a) => a,
+        BenchCommand::Loop(a) => return crate::bench_loop_cmd::run(a),
+    };
     let arrivals = match (a.qps, a.arrivals) {
         (None, _) => Arrivals::Trace,
         (Some(q), ArrivalKind::Poisson) => Arrivals::Poisson(q),

@@ -315,31 +315,55 @@ async fn send(client: &HttpClient, url: &hyper::Uri, body: Bytes, sent: Instant)
     }
 }
 
-/// Runs the plan against the server; the report as one JSON object.
-pub async fn run(cfg: &BenchConfig) -> Result<serde_json::Value, BenchError> {
-    let plan = cfg.plan()?;
-    let url: hyper::Uri = format!("{}/v1/completions", cfg.url.trim_end_matches('/'))
+fn completions(base: &str) -> Result<hyper::Uri, BenchError> {
+    format!("{}/v1/completions", base.trim_end_matches('/'))
         .parse()
-        .map_err(|e| BenchError::Config(format!("--url {}: {e}", cfg.url)))?;
+        .map_err(|e| BenchError::Config(format!("--url {base}: {e}")))
+}
+
+fn http_client() -> Arc<HttpClient> {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
-    let client = Arc::new(client);
+    Arc::new(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector),
+    )
+}
+
+/// A streamed completion request of `prompt` tokens (token ids, so its
+/// length is exact on any server) asking for exactly `output`.
+fn body(model: &str, prompt: u64, output: u64, i: u64) -> Bytes {
+    let body = json!({
+        "model": model,
+        "prompt": (0..prompt).map(|k| 1000 + (k + i) % 30_000).collect::<Vec<u64>>(),
+        "max_tokens": output,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "ignore_eos": true,
+    });
+    Bytes::from(body.to_string())
+}
+
+/// Runs the configuration's plan against the server; the report as one
+/// JSON object.
+pub async fn run(cfg: &BenchConfig) -> Result<serde_json::Value, BenchError> {
+    let plan = cfg.plan()?;
+    run_plan(cfg, plan).await
+}
+
+/// Runs `plan` (open loop: each request at its time, whatever the answers
+/// before) against `cfg.url`; reported as [`run`] reports.
+pub async fn run_plan(
+    cfg: &BenchConfig,
+    plan: Vec<Planned>,
+) -> Result<serde_json::Value, BenchError> {
+    let url = completions(&cfg.url)?;
+    let client = http_client();
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::with_capacity(plan.len());
     for (i, p) in plan.iter().enumerate() {
-        let body = json!({
-            "model": cfg.model,
-            // Token ids: the prompt's length is exact on any server.
-            "prompt": (0..p.prompt).map(|k| 1000 + (k + i as u64) % 30_000).collect::<Vec<u64>>(),
-            "max_tokens": p.output,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-            "ignore_eos": true,
-        });
-        let body = Bytes::from(body.to_string());
+        let body = body(&cfg.model, p.prompt, p.output, i as u64);
         let (client, url, at) = (client.clone(), url.clone(), start + p.at);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
@@ -363,6 +387,67 @@ pub async fn run(cfg: &BenchConfig) -> Result<serde_json::Value, BenchError> {
         _ => Duration::ZERO,
     };
     Ok(report(cfg, &plan, &outcomes, took))
+}
+
+/// What a closed-loop client got: requests answered and failed, tokens.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ClosedLoop {
+    pub requests: u64,
+    pub failed: u64,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+}
+
+/// `concurrency` clients, each sending its next request of `prompt` and
+/// `output` tokens as soon as the last is answered, for `duration` (what
+/// is in flight then is not counted).
+pub async fn closed_loop(
+    base: &str,
+    model: &str,
+    concurrency: usize,
+    prompt: u64,
+    output: u64,
+    duration: Duration,
+) -> Result<ClosedLoop, BenchError> {
+    let url = completions(base)?;
+    let client = http_client();
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (client, url, model) = (client.clone(), url.clone(), model.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut got = ClosedLoop::default();
+            let mut i = w as u64;
+            while Instant::now() < end {
+                let sent = Instant::now();
+                let left = end.saturating_duration_since(sent);
+                let ask = send(&client, &url, body(&model, prompt, output, i), sent);
+                let Ok(o) = tokio::time::timeout(left, ask).await else {
+                    break;
+                };
+                i += concurrency as u64;
+                if o.ok {
+                    got.requests += 1;
+                    got.tokens += o.tokens;
+                } else {
+                    got.failed += 1;
+                    // A refused connection answers at once: do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            got
+        }));
+    }
+    let mut all = ClosedLoop::default();
+    for t in tasks {
+        let g = t.await.unwrap_or_default();
+        all.requests += g.requests;
+        all.failed += g.failed;
+        all.tokens += g.tokens;
+    }
+    all.tokens_per_s = all.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    Ok(all)
 }
 
 fn report(

@@ -158,7 +158,6 @@ fn row(a: &Action) -> Row {
 struct Placement {
     latency_sensitive: bool,
     sla_ms: Option<u32>,
-    ceiling: f64,
 }
 
 /// The observation of this moment: per GPU of every connected node, the
@@ -170,18 +169,12 @@ fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
             .placements()
             .map(|p| {
                 let pr = &p.profile;
-                let shared = p.gpus.len() == 1 && p.share_pct < 100;
                 (
                     p.id.clone(),
                     Placement {
                         latency_sensitive: pr.sla_ms.is_some()
                             || matches!(pr.priority, Priority::P0 | Priority::P1),
                         sla_ms: pr.sla_ms,
-                        ceiling: if shared {
-                            p.share_pct as f64 / 100.0
-                        } else {
-                            1.0
-                        },
                     },
                 )
             })
@@ -222,7 +215,10 @@ fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
                 workload: placed.map(|(r, _)| r.id.clone()),
                 latency_sensitive: placed.is_some_and(|(_, pl)| pl.latency_sensitive),
                 sla_ms: placed.and_then(|(_, pl)| pl.sla_ms),
-                ceiling: placed.map_or(1.0, |(_, pl)| pl.ceiling),
+                // What it can use: the MPS percentage it runs with.
+                ceiling: placed
+                    .and_then(|(r, _)| r.mps_percent)
+                    .map_or(1.0, |m| (m as f64 / 100.0).clamp(0.0, 1.0)),
                 requests,
                 p99_ms: p99_ms.map(|s| s * 1e3),
             });

@@ -60,8 +60,11 @@ pub struct Executor {
     stopping: HashSet<(String, String)>,
 }
 
-/// The agent's spec for placement `p`, if it has a launch spec.
-fn spec_of(p: &vagus_decision::Placed) -> Option<ReplicaSpec> {
+/// The agent's spec for placement `p`, if it has a launch spec. A share of
+/// one GPU is an MPS percentage where the core keeps MPS pools; without
+/// them (`mps_pools = false`) a share is the GPU time the control loop
+/// budgets, and the replica runs with the whole GPU's SMs.
+fn spec_of(p: &vagus_decision::Placed, mps_pools: bool) -> Option<ReplicaSpec> {
     let l = p.profile.launch.as_ref()?;
     Some(ReplicaSpec {
         id: p.id.clone(),
@@ -70,8 +73,8 @@ fn spec_of(p: &vagus_decision::Placed) -> Option<ReplicaSpec> {
         env: l.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         port: l.port,
         gpus: p.gpus.clone(),
-        // A share of one GPU is an MPS share; whole GPUs are not.
-        mps_percent: (p.gpus.len() == 1 && p.share_pct < 100).then_some(p.share_pct as f32),
+        mps_percent: (mps_pools && p.gpus.len() == 1 && p.share_pct < 100)
+            .then_some(p.share_pct as f32),
     })
 }
 
@@ -80,9 +83,10 @@ impl Executor {
     /// refreshes the replicas the API shows.
     pub async fn round(&mut self, agents: &Agents, api: &Api) {
         let wanted: BTreeMap<String, (String, String, ReplicaSpec)> = api.with_core(|c| {
+            let pools = c.config().mps_pools;
             c.placements()
                 .filter_map(|p| {
-                    let s = spec_of(p)?;
+                    let s = spec_of(p, pools)?;
                     Some((
                         p.id.clone(),
                         (p.node.clone(), p.profile.model_id.clone(), s),

@@ -1,0 +1,708 @@
+//! `vagus bench loop`: four `vagus serve` workloads on one GPU under each
+//! sharing policy, the same arrivals every time.
+//!
+//! Two latency-sensitive servers (`chat-a`, `chat-b`) are driven open loop
+//! by the Azure conversation trace, time-compressed, `chat-b` from a later
+//! point of it so that their bursts differ, and `chat-b`'s arrivals tripled
+//! halfway through; two best-effort servers (`batch-a`, `batch-b`) are
+//! kept busy by closed-loop clients. The policies:
+//!
+//! - `exclusive`: each on a GPU of its own (the reference latencies);
+//! - `time-sliced`: all on one GPU, nothing to keep them apart;
+//! - `static-equal`: an MPS share of 100/4 % each;
+//! - `static-class`: the MPS shares Vagus's classification gives them;
+//! - `static-budget`: a fixed SM-time budget of 1/4 each (the shim's,
+//!   in force from the start, as HAMi's limits are);
+//! - `vagus`: placed by the brain, the control loop retuning budgets.
+//!
+//! Every process runs from the `vagus` executable, on gpusim's driver where
+//! the configuration names its libraries (or the real one).
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vagus_serve::client::{Arrivals, BenchConfig, Planned};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Exclusive,
+    TimeSliced,
+    StaticEqual,
+    StaticClass,
+    StaticBudget,
+    Vagus,
+}
+
+impl Policy {
+    /// In the order `all` runs them: `exclusive` first, for the latencies
+    /// alone the others are compared with (and the SLOs derived from).
+    pub const ALL: [Policy; 6] = [
+        Policy::Exclusive,
+        Policy::TimeSliced,
+        Policy::StaticEqual,
+        Policy::StaticClass,
+        Policy::StaticBudget,
+        Policy::Vagus,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Exclusive => "exclusive",
+            Policy::TimeSliced => "time-sliced",
+            Policy::StaticEqual => "static-equal",
+            Policy::StaticClass => "static-class",
+            Policy::StaticBudget => "static-budget",
+            Policy::Vagus => "vagus",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Vec<Policy>, String> {
+        if s == "all" {
+            return Ok(Policy::ALL.to_vec());
+        }
+        Policy::ALL
+            .iter()
+            .find(|p| p.name() == s)
+            .map(|p| vec![*p])
+            .ok_or_else(|| {
+                let names: Vec<&str> = Policy::ALL.iter().map(|p| p.name()).collect();
+                format!("--policy {s}: one of all, {}", names.join(", "))
+            })
+    }
+}
+
+pub struct LoopConfig {
+    /// The `vagus` executable, and the shim beside it.
+    pub vagus: PathBuf,
+    pub shim: PathBuf,
+    /// gpusim's library directory; `None`: the real driver.
+    pub gpusim: Option<PathBuf>,
+    pub policies: Vec<Policy>,
+    pub duration: Duration,
+    pub trace: PathBuf,
+    /// Trace time runs this many times faster.
+    pub time_scale: f64,
+    /// `chat-b` starts this far into the (scaled) trace.
+    pub offset: Duration,
+    /// `chat-b`'s arrivals are multiplied by this halfway through.
+    pub step: f64,
+    /// The latency-sensitive servers' SLO (ms); `None`: 1.5 × each one's
+    /// p99 alone, which needs `exclusive` to run first.
+    pub slo_ms: Option<f64>,
+    /// Requests each best-effort client keeps in flight.
+    pub be_concurrency: usize,
+    pub seed: u64,
+    /// Where each policy's processes keep their files and logs.
+    pub dir: PathBuf,
+}
+
+struct Workload {
+    name: &'static str,
+    latency_sensitive: bool,
+    model_gb: f64,
+    batch: u32,
+    seq_len: u32,
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        name: "chat-a",
+        latency_sensitive: true,
+        model_gb: 4.0,
+        batch: 8,
+        seq_len: 2048,
+    },
+    Workload {
+        name: "chat-b",
+        latency_sensitive: true,
+        model_gb: 4.0,
+        batch: 8,
+        seq_len: 2048,
+    },
+    Workload {
+        name: "batch-a",
+        latency_sensitive: false,
+        model_gb: 8.0,
+        batch: 32,
+        seq_len: 2048,
+    },
+    Workload {
+        name: "batch-b",
+        latency_sensitive: false,
+        model_gb: 8.0,
+        batch: 32,
+        seq_len: 2048,
+    },
+];
+
+/// Best-effort requests: long prompts, long answers.
+const BE_PROMPT: u64 = 2048;
+const BE_OUTPUT: u64 = 256;
+const TOKEN: &str = "bench-loop-admin-token-0001";
+
+impl Workload {
+    /// The placement request the brain gets (and classification reads).
+    fn profile(&self, slo_ms: Option<f64>) -> Value {
+        let mut p = json!({
+            "name": self.name, "model_id": self.name, "model_size_gb": self.model_gb,
+            "batch": self.batch, "seq_len": self.seq_len, "tenant": "bench",
+            "expected_duration_s": 3600, "cpu_milli": 100, "memory_mib": 256,
+            "priority": if self.latency_sensitive { "P1" } else { "P3" },
+        });
+        if self.latency_sensitive {
+            p["sla_ms"] = json!(slo_ms.map(|s| s.round() as u64));
+        }
+        p
+    }
+
+    fn serve_args(&self, port: u16) -> Vec<String> {
+        vec![
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--model".into(),
+            self.name.into(),
+            "--model-gb".into(),
+            self.model_gb.to_string(),
+            "--fine-buckets".into(),
+        ]
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn free_udp_port() -> Result<u16, String> {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// Processes of one run, killed when it ends (replicas the agent started
+/// are in sessions of their own: their pids are added once known).
+#[derive(Default)]
+struct Processes {
+    children: Vec<Child>,
+    pids: Vec<u32>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            // SAFETY: kill only sends a signal.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Run<'a> {
+    cfg: &'a LoopConfig,
+    dir: PathBuf,
+    gpus: u32,
+}
+
+impl Run<'_> {
+    fn command(&self, program: &Path, args: &[String], log: &str) -> Result<Command, String> {
+        let mut c = Command::new(program);
+        c.args(args)
+            .env("GPUSIM_STATE", self.dir.join("gpu.state"))
+            .env("GPUSIM_DEVICES", self.gpus.to_string())
+            .env_remove("GPUSIM_CONFIG")
+            .stdin(Stdio::null());
+        if let Some(lib) = &self.cfg.gpusim {
+            c.env("LD_LIBRARY_PATH", lib);
+        }
+        let out = std::fs::File::create(self.dir.join(log))
+            .map_err(|e| format!("{}: {e}", self.dir.join(log).display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        c.stdout(out).stderr(err);
+        Ok(c)
+    }
+
+    fn spawn(
+        &self,
+        ps: &mut Processes,
+        args: &[String],
+        log: &str,
+        env: &[(&str, String)],
+    ) -> Result<(), String> {
+        let mut c = self.command(&self.cfg.vagus, args, log)?;
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c.spawn().map_err(|e| {
+            format!(
+                "cannot start {} {}: {e}",
+                self.cfg.vagus.display(),
+                args.join(" ")
+            )
+        })?;
+        ps.children.push(child);
+        Ok(())
+    }
+}
+
+type Http = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+async fn call(
+    http: &Http,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {TOKEN}"));
+    let payload = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            bytes::Bytes::from(b.to_string())
+        }
+        None => bytes::Bytes::new(),
+    };
+    let req = req
+        .body(http_body_util::Full::new(payload))
+        .map_err(|e| format!("{url}: {e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), http.request(req))
+        .await
+        .map_err(|_| format!("{method} {url}: no answer in 10 s"))?
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{method} {url}: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Waits until every URL answers 200.
+async fn healthy(http: &Http, urls: &[String], within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    for u in urls {
+        loop {
+            if let Ok((200, _)) = call(http, "GET", u, None).await {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{u} did not answer within {within:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The latency-sensitive servers' arrivals: the trace from `from`, its
+/// rate multiplied by `step` from halfway on.
+fn plan(cfg: &LoopConfig, from: Duration, step: f64, seed: u64) -> Result<Vec<Planned>, String> {
+    let base = |rate_scale: f64| BenchConfig {
+        url: String::new(),
+        model: String::new(),
+        trace: Some(cfg.trace.clone()),
+        arrivals: Arrivals::Trace,
+        time_scale: cfg.time_scale,
+        rate_scale,
+        duration: Some(from + cfg.duration),
+        max_requests: None,
+        prompt_tokens: 0,
+        output_tokens: 0,
+        slo_ms: None,
+        seed,
+    };
+    let before = base(1.0).plan().map_err(|e| e.to_string())?;
+    let after = if step == 1.0 {
+        before.clone()
+    } else {
+        base(step).plan().map_err(|e| e.to_string())?
+    };
+    let half = cfg.duration / 2;
+    let shift = |p: &Planned| Planned {
+        at: p.at - from,
+        ..*p
+    };
+    let mut out: Vec<Planned> = before
+        .iter()
+        .filter(|p| p.at >= from && p.at - from < half)
+        .map(shift)
+        .collect();
+    out.extend(
+        after
+            .iter()
+            .filter(|p| p.at >= from && p.at - from >= half)
+            .map(shift),
+    );
+    Ok(out)
+}
+
+/// Runs every configured policy; one JSON object each.
+pub fn run(cfg: &LoopConfig) -> Result<Vec<Value>, String> {
+    if !cfg.trace.is_file() {
+        return Err(format!("--trace {}: no such file", cfg.trace.display()));
+    }
+    if cfg.policies.is_empty() {
+        return Err("no policy to run".into());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let mut alone: BTreeMap<String, f64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for &p in &cfg.policies {
+        let slo: BTreeMap<String, f64> = WORKLOADS
+            .iter()
+            .filter(|w| w.latency_sensitive)
+            .filter_map(|w| {
+                cfg.slo_ms
+                    .or_else(|| alone.get(w.name).map(|a| (1.5 * a).round()))
+                    .map(|s| (w.name.to_string(), s))
+            })
+            .collect();
+        if p == Policy::Vagus && slo.len() < 2 {
+            return Err(
+                "the vagus policy places its servers with their SLO: give --slo-ms, or run exclusive first (--policy all)"
+                    .into(),
+            );
+        }
+        let r = rt.block_on(run_policy(cfg, p, &slo, &alone))?;
+        if p == Policy::Exclusive {
+            for w in r["workloads"].as_array().into_iter().flatten() {
+                if let (Some(n), Some(p99)) = (w["name"].as_str(), w["p99_ms"].as_f64()) {
+                    alone.insert(n.to_string(), p99);
+                }
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+async fn run_policy(
+    cfg: &LoopConfig,
+    policy: Policy,
+    slo: &BTreeMap<String, f64>,
+    alone: &BTreeMap<String, f64>,
+) -> Result<Value, String> {
+    let dir = cfg.dir.join(policy.name());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let gpus = if policy == Policy::Exclusive { 4 } else { 1 };
+    let run = Run {
+        cfg,
+        dir: dir.clone(),
+        gpus,
+    };
+    let http: Http =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut ps = Processes::default();
+    let ports: Vec<u16> = (0..WORKLOADS.len())
+        .map(|_| free_port())
+        .collect::<Result<_, _>>()?;
+    let mut brain_url = None;
+    if policy == Policy::Vagus {
+        brain_url = Some(start_vagus(&run, &mut ps, &http, &ports, slo).await?);
+    } else {
+        let classes = vagus_decision::Classes::default();
+        for (i, w) in WORKLOADS.iter().enumerate() {
+            let mut env: Vec<(&str, String)> = Vec::new();
+            match policy {
+                Policy::Exclusive => env.push(("CUDA_VISIBLE_DEVICES", i.to_string())),
+                Policy::TimeSliced | Policy::Vagus => {}
+                Policy::StaticEqual => env.push(("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25".into())),
+                Policy::StaticClass => {
+                    let p: vagus_decision::Profile =
+                        serde_json::from_value(w.profile(slo.get(w.name).copied()))
+                            .map_err(|e| format!("{}'s profile: {e}", w.name))?;
+                    let share = classes.classify(&p).share_pct;
+                    env.push(("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", share.to_string()));
+                }
+                Policy::StaticBudget => {
+                    env.push(("LD_PRELOAD", cfg.shim.display().to_string()));
+                    env.push(("VAGUS_SHM_DIR", dir.join("segments").display().to_string()));
+                    env.push(("VAGUS_BUDGET", "0.25".into()));
+                }
+            }
+            if policy == Policy::StaticBudget {
+                std::fs::create_dir_all(dir.join("segments")).map_err(|e| e.to_string())?;
+            }
+            run.spawn(
+                &mut ps,
+                &w.serve_args(ports[i]),
+                &format!("{}.log", w.name),
+                &env,
+            )?;
+        }
+    }
+    let health: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/health"))
+        .collect();
+    healthy(&http, &health, Duration::from_secs(60)).await?;
+    // The clients, all at once.
+    let mut ls = Vec::new();
+    let mut be = Vec::new();
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{}", ports[i]);
+        if w.latency_sensitive {
+            let (from, step) = if w.name == "chat-b" {
+                (cfg.offset, cfg.step)
+            } else {
+                (Duration::ZERO, 1.0)
+            };
+            let plan = plan(cfg, from, step, cfg.seed + i as u64)?;
+            let bc = BenchConfig {
+                url,
+                model: w.name.into(),
+                trace: Some(cfg.trace.clone()),
+                arrivals: Arrivals::Trace,
+                time_scale: cfg.time_scale,
+                rate_scale: 1.0,
+                duration: Some(cfg.duration),
+                max_requests: None,
+                prompt_tokens: 0,
+                output_tokens: 0,
+                slo_ms: slo.get(w.name).copied(),
+                seed: cfg.seed,
+            };
+            ls.push((
+                w,
+                tokio::spawn(async move { vagus_serve::client::run_plan(&bc, plan).await }),
+            ));
+        } else {
+            let (d, c, name) = (cfg.duration, cfg.be_concurrency, w.name);
+            be.push((
+                w,
+                tokio::spawn(async move {
+                    vagus_serve::client::closed_loop(&url, name, c, BE_PROMPT, BE_OUTPUT, d).await
+                }),
+            ));
+        }
+    }
+    let mut workloads = Vec::new();
+    for (w, t) in ls {
+        let r = t
+            .await
+            .map_err(|e| format!("{}'s client: {e}", w.name))?
+            .map_err(|e| format!("{}'s client: {e}", w.name))?;
+        workloads.push(json!({
+            "name": w.name, "kind": "ls", "slo_ms": slo.get(w.name),
+            "requests": r["requests"], "failed": r["failed"],
+            "slo_attainment": r["slo_attainment"], "p99_ms": r["e2e_ms"]["p99"],
+            "p99_alone_ms": alone.get(w.name), "tokens_per_s": r["tokens_per_s"],
+        }));
+    }
+    for (w, t) in be {
+        let r = t
+            .await
+            .map_err(|e| format!("{}'s client: {e}", w.name))?
+            .map_err(|e| format!("{}'s client: {e}", w.name))?;
+        workloads.push(json!({
+            "name": w.name, "kind": "be", "slo_ms": null, "requests": r.requests,
+            "failed": r.failed, "slo_attainment": null, "p99_ms": null, "p99_alone_ms": null,
+            "tokens_per_s": r.tokens_per_s,
+        }));
+    }
+    let actions = match &brain_url {
+        Some(b) => loop_actions(&http, b).await,
+        None => None,
+    };
+    drop(ps);
+    Ok(json!({
+        "policy": policy.name(),
+        "gpus": gpus,
+        "workloads": workloads,
+        // Not measured yet: the window-to-control-block reaction time.
+        "reaction_ms": null,
+        "actions": actions,
+        "duration_s": cfg.duration.as_secs_f64(),
+        "time_scale": cfg.time_scale,
+        "step": cfg.step,
+        "offset_s": cfg.offset.as_secs_f64(),
+    }))
+}
+
+/// The loop's budget actions, from the brain's `/metrics`.
+async fn loop_actions(http: &Http, brain: &str) -> Option<u64> {
+    let (_, text) = call(http, "GET", &format!("{brain}/metrics"), None)
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("vagus_brain_loop_actions_total{kind=\"budget\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The brain (HTTP and QUIC) and one agent; the four servers placed with
+/// launch specs, their replicas started by the agent under the shim.
+async fn start_vagus(
+    run: &Run<'_>,
+    ps: &mut Processes,
+    http: &Http,
+    ports: &[u16],
+    slo: &BTreeMap<String, f64>,
+) -> Result<String, String> {
+    let dir = &run.dir;
+    let certs = dir.join("certs");
+    vagus_link::certs::init(&certs, "brain", &["node-a".to_string()]).map_err(|e| e.to_string())?;
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!("[[token]]\nname = \"bench\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    // Shares are the loop's to hold, not MPS caps: every server may use the
+    // whole GPU's SMs, and the budgets keep best effort out of the way.
+    let core = dir.join("core.toml");
+    std::fs::write(&core, "mps_pools = false\n").map_err(|e| e.to_string())?;
+    let (quic, api) = (free_udp_port()?, free_port()?);
+    let s = |x: &Path| x.display().to_string();
+    run.spawn(
+        ps,
+        &[
+            "brain".into(),
+            "--quic".into(),
+            format!("127.0.0.1:{quic}"),
+            "--certs".into(),
+            s(&certs),
+            "--http".into(),
+            format!("127.0.0.1:{api}"),
+            "--tokens".into(),
+            s(&tokens),
+            "--config".into(),
+            s(&core),
+            "--control-record".into(),
+            s(&dir.join("control.jsonl")),
+            "--stats-every".into(),
+            "0".into(),
+        ],
+        "brain.log",
+        &[],
+    )?;
+    let segments = dir.join("segments");
+    std::fs::create_dir_all(&segments).map_err(|e| e.to_string())?;
+    run.spawn(
+        ps,
+        &[
+            "agent".into(),
+            "--node".into(),
+            "node-a".into(),
+            "--brain".into(),
+            format!("127.0.0.1:{quic}"),
+            "--certs".into(),
+            s(&certs),
+            "--segments".into(),
+            s(&segments),
+            "--no-bpf".into(),
+            "--shim".into(),
+            s(&run.cfg.shim),
+            "--state-dir".into(),
+            s(&dir.join("agent-state")),
+        ],
+        "agent.log",
+        &[],
+    )?;
+    let brain = format!("http://127.0.0.1:{api}");
+    // The node joins with its agent's first windows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, body)) = call(http, "GET", &format!("{brain}/v1/nodes"), None).await
+            && body.contains("node-a")
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "node-a never joined the brain (see {})",
+                dir.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        let mut p = w.profile(slo.get(w.name).copied());
+        p["share_pct"] = json!(if w.latency_sensitive { 30 } else { 20 });
+        p["launch"] = json!({
+            "command": s(&run.cfg.vagus),
+            "args": w.serve_args(ports[i]),
+            "port": ports[i],
+        });
+        let (st, body) = call(http, "POST", &format!("{brain}/v1/placements"), Some(&p)).await?;
+        if st != 201 {
+            return Err(format!("placing {}: {st} {body}", w.name));
+        }
+    }
+    // Their replicas' pids, to stop them at the end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for w in &WORKLOADS {
+        loop {
+            let (_, body) = call(
+                http,
+                "GET",
+                &format!("{brain}/v1/placements/{}", w.name),
+                None,
+            )
+            .await?;
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            if let Some(pid) = v["replica"]["pid"].as_u64() {
+                ps.pids.push(pid as u32);
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{}'s replica never started: {body}", w.name));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(brain)
+}
+
+/// The runs as a table, one row per policy and workload.
+pub fn table(runs: &[Value]) -> String {
+    let mut o = format!(
+        "{:<14} {:<8} {:>3} {:>8} {:>9} {:>10} {:>10} {:>10} {:>9}\n",
+        "policy", "workload", "", "requests", "slo_ms", "attained", "p99_ms", "p99_alone", "tok/s"
+    );
+    let f = |v: &Value, d: usize| v.as_f64().map_or("—".to_string(), |x| format!("{x:.d$}"));
+    for r in runs {
+        for w in r["workloads"].as_array().into_iter().flatten() {
+            o += &format!(
+                "{:<14} {:<8} {:>3} {:>8} {:>9} {:>10} {:>10} {:>10} {:>9}\n",
+                r["policy"].as_str().unwrap_or(""),
+                w["name"].as_str().unwrap_or(""),
+                w["kind"].as_str().unwrap_or(""),
+                w["requests"],
+                f(&w["slo_ms"], 0),
+                f(&w["slo_attainment"], 3),
+                f(&w["p99_ms"], 1),
+                f(&w["p99_alone_ms"], 1),
+                f(&w["tokens_per_s"], 0),
+            );
+        }
+        if let Some(a) = r["actions"].as_u64() {
+            o += &format!(
+                "{:<14} loop actions: {a}\n",
+                r["policy"].as_str().unwrap_or("")
+            );
+        }
+    }
+    o
+}

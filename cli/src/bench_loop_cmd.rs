@@ -1,0 +1,108 @@
+//! `vagus bench loop`: flags into `vagus_bench::loop_bench::LoopConfig`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use vagus_bench::loop_bench::{self, LoopConfig, Policy};
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchLoopArgs {
+    /// exclusive, time-sliced, static-equal, static-class, static-budget,
+    /// vagus, or all (each in turn, exclusive first).
+    #[arg(long, default_value = "all")]
+    pub policy: String,
+    /// How long each policy's clients run: 60s, 2m.
+    #[arg(long, value_parser = crate::load::parse_duration, default_value = "60s")]
+    pub duration: Duration,
+    /// The arrival trace (TIMESTAMP,ContextTokens,GeneratedTokens).
+    #[arg(
+        long,
+        default_value = "../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
+    )]
+    pub trace: PathBuf,
+    /// Trace time runs this many times faster.
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// chat-b starts this far into the (scaled) trace, so the two
+    /// latency-sensitive servers' bursts differ.
+    #[arg(long, value_parser = crate::load::parse_duration, default_value = "600s")]
+    pub offset: Duration,
+    /// chat-b's arrivals are multiplied by this halfway through.
+    #[arg(long, default_value_t = 3.0)]
+    pub step: f64,
+    /// The latency-sensitive servers' end-to-end SLO (ms); default 1.5 ×
+    /// each one's p99 alone (from the exclusive run).
+    #[arg(long)]
+    pub slo_ms: Option<f64>,
+    /// Requests each best-effort client keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    pub be_concurrency: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Run on the real driver (NVIDIA's libcuda and an MPS-capable GPU), not gpusim.
+    #[arg(long)]
+    pub gpu: bool,
+    /// Where each policy keeps its processes' files and logs.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print the runs as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: BenchLoopArgs) -> Result<()> {
+    let policies = Policy::parse(&a.policy).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        a.time_scale > 0.0 && a.time_scale.is_finite(),
+        "--time-scale {}: must be above 0",
+        a.time_scale
+    );
+    anyhow::ensure!(
+        a.step > 0.0 && a.step.is_finite(),
+        "--step {}: must be above 0",
+        a.step
+    );
+    anyhow::ensure!(a.be_concurrency > 0, "--be-concurrency must be at least 1");
+    anyhow::ensure!(!a.duration.is_zero(), "--duration must be above 0");
+    let exe = std::env::current_exe().context("cannot locate the vagus executable")?;
+    let shim = exe
+        .parent()
+        .context("vagus executable has no directory")?
+        .join("libvagus_shim.so");
+    anyhow::ensure!(
+        shim.is_file(),
+        "{} is missing; build it with `cargo build --workspace`",
+        shim.display()
+    );
+    let gpusim = if a.gpu {
+        None
+    } else {
+        Some(crate::gpusim_cmd::libdir()?)
+    };
+    let dir = a.dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("vagus-bench-loop-{}", std::process::id()))
+    });
+    let cfg = LoopConfig {
+        vagus: exe,
+        shim,
+        gpusim,
+        policies,
+        duration: a.duration,
+        trace: a.trace,
+        time_scale: a.time_scale,
+        offset: a.offset,
+        step: a.step,
+        slo_ms: a.slo_ms,
+        be_concurrency: a.be_concurrency,
+        seed: a.seed,
+        dir,
+    };
+    let runs = loop_bench::run(&cfg).map_err(anyhow::Error::msg)?;
+    if a.json {
+        println!("{}", serde_json::Value::Array(runs));
+    } else {
+        print!("{}", loop_bench::table(&runs));
+    }
+    Ok(())
+}
