@@ -568,3 +568,59 @@ fn the_agent_says_once_that_it_cannot_reach_the_brain() {
         "the agent keeps running"
     );
 }
+
+#[test]
+fn bench_loop_and_control_replay_name_bad_input() {
+    let sim = Sim::new("cli-bench-loop");
+    let out = sim
+        .vagus(&["bench", "loop", "--policy", "fastest"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for name in [
+        "--policy fastest",
+        "exclusive",
+        "time-sliced",
+        "static-equal",
+        "static-class",
+        "static-budget",
+        "vagus",
+    ] {
+        assert!(err.contains(name), "{name} not in {err}");
+    }
+    let out = sim
+        .vagus(&[
+            "bench",
+            "loop",
+            "--policy",
+            "vagus",
+            "--trace",
+            "/nonexistent.csv",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent.csv"),
+        "{err}"
+    );
+    let out = sim
+        .vagus(&["bench", "loop", "--slo-ms", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--slo-ms"), "{err}");
+    // A record that is not one is named, with its line.
+    let bad = sim.dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"control\": {}}\nnot json\n").unwrap();
+    let out = sim
+        .vagus(&["control", "replay", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.jsonl:2"),
+        "{err}"
+    );
+}

@@ -88,9 +88,10 @@ pub struct LoopConfig {
     pub offset: Duration,
     /// `chat-b`'s arrivals are multiplied by this halfway through.
     pub step: f64,
-    /// The latency-sensitive servers' SLO (ms); `None`: 1.5 × each one's
-    /// p99 alone, which needs `exclusive` to run first.
-    pub slo_ms: Option<f64>,
+    /// The latency-sensitive servers' SLOs (ms: chat-a's, chat-b's);
+    /// `None`: 1.5 × each one's p99 alone, which needs `exclusive` to run
+    /// first.
+    pub slo_ms: Option<(f64, f64)>,
     /// Requests each best-effort client keeps in flight.
     pub be_concurrency: usize,
     pub seed: u64,
@@ -373,6 +374,7 @@ pub fn run(cfg: &LoopConfig) -> Result<Vec<Value>, String> {
             .filter(|w| w.latency_sensitive)
             .filter_map(|w| {
                 cfg.slo_ms
+                    .map(|(a, b)| if w.name == "chat-a" { a } else { b })
                     .or_else(|| alone.get(w.name).map(|a| (1.5 * a).round()))
                     .map(|s| (w.name.to_string(), s))
             })
@@ -458,6 +460,9 @@ async fn run_policy(
         .map(|p| format!("http://127.0.0.1:{p}/health"))
         .collect();
     healthy(&http, &health, Duration::from_secs(60)).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher =
+        (policy == Policy::Vagus).then(|| watch_control_blocks(dir.join("segments"), stop.clone()));
     // The clients, all at once.
     let mut ls = Vec::new();
     let mut be = Vec::new();
@@ -527,18 +532,119 @@ async fn run_policy(
         None => None,
     };
     drop(ps);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reaction = match watcher {
+        Some(w) => {
+            let seen = w.join().unwrap_or_default();
+            let mut r = reactions(&dir.join("control.jsonl"), &seen);
+            json!({"p50": quantile(&mut r, 0.5), "p99": quantile(&mut r, 0.99), "count": r.len()})
+        }
+        None => Value::Null,
+    };
     Ok(json!({
         "policy": policy.name(),
         "gpus": gpus,
         "workloads": workloads,
-        // Not measured yet: the window-to-control-block reaction time.
-        "reaction_ms": null,
+        // From the window that showed pressure to the budget in the
+        // control block (the vagus policy; `null` for the others).
+        "reaction_ms": reaction,
         "actions": actions,
         "duration_s": cfg.duration.as_secs_f64(),
         "time_scale": cfg.time_scale,
         "step": cfg.step,
         "offset_s": cfg.offset.as_secs_f64(),
     }))
+}
+
+/// Budgets as the shims' control blocks show them: (pid, budget in
+/// millionths, 0 none; first seen, unix µs), each change once.
+type Seen = Vec<(u32, u32, u64)>;
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Polls every segment in `dir` each millisecond until `stop`, noting when
+/// each new budget appears in a control block.
+fn watch_control_blocks(
+    dir: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Seen> {
+    use vagus_agent::segments::SegmentFile;
+    use vagus_proto::shm::ControlRead;
+    std::thread::spawn(move || {
+        let mut open: BTreeMap<PathBuf, SegmentFile> = BTreeMap::new();
+        let mut last: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut seen = Seen::new();
+        let mut scanned: Option<Instant> = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if scanned.is_none_or(|t| t.elapsed() > Duration::from_millis(50)) {
+                scanned = Some(Instant::now());
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if p.extension().is_some_and(|x| x == "shm")
+                        && !open.contains_key(&p)
+                        && let Ok(f) = SegmentFile::open_read_only(&p)
+                    {
+                        open.insert(p, f);
+                    }
+                }
+            }
+            for f in open.values() {
+                if let ControlRead::Valid(v) = f.segment().control.read() {
+                    let pid = f.pid();
+                    if last.insert(pid, v.budget_ppm) != Some(v.budget_ppm) {
+                        seen.push((pid, v.budget_ppm, unix_us()));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        seen
+    })
+}
+
+/// From the end of the window each pressed action rests on to its budget
+/// in the control block (ms), one per tick; read from the brain's record.
+fn reactions(record: &Path, seen: &Seen) -> Vec<f64> {
+    let Ok(text) = std::fs::read_to_string(record) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let Ok(t) = serde_json::from_str::<vagus_decision::control::Recorded>(line) else {
+            continue;
+        };
+        let Some(a) = t.actions.iter().find(|a| a.evidence.pressed) else {
+            continue;
+        };
+        let want = if a.budget_ppm >= vagus_decision::control::UNLIMITED_PPM {
+            0
+        } else {
+            a.budget_ppm
+        };
+        let from_us = a.evidence.window_end_ms * 1000;
+        // The first time the block showed it after the window (a budget
+        // seen before it, and set again since, is not this action's).
+        if let Some(&(_, _, at)) = seen
+            .iter()
+            .find(|(pid, b, at)| *pid == a.pid && *b == want && *at >= from_us)
+        {
+            out.push(at.saturating_sub(from_us) as f64 / 1000.0);
+        }
+    }
+    out
+}
+
+fn quantile(xs: &mut [f64], q: f64) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let i = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1;
+    Some(xs[i])
 }
 
 /// The loop's budget actions, from the brain's `/metrics`.
@@ -699,8 +805,11 @@ pub fn table(runs: &[Value]) -> String {
         }
         if let Some(a) = r["actions"].as_u64() {
             o += &format!(
-                "{:<14} loop actions: {a}\n",
-                r["policy"].as_str().unwrap_or("")
+                "{:<14} loop actions: {a}; reaction, window to control block: p50 {} p99 {} ms ({} under pressure)\n",
+                r["policy"].as_str().unwrap_or(""),
+                f(&r["reaction_ms"]["p50"], 1),
+                f(&r["reaction_ms"]["p99"], 1),
+                r["reaction_ms"]["count"]
             );
         }
     }

@@ -31,10 +31,11 @@ pub struct BenchLoopArgs {
     /// chat-b's arrivals are multiplied by this halfway through.
     #[arg(long, default_value_t = 3.0)]
     pub step: f64,
-    /// The latency-sensitive servers' end-to-end SLO (ms); default 1.5 ×
-    /// each one's p99 alone (from the exclusive run).
-    #[arg(long)]
-    pub slo_ms: Option<f64>,
+    /// The latency-sensitive servers' end-to-end SLO (ms): one for both,
+    /// or chat-a's,chat-b's; default 1.5 × each one's p99 alone (from the
+    /// exclusive run).
+    #[arg(long, value_delimiter = ',', num_args = 1..=2)]
+    pub slo_ms: Vec<f64>,
     /// Requests each best-effort client keeps in flight.
     #[arg(long, default_value_t = 8)]
     pub be_concurrency: usize,
@@ -65,6 +66,11 @@ pub fn run(a: BenchLoopArgs) -> Result<()> {
     );
     anyhow::ensure!(a.be_concurrency > 0, "--be-concurrency must be at least 1");
     anyhow::ensure!(!a.duration.is_zero(), "--duration must be above 0");
+    anyhow::ensure!(
+        a.slo_ms.iter().all(|s| *s > 0.0 && s.is_finite()),
+        "--slo-ms {:?}: each must be above 0",
+        a.slo_ms
+    );
     let exe = std::env::current_exe().context("cannot locate the vagus executable")?;
     let shim = exe
         .parent()
@@ -93,7 +99,11 @@ pub fn run(a: BenchLoopArgs) -> Result<()> {
         time_scale: a.time_scale,
         offset: a.offset,
         step: a.step,
-        slo_ms: a.slo_ms,
+        slo_ms: match a.slo_ms.as_slice() {
+            [] => None,
+            [s] => Some((*s, *s)),
+            [x, y, ..] => Some((*x, *y)),
+        },
         be_concurrency: a.be_concurrency,
         seed: a.seed,
         dir,

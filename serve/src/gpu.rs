@@ -1,9 +1,12 @@
 //! The GPU side of the server: the CUDA driver API (cudarc, loaded at run
 //! time, so the same binary runs on NVIDIA's driver and on gpusim), the
 //! model's weights held as device memory, and each iteration run as one
-//! busy-wait kernel: a fixed grid, one full wave of an H100 (132 SMs × 8
-//! blocks of 256 threads, what the cost model's defaults describe), each
-//! block spinning the iteration's time. A real model's grids are sized by
+//! busy-wait kernel per transformer layer ([`LAYERS`], Llama-3-8B's 32),
+//! launched back to back and synchronised once: a fixed grid, one full wave
+//! of an H100 (132 SMs × 8 blocks of 256 threads, what the cost model's
+//! defaults describe), each block spinning its layer's share of the
+//! iteration's time. A real server's iteration is many kernels, not one:
+//! other processes' kernels (and the shim's budget) come between them. A real model's grids are sized by
 //! the problem, not by the SMs a process may use, so on a share of the
 //! device (an MPS client limited to some SMs) the same grid takes more
 //! waves, and longer, as a real model's kernels do.
@@ -120,6 +123,8 @@ unsafe impl Send for Gpu {}
 const BLOCK: u32 = 256;
 /// One full wave of 256-thread blocks on an H100 (132 SMs × 8).
 const GRID: u32 = 132 * 8;
+/// Kernels an iteration is launched as: one per transformer layer.
+pub const LAYERS: u32 = 32;
 
 impl Gpu {
     /// Opens `device`, loads the kernel and holds `weights_mib` of device
@@ -158,31 +163,33 @@ impl Gpu {
         }
     }
 
-    /// Runs `us` microseconds of work (at the whole device's speed) and
-    /// waits for it.
+    /// Runs `us` microseconds of work (at the whole device's speed), a
+    /// kernel per layer, and waits for it.
     pub fn run(&self, us: f64) -> Result<(), GpuError> {
-        let mut cycles = (us.max(1.0) * self.info.clock_mhz as f64) as u64;
+        let mut cycles = (us.max(1.0) / LAYERS as f64 * self.info.clock_mhz as f64).max(1.0) as u64;
         let mut params = [&mut cycles as *mut u64 as *mut c_void];
-        // SAFETY: handles created in `open`; `params` outlives the launch,
-        // which is synchronised before returning.
+        // SAFETY: handles created in `open`; `params` outlives the launches,
+        // which are synchronised before returning.
         unsafe {
             check(sys::cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")?;
-            check(
-                sys::cuLaunchKernel(
-                    self.func,
-                    GRID,
-                    1,
-                    1,
-                    BLOCK,
-                    1,
-                    1,
-                    0,
-                    self.stream,
-                    params.as_mut_ptr(),
-                    std::ptr::null_mut(),
-                ),
-                "cuLaunchKernel",
-            )?;
+            for _ in 0..LAYERS {
+                check(
+                    sys::cuLaunchKernel(
+                        self.func,
+                        GRID,
+                        1,
+                        1,
+                        BLOCK,
+                        1,
+                        1,
+                        0,
+                        self.stream,
+                        params.as_mut_ptr(),
+                        std::ptr::null_mut(),
+                    ),
+                    "cuLaunchKernel",
+                )?;
+            }
             check(sys::cuStreamSynchronize(self.stream), "cuStreamSynchronize")
         }
     }

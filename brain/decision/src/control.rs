@@ -14,12 +14,17 @@
 //! delays a burst, and the bursts are the latency being protected; what
 //! keeps them fast is that the rest is held back.
 //!
-//! - A reservation starts at the ceiling (safe first).
-//! - When a workload's p99 over the horizon exceeds `pressure × SLA`, its
-//!   reservation grows at once (×1.5, at least +0.1, to the ceiling), at
-//!   most once a tick, and the GPU allows no oversubscription.
+//! - A reservation starts at the share the workload was placed with (the
+//!   core keeps those within the GPU), at most its ceiling.
+//! - When a workload's p99 over the horizon exceeds `pressure × SLA`, the
+//!   GPU allows no oversubscription at once, and its reservation grows
+//!   (×1.5, at least +0.1, to the ceiling) — at once, then again at most
+//!   every `raise_ms`, so that requests answered since the last raise can
+//!   show whether it was enough (the horizon's p99 lags).
 //! - When it has stayed under `calm × SLA` (or served nothing) for
-//!   `calm_ms`, it hands `step_back` of the GPU back, down to `ls_floor`.
+//!   `calm_ms`, it hands `step_back` of its reservation back (a fraction
+//!   of it: what was taken in a burst comes back in a few steps), down to
+//!   `ls_floor`.
 //! - In between, it holds.
 //!
 //! Budgets may add up past the GPU (`oversubscription_pct`, ≤ 120) only
@@ -48,8 +53,10 @@ pub struct ControlConfig {
     pub calm: f64,
     /// …for this long (ms) before each step back.
     pub calm_ms: u64,
-    /// The fraction of the GPU handed back per step.
+    /// The fraction of a reservation handed back per step.
     pub step_back: f64,
+    /// Under pressure, a reservation grows again at most this often (ms).
+    pub raise_ms: u64,
     /// The least a latency-sensitive process keeps reserved.
     pub ls_floor: f64,
     /// The least a best-effort process is given.
@@ -69,7 +76,8 @@ impl Default for ControlConfig {
             pressure: 0.8,
             calm: 0.5,
             calm_ms: 2_000,
-            step_back: 0.05,
+            step_back: 0.2,
+            raise_ms: 1_000,
             ls_floor: 0.1,
             be_floor: 0.02,
             oversubscription_pct: 120,
@@ -108,11 +116,14 @@ impl ControlConfig {
                 "must be 100 to 120",
             ));
         }
-        if self.horizon_ms == 0 || self.calm_ms == 0 {
-            return Err(Invalid::new(
-                "control.horizon_ms",
-                "horizon_ms and calm_ms must be above 0",
-            ));
+        for (name, v) in [
+            ("horizon_ms", self.horizon_ms),
+            ("calm_ms", self.calm_ms),
+            ("raise_ms", self.raise_ms),
+        ] {
+            if v == 0 {
+                return Err(Invalid::new(&format!("control.{name}"), "must be above 0"));
+            }
         }
         Ok(())
     }
@@ -131,6 +142,9 @@ pub struct Observation {
 pub struct GpuObservation {
     pub node: String,
     pub gpu: u32,
+    /// The end of the node's latest window (ms, the agent's clock): when
+    /// what this GPU's observation says was measured.
+    pub window_end_ms: u64,
     pub processes: Vec<ProcessObservation>,
 }
 
@@ -147,6 +161,8 @@ pub struct ProcessObservation {
     pub sla_ms: Option<u32>,
     /// The most of the GPU it can use (its MPS share; 1: all of it).
     pub ceiling: f64,
+    /// The share its placement was given (what its reservation starts at).
+    pub share: f64,
     /// Requests it finished over the horizon, and their p99 (ms); `None`:
     /// it serves no metrics.
     pub requests: Option<u64>,
@@ -181,6 +197,10 @@ pub struct Evidence {
     pub reserved: f64,
     pub cap: f64,
     pub best_effort: u32,
+    /// A latency-sensitive process was over `pressure` × its SLA.
+    pub pressed: bool,
+    /// When the window it rests on ended (ms, the agent's clock).
+    pub window_end_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -286,7 +306,7 @@ impl Controller {
                 .reserved
                 .entry((g.node.clone(), p.pid))
                 .or_insert(Reservation {
-                    share: ceiling,
+                    share: p.share.clamp(cfg.ls_floor.min(ceiling), ceiling),
                     calm_since: None,
                     raised_ms: None,
                 });
@@ -295,7 +315,7 @@ impl Controller {
                 Standing::Pressed => {
                     pressed = true;
                     r.calm_since = None;
-                    let due = r.raised_ms.is_none_or(|t| now >= t + cfg.tick_ms);
+                    let due = r.raised_ms.is_none_or(|t| now >= t + cfg.raise_ms);
                     if due && r.share < ceiling {
                         r.share = (r.share * 1.5).max(r.share + 0.1).min(ceiling);
                         r.raised_ms = Some(now);
@@ -304,7 +324,7 @@ impl Controller {
                 Standing::Calm => {
                     let since = *r.calm_since.get_or_insert(now);
                     if now >= since + cfg.calm_ms {
-                        r.share = (r.share - cfg.step_back).max(cfg.ls_floor.min(ceiling));
+                        r.share = (r.share * (1.0 - cfg.step_back)).max(cfg.ls_floor.min(ceiling));
                         r.calm_since = Some(now);
                     }
                 }
@@ -338,6 +358,8 @@ impl Controller {
             reserved: round3(reserved),
             cap,
             best_effort: n,
+            pressed,
+            window_end_ms: g.window_end_ms,
         };
         let reason = if ls.is_empty() {
             "no latency-sensitive work on the GPU: unlimited".to_string()
@@ -444,6 +466,7 @@ mod tests {
             latency_sensitive: true,
             sla_ms: Some(100),
             ceiling: 1.0,
+            share: 1.0,
             requests: Some(requests),
             p99_ms: p99,
         }
@@ -457,6 +480,7 @@ mod tests {
             latency_sensitive: false,
             sla_ms: None,
             ceiling: 1.0,
+            share: 1.0,
             requests: None,
             p99_ms: None,
         }
@@ -469,6 +493,7 @@ mod tests {
             gpus: vec![GpuObservation {
                 node: "a".into(),
                 gpu: 0,
+                window_end_ms: now_ms,
                 processes,
             }],
         }
@@ -505,7 +530,7 @@ mod tests {
                 .is_empty()
         );
         let a = c.tick(&obs(2_200, vec![ls(1, Some(30.0), 10), be(2, true)]));
-        assert_eq!(a[0].budget_ppm, 250_000, "{a:?}");
+        assert_eq!(a[0].budget_ppm, 400_000, "a fifth of 1.0 back: {a:?}");
         // Holding between calm and pressure: no change, and calm restarts.
         assert!(
             c.tick(&obs(4_300, vec![ls(1, Some(70.0), 10), be(2, true)]))
@@ -515,9 +540,28 @@ mod tests {
             c.tick(&obs(4_400, vec![ls(1, Some(30.0), 10), be(2, true)]))
                 .is_empty()
         );
-        // Pressure again: the reservation grows at once, back to the whole GPU.
+        // Pressure again: no oversubscription and the reservation grows at
+        // once (0.8 → 1.0), to the floor for best effort.
         let a = c.tick(&obs(4_500, vec![ls(1, Some(150.0), 10), be(2, true)]));
         assert_eq!(a[0].budget_ppm, 20_000, "{a:?}");
+        assert!(a[0].evidence.pressed);
+    }
+
+    #[test]
+    fn under_pressure_a_reservation_grows_once_per_raise_ms() {
+        let mut c = Controller::new(ControlConfig::default());
+        let mut p = ls(1, Some(90.0), 10);
+        p.share = 0.3;
+        let at = |c: &mut Controller, t: u64| {
+            c.tick(&obs(t, vec![p.clone(), be(2, true), be(3, true)]));
+            budget(c, 2).unwrap()
+        };
+        // 0.3 → 0.45 at once: (1.0 − 0.45) / 2 each.
+        assert_eq!(at(&mut c, 0), 275_000);
+        // The horizon still shows the old requests: no second raise yet.
+        assert_eq!(at(&mut c, 500), 275_000);
+        // A second later, still pressed: 0.45 → 0.675.
+        assert_eq!(at(&mut c, 1_000), 162_500);
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Loop {
         let t = std::time::Instant::now();
         let obs = observe(agents, api, self.ctl.config().horizon_ms);
         let actions = self.ctl.tick(&obs);
-        api.metrics.looped(t.elapsed(), &actions);
+        api.metrics.looped(t.elapsed(), &actions, api.now());
         if let Some(w) = &mut self.record {
             let line = Recorded {
                 observation: obs,
@@ -158,6 +158,7 @@ fn row(a: &Action) -> Row {
 struct Placement {
     latency_sensitive: bool,
     sla_ms: Option<u32>,
+    share: f64,
 }
 
 /// The observation of this moment: per GPU of every connected node, the
@@ -175,6 +176,7 @@ fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
                         latency_sensitive: pr.sla_ms.is_some()
                             || matches!(pr.priority, Priority::P0 | Priority::P1),
                         sla_ms: pr.sla_ms,
+                        share: p.share_pct.min(100) as f64 / 100.0,
                     },
                 )
             })
@@ -219,6 +221,7 @@ fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
                 ceiling: placed
                     .and_then(|(r, _)| r.mps_percent)
                     .map_or(1.0, |m| (m as f64 / 100.0).clamp(0.0, 1.0)),
+                share: placed.map_or(1.0, |(_, pl)| pl.share),
                 requests,
                 p99_ms: p99_ms.map(|s| s * 1e3),
             });
@@ -228,6 +231,7 @@ fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
                 gpus.push(GpuObservation {
                     node: name.clone(),
                     gpu,
+                    window_end_ms: n.window_end_unix_ns / 1_000_000,
                     processes,
                 });
             }

@@ -145,7 +145,11 @@ impl Objects {
 pub struct Driver {
     pub cfg: SimConfig,
     pub state: SharedState,
-    pub devices: Vec<DeviceConfig>,
+    /// The devices this process sees (`CUDA_VISIBLE_DEVICES`), in ordinal
+    /// order, each with its index in the state file. A `CUdevice` handle
+    /// is that index, so everything past `cuDeviceGet` works on the
+    /// physical device.
+    pub devices: Vec<(usize, DeviceConfig)>,
     pub objects: Mutex<Objects>,
 }
 
@@ -163,9 +167,14 @@ pub fn init() -> CUresult {
             .map_err(|e| e.to_string())
             .and_then(|cfg| {
                 let state = SharedState::open(&cfg).map_err(|e| e.to_string())?;
-                let devices = (0..state.device_count())
+                let uuids: Vec<String> = (0..state.device_count())
                     .filter_map(|i| state.device(i))
-                    .map(|d| d.config())
+                    .map(|d| d.uuid_string())
+                    .collect();
+                let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+                let devices = visible_devices(visible.as_deref(), &uuids)
+                    .into_iter()
+                    .filter_map(|i| state.device(i).map(|d| (i, d.config())))
                     .collect();
                 crate::NULL_LAUNCH.store(cfg.null_launch, std::sync::atomic::Ordering::Relaxed);
                 Ok(Driver {
@@ -198,10 +207,22 @@ impl Driver {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn device(&self, ordinal: i32) -> Result<&DeviceConfig, CUresult> {
+    /// The device of a `CUdevice` handle (its state-file index), if this
+    /// process sees it.
+    pub fn device(&self, dev: i32) -> Result<&DeviceConfig, CUresult> {
+        usize::try_from(dev)
+            .ok()
+            .and_then(|i| self.devices.iter().find(|(p, _)| *p == i))
+            .map(|(_, d)| d)
+            .ok_or(CUDA_ERROR_INVALID_DEVICE)
+    }
+
+    /// The handle of the `ordinal`-th visible device.
+    pub fn handle(&self, ordinal: i32) -> Result<i32, CUresult> {
         usize::try_from(ordinal)
             .ok()
             .and_then(|i| self.devices.get(i))
+            .map(|(p, _)| *p as i32)
             .ok_or(CUDA_ERROR_INVALID_DEVICE)
     }
 
@@ -245,7 +266,8 @@ impl Driver {
             }
             None => (env.unwrap_or(100.0), 0),
         };
-        let sms = self.devices[device].sms;
+        // Only visible devices get contexts, so the device is one of them.
+        let sms = self.device(device as i32).map_or(0, |d| d.sms);
         let a = Attachment {
             slot: None,
             percent,
@@ -435,7 +457,7 @@ impl Driver {
         if o.ctxs[&cur].device != o.ctxs.get(&f.ctx).ok_or(CUDA_ERROR_INVALID_CONTEXT)?.device {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
-        let dev = &self.devices[o.ctxs[&f.ctx].device];
+        let dev = self.device(o.ctxs[&f.ctx].device as i32)?;
         if grid.contains(&0) || block.contains(&0) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -620,4 +642,58 @@ fn register_exit_hook() {
         // SAFETY: registering a plain extern "C" function.
         unsafe { libc::atexit(on_exit) };
     });
+}
+
+/// The state-file indices `CUDA_VISIBLE_DEVICES` makes visible, in order:
+/// unset, all of them; otherwise its comma-separated entries — an index,
+/// or a UUID or a prefix of one (`GPU-…`) — up to the first that names no
+/// device, as NVIDIA's driver reads it (an entry seen twice ends it too).
+pub fn visible_devices(var: Option<&str>, uuids: &[String]) -> Vec<usize> {
+    let Some(var) = var else {
+        return (0..uuids.len()).collect();
+    };
+    let mut out = Vec::new();
+    for e in var.split(',').map(str::trim) {
+        let found = if e.starts_with("GPU-") {
+            let mut m = uuids.iter().enumerate().filter(|(_, u)| u.starts_with(e));
+            match (m.next(), m.next()) {
+                (Some((i, _)), None) => Some(i),
+                _ => None,
+            }
+        } else {
+            e.parse::<usize>().ok().filter(|&i| i < uuids.len())
+        };
+        match found {
+            Some(i) if !out.contains(&i) => out.push(i),
+            _ => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod visible_tests {
+    use super::visible_devices;
+
+    #[test]
+    fn cuda_visible_devices_reads_as_the_driver_reads_it() {
+        let u: Vec<String> = ["GPU-aa11", "GPU-ab22", "GPU-cc33"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(visible_devices(None, &u), vec![0, 1, 2]);
+        assert_eq!(visible_devices(Some("2,0"), &u), vec![2, 0]);
+        assert_eq!(
+            visible_devices(Some("1,7,0"), &u),
+            vec![1],
+            "stops at the first bad entry"
+        );
+        assert_eq!(visible_devices(Some(""), &u), Vec::<usize>::new());
+        assert_eq!(visible_devices(Some("GPU-cc,0"), &u), vec![2, 0]);
+        assert_eq!(
+            visible_devices(Some("GPU-a"), &u),
+            Vec::<usize>::new(),
+            "ambiguous"
+        );
+        assert_eq!(visible_devices(Some("0,0"), &u), vec![0]);
+    }
 }

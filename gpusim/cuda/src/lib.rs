@@ -111,8 +111,8 @@ pub unsafe extern "C" fn cuDeviceGetCount(n: *mut c_int) -> CUresult {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGet(dev: *mut CUdevice, ordinal: c_int) -> CUresult {
     guard(|| {
-        driver()?.device(ordinal)?;
-        unsafe { out(dev, ordinal) }
+        let h = driver()?.handle(ordinal)?;
+        unsafe { out(dev, h) }
     })
 }
 
@@ -719,7 +719,7 @@ fn with_func<T>(
     let ctx = o.funcs.get(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?.ctx;
     let dev = o.ctxs.get(&ctx).ok_or(CUDA_ERROR_INVALID_CONTEXT)?.device;
     let fun = o.funcs.get_mut(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-    f(&d.devices[dev], fun)
+    f(d.device(dev as i32)?, fun)
 }
 
 #[unsafe(no_mangle)]

@@ -29,7 +29,15 @@ pub struct Metrics {
     loop_ticks: AtomicU64,
     loop_ns: AtomicU64,
     loop_budgets: AtomicU64,
+    /// From the end of the window an action under pressure rests on to
+    /// the action's command being issued.
+    reaction: [AtomicU64; REACTION.len()],
+    reaction_count: AtomicU64,
+    reaction_sum_ms: AtomicU64,
 }
+
+/// Upper bounds (seconds) of the loop's reaction-time histogram.
+const REACTION: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5];
 
 impl Metrics {
     pub(crate) fn decided(&self, took: Duration, ds: &[Decision]) {
@@ -47,10 +55,31 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn looped(&self, took: Duration, actions: &[vagus_decision::control::Action]) {
+    /// A loop tick at `now_ms` (the brain's clock) that took `took`.
+    pub(crate) fn looped(
+        &self,
+        took: Duration,
+        actions: &[vagus_decision::control::Action],
+        now_ms: u64,
+    ) {
         self.loop_ticks.fetch_add(1, Relaxed);
         self.loop_ns.fetch_add(took.as_nanos() as u64, Relaxed);
         self.loop_budgets.fetch_add(actions.len() as u64, Relaxed);
+        // One reaction per GPU acted on under pressure (its actions share
+        // the window).
+        let mut seen = std::collections::BTreeSet::new();
+        for a in actions.iter().filter(|a| a.evidence.pressed) {
+            if !seen.insert((&a.node, a.gpu)) {
+                continue;
+            }
+            let ms = now_ms.saturating_sub(a.evidence.window_end_ms);
+            let s = ms as f64 / 1000.0;
+            if let Some(i) = REACTION.iter().position(|&b| s <= b) {
+                self.reaction[i].fetch_add(1, Relaxed);
+            }
+            self.reaction_count.fetch_add(1, Relaxed);
+            self.reaction_sum_ms.fetch_add(ms, Relaxed);
+        }
     }
 
     pub(crate) fn audited(&self, rows: usize) {
@@ -184,6 +213,30 @@ impl Metrics {
             "vagus_brain_loop_actions_total{{kind=\"budget\"}} {}",
             self.loop_budgets.load(Relaxed)
         )?;
+        writeln!(
+            o,
+            "# HELP vagus_brain_loop_reaction_seconds From the end of the window that showed a latency-sensitive workload over its pressure threshold to the budget command issued (agent and brain clocks)."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_loop_reaction_seconds histogram")?;
+        let mut cum = 0;
+        for (b, n) in REACTION.iter().zip(&self.reaction) {
+            cum += n.load(Relaxed);
+            writeln!(
+                o,
+                "vagus_brain_loop_reaction_seconds_bucket{{le=\"{b}\"}} {cum}"
+            )?;
+        }
+        let n = self.reaction_count.load(Relaxed);
+        writeln!(
+            o,
+            "vagus_brain_loop_reaction_seconds_bucket{{le=\"+Inf\"}} {n}"
+        )?;
+        writeln!(
+            o,
+            "vagus_brain_loop_reaction_seconds_sum {}",
+            self.reaction_sum_ms.load(Relaxed) as f64 / 1000.0
+        )?;
+        writeln!(o, "vagus_brain_loop_reaction_seconds_count {n}")?;
         let nodes = core.nodes();
         let gpus: usize = nodes.iter().map(|n| n.gpus.len()).sum();
         let used: u64 = nodes
