@@ -194,6 +194,15 @@ fn every_endpoint() {
         "{text}"
     );
     assert!(text.contains("vagus_brain_placements 3"), "{text}");
+    // The loop's, before it has acted (this brain has no agents).
+    for line in [
+        "vagus_brain_loop_actions_total{kind=\"budget\"} 0",
+        "vagus_brain_loop_reaction_seconds_bucket{le=\"+Inf\"} 0",
+        "vagus_brain_decision_seconds_bucket{le=\"+Inf\"} 8",
+        "vagus_brain_decision_seconds_count 8",
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
     promtool_check(text);
     let (st, v) = call(&api, "GET", "/openapi.json", None, None);
     assert_eq!(st, 200);

@@ -1,5 +1,5 @@
-//! The brain's Prometheus metrics (text format, written by hand: a few
-//! counters and one histogram).
+//! The brain's Prometheus metrics (text format, written by hand: counters,
+//! gauges and two histograms).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -120,27 +120,15 @@ impl Metrics {
                 n.load(Relaxed)
             )?;
         }
-        writeln!(
+        histogram(
             o,
-            "# HELP vagus_brain_decision_seconds Time in the decision core per request."
+            "vagus_brain_decision_seconds",
+            "Time in the decision core per request.",
+            &BUCKETS,
+            &self.buckets,
+            self.seconds_sum_ns.load(Relaxed) as f64 / 1e9,
+            self.calls.load(Relaxed),
         )?;
-        writeln!(o, "# TYPE vagus_brain_decision_seconds histogram")?;
-        let mut cum = 0;
-        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
-            cum += n.load(Relaxed);
-            writeln!(o, "vagus_brain_decision_seconds_bucket{{le=\"{b}\"}} {cum}")?;
-        }
-        let calls = self.calls.load(Relaxed);
-        writeln!(
-            o,
-            "vagus_brain_decision_seconds_bucket{{le=\"+Inf\"}} {calls}"
-        )?;
-        writeln!(
-            o,
-            "vagus_brain_decision_seconds_sum {}",
-            self.seconds_sum_ns.load(Relaxed) as f64 / 1e9
-        )?;
-        writeln!(o, "vagus_brain_decision_seconds_count {calls}")?;
         writeln!(
             o,
             "# HELP vagus_brain_audit_rows_total Decisions committed to the audit trail."
@@ -213,30 +201,15 @@ impl Metrics {
             "vagus_brain_loop_actions_total{{kind=\"budget\"}} {}",
             self.loop_budgets.load(Relaxed)
         )?;
-        writeln!(
+        histogram(
             o,
-            "# HELP vagus_brain_loop_reaction_seconds From the end of the window that showed a latency-sensitive workload over its pressure threshold to the budget command issued (agent and brain clocks)."
+            "vagus_brain_loop_reaction_seconds",
+            "From the end of the window that showed a latency-sensitive workload over its pressure threshold to the budget command issued (agent and brain clocks).",
+            &REACTION,
+            &self.reaction,
+            self.reaction_sum_ms.load(Relaxed) as f64 / 1000.0,
+            self.reaction_count.load(Relaxed),
         )?;
-        writeln!(o, "# TYPE vagus_brain_loop_reaction_seconds histogram")?;
-        let mut cum = 0;
-        for (b, n) in REACTION.iter().zip(&self.reaction) {
-            cum += n.load(Relaxed);
-            writeln!(
-                o,
-                "vagus_brain_loop_reaction_seconds_bucket{{le=\"{b}\"}} {cum}"
-            )?;
-        }
-        let n = self.reaction_count.load(Relaxed);
-        writeln!(
-            o,
-            "vagus_brain_loop_reaction_seconds_bucket{{le=\"+Inf\"}} {n}"
-        )?;
-        writeln!(
-            o,
-            "vagus_brain_loop_reaction_seconds_sum {}",
-            self.reaction_sum_ms.load(Relaxed) as f64 / 1000.0
-        )?;
-        writeln!(o, "vagus_brain_loop_reaction_seconds_count {n}")?;
         let nodes = core.nodes();
         let gpus: usize = nodes.iter().map(|n| n.gpus.len()).sum();
         let used: u64 = nodes
@@ -288,4 +261,27 @@ impl Metrics {
         }
         Ok(())
     }
+}
+
+/// A histogram in the text format: `# HELP`, `# TYPE`, cumulative buckets
+/// of the per-bucket `counts`, `+Inf`, sum and count.
+fn histogram(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    counts: &[AtomicU64],
+    sum: f64,
+    count: u64,
+) -> std::fmt::Result {
+    writeln!(o, "# HELP {name} {help}")?;
+    writeln!(o, "# TYPE {name} histogram")?;
+    let mut cum = 0;
+    for (b, n) in bounds.iter().zip(counts) {
+        cum += n.load(Relaxed);
+        writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}")?;
+    }
+    writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}")?;
+    writeln!(o, "{name}_sum {sum}")?;
+    writeln!(o, "{name}_count {count}")
 }
