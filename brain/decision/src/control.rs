@@ -299,6 +299,9 @@ impl Controller {
         let mut pressed = false;
         let mut decider: Option<(&ProcessObservation, f64)> = None;
         let mut reserved = 0.0;
+        // Each latency-sensitive process: whether it is pressed, and its
+        // reservation.
+        let mut held: Vec<(&ProcessObservation, bool, f64)> = Vec::new();
         for p in &ls {
             let ceiling = p.ceiling.clamp(cfg.ls_floor, 1.0);
             let standing = self.standing(p);
@@ -311,6 +314,7 @@ impl Controller {
                     raised_ms: None,
                 });
             r.share = r.share.min(ceiling);
+            let is_pressed = matches!(standing, Standing::Pressed);
             match standing {
                 Standing::Pressed => {
                     pressed = true;
@@ -331,6 +335,7 @@ impl Controller {
                 Standing::Holding => r.calm_since = None,
             }
             reserved += r.share;
+            held.push((p, is_pressed, r.share));
             let ratio = match (p.p99_ms, p.sla_ms) {
                 (Some(l), Some(s)) if p.requests.unwrap_or(0) > 0 => l / s as f64,
                 _ => 0.0,
@@ -383,32 +388,83 @@ impl Controller {
             )
         };
         for p in be {
-            let want = if each >= 1.0 {
-                UNLIMITED_PPM
-            } else {
-                (each * 1e6).round() as u32
-            };
-            let key = (g.node.clone(), p.pid);
-            let was = self.budgets.get(&key).copied();
-            let current = was.unwrap_or(UNLIMITED_PPM);
-            let moved = (want as f64 - current as f64).abs() >= cfg.min_change * 1e6;
-            let lifted = want == UNLIMITED_PPM && current != UNLIMITED_PPM;
-            if !(moved || lifted) {
+            let want = ppm(each);
+            self.set(now, g, p, want, &reason, &evidence, actions);
+        }
+        // With best effort at its floor there is nothing left to take from
+        // it: a latency-sensitive process inside its SLA yields to a
+        // pressed one, held to its reservation while the pressure lasts.
+        let floor = n == 0 || (cap - reserved) / n as f64 <= cfg.be_floor;
+        for &(p, p_pressed, share) in &held {
+            if !p.shimmed || p.sla_ms.is_none() {
                 continue;
             }
-            self.budgets.insert(key, want);
-            actions.push(Action {
-                at_ms: now,
-                node: g.node.clone(),
-                gpu: g.gpu,
-                pid: p.pid,
-                workload: p.workload.clone(),
-                budget_ppm: want,
-                was_ppm: was,
-                reason: reason.clone(),
-                evidence: evidence.clone(),
-            });
+            let yields = pressed && floor && !p_pressed;
+            let (want, why) = if yields {
+                let who = evidence.workload.as_deref().unwrap_or("another workload");
+                let own = match (p.p99_ms, p.sla_ms) {
+                    (Some(l), Some(s)) => format!("p99 {l:.0} ms of SLA {s} ms"),
+                    (_, Some(s)) => format!("SLA {s} ms, nothing served lately"),
+                    _ => String::new(),
+                };
+                (
+                    ppm(share),
+                    format!(
+                        "{who} is pressed and best effort is at its floor: held to its reservation {share:.2} ({own})"
+                    ),
+                )
+            } else {
+                (
+                    UNLIMITED_PPM,
+                    "latency-sensitive: not held back while no other is pressed beside it".into(),
+                )
+            };
+            self.set(now, g, p, want, &why, &evidence, actions);
         }
+    }
+
+    /// Sets process `p`'s budget to `want` if it moved by `min_change` or
+    /// is lifted, as an action.
+    #[allow(clippy::too_many_arguments)]
+    fn set(
+        &mut self,
+        now: u64,
+        g: &GpuObservation,
+        p: &ProcessObservation,
+        want: u32,
+        reason: &str,
+        evidence: &Evidence,
+        actions: &mut Vec<Action>,
+    ) {
+        let key = (g.node.clone(), p.pid);
+        let was = self.budgets.get(&key).copied();
+        let current = was.unwrap_or(UNLIMITED_PPM);
+        let moved = (want as f64 - current as f64).abs() >= self.cfg.min_change * 1e6;
+        let lifted = want == UNLIMITED_PPM && current != UNLIMITED_PPM;
+        if !(moved || lifted) {
+            return;
+        }
+        self.budgets.insert(key, want);
+        actions.push(Action {
+            at_ms: now,
+            node: g.node.clone(),
+            gpu: g.gpu,
+            pid: p.pid,
+            workload: p.workload.clone(),
+            budget_ppm: want,
+            was_ppm: was,
+            reason: reason.to_string(),
+            evidence: evidence.clone(),
+        });
+    }
+}
+
+/// A share of the device in millionths; the whole of it or more: none.
+fn ppm(share: f64) -> u32 {
+    if share >= 1.0 {
+        UNLIMITED_PPM
+    } else {
+        (share * 1e6).round() as u32
     }
 }
 
@@ -562,6 +618,34 @@ mod tests {
         assert_eq!(at(&mut c, 500), 275_000);
         // A second later, still pressed: 0.45 → 0.675.
         assert_eq!(at(&mut c, 1_000), 162_500);
+    }
+
+    #[test]
+    fn a_server_inside_its_sla_yields_to_a_pressed_one_once_best_effort_is_at_its_floor() {
+        let mut c = Controller::new(ControlConfig::default());
+        let mut calm = ls(4, Some(30.0), 10);
+        calm.workload = Some("search".into());
+        calm.share = 0.3;
+        let mut pressed = ls(1, Some(95.0), 10);
+        pressed.share = 0.3;
+        let all = |p: &ProcessObservation, q: &ProcessObservation| {
+            vec![p.clone(), q.clone(), be(2, true), be(3, true)]
+        };
+        // 0.45 + 0.3 reserved: best effort gets 0.125 each, above its floor:
+        // no one yields.
+        let a = c.tick(&obs(0, all(&pressed, &calm)));
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(budget(&c, 4), None);
+        // A second later, still pressed: 0.675 + 0.3 leaves best effort its floor.
+        c.tick(&obs(1_000, all(&pressed, &calm)));
+        assert_eq!(budget(&c, 2), Some(20_000));
+        assert_eq!(budget(&c, 4), Some(300_000), "held to its reservation");
+        assert_eq!(budget(&c, 1), None, "the pressed one is never held");
+        // The pressure gone, it is unlimited again.
+        let mut fine = pressed.clone();
+        fine.p99_ms = Some(60.0);
+        let a = c.tick(&obs(1_100, all(&fine, &calm)));
+        assert!(a.iter().any(|a| a.pid == 4 && a.budget_ppm == UNLIMITED_PPM), "{a:?}");
     }
 
     #[test]
