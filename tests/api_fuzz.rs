@@ -176,6 +176,7 @@ fn schemathesis_finds_nothing() {
         ("GET", "/v1/nodes"),
         ("POST", "/v1/nodes"),
         ("GET", "/v1/decisions"),
+        ("GET", "/v1/events"),
         ("POST", "/v1/controls"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),

@@ -37,7 +37,7 @@ pub(crate) fn http(
     )
 }
 
-fn http_addr(b: &BrainProc) -> SocketAddr {
+pub(crate) fn http_addr(b: &BrainProc) -> SocketAddr {
     b.wait_for(Duration::from_secs(20), |v| v["event"] == "http")
         .expect("the brain did not start its HTTP API")["addr"]
         .as_str()

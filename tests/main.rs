@@ -9,6 +9,7 @@ mod brain_api;
 mod cli;
 mod control;
 mod driver_api;
+mod failover;
 mod gateway;
 mod load;
 mod mps;

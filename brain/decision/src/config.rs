@@ -80,6 +80,40 @@ pub struct Config {
     pub search_limit: usize,
     /// The control loop (see [`crate::control`]).
     pub control: crate::control::ControlConfig,
+    /// When a node counts as down (see [`crate::Core::node_down`]).
+    pub failover: Failover,
+}
+
+/// When a node is down: its agent silent too long, or a GPU's XID that is
+/// not an application's own error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Failover {
+    /// No window from its agent for this long (its windows come every
+    /// 100 ms): the node is down. 0: never (a silent node keeps its work).
+    pub node_timeout_ms: u64,
+    /// XIDs that an application's own fault causes (NVIDIA's device plugin
+    /// for Kubernetes skips the same ones: 13 graphics engine exception,
+    /// 31 MMU fault, 43 GPU stopped processing, 45 preemptive cleanup, 68
+    /// video processor exception, 109 context switch timeout); any other
+    /// XID takes the node down until its agent starts a new session.
+    pub application_xids: Vec<u32>,
+}
+
+impl Default for Failover {
+    fn default() -> Failover {
+        Failover {
+            node_timeout_ms: 3_000,
+            application_xids: vec![13, 31, 43, 45, 68, 109],
+        }
+    }
+}
+
+impl Failover {
+    /// Whether an XID is a device fault (not the application's own).
+    pub fn critical(&self, xid: u32) -> bool {
+        !self.application_xids.contains(&xid)
+    }
 }
 
 impl Default for Config {
@@ -112,6 +146,7 @@ impl Default for Config {
             explain_top: 3,
             search_limit: 8,
             control: crate::control::ControlConfig::default(),
+            failover: Failover::default(),
         }
     }
 }
@@ -121,6 +156,14 @@ impl Config {
         self.classes.validate()?;
         self.weights.validate()?;
         self.control.validate()?;
+        if self.failover.node_timeout_ms != 0
+            && !(500..=3_600_000).contains(&self.failover.node_timeout_ms)
+        {
+            return Err(Invalid::new(
+                "failover.node_timeout_ms",
+                "must be 0 (never) or 500 to 3600000 (an hour)",
+            ));
+        }
         if self.replicas_per_node == 0 {
             return Err(Invalid::new("replicas_per_node", "must be at least 1"));
         }

@@ -645,7 +645,11 @@ mod tests {
         let mut fine = pressed.clone();
         fine.p99_ms = Some(60.0);
         let a = c.tick(&obs(1_100, all(&fine, &calm)));
-        assert!(a.iter().any(|a| a.pid == 4 && a.budget_ppm == UNLIMITED_PPM), "{a:?}");
+        assert!(
+            a.iter()
+                .any(|a| a.pid == 4 && a.budget_ppm == UNLIMITED_PPM),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -27,10 +27,13 @@ pub enum Path {
     Remove,
     /// An operator's control.
     Control,
+    /// A workload taken off a node that went down (its new placement, or
+    /// its place in the queue, follows).
+    Evacuate,
 }
 
 impl Path {
-    pub const ALL: [Path; 9] = [
+    pub const ALL: [Path; 10] = [
         Path::Direct,
         Path::Reconfigure,
         Path::Repack,
@@ -40,6 +43,7 @@ impl Path {
         Path::Reject,
         Path::Remove,
         Path::Control,
+        Path::Evacuate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Path {
             Path::Reject => "reject",
             Path::Remove => "remove",
             Path::Control => "control",
+            Path::Evacuate => "evacuate",
         }
     }
 

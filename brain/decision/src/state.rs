@@ -177,6 +177,10 @@ pub struct Node {
     pub memory_free: u64,
     pub healthy: bool,
     pub cordoned: bool,
+    /// Why the node is down, while it is (its agent went silent, a GPU
+    /// reported a critical XID): nothing is placed there, and what ran
+    /// there was placed again elsewhere ([`crate::Core::node_down`]).
+    pub down: Option<String>,
     /// Requests per second its inference servers report, and their error
     /// ratio (0–1): the reconfiguration safety gate reads them. `None`
     /// until a source reports them (unknown is never taken as zero).
@@ -202,6 +206,7 @@ impl Node {
             memory_free: s.memory_mib,
             healthy: true,
             cordoned: false,
+            down: None,
             qps: None,
             error_rate: None,
             queue_depth: None,

@@ -997,3 +997,102 @@ fn cpu_heavy_work_goes_where_it_strands_no_gpu() {
         d.top
     );
 }
+
+#[test]
+fn a_node_that_goes_down_has_its_workloads_placed_elsewhere_most_important_first() {
+    let h100 = "NVIDIA H100 80GB HBM3";
+    let mut c = core(&[node("a", h100, 1), node("b", h100, 1)]);
+    // b holds a P2 on 40% of its GPU (two slots of its pool); a the P3 and the P0 (b cordoned meanwhile).
+    let mut other = with_share(small("other"), 40);
+    other.model_id = "other".into();
+    c.control(Control::Cordon { node: "a".into() }, 0).unwrap();
+    assert_eq!(place(&mut c, other).node.as_deref(), Some("b"));
+    c.control(Control::Uncordon { node: "a".into() }, 0)
+        .unwrap();
+    c.control(Control::Cordon { node: "b".into() }, 0).unwrap();
+    let mut low = with_share(small("low"), 40);
+    low.priority = Priority::P3;
+    let mut top = with_share(small("top"), 40);
+    top.priority = Priority::P0;
+    assert_eq!(place(&mut c, low).node.as_deref(), Some("a"));
+    assert_eq!(place(&mut c, top).node.as_deref(), Some("a"));
+    c.control(
+        Control::Pin {
+            workload: "top".into(),
+        },
+        0,
+    )
+    .unwrap();
+    c.control(
+        Control::Weight {
+            workload: "top".into(),
+            weight: 40,
+        },
+        0,
+    )
+    .unwrap();
+    c.control(Control::Uncordon { node: "b".into() }, 0)
+        .unwrap();
+    let charged = c.usage("t1");
+
+    // The P0 goes first and takes b's free slot; the P3 waits.
+    let out = c.node_down("a", "its agent is silent", 5_000).unwrap();
+    let got: Vec<(&str, Path)> = out.iter().map(|d| (d.workload.as_str(), d.path)).collect();
+    assert_eq!(
+        got,
+        [
+            ("top", Path::Evacuate),
+            ("top", Path::Direct),
+            ("low", Path::Evacuate),
+            ("low", Path::ScaleOut),
+        ],
+        "{:#?}",
+        out.iter().map(|d| &d.summary).collect::<Vec<_>>()
+    );
+    assert!(
+        out[0].summary.contains("its agent is silent"),
+        "{}",
+        out[0].summary
+    );
+    assert!(out.windows(2).all(|w| w[0].seq < w[1].seq));
+    let top = c.placement("top").unwrap();
+    assert_eq!(
+        (top.node.as_str(), top.pinned, top.weight),
+        ("b", true, Some(40))
+    );
+    assert!(c.queued_workload("low").is_some());
+    // Nothing new goes to a down node; the charge moved with the work
+    // placed again, and what waits is not charged (0.4 GPU-hours).
+    assert_eq!(
+        c.node("a").unwrap().down.as_deref(),
+        Some("its agent is silent")
+    );
+    assert!(
+        (c.usage("t1") - (charged - 0.4)).abs() < 1e-9,
+        "{} vs {charged}",
+        c.usage("t1")
+    );
+    let d = place(&mut c, with_share(small("new"), 40));
+    assert!(!d.path.placed(), "{}", d.summary);
+    assert!(d.ruled_out.iter().any(|r| r.constraint == "unhealthy"));
+    // Down twice is nothing; an unknown node is named.
+    assert!(c.node_down("a", "again", 6_000).unwrap().is_empty());
+    assert!(matches!(
+        c.node_down("zz", "x", 6_000),
+        Err(Refusal::NotFound(_))
+    ));
+
+    // Back: the queue is tried, most important first.
+    c.remove("new", 7_000).unwrap();
+    let out = c.node_up("a", 8_000).unwrap();
+    let got: Vec<(&str, Path)> = out.iter().map(|d| (d.workload.as_str(), d.path)).collect();
+    assert_eq!(got, [("low", Path::Direct)]);
+    assert_eq!(c.placement("low").unwrap().node, "a");
+    assert!(
+        (c.usage("t1") - charged).abs() < 1e-9,
+        "{} vs {charged}",
+        c.usage("t1")
+    );
+    assert!(c.node("a").unwrap().down.is_none());
+    assert!(c.node_up("a", 9_000).unwrap().is_empty());
+}

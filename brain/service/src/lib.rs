@@ -5,13 +5,17 @@
 //! - [`http`]: the HTTP API (axum) with bearer roles, and [`audit`], its
 //!   SQLite trail, committed before every answer;
 //! - `sync`: what agents report, brought into the core;
+//! - `failover`: nodes whose agents fell silent (or whose GPUs failed)
+//!   taken down, their work placed again, and [`alerts`] raised;
 //! - [`gateways`]: what the gateways measure per replica, as they report it;
 //! - [`Service`]: all of it started from one [`Config`] — by `vagus brain`,
 //!   the tests and the benches alike.
 
 pub mod agents;
+pub mod alerts;
 pub mod audit;
 pub mod control;
+mod failover;
 pub mod gateways;
 pub mod http;
 pub mod replicas;

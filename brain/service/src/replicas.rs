@@ -13,7 +13,7 @@ use crate::agents::Agents;
 use crate::agents::ingest::ServingView;
 use crate::http::Api;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use utoipa::ToSchema;
 use vagus_proto::wire::{CommandKind, ReplicaSpec, ReplicaState, ReplicaWindow};
 
@@ -53,10 +53,15 @@ impl ReplicaView {
     }
 }
 
-/// What the brain asked for, so that it asks once.
+/// What the brain asked for, so that it asks once. Starts are by (node,
+/// placement id) and the placement's time: a placement the core decided
+/// anew (moved off a node that went down, then back from the queue) is a
+/// new one, and its replica is started again even where an earlier one
+/// exited; one this brain never started (after its restart) is taken as
+/// it runs, exited or not.
 #[derive(Default)]
 pub struct Executor {
-    started: HashSet<String>,
+    started: HashMap<(String, String), u64>,
     stopping: HashSet<(String, String)>,
 }
 
@@ -82,17 +87,26 @@ impl Executor {
     /// One round: starts what should run, stops what should not, and
     /// refreshes the replicas the API shows.
     pub async fn round(&mut self, agents: &Agents, api: &Api) {
-        let wanted: BTreeMap<String, (String, String, ReplicaSpec)> = api.with_core(|c| {
+        type Wanted = BTreeMap<String, (String, String, ReplicaSpec, u64)>;
+        let (wanted, down): (Wanted, HashSet<String>) = api.with_core(|c| {
             let pools = c.config().mps_pools;
-            c.placements()
+            let wanted = c
+                .placements()
                 .filter_map(|p| {
                     let s = spec_of(p, pools)?;
                     Some((
                         p.id.clone(),
-                        (p.node.clone(), p.profile.model_id.clone(), s),
+                        (p.node.clone(), p.profile.model_id.clone(), s, p.at_ms),
                     ))
                 })
-                .collect()
+                .collect();
+            let down = c
+                .nodes()
+                .iter()
+                .filter(|n| n.down.is_some())
+                .map(|n| n.name.clone())
+                .collect();
+            (wanted, down)
         });
         type Reported = Vec<(
             String,
@@ -104,6 +118,10 @@ impl Executor {
             st.ingest
                 .nodes
                 .iter()
+                // A node that is down is asked only to stop what moved off
+                // it, and only while its agent is there (a GPU failed); a
+                // silent one is left as it is until it reports again.
+                .filter(|(n, _)| !down.contains(*n) || st.is_connected(n))
                 .map(|(n, s)| {
                     // A replica's endpoint is the one its agent scrapes for
                     // its pid.
@@ -123,25 +141,44 @@ impl Executor {
                 })
                 .collect()
         };
-        let runs = |node: &str, id: &str| {
+        // What node `node` reports of replica `id`: whether it is there, and
+        // whether it exited.
+        let found = |node: &str, id: &str| {
             reported
                 .iter()
-                .any(|(n, _, rs)| n == node && rs.iter().any(|(r, _)| r.id == id))
+                .filter(|(n, ..)| n == node)
+                .flat_map(|(_, _, rs)| rs)
+                .find(|(r, _)| r.id == id)
+                .map(|(r, _)| r.state == ReplicaState::Exited)
         };
-        for (id, (node, _, spec)) in &wanted {
-            if self.started.contains(id) || runs(node, id) {
-                self.started.insert(id.clone());
+        for (id, (node, _, spec, at_ms)) in &wanted {
+            let key = (node.clone(), id.clone());
+            let before = self.started.get(&key).copied();
+            if down.contains(node) || before == Some(*at_ms) {
                 continue;
             }
-            if agents
-                .issue(node, CommandKind::StartReplica(spec.clone()))
-                .await
-                .is_ok()
+            let take_as_it_is = match found(node, id) {
+                // Running: it is this placement's, whenever it started.
+                Some(false) => true,
+                // Exited: this placement's own, unless the core placed it
+                // anew since this brain started it (nothing restarts on its
+                // own).
+                Some(true) => before.is_none(),
+                None => false,
+            };
+            if take_as_it_is
+                || agents
+                    .issue(node, CommandKind::StartReplica(spec.clone()))
+                    .await
+                    .is_ok()
             {
-                self.started.insert(id.clone());
+                self.started.insert(key, *at_ms);
             }
         }
-        self.started.retain(|id| wanted.contains_key(id));
+        // Kept while placed, or while its node is down (it may come back
+        // to the same node).
+        self.started
+            .retain(|(node, id), _| wanted.contains_key(id) || down.contains(node));
         let mut views = BTreeMap::new();
         let mut live = HashSet::new();
         for (node, addr, rs) in &reported {
@@ -169,9 +206,15 @@ impl Executor {
                 {
                     self.stopping.insert(key.clone());
                 }
+                // What a node that is down reports is not shown nor routed
+                // to, and a replica left elsewhere never hides the one
+                // where the placement is.
+                if down.contains(node) || (!placed_here && views.contains_key(&r.id)) {
+                    continue;
+                }
                 let model = wanted
                     .get(&r.id)
-                    .map(|(_, m, _)| m.clone())
+                    .map(|(_, m, ..)| m.clone())
                     .or_else(|| api.replica(&r.id).map(|v| v.model))
                     .unwrap_or_default();
                 views.insert(

@@ -4,17 +4,21 @@
 //! `vagus brain`, the black-box tests and the benches all start it through
 //! [`Service::start`].
 
+use crate::agents::ledger::unix_ns;
 use crate::agents::{Agents, AgentsOptions};
 use crate::audit::Audit;
 use crate::http::auth::Tokens;
 use crate::http::{Api, Clock, Restored, system_clock};
-use crate::sync;
+use crate::{failover, sync};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use vagus_decision::{Config as CoreConfig, Core, NodeSpec};
 use vagus_link::tls::Identity;
+
+/// How often nodes are checked for failure (their agents' silence).
+const FAILOVER_EVERY: Duration = Duration::from_millis(100);
 
 /// Why the service could not start. Each names what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -144,11 +148,20 @@ impl Service {
                 let (a, synced) = (agents.clone(), api.clone());
                 let every = cfg.sync_every;
                 svc.tasks.push(tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(every);
+                    // Failures are looked for more often than the sync runs;
+                    // one found runs the sync (and so the executor) at once.
+                    let mut tick = tokio::time::interval(FAILOVER_EVERY.min(every));
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                     let mut sync = sync::Sync::default();
+                    let mut failover = failover::Failover::default();
+                    let mut synced_at: Option<std::time::Instant> = None;
                     loop {
                         tick.tick().await;
-                        sync.round(&a, &synced).await;
+                        let changed = failover.round(&a, &synced, unix_ns()).await;
+                        if changed || synced_at.is_none_or(|t| t.elapsed() >= every) {
+                            synced_at = Some(std::time::Instant::now());
+                            sync.round(&a, &synced).await;
+                        }
                     }
                 }));
                 // The control loop, unless the core's settings turn it off.

@@ -33,7 +33,11 @@ pub struct Sync {
 }
 
 /// A node as its agent describes it, and its load.
-fn node_of(name: &str, n: &NodeState) -> Result<(NodeSpec, NodeLoad), String> {
+fn node_of(
+    name: &str,
+    n: &NodeState,
+    failover: &vagus_decision::config::Failover,
+) -> Result<(NodeSpec, NodeLoad), String> {
     let (Some(cpu_milli), Some(memory_mib)) = (n.cpu_milli, n.memory_mib) else {
         return Err(format!(
             "node {name}: its agent reports no CPU or memory size; nothing is placed there"
@@ -70,7 +74,9 @@ fn node_of(name: &str, n: &NodeState) -> Result<(NodeSpec, NodeLoad), String> {
         qps: serving.qps,
         error_rate: serving.error_rate,
         queue_depth: serving.queue_depth,
-        healthy: n.gpus.values().all(|g| g.xids.is_empty()),
+        // A critical XID in this agent session (an application's own XID
+        // leaves the node healthy).
+        healthy: !n.xids.iter().any(|(_, x)| failover.critical(*x)),
         gpus: n
             .gpus
             .values()
@@ -118,6 +124,7 @@ impl Sync {
             Result<(NodeSpec, NodeLoad), String>,
             Vec<(u32, MpsState)>,
         );
+        let failover = api.with_core(|c| c.config().failover.clone());
         let nodes: Vec<Described> = {
             let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
             st.ingest
@@ -126,7 +133,7 @@ impl Sync {
                 .filter(|(_, n)| !n.inventory.is_empty())
                 .map(|(name, n)| {
                     let mps = n.mps.iter().map(|(g, s)| (*g, s.clone())).collect();
-                    (name.clone(), node_of(name, n), mps)
+                    (name.clone(), node_of(name, n, &failover), mps)
                 })
                 .collect()
         };

@@ -361,6 +361,7 @@ impl Core {
         n.memory_free = n.memory_mib - used_mem;
         n.healthy = old.healthy;
         n.cordoned = old.cordoned;
+        n.down = old.down.clone();
         n.qps = old.qps;
         n.error_rate = old.error_rate;
         n.queue_depth = old.queue_depth;
@@ -418,6 +419,94 @@ impl Core {
         }
         self.refresh(i);
         Ok(())
+    }
+
+    /// Node `name` is down (`why`: its agent went silent, a critical XID):
+    /// nothing more is placed there, and every workload on it is placed
+    /// again elsewhere, most important first, as a new request would be
+    /// (preempting lower priorities, or waiting in the queue), keeping its
+    /// tenant's charge, its pin and its weight. Each gets an `evacuate`
+    /// decision, then its new one. A node already down: nothing.
+    pub fn node_down(&mut self, name: &str, why: &str, now: u64) -> Result<Vec<Decision>, Refusal> {
+        let i = self.node_index(name)?;
+        if self.nodes[i].down.is_some() {
+            return Ok(Vec::new());
+        }
+        self.nodes[i].down = Some(why.to_string());
+        self.refresh(i);
+        let mut evacuees: Vec<Placed> = self
+            .placed
+            .values()
+            .filter(|p| p.node == name)
+            .map(|p| (**p).clone())
+            .collect();
+        evacuees.sort_by(|a, b| {
+            (a.profile.priority, a.at_ms, &a.id).cmp(&(b.profile.priority, b.at_ms, &b.id))
+        });
+        // All off first: what they held is on a node that is down anyway.
+        for p in &evacuees {
+            self.unbind(p, now, false);
+            // The new placement charges it afresh.
+            if let Some(u) = self.usage.get_mut(&p.profile.tenant) {
+                *u = (*u - p.gpu_hours).max(0.0);
+            }
+        }
+        let mut out = Vec::new();
+        for p in evacuees {
+            let mut d = Decision::new(
+                self.next_seq(),
+                now,
+                &p.id,
+                Path::Evacuate,
+                format!(
+                    "{} ({:?}) off {name} GPU {:?}: the node is down ({why})",
+                    p.id, p.profile.priority, p.gpus
+                ),
+            );
+            d.node = Some(p.node.clone());
+            d.gpus = p.gpus.clone();
+            d.share_pct = Some(p.share_pct);
+            d.class = Some(p.class.clone());
+            out.push(d);
+            let class = self.cfg.classes.classify(&p.profile);
+            self.decide(p.profile, class, now, true, &mut out);
+            if let Some(q) = self.placed.get_mut(&p.id) {
+                q.weight = p.weight;
+            }
+            if p.pinned {
+                self.set_pinned(&p.id, true);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Node `name` is back (its agent reports again): it takes work again,
+    /// and what waits in the queue is tried, most important first.
+    pub fn node_up(&mut self, name: &str, now: u64) -> Result<Vec<Decision>, Refusal> {
+        let i = self.node_index(name)?;
+        if self.nodes[i].down.take().is_none() {
+            return Ok(Vec::new());
+        }
+        self.refresh(i);
+        let mut out = Vec::new();
+        self.drain_queue(now, &mut out);
+        Ok(out)
+    }
+
+    /// Pins or unpins a placement and its residents; false if not placed.
+    fn set_pinned(&mut self, workload: &str, on: bool) -> bool {
+        let Some(p) = self.placed.get_mut(workload) else {
+            return false;
+        };
+        p.pinned = on;
+        let (node, gpus) = (self.index[&p.node], p.gpus.clone());
+        for g in gpus {
+            let g = &mut self.nodes[node].gpus[g as usize];
+            if let Some(k) = g.workloads.iter().position(|w| w == workload) {
+                g.residents[k].pinned = on;
+            }
+        }
+        true
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -1005,17 +1094,8 @@ impl Core {
             }
             Control::Pin { workload } | Control::Unpin { workload } => {
                 let on = matches!(c, Control::Pin { .. });
-                let p = self
-                    .placed
-                    .get_mut(workload)
-                    .ok_or_else(|| Refusal::NotFound(format!("placement {workload}")))?;
-                p.pinned = on;
-                let (node, gpus) = (self.index[&p.node], p.gpus.clone());
-                for g in gpus {
-                    let g = &mut self.nodes[node].gpus[g as usize];
-                    if let Some(k) = g.workloads.iter().position(|w| w == workload) {
-                        g.residents[k].pinned = on;
-                    }
+                if !self.set_pinned(workload, on) {
+                    return Err(Refusal::NotFound(format!("placement {workload}")));
                 }
                 format!("{workload} {}", if on { "pinned" } else { "unpinned" })
             }
@@ -1214,7 +1294,11 @@ impl Core {
 
 /// Whether node `n` takes new work that fits its free CPU and memory.
 fn open_to(n: &Node, p: &Profile) -> bool {
-    !n.cordoned && n.healthy && n.cpu_free >= p.cpu_milli && n.memory_free >= p.memory_mib
+    !n.cordoned
+        && n.healthy
+        && n.down.is_none()
+        && n.cpu_free >= p.cpu_milli
+        && n.memory_free >= p.memory_mib
 }
 
 fn step(

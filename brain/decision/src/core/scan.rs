@@ -207,7 +207,7 @@ impl Core {
             cpu_free: n.cpu_free,
             memory_free: n.memory_free,
             cordoned: n.cordoned,
-            healthy: n.healthy,
+            healthy: n.healthy && n.down.is_none(),
             frag: self.mix.evaluate(&self.summaries[i], n.cpu_free, &[]),
             first: nh.first,
             count: nh.count,

@@ -289,6 +289,10 @@ pub struct NodeState {
     pub replicas: BTreeMap<String, ReplicaWindow>,
     /// The address its agent connects from (where its replicas serve).
     pub addr: Option<std::net::IpAddr>,
+    /// When its latest window arrived (the brain's clock, Unix ns).
+    pub received_unix_ns: u64,
+    /// Every (GPU, XID) its agent reported in this session (at most 64).
+    pub xids: Vec<(u32, u32)>,
 }
 
 impl NodeState {
@@ -414,6 +418,8 @@ impl Ingest {
         if n.session != session {
             n.session = session;
             n.last_seq = None;
+            // A new agent session (a restart, the GPU reset) starts clean.
+            n.xids.clear();
         }
         if n.last_seq.is_some_and(|last| w.seq <= last) {
             self.totals.duplicates += 1;
@@ -423,7 +429,13 @@ impl Ingest {
         n.windows += 1;
         n.dropped_reported += w.dropped_windows;
         n.window_end_unix_ns = w.start_unix_ns.saturating_add(w.duration_ns);
+        n.received_unix_ns = now_unix_ns;
         for g in w.gpus.drain(..) {
+            for &x in &g.xids {
+                if n.xids.len() < 64 && !n.xids.contains(&(g.index, x)) {
+                    n.xids.push((g.index, x));
+                }
+            }
             n.gpus.insert(g.index, g);
         }
         for m in w.mps.drain(..) {
@@ -628,6 +640,31 @@ mod tests {
         );
         assert_eq!(i.totals.duplicates, 2);
         assert_eq!(i.totals.windows, 2);
+    }
+
+    #[test]
+    fn xids_are_kept_for_the_agent_session_and_arrival_is_the_brains_clock() {
+        let mut i = Ingest::new(4);
+        let with_xid = |seq, xid| {
+            let mut w = window(seq, vec![]);
+            w.gpus.push(GpuWindow {
+                index: 1,
+                utilization: 0.0,
+                sm_utilization: 0.0,
+                memory_used_bytes: 0,
+                power_mw: 0,
+                temperature_c: 0,
+                xids: vec![xid],
+            });
+            w
+        };
+        i.window("n", 1, with_xid(0, 79), 10, 7);
+        i.window("n", 1, with_xid(1, 79), 10, 8);
+        i.window("n", 1, window(2, vec![]), 10, 9);
+        assert_eq!(i.nodes["n"].xids, [(1, 79)], "kept after its window, once");
+        assert_eq!(i.nodes["n"].received_unix_ns, 9);
+        i.window("n", 2, window(0, vec![]), 10, 10);
+        assert!(i.nodes["n"].xids.is_empty(), "a new session starts clean");
     }
 
     #[test]

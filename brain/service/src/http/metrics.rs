@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use vagus_decision::{Core, Decision, Path};
 
-const PATHS: [Path; 9] = Path::ALL;
+const PATHS: [Path; 10] = Path::ALL;
 
 /// Upper bounds (seconds) of the decision-time histogram.
 const BUCKETS: [f64; 10] = [
@@ -100,13 +100,32 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, core: &Core) -> String {
+    /// The page: these counters, the core's gauges, and `alerts` (raised
+    /// so far, by kind).
+    pub fn render(&self, core: &Core, alerts: &std::collections::BTreeMap<String, u64>) -> String {
         let mut o = String::with_capacity(4096);
-        let _ = self.write(&mut o, core);
+        let _ = self.write(&mut o, core, alerts);
         o
     }
 
-    fn write(&self, o: &mut String, core: &Core) -> std::fmt::Result {
+    fn write(
+        &self,
+        o: &mut String,
+        core: &Core,
+        alerts: &std::collections::BTreeMap<String, u64>,
+    ) -> std::fmt::Result {
+        writeln!(
+            o,
+            "# HELP vagus_brain_alerts_total Alerts raised (GET /v1/events), by kind."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_alerts_total counter")?;
+        for kind in crate::alerts::KINDS {
+            writeln!(
+                o,
+                "vagus_brain_alerts_total{{kind=\"{kind}\"}} {}",
+                alerts.get(kind).copied().unwrap_or(0)
+            )?;
+        }
         writeln!(
             o,
             "# HELP vagus_brain_decisions_total Decisions taken, by path."

@@ -55,6 +55,8 @@ pub struct Api {
     tokens: Tokens,
     clock: Clock,
     pub metrics: Metrics,
+    /// What operators must hear about (`GET /v1/events`).
+    pub alerts: crate::alerts::Alerts,
 }
 
 /// What the audit trail records so that a restart can rebuild the state.
@@ -87,6 +89,7 @@ impl Api {
             tokens,
             clock,
             metrics: Metrics::default(),
+            alerts: crate::alerts::Alerts::default(),
         }
     }
 
@@ -278,6 +281,65 @@ impl Api {
         }
     }
 
+    /// Node `node` is down (`why`): the core places its workloads again
+    /// elsewhere; the decisions are audited as `actor`'s. The workloads
+    /// moved, in the order they were, or the trail's failure.
+    pub async fn node_down(
+        &self,
+        actor: &str,
+        node: &str,
+        why: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let ds = self
+            .decide(actor, None, None, |core, now| {
+                core.node_down(node, why, now)
+            })
+            .await?;
+        Ok(ds
+            .into_iter()
+            .filter(|d| d.path == Path::Evacuate)
+            .map(|d| d.workload)
+            .collect())
+    }
+
+    /// Node `node` is back: it takes work again, and the queue is tried.
+    /// The workloads placed from the queue.
+    pub async fn node_up(&self, actor: &str, node: &str) -> Result<Vec<String>, ApiError> {
+        let ds = self
+            .decide(actor, None, None, |core, now| core.node_up(node, now))
+            .await?;
+        Ok(ds
+            .into_iter()
+            .filter(|d| d.path.placed())
+            .map(|d| d.workload)
+            .collect())
+    }
+
+    /// Raises an alert (see [`crate::alerts`]) and records it in the audit
+    /// trail as an `event` row.
+    pub async fn alert(
+        &self,
+        kind: &str,
+        node: Option<&str>,
+        workloads: Vec<String>,
+        summary: String,
+    ) {
+        let now = self.now();
+        let a = self.alerts.raise(now, kind, node, workloads, summary);
+        let body = serde_json::json!({ "event": kind, "alert": &*a });
+        self.record_events(vec![Row {
+            at_ms: now,
+            path: "event".into(),
+            workload: String::new(),
+            node: a.node.clone(),
+            actor: "brain".into(),
+            summary: a.summary.clone(),
+            body: body.to_string(),
+            state: None,
+        }])
+        .await;
+    }
+
     /// The token's holder, if it has at least the `need` role. The scheme
     /// is case-insensitive (RFC 7235); a 401 carries `WWW-Authenticate`.
     fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<String, ApiError> {
@@ -424,6 +486,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// What went wrong, in words.
+    pub fn message(&self) -> &str {
+        &self.error
+    }
+
     fn new(status: StatusCode, field: Option<&str>, error: String) -> ApiError {
         ApiError {
             status,
@@ -869,6 +936,92 @@ async fn post_control(
     Ok(json(StatusCode::OK, format!("[{}]", items.join(","))))
 }
 
+/// `GET /v1/events` parameters.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only alerts after this id (a stream's `Last-Event-ID` header does
+    /// the same).
+    pub after: Option<u64>,
+}
+
+/// The alerts kept (the newest 1,024).
+#[derive(Serialize, ToSchema)]
+pub struct Events {
+    pub items: Vec<crate::alerts::Alert>,
+}
+
+#[utoipa::path(get, path = "/v1/events", params(EventsQuery),
+    responses((status = 200,
+        description = "The alerts kept after `after`, oldest first: JSON, or — with `Accept: text/event-stream` — a stream of server-sent events (`id`: the alert's id, `event`: its kind, `data`: the alert's JSON) that goes on with each new alert; a stream that falls more than 1,024 alerts behind ends, and its client reconnects with `Last-Event-ID`",
+        content((Events = "application/json"), (String = "text/event-stream")))),
+    security(("bearer" = [])))]
+async fn list_events(
+    State(s): State<Arc<Api>>,
+    _: Viewer,
+    headers: HeaderMap,
+    Params(q): Params<EventsQuery>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let invalid = |e: vagus_decision::Invalid| ApiError::from(Refusal::Invalid(e));
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    invalid(vagus_decision::Invalid::new(
+                        "Last-Event-ID",
+                        "must be an alert id (a whole number)",
+                    ))
+                })?,
+        ),
+    };
+    if let Some(a) = q.after {
+        vagus_decision::rules::SEQ
+            .check("after", a)
+            .map_err(invalid)?;
+    }
+    let after = q.after.or(resume).unwrap_or(0);
+    let (kept, rx) = s.alerts.since(after);
+    let stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !stream {
+        let items = kept.iter().map(|a| (**a).clone()).collect();
+        return Ok(axum::Json(Events { items }).into_response());
+    }
+    let last = kept.last().map_or(after, |a| a.id);
+    // After what was kept, each new alert; a receiver that lagged ends the
+    // stream (its client resumes from the last id it got).
+    let live = futures_util::stream::unfold((rx, last), |(mut rx, last)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(a) if a.id > last => {
+                    let id = a.id;
+                    return Some((a, (rx, id)));
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    });
+    let events = futures_util::stream::iter(kept).chain(live).map(|a| {
+        let e = Event::default().id(a.id.to_string()).event(&a.kind);
+        Ok::<_, std::convert::Infallible>(
+            e.json_data(&*a)
+                .unwrap_or_else(|_| Event::default().comment("unencodable alert")),
+        )
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     pub status: String,
@@ -898,7 +1051,7 @@ async fn healthz(State(s): State<Arc<Api>>) -> Response {
 async fn metrics(State(s): State<Arc<Api>>) -> Response {
     let text = {
         let core = s.core();
-        s.metrics.render(&core)
+        s.metrics.render(&core, &s.alerts.counts())
     };
     (
         [(
@@ -936,6 +1089,7 @@ pub fn router(s: Arc<Api>) -> Router {
         .route("/v1/decisions", get(list_decisions))
         .route("/v1/controls", post(post_control))
         .route("/v1/routes", get(get_routes))
+        .route("/v1/events", get(list_events))
         .route("/v1/gateways/{name}/windows", post(post_gateway_window))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

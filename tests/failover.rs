@@ -1,0 +1,425 @@
+//! Node failure on gpusim: two nodes, each its own simulated host with its
+//! own agent. Node A dies (its agent and the replicas it ran, killed with
+//! SIGKILL, as when a host goes away); once its agent has been silent for
+//! the liveness timeout, the brain places A's P0 on node B first — where
+//! it serves again within 2 s — while A's P3, for which B has no room,
+//! waits. When A's agent comes back, A takes work again and the P3 runs
+//! there. A critical XID (79) on B takes B down in turn, an application's
+//! own (13) does not. Every step is a decision or an event in the audit
+//! trail, an alert on `GET /v1/events` (read as a stream by curl) and a
+//! count on `/metrics`.
+
+use crate::brain_api::{Reap, TOKEN, http, http_addr, profile, tokens, with};
+use crate::support::*;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The liveness timeout the brain is configured with.
+const TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// `vagus agent` for `node` on simulated host `sim`.
+fn agent(sim: &Sim, node: &str, quic: &str, certs: &Path) -> Child {
+    let segdir = sim.dir.join("segments");
+    std::fs::create_dir_all(&segdir).unwrap();
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    sim.vagus(&[
+        "agent",
+        "--node",
+        node,
+        "--brain",
+        quic,
+        "--certs",
+        certs.to_str().unwrap(),
+        "--metrics-addr",
+        &metrics,
+        "--segments",
+        segdir.to_str().unwrap(),
+        "--no-bpf",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
+/// Polls until `what` holds of `GET path` (20 s at most).
+fn until(
+    addr: SocketAddr,
+    path: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = http(addr, "GET", path, "");
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within 20 s: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn joined(addr: SocketAddr, node: &str) {
+    until(addr, "/v1/nodes", &format!("{node} joins"), |v| {
+        v["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n["name"] == node))
+    });
+}
+
+fn control(addr: SocketAddr, body: serde_json::Value) {
+    let (st, v) = http(addr, "POST", "/v1/controls", &body.to_string());
+    assert_eq!(st, 200, "{v}");
+}
+
+/// A replica of its own model at `share` % and `priority`, serving on
+/// `port`; placed, its decision.
+fn place(
+    addr: SocketAddr,
+    name: &str,
+    priority: &str,
+    share: u32,
+    port: Option<u16>,
+) -> serde_json::Value {
+    let mut extra = serde_json::json!({"model_size_gb": 1.0, "cpu_milli": 200,
+        "share_pct": share, "priority": priority});
+    if let Some(port) = port {
+        extra["launch"] = serde_json::json!({
+            "command": bin("vagus").to_str().unwrap(),
+            "args": ["serve", "--listen", format!("127.0.0.1:{port}"), "--model", name,
+                     "--model-gb", "1"],
+            "port": port,
+        });
+    }
+    let (st, v) = http(addr, "POST", "/v1/placements", &with(profile(name), extra));
+    assert_eq!(st, 201, "{v}");
+    v
+}
+
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(
+        s,
+        "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+/// curl reading `GET /v1/events` as a server-sent event stream; its lines.
+fn events_stream(addr: SocketAddr, extra: &[&str]) -> (Owned, mpsc::Receiver<String>) {
+    let mut child = std::process::Command::new("curl")
+        .args(["-sN", "-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-H", "Accept: text/event-stream"])
+        .args(extra)
+        .arg(format!("http://{addr}/v1/events"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("curl");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    (Owned(child), rx)
+}
+
+/// The next server-sent event on `rx` (id, event, data), within 20 s.
+fn next_event(rx: &mpsc::Receiver<String>) -> (u64, String, serde_json::Value) {
+    let (mut id, mut event, mut data) = (None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("an event within 20 s");
+        let line = rx.recv_timeout(left).expect("an event within 20 s");
+        if line.is_empty() {
+            if let (Some(i), Some(e), Some(d)) = (id.take(), event.take(), data.take()) {
+                return (i, e, d);
+            }
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.parse().unwrap());
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data = Some(serde_json::from_str(v).unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_dead_nodes_p0_serves_elsewhere_within_2_s_of_the_timeout_and_the_node_takes_work_when_back() {
+    let a = Sim::new("failover-a");
+    let b = Sim::new("failover-b");
+    let certs = a.dir.join("certs");
+    let out = a
+        .vagus(&[
+            "certs",
+            "init",
+            "--dir",
+            certs.to_str().unwrap(),
+            "--agents",
+            "node-a,node-b",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = a.dir.join("core.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[classes]\ngrid = [25, 50, 75, 100]\n[failover]\nnode_timeout_ms = {}\n",
+            TIMEOUT.as_millis()
+        ),
+    )
+    .unwrap();
+    let tokens = tokens(&a);
+    let audit = a.dir.join("audit.sqlite");
+    let quic = format!("127.0.0.1:{}", free_udp_port());
+    let brain = start_brain_with(
+        &a,
+        &[
+            "--quic",
+            &quic,
+            "--certs",
+            certs.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--tokens",
+            &tokens,
+            "--audit",
+            audit.to_str().unwrap(),
+            "--stats-every",
+            "0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let addr = http_addr(&brain);
+    // B holds a P2 on half its GPU.
+    let _agent_b = Owned(agent(&b, "node-b", &quic, &certs));
+    joined(addr, "node-b");
+    assert_eq!(
+        place(addr, "filler", "P2", 50, None)["decision"]["node"],
+        "node-b"
+    );
+    // A runs the P0 and the P3 (B cordoned meanwhile), each half its GPU.
+    let mut agent_a = agent(&a, "node-a", &quic, &certs);
+    joined(addr, "node-a");
+    control(
+        addr,
+        serde_json::json!({"action": "cordon", "node": "node-b"}),
+    );
+    let (p0_port, p3_port) = (free_tcp_port(), free_tcp_port());
+    for (name, prio, port) in [("p0", "P0", p0_port), ("p3", "P3", p3_port)] {
+        assert_eq!(
+            place(addr, name, prio, 50, Some(port))["decision"]["node"],
+            "node-a"
+        );
+    }
+    control(
+        addr,
+        serde_json::json!({"action": "uncordon", "node": "node-b"}),
+    );
+    let mut pids = Vec::new();
+    for name in ["p0", "p3"] {
+        let v = until(
+            addr,
+            &format!("/v1/placements/{name}"),
+            &format!("{name} ready on node-a"),
+            |v| {
+                v["replica"]["node"] == "node-a"
+                    && (v["replica"]["state"] == "ready" || v["replica"]["state"] == "running")
+            },
+        );
+        pids.push(v["replica"]["pid"].as_u64().unwrap() as u32);
+    }
+    let _reap = Reap(pids.clone());
+    let (_curl, stream) = events_stream(addr, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Host A dies: its agent and the replicas it ran.
+    agent_a.kill().unwrap();
+    let died = Instant::now();
+    for &pid in &pids {
+        // SAFETY: kill only sends a signal.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    agent_a.wait().unwrap();
+    // The P0 is placed on B and serves there again.
+    let deadline = died + TIMEOUT + Duration::from_secs(10);
+    let mut moved_at = None;
+    let serving_at = loop {
+        if moved_at.is_none()
+            && http(addr, "GET", "/v1/placements/p0", "").1["placement"]["node"] == "node-b"
+        {
+            moved_at = Some(died.elapsed());
+        }
+        if moved_at.is_some() && healthy(p0_port) {
+            break died.elapsed();
+        }
+        assert!(Instant::now() < deadline, "the P0 never served on node-b");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let moved_at = moved_at.unwrap();
+    eprintln!("p0 placed on node-b {moved_at:?} after the kill, serving {serving_at:?} after it");
+    // The last window came at most a window period (100 ms) before the kill.
+    assert!(
+        moved_at >= TIMEOUT - Duration::from_millis(200),
+        "moved before the liveness timeout: {moved_at:?}"
+    );
+    assert!(
+        serving_at <= TIMEOUT + Duration::from_secs(2),
+        "the P0 served on node-b {serving_at:?} after the kill (timeout {TIMEOUT:?} + 2 s)"
+    );
+    // The P3 has no room on B: it waits.
+    let (_, p3) = http(addr, "GET", "/v1/placements/p3", "");
+    assert_eq!(p3["state"], "queued", "{p3}");
+    let (_, nodes) = http(addr, "GET", "/v1/nodes", "");
+    let node_a = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-a")
+        .unwrap()
+        .clone();
+    assert!(
+        node_a["down"]
+            .as_str()
+            .is_some_and(|d| d.contains("sent nothing")),
+        "{node_a}"
+    );
+    // The trail: the P0 first, then the P3, each taken off A then decided.
+    let (_, trail) = http(addr, "GET", "/v1/decisions?actor=failover", "");
+    let steps: Vec<(String, String)> = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["workload"].as_str().unwrap().into(),
+                r["path"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let steps: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|(w, p)| (w.as_str(), p.as_str()))
+        .collect();
+    assert_eq!(steps[0], ("p0", "evacuate"), "{trail}");
+    assert_eq!(steps[1], ("p0", "direct"), "{trail}");
+    assert_eq!(steps[2], ("p3", "evacuate"), "{trail}");
+    assert!(matches!(steps[3], ("p3", "queue" | "scale_out")), "{trail}");
+    // The alert: streamed, listed, counted, and in the trail.
+    let (id, kind, alert) = next_event(&stream);
+    assert_eq!((id, kind.as_str()), (1, "node_down"), "{alert}");
+    assert_eq!(alert["node"], "node-a");
+    assert_eq!(alert["workloads"], serde_json::json!(["p0", "p3"]));
+    let (_, listed) = http(addr, "GET", "/v1/events", "");
+    assert_eq!(listed["items"][0], alert, "{listed}");
+    let (_, rows) = http(addr, "GET", "/v1/decisions?path=event", "");
+    assert!(rows.to_string().contains("node_down"), "{rows}");
+
+    // A comes back: it takes work again, and the waiting P3 runs there.
+    let _agent_a = Owned(agent(&a, "node-a", &quic, &certs));
+    let v = until(
+        addr,
+        "/v1/placements/p3",
+        "p3 serving on node-a again",
+        |v| {
+            v["placement"]["node"] == "node-a"
+                && v["replica"]["node"] == "node-a"
+                && (v["replica"]["state"] == "ready" || v["replica"]["state"] == "running")
+        },
+    );
+    let _reap_p3 = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    let (id, kind, alert) = next_event(&stream);
+    assert_eq!((id, kind.as_str()), (2, "node_up"), "{alert}");
+    assert_eq!(alert["workloads"], serde_json::json!(["p3"]));
+    // A client that resumes after the first alert gets only the second.
+    let (_c, resumed) = events_stream(addr, &["-H", "Last-Event-ID: 1"]);
+    assert_eq!(next_event(&resumed).0, 2);
+    // An application's own XID on B changes nothing; a device's takes B
+    // down (its agent still there), and its P0 moves first, to A.
+    let xid = |n: &str| {
+        let st = b
+            .vagus(&["gpusim", "xid", "--device", "0", "--xid", n])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    xid("13");
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, p0) = http(addr, "GET", "/v1/placements/p0", "");
+    assert_eq!(
+        p0["placement"]["node"], "node-b",
+        "XID 13 is the application's: {p0}"
+    );
+    xid("79");
+    let (id, kind, alert) = next_event(&stream);
+    assert_eq!((id, kind.as_str()), (3, "node_down"), "{alert}");
+    assert_eq!(alert["node"], "node-b");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .contains("GPU 0 reported XID 79"),
+        "{alert}"
+    );
+    assert_eq!(alert["workloads"], serde_json::json!(["p0", "filler"]));
+    let (_, p0) = http(addr, "GET", "/v1/placements/p0", "");
+    assert_eq!(p0["placement"]["node"], "node-a", "{p0}");
+    let page = metrics_page(addr);
+    assert!(
+        page.contains("vagus_brain_alerts_total{kind=\"node_down\"} 2"),
+        "{page}"
+    );
+    assert!(
+        page.contains("vagus_brain_alerts_total{kind=\"node_up\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("vagus_brain_decisions_total{path=\"evacuate\"} 4"),
+        "{page}"
+    );
+}
+
+fn metrics_page(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
