@@ -1,6 +1,8 @@
 //! The control loop on gpusim: a latency-sensitive `vagus serve` replica
 //! the brain placed, beside a saturating best-effort process on the same
-//! GPU, with and without the loop, under the same arrivals.
+//! GPU, with and without the loop, under the same arrivals; and the scaler
+//! adding a replica to a server whose queue grows and draining it once the
+//! GPU is idle, behind `vagus gateway`.
 
 use crate::brain_api::{
     Reap, brain_and_agent_with, http, node_joined, profile, replica_until, with,
@@ -223,4 +225,177 @@ fn budgets_keep_a_servers_sla_beside_saturating_work_that_breaks_it_without_them
         !out.status.success() && err.contains("replays differently"),
         "{err}"
     );
+}
+
+/// `vllm:num_requests_waiting` on the server at `port` (`None`: no page).
+fn waiting(port: u16) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find(|l| l.starts_with("vllm:num_requests_waiting"))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_queue_over_10_adds_a_replica_within_1_s_and_an_idle_gpu_drains_it_without_failures() {
+    use crate::gateway::{gateway, load, report};
+    let mut sim = Sim::new("scale");
+    let config = sim.dir.join("core.toml");
+    std::fs::write(
+        &config,
+        "replicas_per_node = 4\n[classes]\ngrid = [25, 50, 75, 100]\n\
+         [scale]\nenabled = true\ncooldown_ms = 60000\nidle_ms = 3000\n",
+    )
+    .unwrap();
+    let (_b, addr, agent, _) = brain_and_agent_with(
+        &mut sim,
+        false,
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let _agent = Owned(agent);
+    node_joined(addr);
+    // Half the GPU, two sequences at a time, ~0.1 s each: about 20
+    // requests/s.
+    let port = free_tcp_port();
+    let chat = with(
+        profile("chat"),
+        serde_json::json!({"model_id": "m", "priority": "P2", "sla_ms": null, "share_pct": 50,
+            "model_size_gb": 4.0, "cpu_milli": 200, "launch": {
+            "command": bin("vagus").to_str().unwrap(),
+            "args": ["serve", "--listen", "127.0.0.1:{port}", "--model", "m", "--model-gb", "4",
+                     "--max-batch", "2"],
+            "port": port,
+        }}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
+    assert_eq!(st, 201, "{v}");
+    let v = replica_until(addr, "chat", "ready", |r| {
+        r["state"] == "ready" || r["state"] == "running"
+    });
+    let mut reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    let g = gateway(&sim, addr);
+    // Twice what it can serve: its queue grows by ~20 a second.
+    let heavy = load(
+        &sim,
+        &g,
+        &[
+            "--qps",
+            "40",
+            "--duration",
+            "3s",
+            "--prompt-tokens",
+            "64",
+            "--output-tokens",
+            "32",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let over = loop {
+        if waiting(port).is_some_and(|w| w > 10.0) {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "the queue never passed 10");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let added = loop {
+        if http(addr, "GET", "/v1/placements/chat-s2", "").0 == 200 {
+            break over.elapsed();
+        }
+        assert!(over.elapsed() < Duration::from_secs(10), "no replica added");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("chat-s2 placed {added:?} after the queue passed 10");
+    assert!(
+        added <= Duration::from_secs(1),
+        "chat-s2 placed {added:?} after the queue passed 10"
+    );
+    let v = replica_until(addr, "chat-s2", "ready", |r| {
+        r["state"] == "ready" || r["state"] == "running"
+    });
+    reap.0.push(v["replica"]["pid"].as_u64().unwrap() as u32);
+    assert_eq!(v["placement"]["scaled"], true, "{v}");
+    assert_eq!(
+        v["replica"]["url"],
+        format!("http://127.0.0.1:{}", port + 1),
+        "its own port"
+    );
+    let heavy = report(heavy);
+    eprintln!(
+        "heavy load done {:?} after the queue passed 10",
+        over.elapsed()
+    );
+    assert_eq!(heavy["failed"], 0, "{heavy}");
+    // Light load: the GPU goes idle; the copy is drained, not one request fails.
+    let light = load(
+        &sim,
+        &g,
+        &[
+            "--qps",
+            "2",
+            "--duration",
+            "9s",
+            "--prompt-tokens",
+            "64",
+            "--output-tokens",
+            "32",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(addr, "GET", "/v1/placements/chat-s2", "").0 != 404 {
+        assert!(Instant::now() < deadline, "chat-s2 never removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "chat-s2 removed {:?} after the queue passed 10",
+        over.elapsed()
+    );
+    let light = report(light);
+    eprintln!(
+        "light load done {:?} after the queue passed 10",
+        over.elapsed()
+    );
+    assert_eq!(light["failed"], 0, "{light}");
+    assert!(light["requests"].as_u64().unwrap() >= 10, "{light}");
+    assert_eq!(
+        http(addr, "GET", "/v1/placements/chat", "").0,
+        200,
+        "the operator's stays"
+    );
+    // The trail: the scaler's rows, and its decisions as the loop's.
+    let (_, rows) = http(addr, "GET", "/v1/decisions?path=scale", "");
+    let kinds: Vec<&str> = rows["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["decision"]["scale"]["kind"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(kinds, ["up", "down"], "{rows}");
+    let up = &rows["items"][0]["summary"];
+    assert!(
+        up.as_str()
+            .unwrap()
+            .contains("requests waiting per replica"),
+        "{up}"
+    );
+    let (_, loop_rows) = http(addr, "GET", "/v1/decisions?actor=loop&workload=chat-s2", "");
+    let paths: Vec<&str> = loop_rows["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .filter(|p| *p != "scale")
+        .collect();
+    assert_eq!(paths, ["direct", "remove"], "{loop_rows}");
 }

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-struct Gateway {
+pub(crate) struct Gateway {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Drop for Gateway {
@@ -76,7 +76,7 @@ fn start_gateway(sim: &Sim, flags: &[&str]) -> Gateway {
 }
 
 /// A gateway that takes its routes from the brain at `addr`.
-fn gateway(sim: &Sim, addr: SocketAddr) -> Gateway {
+pub(crate) fn gateway(sim: &Sim, addr: SocketAddr) -> Gateway {
     let token = sim.dir.join("gateway.token");
     std::fs::write(&token, TOKEN).unwrap();
     let brain = format!("http://{addr}");
@@ -159,7 +159,7 @@ fn weight(addr: SocketAddr, workload: &str, w: u32) {
 }
 
 /// `vagus bench serve` against the gateway, in the background.
-fn load(sim: &Sim, g: &Gateway, args: &[&str]) -> Child {
+pub(crate) fn load(sim: &Sim, g: &Gateway, args: &[&str]) -> Child {
     let url = format!("http://127.0.0.1:{}", g.port);
     let mut all = vec!["bench", "serve", "--url", &url, "--model", "m", "--json"];
     all.extend_from_slice(args);
@@ -170,7 +170,7 @@ fn load(sim: &Sim, g: &Gateway, args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn report(c: Child) -> serde_json::Value {
+pub(crate) fn report(c: Child) -> serde_json::Value {
     let out = c.wait_with_output().unwrap();
     assert!(out.status.success(), "bench serve failed");
     serde_json::from_slice(&out.stdout).unwrap()

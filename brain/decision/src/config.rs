@@ -82,6 +82,8 @@ pub struct Config {
     pub control: crate::control::ControlConfig,
     /// When a node counts as down (see [`crate::Core::node_down`]).
     pub failover: Failover,
+    /// Replicas added and removed by load (see [`crate::scale`]).
+    pub scale: crate::scale::ScaleConfig,
 }
 
 /// When a node is down: its agent silent too long, or a GPU's XID that is
@@ -147,6 +149,7 @@ impl Default for Config {
             search_limit: 8,
             control: crate::control::ControlConfig::default(),
             failover: Failover::default(),
+            scale: crate::scale::ScaleConfig::default(),
         }
     }
 }
@@ -156,6 +159,7 @@ impl Config {
         self.classes.validate()?;
         self.weights.validate()?;
         self.control.validate()?;
+        self.scale.validate()?;
         if self.failover.node_timeout_ms != 0
             && !(500..=3_600_000).contains(&self.failover.node_timeout_ms)
         {

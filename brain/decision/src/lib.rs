@@ -15,6 +15,7 @@ mod fit;
 pub mod manifest;
 pub mod mix;
 pub mod rules;
+pub mod scale;
 pub mod score;
 pub mod spec;
 pub mod state;

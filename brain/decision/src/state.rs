@@ -261,6 +261,10 @@ pub struct Placed {
     /// `weight` control); unset: the default.
     #[serde(default)]
     pub weight: Option<u32>,
+    /// The scaler added it as another replica of its model (so the scaler
+    /// may remove it; see [`crate::scale`]).
+    #[serde(default)]
+    pub scaled: bool,
 }
 
 /// A workload waiting for capacity.

@@ -4,7 +4,9 @@
 //! each is sent to its node's agent (`SetShimBudget`, through the command
 //! ledger), recorded in the audit trail (path `budget`) and counted. With
 //! a record file, every tick's observation and actions are appended to it
-//! as a JSON line, for `vagus control replay`.
+//! as a JSON line, for `vagus control replay`. Each tick also runs the
+//! [`Scaler`]: replicas added and removed through the core (actor `loop`,
+//! and a `scale` row each).
 
 use crate::agents::Agents;
 use crate::audit::Row;
@@ -15,8 +17,9 @@ use std::time::Duration;
 use vagus_decision::control::{
     Action, GpuObservation, Observation, ProcessObservation, Recorded, UNLIMITED_PPM,
 };
+use vagus_decision::scale::{ModelObservation, ReplicaObservation, Scale, ScaleConfig, Scaler};
 use vagus_decision::{ControlConfig, Controller, Priority};
-use vagus_proto::wire::CommandKind;
+use vagus_proto::wire::{CommandKind, ReplicaState};
 
 /// The first line of a record: the settings the ticks ran with.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -26,13 +29,18 @@ pub struct RecordHeader {
 
 pub struct Loop {
     ctl: Controller,
+    scaler: Scaler,
     record: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl Loop {
     /// A loop with the core's control settings; `record` names a file to
     /// append the ticks to (created, or truncated).
-    pub fn new(cfg: ControlConfig, record: Option<&std::path::Path>) -> std::io::Result<Loop> {
+    pub fn new(
+        cfg: ControlConfig,
+        scale: ScaleConfig,
+        record: Option<&std::path::Path>,
+    ) -> std::io::Result<Loop> {
         let record = match record {
             Some(p) => {
                 let mut w = std::io::BufWriter::new(std::fs::File::create(p)?);
@@ -47,6 +55,7 @@ impl Loop {
             None => None,
         };
         Ok(Loop {
+            scaler: Scaler::new(scale, cfg.pressure),
             ctl: Controller::new(cfg),
             record,
         })
@@ -94,6 +103,7 @@ impl Loop {
                 self.record = None;
             }
         }
+        self.scale(agents, api).await;
         if actions.is_empty() {
             return;
         }
@@ -118,6 +128,158 @@ impl Loop {
         }
         api.record_events(rows).await;
     }
+}
+
+impl Loop {
+    /// The scaler's look at every model with replicas, and what it decides
+    /// carried out through the core (actor `loop`), each with a `scale` row.
+    async fn scale(&mut self, agents: &Agents, api: &Api) {
+        let horizon_ns = self.ctl.config().horizon_ms * 1_000_000;
+        let (now, paused, models) = scale_observation(agents, api, horizon_ns);
+        if models.is_empty() {
+            return;
+        }
+        let taken = |name: &str| {
+            api.with_core(|c| {
+                c.placement(name).is_some()
+                    || c.queued_workload(name).is_some()
+                    || c.waiting_workload(name).is_some()
+            })
+        };
+        for s in self.scaler.tick(now, paused, &models, &taken) {
+            let summary = match &s {
+                Scale::Up {
+                    model,
+                    from,
+                    name,
+                    offset,
+                    reason,
+                } => {
+                    let Some(mut p) =
+                        api.with_core(|c| c.placement(from).map(|p| p.profile.clone()))
+                    else {
+                        continue;
+                    };
+                    p.name = name.clone();
+                    if let Some(l) = p.launch.as_mut() {
+                        l.port = l.port.and_then(|port| port.checked_add(*offset));
+                    }
+                    match api.place_scaled("loop", p).await {
+                        Ok(path) if path.placed() => {
+                            api.metrics.scaled(true);
+                            format!("{model}: {name} added, a copy of {from}: {reason}")
+                        }
+                        Ok(path) => format!(
+                            "{model}: {name} not added ({}: no room for it now): {reason}",
+                            path.name()
+                        ),
+                        Err(e) => format!("{model}: {name} not added: {}", e.message()),
+                    }
+                }
+                Scale::Down {
+                    model,
+                    workload,
+                    reason,
+                } => match api.remove("loop", workload).await {
+                    Ok(()) => {
+                        api.metrics.scaled(false);
+                        format!("{model}: {workload} removed (it drains): {reason}")
+                    }
+                    Err(e) => format!("{model}: {workload} not removed: {}", e.message()),
+                },
+            };
+            let (workload, model) = match &s {
+                Scale::Up { name, model, .. } => (name.clone(), model.clone()),
+                Scale::Down {
+                    workload, model, ..
+                } => (workload.clone(), model.clone()),
+            };
+            let body = serde_json::json!({ "model": model, "scale": &s }).to_string();
+            api.record_events(vec![Row {
+                at_ms: now,
+                path: "scale".into(),
+                workload,
+                node: None,
+                actor: "loop".into(),
+                summary,
+                body,
+                state: None,
+            }])
+            .await;
+        }
+    }
+}
+
+/// Every model that has replicas (placements with a launch spec): each
+/// replica's readiness, its server's queue and p99 (found by the
+/// replica's pid, over `horizon_ns`), and its GPUs' utilisation.
+fn scale_observation(
+    agents: &Agents,
+    api: &Api,
+    horizon_ns: u64,
+) -> (u64, bool, Vec<ModelObservation>) {
+    struct Rep {
+        model: String,
+        id: String,
+        node: String,
+        gpus: Vec<u32>,
+        scaled: bool,
+        sla_ms: Option<u32>,
+    }
+    let (now, paused, reps) = api.with_core(|c| {
+        let reps: Vec<Rep> = c
+            .placements()
+            .filter(|p| p.profile.launch.is_some())
+            .map(|p| Rep {
+                model: p.profile.model_id.clone(),
+                id: p.id.clone(),
+                node: p.node.clone(),
+                gpus: p.gpus.clone(),
+                scaled: p.scaled,
+                sla_ms: p.profile.sla_ms,
+            })
+            .collect();
+        (api.now(), c.reconfiguration_paused(), reps)
+    });
+    if reps.is_empty() {
+        return (now, paused, Vec::new());
+    }
+    let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut by: std::collections::BTreeMap<String, ModelObservation> = Default::default();
+    for r in reps {
+        let n = st
+            .ingest
+            .nodes
+            .get(&r.node)
+            .filter(|_| st.is_connected(&r.node));
+        let replica = n.and_then(|n| n.replicas.get(&r.id));
+        let serving = n
+            .zip(replica)
+            .and_then(|(n, rw)| n.serving.values().find(|e| e.pid == Some(rw.pid)));
+        let m = by
+            .entry(r.model.clone())
+            .or_insert_with(|| ModelObservation {
+                model: r.model.clone(),
+                replicas: Vec::new(),
+                gpu_utilisation: Vec::new(),
+            });
+        m.replicas.push(ReplicaObservation {
+            workload: r.id,
+            added: r.scaled,
+            ready: replica
+                .is_some_and(|rw| matches!(rw.state, ReplicaState::Ready | ReplicaState::Running)),
+            queue_depth: serving.and_then(|e| e.queue_depth),
+            p99_ms: serving
+                .and_then(|e| e.recent_latency(horizon_ns).1)
+                .map(|s| s * 1e3),
+            sla_ms: r.sla_ms,
+        });
+        for g in r.gpus {
+            m.gpu_utilisation
+                .push(n.and_then(|n| n.gpus.get(&g)).map(|g| g.utilization as f64));
+        }
+    }
+    (now, paused, by.into_values().collect())
 }
 
 fn share(ppm: u32) -> String {

@@ -71,11 +71,17 @@ pub struct Executor {
 /// budgets, and the replica runs with the whole GPU's SMs.
 fn spec_of(p: &vagus_decision::Placed, mps_pools: bool) -> Option<ReplicaSpec> {
     let l = p.profile.launch.as_ref()?;
+    // `{port}` in an argument or a variable is the replica's own port (a
+    // copy the scaler adds serves on another).
+    let port = |s: &str| match l.port {
+        Some(n) => s.replace("{port}", &n.to_string()),
+        None => s.to_string(),
+    };
     Some(ReplicaSpec {
         id: p.id.clone(),
         command: l.command.clone(),
-        args: l.args.clone(),
-        env: l.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        args: l.args.iter().map(|a| port(a)).collect(),
+        env: l.env.iter().map(|(k, v)| (k.clone(), port(v))).collect(),
         port: l.port,
         gpus: p.gpus.clone(),
         mps_percent: (mps_pools && p.gpus.len() == 1 && p.share_pct < 100)

@@ -472,6 +472,7 @@ impl Core {
             self.decide(p.profile, class, now, true, &mut out);
             if let Some(q) = self.placed.get_mut(&p.id) {
                 q.weight = p.weight;
+                q.scaled = p.scaled;
             }
             if p.pinned {
                 self.set_pinned(&p.id, true);
@@ -526,6 +527,21 @@ impl Core {
         self.learn(&p, class.share_pct);
         let mut out = Vec::new();
         self.decide(p, class, now, true, &mut out);
+        Ok(out)
+    }
+
+    /// Places `p` as another replica the scaler adds: like [`Core::place`],
+    /// marked `scaled` when placed; one that would wait is taken out of the
+    /// queue again at once (the scaler asks again later), its removal the
+    /// last decision.
+    pub fn place_scaled(&mut self, p: Profile, now: u64) -> Result<Vec<Decision>, Refusal> {
+        let id = p.name.clone();
+        let mut out = self.place(p, now)?;
+        if let Some(q) = self.placed.get_mut(&id) {
+            q.scaled = true;
+        } else if self.queued.contains_key(&id) {
+            out.extend(self.remove(&id, now)?);
+        }
         Ok(out)
     }
 
@@ -878,6 +894,7 @@ impl Core {
             gpu_hours: charge,
             pinned: false,
             weight: None,
+            scaled: false,
             profile: p,
         };
         let id = placed.id.clone();
@@ -1233,6 +1250,7 @@ impl Core {
                     gpu_hours: charge,
                     pinned: true,
                     weight: None,
+                    scaled: false,
                     profile,
                 }
             }

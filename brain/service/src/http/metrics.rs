@@ -29,6 +29,9 @@ pub struct Metrics {
     loop_ticks: AtomicU64,
     loop_ns: AtomicU64,
     loop_budgets: AtomicU64,
+    /// Replicas the scaler added and removed.
+    scaled_up: AtomicU64,
+    scaled_down: AtomicU64,
     /// From the end of the window an action under pressure rests on to
     /// the action's command being issued.
     reaction: [AtomicU64; REACTION.len()],
@@ -98,6 +101,16 @@ impl Metrics {
         if let Some(c) = self.answers.get((status / 100).saturating_sub(2) as usize) {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    /// A replica the scaler added (`up`) or removed.
+    pub fn scaled(&self, up: bool) {
+        if up {
+            &self.scaled_up
+        } else {
+            &self.scaled_down
+        }
+        .fetch_add(1, Relaxed);
     }
 
     /// The page: these counters, the core's gauges, and `alerts` (raised
@@ -220,6 +233,16 @@ impl Metrics {
             "vagus_brain_loop_actions_total{{kind=\"budget\"}} {}",
             self.loop_budgets.load(Relaxed)
         )?;
+        for (kind, n) in [
+            ("scale_up", &self.scaled_up),
+            ("scale_down", &self.scaled_down),
+        ] {
+            writeln!(
+                o,
+                "vagus_brain_loop_actions_total{{kind=\"{kind}\"}} {}",
+                n.load(Relaxed)
+            )?;
+        }
         histogram(
             o,
             "vagus_brain_loop_reaction_seconds",

@@ -315,6 +315,24 @@ impl Api {
             .collect())
     }
 
+    /// Adds the replica the scaler asked for ([`Core::place_scaled`]); the
+    /// path of its decision.
+    pub async fn place_scaled(&self, actor: &str, p: Profile) -> Result<Path, ApiError> {
+        let id = p.name.clone();
+        let ds = self
+            .decide(actor, None, Some(&id), |c, now| c.place_scaled(p, now))
+            .await?;
+        Ok(ds.first().map_or(Path::Queue, |d| d.path))
+    }
+
+    /// Removes a placement as `actor` (its route goes at once; the executor
+    /// drains its replica).
+    pub async fn remove(&self, actor: &str, id: &str) -> Result<(), ApiError> {
+        self.decide(actor, None, None, |c, now| c.remove(id, now))
+            .await
+            .map(drop)
+    }
+
     /// Raises an alert (see [`crate::alerts`]) and records it in the audit
     /// trail as an `event` row.
     pub async fn alert(
