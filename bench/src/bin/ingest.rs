@@ -13,8 +13,14 @@
 //! ```text
 //! ingest --agents 1000 [--hz 10] [--duration 20] [--warmup 5]
 //!        [--gpus 8] [--processes 16] [--histograms 3] [--endpoints 8]
-//!        [--vagus target/release/vagus]
+//!        [--vagus target/release/vagus] [--loop on|off]
 //! ```
+//!
+//! `--loop on|off` also starts the brain's HTTP API, which runs the control
+//! loop (off: `tick_ms = 0`), and reads the loop's own time from its
+//! `/metrics` (`vagus_brain_loop_seconds_total`, `vagus_brain_loop_ticks_total`)
+//! over the measured interval: `loop_cpu_cores` and `loop_us_per_tick`. Every
+//! process of every window is one the loop observes each tick.
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
@@ -42,6 +48,8 @@ struct Args {
     histograms: u32,
     endpoints: usize,
     vagus: PathBuf,
+    /// Some(on): the HTTP API too, with the control loop on or off.
+    control: Option<bool>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -58,6 +66,7 @@ fn parse() -> Result<Args, String> {
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("vagus")))
             .unwrap_or_else(|| PathBuf::from("vagus")),
+        control: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +82,13 @@ fn parse() -> Result<Args, String> {
             "--histograms" => a.histograms = v.parse().map_err(|e| bad(&e))?,
             "--endpoints" => a.endpoints = v.parse().map_err(|e| bad(&e))?,
             "--vagus" => a.vagus = PathBuf::from(v),
+            "--loop" => {
+                a.control = Some(match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad(&"on or off")),
+                })
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -169,6 +185,37 @@ fn template(node: &str, a: &Args, hists: &[Vec<u8>]) -> TelemetryWindow {
     }
 }
 
+const VIEWER: &str = "bench-viewer-token-00000001";
+
+/// The loop's seconds and ticks so far, from the brain's `/metrics` (read
+/// with the parser the agent reads inference servers' pages with).
+fn loop_time(addr: std::net::SocketAddr) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the brain's HTTP API");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut page = String::new();
+    s.read_to_string(&mut page).expect("response");
+    let body = page.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let (_, families) =
+        nom_openmetrics::parser::prometheus(body).expect("the brain's metrics parse");
+    let value = |name: &str| {
+        families
+            .iter()
+            .flat_map(|f| &f.samples)
+            .find(|x| x.name() == name)
+            .map(|x| x.number())
+            .expect("the loop's metric")
+    };
+    (
+        value("vagus_brain_loop_seconds_total"),
+        value("vagus_brain_loop_ticks_total"),
+    )
+}
+
 fn unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -220,10 +267,26 @@ fn main() {
     write_certs(&dir, &ca);
 
     // The brain, as operators run it.
-    let mut brain = Command::new(&a.vagus)
-        .args(["brain", "--quic", "127.0.0.1:0", "--certs"])
+    let mut cmd = Command::new(&a.vagus);
+    cmd.args(["brain", "--quic", "127.0.0.1:0", "--certs"])
         .arg(&dir)
-        .args(["--stats-every", "1"])
+        .args(["--stats-every", "1"]);
+    if let Some(on) = a.control {
+        let tokens = dir.join("tokens.toml");
+        std::fs::write(
+            &tokens,
+            format!("[[token]]\nname = \"bench\"\nrole = \"viewer\"\ntoken = \"{VIEWER}\"\n"),
+        )
+        .expect("tokens file");
+        let config = dir.join("core.toml");
+        let tick = if on { 100 } else { 0 };
+        std::fs::write(&config, format!("[control]\ntick_ms = {tick}\n")).expect("config");
+        cmd.args(["--http", "127.0.0.1:0", "--tokens"])
+            .arg(&tokens)
+            .arg("--config")
+            .arg(&config);
+    }
+    let mut brain = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -241,9 +304,19 @@ fn main() {
             }
         }
     });
-    let started = lines
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the brain starts");
+    let mut http = None;
+    let started = loop {
+        let v = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the brain starts");
+        if v["event"] == "http" {
+            http = v["addr"]
+                .as_str()
+                .and_then(|s| s.parse::<std::net::SocketAddr>().ok());
+            continue;
+        }
+        break v;
+    };
     let addr: std::net::SocketAddr = started["addr"]
         .as_str()
         .and_then(|s| s.parse().ok())
@@ -408,10 +481,12 @@ fn main() {
     let (brain_cpu0, _, _) = proc_usage(&pid);
     let (self_cpu0, _, _) = proc_usage("self");
     let gen0 = generated.load(Ordering::Relaxed);
+    let loop0 = http.map(loop_time);
     let t0 = Instant::now();
     let mut intervals = Vec::new();
     rt.block_on(async { tokio::time::sleep(Duration::from_secs_f64(a.duration)).await });
     let wall = t0.elapsed().as_secs_f64();
+    let loop1 = http.map(loop_time);
     let (brain_cpu1, rss_end, hwm) = proc_usage(&pid);
     let (self_cpu1, _, _) = proc_usage("self");
     let gen1 = generated.load(Ordering::Relaxed);
@@ -471,6 +546,10 @@ fn main() {
         "intervals": rates.len(),
         "interval_windows_per_s": rates,
         "interval_lag_p99_us": p99s,
+        "loop": a.control.map(|on| if on { "on" } else { "off" }),
+        "loop_ticks_per_s": loop0.zip(loop1).map(|((_, t0), (_, t1))| ((t1 - t0) / wall).round()),
+        "loop_cpu_cores": loop0.zip(loop1).map(|((s0, _), (s1, _))| ((s1 - s0) / wall * 10_000.0).round() / 10_000.0),
+        "loop_us_per_tick": loop0.zip(loop1).and_then(|((s0, t0), (s1, t1))| (t1 > t0).then(|| ((s1 - s0) / (t1 - t0) * 1e6).round())),
     });
     println!("{summary}");
 }
