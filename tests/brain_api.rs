@@ -141,28 +141,11 @@ pub(crate) fn brain_and_agent_with(
     flags.extend_from_slice(brain_flags);
     let b = start_brain_with(sim, &flags);
     let addr = http_addr(&b);
-    let port = free_tcp_port();
-    let segdir = sim.dir.join("segments");
-    std::fs::create_dir_all(&segdir).unwrap();
-    let (metrics, mps_dir, mps_control) = (
-        format!("127.0.0.1:{port}"),
+    let (mps_dir, mps_control) = (
         sim.dir.join("mps").to_str().unwrap().to_string(),
         bin("gpusim-mps-control").to_str().unwrap().to_string(),
     );
-    let mut args = vec![
-        "agent",
-        "--node",
-        "node-a",
-        "--brain",
-        &quic,
-        "--certs",
-        certs.to_str().unwrap(),
-        "--metrics-addr",
-        &metrics,
-        "--segments",
-        segdir.to_str().unwrap(),
-        "--no-bpf",
-    ];
+    let mut args: Vec<&str> = Vec::new();
     if mps {
         sim.adopt_mps_daemon();
         args.extend([
@@ -174,13 +157,46 @@ pub(crate) fn brain_and_agent_with(
         ]);
     }
     args.extend_from_slice(agent_flags);
+    let (agent, port) = spawn_agent(sim, "node-a", &quic, &certs, &args);
+    (b, addr, agent, port)
+}
+
+/// `vagus agent` for `node` on simulated host `sim`, connecting to the
+/// brain at `quic` with a certificate from `certs`, its segments in the
+/// sim's directory, no BPF, `extra` flags; the agent and its metrics port.
+pub(crate) fn spawn_agent(
+    sim: &Sim,
+    node: &str,
+    quic: &str,
+    certs: &std::path::Path,
+    extra: &[&str],
+) -> (Child, u16) {
+    let port = free_tcp_port();
+    let segdir = sim.dir.join("segments");
+    std::fs::create_dir_all(&segdir).unwrap();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "agent",
+        "--node",
+        node,
+        "--brain",
+        quic,
+        "--certs",
+        certs.to_str().unwrap(),
+        "--metrics-addr",
+        &metrics,
+        "--segments",
+        segdir.to_str().unwrap(),
+        "--no-bpf",
+    ];
+    args.extend_from_slice(extra);
     let agent = sim
         .vagus(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    (b, addr, agent, port)
+    (agent, port)
 }
 
 /// Polls `GET /v1/nodes` until node-a appears and `ok` holds of it.

@@ -229,22 +229,13 @@ fn budgets_keep_a_servers_sla_beside_saturating_work_that_breaks_it_without_them
 
 /// `vllm:num_requests_waiting` on the server at `port` (`None`: no page).
 fn waiting(port: u16) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.lines()
-        .find(|l| l.starts_with("vllm:num_requests_waiting"))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
+    let (_, page) = get(("127.0.0.1", port), "/metrics")?;
+    let (_, families) = nom_openmetrics::parser::prometheus(&page).ok()?;
+    families
+        .iter()
+        .flat_map(|f| &f.samples)
+        .find(|x| x.name() == "vllm:num_requests_waiting")
+        .map(|x| x.number())
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! trail, an alert on `GET /v1/events` (read as a stream by curl) and a
 //! count on `/metrics`.
 
-use crate::brain_api::{Reap, TOKEN, http, http_addr, profile, tokens, with};
+use crate::brain_api::{Reap, TOKEN, http, http_addr, profile, spawn_agent, tokens, with};
 use crate::support::*;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -21,29 +21,8 @@ use std::time::{Duration, Instant};
 /// The liveness timeout the brain is configured with.
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// `vagus agent` for `node` on simulated host `sim`.
 fn agent(sim: &Sim, node: &str, quic: &str, certs: &Path) -> Child {
-    let segdir = sim.dir.join("segments");
-    std::fs::create_dir_all(&segdir).unwrap();
-    let metrics = format!("127.0.0.1:{}", free_tcp_port());
-    sim.vagus(&[
-        "agent",
-        "--node",
-        node,
-        "--brain",
-        quic,
-        "--certs",
-        certs.to_str().unwrap(),
-        "--metrics-addr",
-        &metrics,
-        "--segments",
-        segdir.to_str().unwrap(),
-        "--no-bpf",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap()
+    spawn_agent(sim, node, quic, certs, &[]).0
 }
 
 /// Polls until `what` holds of `GET path` (20 s at most).
@@ -102,22 +81,7 @@ fn place(
 }
 
 fn healthy(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(
-        s,
-        "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
+    get(("127.0.0.1", port), "/health").is_some_and(|(status, _)| status == 200)
 }
 
 /// curl reading `GET /v1/events` as a server-sent event stream; its lines.
@@ -412,14 +376,5 @@ fn a_dead_nodes_p0_serves_elsewhere_within_2_s_of_the_timeout_and_the_node_takes
 }
 
 fn metrics_page(addr: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    get(addr, "/metrics").expect("the brain's /metrics").1
 }

@@ -97,18 +97,8 @@ pub(crate) fn gateway(sim: &Sim, addr: SocketAddr) -> Gateway {
 
 /// The gateway's metrics page.
 fn page(g: &Gateway) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", g.port)) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
+    get(("127.0.0.1", g.port), "/metrics")
+        .map(|(_, body)| body)
         .unwrap_or_default()
 }
 

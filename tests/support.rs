@@ -385,3 +385,21 @@ pub fn shared_data(name: &str) -> PathBuf {
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("{rel} is not beside the checkout nor in /work"))
 }
+
+/// `GET path` at `addr` without credentials: the status and the body
+/// (`None`: nothing answered).
+pub fn get(addr: impl std::net::ToSocketAddrs, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
