@@ -136,23 +136,8 @@ fn next_event(rx: &mpsc::Receiver<String>) -> (u64, String, serde_json::Value) {
 fn a_dead_nodes_p0_serves_elsewhere_within_2_s_of_the_timeout_and_the_node_takes_work_when_back() {
     let a = Sim::new("failover-a");
     let b = Sim::new("failover-b");
-    let certs = a.dir.join("certs");
-    let out = a
-        .vagus(&[
-            "certs",
-            "init",
-            "--dir",
-            certs.to_str().unwrap(),
-            "--agents",
-            "node-a,node-b",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // One CA, a certificate for each node.
+    let certs = certs_init(&a, "node-a,node-b");
     let config = a.dir.join("core.toml");
     std::fs::write(
         &config,

@@ -229,7 +229,8 @@ pub const fn multi_wave<'a>(qps: &'a str, duration: &'a str, cycles: &'a str) ->
     ]
 }
 
-/// `vagus certs init` for the brain and `agent` into `<sim>/certs`.
+/// `vagus certs init` for the brain and `agent` (comma-separated names)
+/// into `<sim>/certs`.
 pub fn certs_init(sim: &Sim, agent: &str) -> PathBuf {
     let certs = sim.dir.join("certs");
     let out = sim

@@ -13,17 +13,10 @@
 use crate::agents::Agents;
 use crate::agents::ingest::NodeState;
 use crate::http::Api;
-use std::collections::HashMap;
 use vagus_decision::config::Failover as Settings;
 
 /// The actor of the decisions the failover takes, in the audit trail.
 pub const ACTOR: &str = "failover";
-
-/// The nodes this brain took down, and why.
-#[derive(Default)]
-pub struct Failover {
-    down: HashMap<String, String>,
-}
 
 /// Why node `n` is down now, if it is.
 fn why_down(n: &NodeState, s: &Settings, now_unix_ns: u64) -> Option<String> {
@@ -40,71 +33,67 @@ fn why_down(n: &NodeState, s: &Settings, now_unix_ns: u64) -> Option<String> {
     })
 }
 
-impl Failover {
-    /// Takes down the nodes that failed and brings back those that
-    /// recovered; whether anything changed.
-    pub async fn round(&mut self, agents: &Agents, api: &Api, now_unix_ns: u64) -> bool {
-        let settings = api.with_core(|c| c.config().failover.clone());
-        let verdicts: Vec<(String, Option<String>)> = {
-            let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.ingest
-                .nodes
-                .iter()
-                // Announced, and seen at least once.
-                .filter(|(_, n)| !n.inventory.is_empty() && n.received_unix_ns > 0)
-                .map(|(name, n)| (name.clone(), why_down(n, &settings, now_unix_ns)))
-                .collect()
+/// Takes down the nodes that failed and brings back those that recovered;
+/// whether anything changed. Which nodes are down, and why, is the core's
+/// own state (`Node::down`).
+pub async fn round(agents: &Agents, api: &Api, now_unix_ns: u64) -> bool {
+    let settings = api.with_core(|c| c.config().failover.clone());
+    let verdicts: Vec<(String, Option<String>)> = {
+        let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.ingest
+            .nodes
+            .iter()
+            // Announced, and seen at least once.
+            .filter(|(_, n)| !n.inventory.is_empty() && n.received_unix_ns > 0)
+            .map(|(name, n)| (name.clone(), why_down(n, &settings, now_unix_ns)))
+            .collect()
+    };
+    let mut changed = false;
+    for (node, why) in verdicts {
+        // A node the core does not hold (its agent's report was
+        // unusable) has nothing to move.
+        let Some(was) = api.with_core(|c| c.node(&node).map(|n| n.down.clone())) else {
+            continue;
         };
-        let mut changed = false;
-        for (node, why) in verdicts {
-            match (why, self.down.contains_key(&node)) {
-                (Some(why), false) => {
-                    // A node the core does not hold (its agent's report was
-                    // unusable) has nothing to move.
-                    if api.with_core(|c| c.node(&node).is_none()) {
-                        continue;
+        match (why, was) {
+            (Some(why), None) => {
+                changed = true;
+                match api.node_down(ACTOR, &node, &why).await {
+                    Ok(moved) => {
+                        let summary = if moved.is_empty() {
+                            format!("{node} is down: {why}; nothing ran there")
+                        } else {
+                            format!(
+                                "{node} is down: {why}; placed again, most important first: {}",
+                                moved.join(", ")
+                            )
+                        };
+                        api.alert("node_down", Some(&node), moved, summary).await;
                     }
-                    changed = true;
-                    match api.node_down(ACTOR, &node, &why).await {
-                        Ok(moved) => {
-                            let summary = if moved.is_empty() {
-                                format!("{node} is down: {why}; nothing ran there")
-                            } else {
-                                format!(
-                                    "{node} is down: {why}; placed again, most important first: {}",
-                                    moved.join(", ")
-                                )
-                            };
-                            api.alert("node_down", Some(&node), moved, summary).await;
-                        }
-                        Err(e) => {
-                            // Its work moved; only the trail failed.
-                            let summary = format!(
-                                "{node} is down: {why}; the audit trail did not record the moves: {}",
-                                e.message()
-                            );
-                            api.alert("node_down", Some(&node), Vec::new(), summary)
-                                .await;
-                        }
+                    Err(e) => {
+                        // Its work moved; only the trail failed.
+                        let summary = format!(
+                            "{node} is down: {why}; the audit trail did not record the moves: {}",
+                            e.message()
+                        );
+                        api.alert("node_down", Some(&node), Vec::new(), summary)
+                            .await;
                     }
-                    self.down.insert(node, why);
                 }
-                (None, true) => {
-                    changed = true;
-                    let was = self.down.remove(&node).unwrap_or_default();
-                    let placed = api.node_up(ACTOR, &node).await.unwrap_or_default();
-                    let mut summary = format!("{node} is back (it was down: {was})");
-                    if !placed.is_empty() {
-                        summary
-                            .push_str(&format!("; placed from the queue: {}", placed.join(", ")));
-                    }
-                    api.alert("node_up", Some(&node), placed, summary).await;
-                }
-                _ => {}
             }
+            (None, Some(was)) => {
+                changed = true;
+                let placed = api.node_up(ACTOR, &node).await.unwrap_or_default();
+                let mut summary = format!("{node} is back (it was down: {was})");
+                if !placed.is_empty() {
+                    summary.push_str(&format!("; placed from the queue: {}", placed.join(", ")));
+                }
+                api.alert("node_up", Some(&node), placed, summary).await;
+            }
+            _ => {}
         }
-        changed
     }
+    changed
 }
 
 #[cfg(test)]

@@ -153,11 +153,10 @@ impl Service {
                     let mut tick = tokio::time::interval(FAILOVER_EVERY.min(every));
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                     let mut sync = sync::Sync::default();
-                    let mut failover = failover::Failover::default();
                     let mut synced_at: Option<std::time::Instant> = None;
                     loop {
                         tick.tick().await;
-                        let changed = failover.round(&a, &synced, unix_ns()).await;
+                        let changed = failover::round(&a, &synced, unix_ns()).await;
                         if changed || synced_at.is_none_or(|t| t.elapsed() >= every) {
                             synced_at = Some(std::time::Instant::now());
                             sync.round(&a, &synced).await;
