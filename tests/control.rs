@@ -390,3 +390,139 @@ fn a_queue_over_10_adds_a_replica_within_1_s_and_an_idle_gpu_drains_it_without_f
         .collect();
     assert_eq!(paths, ["direct", "remove"], "{loop_rows}");
 }
+
+/// The reconfiguration rows of the trail, in order.
+fn reconfig_rows(addr: std::net::SocketAddr) -> Vec<serde_json::Value> {
+    let (_, v) = http(addr, "GET", "/v1/decisions?path=reconfig&limit=1000", "");
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_workload_whose_prompts_grow_is_reconfigured_step_by_step_without_a_failed_request() {
+    use crate::gateway::{gateway, load, report};
+    let mut sim = Sim::new("reconfig");
+    let config = sim.dir.join("core.toml");
+    // Shares side by side on one GPU (the shim's budgets keep them apart),
+    // and the flow's steps in seconds (half the traffic on the canary, so
+    // that 3 s of it at 6 requests/s serve enough to compare).
+    std::fs::write(
+        &config,
+        "mps_pools = false\n\
+         [reconfig]\nenabled = true\nsustain_ms = 1000\nmin_sized = 10\nvalidate_ms = 500\n\
+         canary_fraction = 0.5\ncanary_ms = 3000\nmigrate_steps = 2\nmigrate_step_ms = 1000\nstep_timeout_ms = 20000\n",
+    )
+    .unwrap();
+    let (_b, addr, agent, _) = brain_and_agent_with(
+        &mut sim,
+        false,
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let _agent = Owned(agent);
+    node_joined(addr);
+    // 2 GB, batch 4, ~500-token prompts: compute score 40, class small (20%);
+    // ~4,000-token prompts score 180: class medium (40%).
+    let port = free_tcp_port();
+    let chat = with(
+        profile("chat"),
+        serde_json::json!({"model_id": "m", "priority": "P1", "sla_ms": 5000, "share_pct": null,
+            "model_size_gb": 2.0, "batch": 4, "seq_len": 500, "cpu_milli": 200, "launch": {
+            "command": bin("vagus").to_str().unwrap(),
+            "args": ["serve", "--listen", "127.0.0.1:{port}", "--model", "m", "--model-gb", "2"],
+            "port": port,
+        }}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["decision"]["share_pct"], 20, "{v}");
+    let v = replica_until(addr, "chat", "ready", |r| {
+        r["state"] == "ready" || r["state"] == "running"
+    });
+    let mut reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    let g = gateway(&sim, addr);
+    let args = |tokens: &'static str, secs: &'static str| {
+        [
+            "--qps",
+            "6",
+            "--duration",
+            secs,
+            "--prompt-tokens",
+            tokens,
+            "--output-tokens",
+            "8",
+        ]
+    };
+    // As placed: nothing to change.
+    let small = report(load(&sim, &g, &args("500", "3s")));
+    assert_eq!(small["failed"], 0, "{small}");
+    assert!(reconfig_rows(addr).is_empty(), "{:?}", reconfig_rows(addr));
+    // The prompts grow: reclassified, the flow runs while requests go on.
+    let big = load(&sim, &g, &args("4000", "20s"));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let rows = loop {
+        let rows = reconfig_rows(addr);
+        if rows
+            .iter()
+            .any(|r| !r["decision"]["reconfig"]["outcome"].is_null())
+        {
+            break rows;
+        }
+        if let Some(pid) =
+            http(addr, "GET", "/v1/placements/chat-r1", "").1["replica"]["pid"].as_u64()
+        {
+            if !reap.0.contains(&(pid as u32)) {
+                reap.0.push(pid as u32);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reconfiguration ended: {rows:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let big = report(big);
+    eprintln!("{big}");
+    let steps: Vec<&str> = rows
+        .iter()
+        .map(|r| r["decision"]["reconfig"]["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "gate", "shadow", "validate", "canary", "migrate", "migrate", "drain", "apply",
+            "cleanup", "done"
+        ],
+        "{rows:#?}"
+    );
+    let last = &rows.last().unwrap()["decision"]["reconfig"];
+    assert_eq!(last["outcome"], "completed", "{last}");
+    assert_eq!(
+        (last["from_share"].as_u64(), last["to_share"].as_u64()),
+        (Some(20), Some(40))
+    );
+    assert!(
+        rows[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("reclassified"),
+        "{}",
+        rows[0]["summary"]
+    );
+    assert_eq!(big["failed"], 0, "{big}");
+    // The workload is the new configuration: 40%, serving as the shadow
+    // did, on its own port; the shadow's name is gone.
+    let (_, w) = http(addr, "GET", "/v1/placements/chat", "");
+    assert_eq!(w["placement"]["share_pct"], 40, "{w}");
+    assert_eq!(w["placement"]["replica"], "chat-r1", "{w}");
+    assert_eq!(
+        w["replica"]["url"],
+        format!("http://127.0.0.1:{}", port + 1000),
+        "{w}"
+    );
+    assert_eq!(http(addr, "GET", "/v1/placements/chat-r1", "").0, 404);
+    let (_, metrics) = get(addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("vagus_brain_reconfigurations_total{outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+}

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub unrouted: IntCounterVec,
     pub prompt_tokens: HistogramVec,
     pub max_tokens: HistogramVec,
+    pub sized: IntCounterVec,
+    pub routed_prompt_tokens: IntCounterVec,
     pub route_updates: IntCounter,
     pub route_errors: IntCounter,
     pub reports: IntCounter,
@@ -107,6 +109,16 @@ impl Default for Metrics {
                 "Prompt tokens of the requests forwarded (text: a token per four characters).",
                 &["model", "priority"],
                 token_buckets(),
+            ),
+            sized: counter(
+                "vagus_gateway_sized_total",
+                "Requests sent to a replica whose prompt length the gateway read.",
+                replica,
+            ),
+            routed_prompt_tokens: counter(
+                "vagus_gateway_routed_prompt_tokens_total",
+                "Prompt tokens of the requests sent to a replica (what the brain reclassifies by).",
+                replica,
             ),
             max_tokens: histogram(
                 "vagus_gateway_max_tokens",

@@ -470,6 +470,13 @@ async fn handle(
         let in_flight = s.metrics.in_flight.with_label_values(&labels);
         in_flight.inc();
         s.metrics.forwarded.with_label_values(&labels).inc();
+        if let Some(t) = probe.prompt_tokens() {
+            s.metrics.sized.with_label_values(&labels).inc();
+            s.metrics
+                .routed_prompt_tokens
+                .with_label_values(&labels)
+                .inc_by(t);
+        }
         match client.request(up).await {
             Ok(resp) => {
                 let (mut rp, incoming) = resp.into_parts();

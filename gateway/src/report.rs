@@ -40,6 +40,9 @@ pub struct Replica {
     pub in_flight: u64,
     pub latency: Option<Buckets>,
     pub first_byte: Option<Buckets>,
+    /// Requests sent whose prompt length was read, and their prompt tokens.
+    pub sized: u64,
+    pub prompt_tokens: u64,
 }
 
 /// One window (the brain's `GatewayWindow`).
@@ -69,6 +72,8 @@ struct Totals {
     in_flight: u64,
     latency: Option<Hist>,
     first_byte: Option<Hist>,
+    sized: u64,
+    prompt_tokens: u64,
 }
 
 type Snapshot = BTreeMap<(String, String), Totals>;
@@ -115,6 +120,21 @@ fn snapshot(m: &Metrics) -> Snapshot {
             t.requests += n;
             if code.starts_with('5') {
                 t.errors += n;
+            }
+        }
+    }
+    for (vec, tokens) in [(&m.sized, false), (&m.routed_prompt_tokens, true)] {
+        for mf in vec.collect() {
+            for metric in mf.get_metric() {
+                if let Some(key) = labels(metric) {
+                    let t = s.entry(key).or_default();
+                    let n = metric.get_counter().get_value() as u64;
+                    if tokens {
+                        t.prompt_tokens = n;
+                    } else {
+                        t.sized = n;
+                    }
+                }
             }
         }
     }
@@ -193,7 +213,16 @@ fn window_of(now: &Snapshot, before: &Snapshot) -> Vec<Replica> {
             .first_byte
             .as_ref()
             .and_then(|h| change(h, b.and_then(|b| b.first_byte.as_ref())));
-        if requests == 0 && t.in_flight == 0 && latency.is_none() && first_byte.is_none() {
+        let sized = t.sized.saturating_sub(b.map_or(0, |b| b.sized));
+        let prompt_tokens = t
+            .prompt_tokens
+            .saturating_sub(b.map_or(0, |b| b.prompt_tokens));
+        if requests == 0
+            && t.in_flight == 0
+            && sized == 0
+            && latency.is_none()
+            && first_byte.is_none()
+        {
             continue;
         }
         out.push(Replica {
@@ -204,6 +233,8 @@ fn window_of(now: &Snapshot, before: &Snapshot) -> Vec<Replica> {
             in_flight: t.in_flight,
             latency,
             first_byte,
+            sized,
+            prompt_tokens,
         });
     }
     out
@@ -296,16 +327,20 @@ mod tests {
                 in_flight: 0,
                 latency: Some(h(vec![2, 3], 4, 1.0)),
                 first_byte: None,
+                sized: 4,
+                prompt_tokens: 2_000,
             },
         );
         let mut now = before.clone();
         let t = now.get_mut(&key).unwrap();
         (t.requests, t.errors, t.in_flight) = (10, 2, 3);
         t.latency = Some(h(vec![3, 7], 10, 2.5));
+        (t.sized, t.prompt_tokens) = (9, 22_000);
         let w = window_of(&now, &before);
         assert_eq!(w.len(), 1);
         let r = &w[0];
         assert_eq!((r.requests, r.errors, r.in_flight), (6, 1, 3));
+        assert_eq!((r.sized, r.prompt_tokens), (5, 20_000));
         let l = r.latency.as_ref().unwrap();
         assert_eq!(l.counts, vec![1, 3, 2], "per bucket, the last above 0.2 s");
         assert_eq!(l.count, 6);

@@ -84,6 +84,8 @@ pub struct Config {
     pub failover: Failover,
     /// Replicas added and removed by load (see [`crate::scale`]).
     pub scale: crate::scale::ScaleConfig,
+    /// MPS reconfiguration of running workloads (see [`crate::reconfig`]).
+    pub reconfig: crate::reconfig::ReconfigConfig,
 }
 
 /// When a node is down: its agent silent too long, or a GPU's XID that is
@@ -150,6 +152,7 @@ impl Default for Config {
             control: crate::control::ControlConfig::default(),
             failover: Failover::default(),
             scale: crate::scale::ScaleConfig::default(),
+            reconfig: crate::reconfig::ReconfigConfig::default(),
         }
     }
 }
@@ -160,6 +163,7 @@ impl Config {
         self.weights.validate()?;
         self.control.validate()?;
         self.scale.validate()?;
+        self.reconfig.validate()?;
         if self.failover.node_timeout_ms != 0
             && !(500..=3_600_000).contains(&self.failover.node_timeout_ms)
         {

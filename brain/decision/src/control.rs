@@ -216,6 +216,9 @@ pub struct Controller {
     cfg: ControlConfig,
     reserved: BTreeMap<(String, u32), Reservation>,
     budgets: BTreeMap<(String, u32), u32>,
+    /// Since when a process's reservation has been at its ceiling while
+    /// its p99 was pressed (the slow knob's trigger).
+    pinned: BTreeMap<(String, u32), u64>,
 }
 
 /// How a latency-sensitive process stands against its SLA.
@@ -242,6 +245,12 @@ impl Controller {
         &self.budgets
     }
 
+    /// The processes whose reservation is at their ceiling while they are
+    /// pressed, by node and pid, with since when.
+    pub fn pinned(&self) -> &BTreeMap<(String, u32), u64> {
+        &self.pinned
+    }
+
     /// One tick: the actions that bring each GPU's budgets to what its
     /// latency-sensitive work needs now.
     pub fn tick(&mut self, obs: &Observation) -> Vec<Action> {
@@ -259,6 +268,7 @@ impl Controller {
         }
         self.reserved.retain(|k, _| present.contains(k));
         self.budgets.retain(|k, _| present.contains(k));
+        self.pinned.retain(|k, _| present.contains(k));
         actions
     }
 
@@ -336,6 +346,12 @@ impl Controller {
             }
             reserved += r.share;
             held.push((p, is_pressed, r.share));
+            let key = (g.node.clone(), p.pid);
+            if is_pressed && p.sla_ms.is_some() && r.share >= ceiling - 1e-9 {
+                self.pinned.entry(key).or_insert(now);
+            } else {
+                self.pinned.remove(&key);
+            }
             let ratio = match (p.p99_ms, p.sla_ms) {
                 (Some(l), Some(s)) if p.requests.unwrap_or(0) > 0 => l / s as f64,
                 _ => 0.0,

@@ -14,6 +14,7 @@ pub mod explain;
 mod fit;
 pub mod manifest;
 pub mod mix;
+pub mod reconfig;
 pub mod rules;
 pub mod scale;
 pub mod score;

@@ -222,6 +222,11 @@ pub const WINDOW_COUNT: Int = Int {
     min: 0,
     max: 1_000_000_000,
 };
+/// Prompt tokens of one window's requests (a million tokens each at most).
+pub const WINDOW_TOKENS: Int = Int {
+    min: 0,
+    max: 1_000_000_000_000_000,
+};
 /// A bucket's upper bound, seconds (up to a day).
 pub const BUCKET_BOUND_S: Num = Num {
     min: 0.0,
@@ -427,6 +432,8 @@ pub const FIELDS: &[(&str, &str, Rule)] = &[
     ("GatewayReplica", "requests", Rule::Int(WINDOW_COUNT)),
     ("GatewayReplica", "errors", Rule::Int(WINDOW_COUNT)),
     ("GatewayReplica", "in_flight", Rule::Int(WINDOW_COUNT)),
+    ("GatewayReplica", "sized", Rule::Int(WINDOW_COUNT)),
+    ("GatewayReplica", "prompt_tokens", Rule::Int(WINDOW_TOKENS)),
     ("Buckets", "bounds_s", Rule::List(BUCKET_BOUNDS, None)),
     ("Buckets", "counts", Rule::List(BUCKET_COUNTS, None)),
     ("Buckets", "sum_s", Rule::Num(LATENCY_SUM_S)),

@@ -265,6 +265,22 @@ pub struct Placed {
     /// may remove it; see [`crate::scale`]).
     #[serde(default)]
     pub scaled: bool,
+    /// Its replica's id on its agent where that is not the placement's name:
+    /// a reconfiguration's shadow that became the workload keeps running
+    /// under the shadow's name.
+    #[serde(default)]
+    pub replica: Option<String>,
+    /// It is a reconfiguration's shadow of this workload (see
+    /// [`crate::reconfig`]).
+    #[serde(default)]
+    pub shadow_of: Option<String>,
+}
+
+impl Placed {
+    /// The id its replica runs under on its agent.
+    pub fn replica_id(&self) -> &str {
+        self.replica.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// A workload waiting for capacity.

@@ -16,7 +16,14 @@ use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
 /// Every kind of alert (each has a series in `vagus_brain_alerts_total`).
-pub const KINDS: [&str; 2] = ["node_down", "node_up"];
+pub const KINDS: [&str; 6] = [
+    "node_down",
+    "node_up",
+    "reconfiguration_aborted",
+    "reconfiguration_refused",
+    "reconfiguration_paused",
+    "reconfiguration_stuck",
+];
 
 /// Alerts kept for clients that reconnect.
 pub const KEPT: usize = 1024;

@@ -63,8 +63,8 @@ pub struct Filter {
     /// Only this workload's rows.
     pub workload: Option<String>,
     /// Only this path: a decision's (`direct`, `queue`, `control`, …),
-    /// `event` (what agents reported and alerts), `budget` or `scale` (the
-    /// control loop's).
+    /// `event` (what agents reported and alerts), `budget`, `scale` or
+    /// `reconfig` (the control loop's).
     pub path: Option<String>,
     pub node: Option<String>,
     pub actor: Option<String>,
@@ -74,13 +74,13 @@ pub struct Filter {
     pub limit: Option<u32>,
 }
 
-/// What a row's `path` may be: a decision's path, `event`, `budget` or
-/// `scale`.
+/// What a row's `path` may be: a decision's path, `event`, `budget`,
+/// `scale` or `reconfig`.
 pub fn row_paths() -> impl Iterator<Item = &'static str> {
     vagus_decision::Path::ALL
         .iter()
         .map(|p| p.name())
-        .chain(["event", "budget", "scale"])
+        .chain(["event", "budget", "scale", "reconfig"])
 }
 
 impl Filter {

@@ -2,7 +2,9 @@
 //! latest windows and the core's placements say becomes an
 //! [`Observation`]; the core's [`Controller`] turns it into budget actions;
 //! each is sent to its node's agent (`SetShimBudget`, through the command
-//! ledger), recorded in the audit trail (path `budget`) and counted. With
+//! ledger), recorded in the audit trail (path `budget`) and counted; the
+//! slow knob's reconfigurations take their steps (see
+//! [`crate::reconfigure`]). With
 //! a record file, every tick's observation and actions are appended to it
 //! as a JSON line, for `vagus control replay`. Each tick also runs the
 //! [`Scaler`]: replicas added and removed through the core (actor `loop`,
@@ -17,6 +19,7 @@ use std::time::Duration;
 use vagus_decision::control::{
     Action, GpuObservation, Observation, ProcessObservation, Recorded, UNLIMITED_PPM,
 };
+use vagus_decision::reconfig::ReconfigConfig;
 use vagus_decision::scale::{ModelObservation, ReplicaObservation, Scale, ScaleConfig, Scaler};
 use vagus_decision::{ControlConfig, Controller, Priority};
 use vagus_proto::wire::{CommandKind, ReplicaState};
@@ -35,6 +38,7 @@ pub struct RecordHeader {
 pub struct Loop {
     ctl: Controller,
     scaler: Scaler,
+    reconfigs: crate::reconfigure::Reconfigs,
     record: Option<std::io::BufWriter<std::fs::File>>,
 }
 
@@ -44,6 +48,8 @@ impl Loop {
     pub fn new(
         cfg: ControlConfig,
         scale: ScaleConfig,
+        reconfig: ReconfigConfig,
+        api: &Api,
         record: Option<&std::path::Path>,
     ) -> std::io::Result<Loop> {
         let record = match record {
@@ -61,6 +67,7 @@ impl Loop {
         };
         Ok(Loop {
             scaler: Scaler::new(scale, cfg.pressure),
+            reconfigs: crate::reconfigure::Reconfigs::new(reconfig, api),
             ctl: Controller::new(cfg),
             record,
         })
@@ -99,6 +106,7 @@ impl Loop {
         let obs = observe(agents, api, self.ctl.config().horizon_ms);
         let actions = self.ctl.tick(&obs);
         let scales = self.scales(agents, api);
+        let reconfig = self.reconfigs.observe(api, self.ctl.pinned());
         // The loop's own time: observing and deciding (carrying the
         // decisions out waits on the ledger and the trail, not the CPU).
         api.metrics.looped(t.elapsed(), &actions, api.now());
@@ -116,6 +124,7 @@ impl Loop {
             }
         }
         scale(api, scales).await;
+        self.reconfigs.round(api, &reconfig).await;
         if actions.is_empty() {
             return;
         }
@@ -241,6 +250,7 @@ fn scale_observation(
     struct Rep {
         model: String,
         id: String,
+        replica: String,
         node: String,
         gpus: Vec<u32>,
         scaled: bool,
@@ -249,10 +259,12 @@ fn scale_observation(
     let (now, paused, reps) = api.with_core(|c| {
         let reps: Vec<Rep> = c
             .placements()
-            .filter(|p| p.profile.launch.is_some())
+            // A reconfiguration's shadow is not another replica to scale.
+            .filter(|p| p.profile.launch.is_some() && p.shadow_of.is_none())
             .map(|p| Rep {
                 model: p.profile.model_id.clone(),
                 id: p.id.clone(),
+                replica: p.replica_id().to_string(),
                 node: p.node.clone(),
                 gpus: p.gpus.clone(),
                 scaled: p.scaled,
@@ -272,7 +284,7 @@ fn scale_observation(
             .nodes
             .get(&r.node)
             .filter(|_| st.is_connected(&r.node));
-        let replica = n.and_then(|n| n.replicas.get(&r.id));
+        let replica = n.and_then(|n| n.replicas.get(&r.replica));
         let serving = n
             .zip(replica)
             .and_then(|(n, rw)| n.serving.values().find(|e| e.pid == Some(rw.pid)));
@@ -338,6 +350,8 @@ fn row(a: &Action) -> Row {
 
 /// What a workload's placement says the loop needs of it.
 struct Placement {
+    /// The placement's name (its replica may run under another).
+    id: String,
     latency_sensitive: bool,
     sla_ms: Option<u32>,
     share: f64,
@@ -353,8 +367,9 @@ fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
             .map(|p| {
                 let pr = &p.profile;
                 (
-                    p.id.clone(),
+                    p.replica_id().to_string(),
                     Placement {
+                        id: p.id.clone(),
                         latency_sensitive: pr.sla_ms.is_some()
                             || matches!(pr.priority, Priority::P0 | Priority::P1),
                         sla_ms: pr.sla_ms,
@@ -396,7 +411,7 @@ fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
             by_gpu.entry(p.gpu).or_default().push(ProcessObservation {
                 pid: p.pid,
                 shimmed: p.shimmed,
-                workload: placed.map(|(r, _)| r.id.clone()),
+                workload: placed.map(|(_, pl)| pl.id.clone()),
                 latency_sensitive: placed.is_some_and(|(_, pl)| pl.latency_sensitive),
                 sla_ms: placed.and_then(|(_, pl)| pl.sla_ms),
                 // What it can use: the MPS percentage it runs with.

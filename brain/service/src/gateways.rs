@@ -51,6 +51,12 @@ pub struct GatewayReplica {
     /// From a request's arrival to its answer's first body byte (a
     /// stream's first token).
     pub first_byte: Option<Buckets>,
+    /// Requests sent to it whose prompt length the gateway read, and their
+    /// prompt tokens (what reclassification reads).
+    #[serde(default)]
+    pub sized: u64,
+    #[serde(default)]
+    pub prompt_tokens: u64,
 }
 
 /// One gateway's window.
@@ -126,6 +132,8 @@ impl GatewayWindow {
             WINDOW_COUNT.check(&f("requests"), r.requests)?;
             WINDOW_COUNT.check(&f("errors"), r.errors)?;
             WINDOW_COUNT.check(&f("in_flight"), r.in_flight)?;
+            WINDOW_COUNT.check(&f("sized"), r.sized)?;
+            vagus_decision::rules::WINDOW_TOKENS.check(&f("prompt_tokens"), r.prompt_tokens)?;
             if r.errors > r.requests {
                 return Err(Invalid::new(&f("errors"), "must be at most requests"));
             }
@@ -150,6 +158,8 @@ struct Kept {
     in_flight: u64,
     latency: Option<HistogramDelta>,
     first_byte: Option<HistogramDelta>,
+    sized: u64,
+    prompt_tokens: u64,
 }
 
 /// Every gateway's recent windows.
@@ -183,6 +193,8 @@ impl Gateways {
                 in_flight: r.in_flight,
                 latency: r.latency.as_ref().map(Buckets::delta),
                 first_byte: r.first_byte.as_ref().map(Buckets::delta),
+                sized: r.sized,
+                prompt_tokens: r.prompt_tokens,
             });
         }
         self.forget(now_ms);
@@ -196,6 +208,18 @@ impl Gateways {
             }
         }
         self.recent.retain(|_, q| !q.is_empty());
+    }
+
+    /// The requests sent to `placement` over the horizon before `now_ms`
+    /// whose prompt length was read, and their mean prompt (tokens).
+    pub fn prompts(&self, placement: &str, now_ms: u64) -> Option<(u64, f64)> {
+        let (n, tokens) = self
+            .recent
+            .get(placement)?
+            .iter()
+            .filter(|k| k.at_ms + HORIZON_MS >= now_ms)
+            .fold((0u64, 0u64), |(n, t), k| (n + k.sized, t + k.prompt_tokens));
+        (n > 0).then(|| (n, tokens as f64 / n as f64))
     }
 
     /// What the gateways measured for `placement` over the horizon before
@@ -276,6 +300,8 @@ mod tests {
                     count,
                 }),
                 first_byte: None,
+                sized: 8,
+                prompt_tokens: 4_000,
             }],
         }
     }
@@ -297,6 +323,7 @@ mod tests {
         assert_eq!((v.requests, v.errors), (Some(24), Some(3)));
         assert!((v.qps.unwrap() - 24.0 / 3.0).abs() < 1e-9, "{v:?}");
         assert_eq!(v.running, Some(2.0));
+        assert_eq!(g.prompts("p", 2_500), Some((24, 500.0)));
         let p50 = v.latency_p50_s.unwrap();
         assert!(p50 > 0.1 && p50 < 0.2, "{v:?}");
         // Past the horizon: forgotten.

@@ -18,6 +18,7 @@ pub mod control;
 mod failover;
 pub mod gateways;
 pub mod http;
+mod reconfigure;
 pub mod replicas;
 mod service;
 mod sync;

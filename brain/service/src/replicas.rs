@@ -78,7 +78,7 @@ fn spec_of(p: &vagus_decision::Placed, mps_pools: bool) -> Option<ReplicaSpec> {
         None => s.to_string(),
     };
     Some(ReplicaSpec {
-        id: p.id.clone(),
+        id: p.replica_id().to_string(),
         command: l.command.clone(),
         args: l.args.iter().map(|a| port(a)).collect(),
         env: l.env.iter().map(|(k, v)| (k.clone(), port(v))).collect(),
@@ -101,7 +101,7 @@ impl Executor {
                 .filter_map(|p| {
                     let s = spec_of(p, pools)?;
                     Some((
-                        p.id.clone(),
+                        p.replica_id().to_string(),
                         (p.node.clone(), p.profile.model_id.clone(), s, p.at_ms),
                     ))
                 })

@@ -164,21 +164,28 @@ impl Service {
                     }
                 }));
                 // The control loop, unless the core's settings turn it off.
-                let (control, scale) =
-                    api.with_core(|c| (c.config().control.clone(), c.config().scale.clone()));
+                let (control, scale, reconfig) = api.with_core(|c| {
+                    let k = c.config();
+                    (k.control.clone(), k.scale.clone(), k.reconfig.clone())
+                });
                 if control.tick_ms > 0 {
-                    let l =
-                        crate::control::Loop::new(control, scale, cfg.control_record.as_deref())
-                            .map_err(|source| StartError::Io {
-                                what: format!(
-                                    "the control record {}",
-                                    cfg.control_record
-                                        .as_deref()
-                                        .map(|p| p.display().to_string())
-                                        .unwrap_or_default()
-                                ),
-                                source,
-                            })?;
+                    let l = crate::control::Loop::new(
+                        control,
+                        scale,
+                        reconfig,
+                        api,
+                        cfg.control_record.as_deref(),
+                    )
+                    .map_err(|source| StartError::Io {
+                        what: format!(
+                            "the control record {}",
+                            cfg.control_record
+                                .as_deref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        ),
+                        source,
+                    })?;
                     let (a, api) = (agents.clone(), api.clone());
                     svc.tasks.push(tokio::spawn(l.run(a, api)));
                 }

@@ -21,6 +21,7 @@
 
 mod plans;
 mod scan;
+mod shadow;
 
 use self::scan::{Ask, Cand, Hot, NodeHot};
 use crate::classify::Class;
@@ -895,6 +896,8 @@ impl Core {
             pinned: false,
             weight: None,
             scaled: false,
+            replica: None,
+            shadow_of: None,
             profile: p,
         };
         let id = placed.id.clone();
@@ -1251,6 +1254,8 @@ impl Core {
                     pinned: true,
                     weight: None,
                     scaled: false,
+                    replica: None,
+                    shadow_of: None,
                     profile,
                 }
             }

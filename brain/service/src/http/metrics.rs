@@ -37,7 +37,20 @@ pub struct Metrics {
     reaction: [AtomicU64; REACTION.len()],
     reaction_count: AtomicU64,
     reaction_sum_ms: AtomicU64,
+    /// Reconfiguration steps taken, by step; ended ones, by outcome; those
+    /// in flight.
+    reconfig_steps: [AtomicU64; STEPS.len()],
+    reconfig_outcomes: [AtomicU64; OUTCOMES.len()],
+    reconfig_inflight: AtomicU64,
 }
+
+const STEPS: [vagus_decision::reconfig::Step; 9] = {
+    use vagus_decision::reconfig::Step::*;
+    [
+        Gate, Shadow, Validate, Canary, Migrate, Drain, Apply, Cleanup, Done,
+    ]
+};
+const OUTCOMES: [vagus_decision::reconfig::Outcome; 3] = vagus_decision::reconfig::Outcome::ALL;
 
 /// Upper bounds (seconds) of the loop's reaction-time histogram.
 const REACTION: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5];
@@ -101,6 +114,23 @@ impl Metrics {
         if let Some(c) = self.answers.get((status / 100).saturating_sub(2) as usize) {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    /// A reconfiguration step taken (into `step`), the reconfiguration's
+    /// outcome once it ended, and how many are in flight now.
+    pub fn reconfigured(
+        &self,
+        step: vagus_decision::reconfig::Step,
+        outcome: Option<vagus_decision::reconfig::Outcome>,
+        inflight: usize,
+    ) {
+        if let Some(i) = STEPS.iter().position(|s| *s == step) {
+            self.reconfig_steps[i].fetch_add(1, Relaxed);
+        }
+        if let Some(i) = outcome.and_then(|o| OUTCOMES.iter().position(|x| *x == o)) {
+            self.reconfig_outcomes[i].fetch_add(1, Relaxed);
+        }
+        self.reconfig_inflight.store(inflight as u64, Relaxed);
     }
 
     /// A replica the scaler added (`up`) or removed.
@@ -243,6 +273,42 @@ impl Metrics {
                 n.load(Relaxed)
             )?;
         }
+        writeln!(
+            o,
+            "# HELP vagus_brain_reconfiguration_steps_total MPS reconfiguration steps taken, by the step entered."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_reconfiguration_steps_total counter")?;
+        for (s, n) in STEPS.iter().zip(&self.reconfig_steps) {
+            writeln!(
+                o,
+                "vagus_brain_reconfiguration_steps_total{{step=\"{}\"}} {}",
+                s.name(),
+                n.load(Relaxed)
+            )?;
+        }
+        writeln!(
+            o,
+            "# HELP vagus_brain_reconfigurations_total MPS reconfigurations ended, by outcome."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_reconfigurations_total counter")?;
+        for (x, n) in OUTCOMES.iter().zip(&self.reconfig_outcomes) {
+            writeln!(
+                o,
+                "vagus_brain_reconfigurations_total{{outcome=\"{}\"}} {}",
+                x.name(),
+                n.load(Relaxed)
+            )?;
+        }
+        writeln!(
+            o,
+            "# HELP vagus_brain_reconfigurations_in_flight MPS reconfigurations under way."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_reconfigurations_in_flight gauge")?;
+        writeln!(
+            o,
+            "vagus_brain_reconfigurations_in_flight {}",
+            self.reconfig_inflight.load(Relaxed)
+        )?;
         histogram(
             o,
             "vagus_brain_loop_reaction_seconds",

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use utoipa::ToSchema;
+use vagus_decision::reconfig::{Change, Reconfig};
 use vagus_decision::state::{Node, Queued};
 use vagus_decision::{Control, Core, Decision, NodeSpec, Path, Placed, Profile, Refusal};
 
@@ -57,6 +58,8 @@ pub struct Api {
     pub metrics: Metrics,
     /// What operators must hear about (`GET /v1/events`).
     pub alerts: crate::alerts::Alerts,
+    /// Reconfigurations the trail recorded, for the loop to take back.
+    restored_reconfigs: Mutex<Vec<Reconfig>>,
 }
 
 /// What the audit trail records so that a restart can rebuild the state.
@@ -67,6 +70,7 @@ enum Saved {
     Queued(Box<Queued>),
     Gone,
     Control(Control),
+    Reconfig(Box<Reconfig>),
 }
 
 /// What restoring from the audit trail did.
@@ -75,6 +79,8 @@ pub struct Restored {
     pub placements: usize,
     pub queued: usize,
     pub controls: usize,
+    /// Reconfigurations recorded (ended or not).
+    pub reconfigs: usize,
     /// Placements waiting for their node to appear.
     pub pending: usize,
 }
@@ -90,6 +96,74 @@ impl Api {
             clock,
             metrics: Metrics::default(),
             alerts: crate::alerts::Alerts::default(),
+            restored_reconfigs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The reconfigurations the trail held at the last restore (each
+    /// one's latest record), once.
+    pub fn take_restored_reconfigs(&self) -> Vec<Reconfig> {
+        std::mem::take(
+            &mut *self
+                .restored_reconfigs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// The requests the gateways sent to `replica` lately whose prompt
+    /// length they read, and the mean prompt (tokens).
+    pub fn prompts(&self, replica: &str) -> Option<(u64, f64)> {
+        self.gateways().prompts(replica, (self.clock)())
+    }
+
+    /// Records a reconfiguration's step (`change`): with `f`, the core's
+    /// changes it makes, in one transaction with the step's row (actor
+    /// `loop`). Refused by the core, the step is still recorded, and the
+    /// refusal returned.
+    pub async fn reconfig_step(
+        &self,
+        change: &Change,
+        f: Option<Box<dyn FnOnce(&mut Core, u64) -> Result<Vec<Decision>, Refusal> + Send + '_>>,
+    ) -> Result<(), ApiError> {
+        let r = &change.reconfig;
+        let body = serde_json::to_string(change).unwrap_or_default();
+        let state = serde_json::to_string(&Saved::Reconfig(Box::new(r.clone()))).ok();
+        let row = Row {
+            at_ms: change.at_ms,
+            path: "reconfig".into(),
+            workload: r.workload.clone(),
+            node: (!r.node.is_empty()).then(|| r.node.clone()),
+            actor: "loop".into(),
+            summary: if r.id == 0 {
+                change.reason.clone()
+            } else {
+                format!(
+                    "reconfiguration {} of {}: {}: {}",
+                    r.id,
+                    r.workload,
+                    r.step.name(),
+                    change.reason
+                )
+            },
+            body,
+            state: (r.id != 0).then_some(state).flatten(),
+        };
+        match f {
+            Some(f) => match self
+                .decide_with("loop", None, None, vec![row.clone()], f)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    self.record_events(vec![row]).await;
+                    Err(e)
+                }
+            },
+            None => {
+                self.record_events(vec![row]).await;
+                Ok(())
+            }
         }
     }
 
@@ -139,12 +213,16 @@ impl Api {
         let mut last: Vec<(String, Saved)> = Vec::new();
         let mut index = std::collections::HashMap::new();
         let mut controls = Vec::new();
+        let mut reconfigs = BTreeMap::new();
         for (workload, state) in self.audit.states()? {
             let Ok(s) = serde_json::from_value::<Saved>(state) else {
                 continue;
             };
             match s {
                 Saved::Control(c) => controls.push(c),
+                Saved::Reconfig(r) => {
+                    reconfigs.insert(r.id, *r);
+                }
                 s => match index.get(&workload) {
                     Some(&i) => last[i] = (workload, s),
                     None => {
@@ -173,6 +251,11 @@ impl Api {
         }
         r.pending = core.waiting().count();
         r.placements -= r.pending;
+        r.reconfigs = reconfigs.len();
+        *self
+            .restored_reconfigs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = reconfigs.into_values().collect();
         Ok(r)
     }
 
@@ -222,6 +305,21 @@ impl Api {
         placing: Option<&str>,
         f: impl FnOnce(&mut Core, u64) -> Result<Vec<Decision>, Refusal>,
     ) -> Result<Vec<Decided>, ApiError> {
+        self.decide_with(actor, control, placing, Vec::new(), f)
+            .await
+    }
+
+    /// [`Api::decide`], with `extra` rows stored in the same transaction
+    /// after the decisions (a reconfiguration's step with the core's
+    /// changes it made).
+    async fn decide_with(
+        &self,
+        actor: &str,
+        control: Option<&Control>,
+        placing: Option<&str>,
+        extra: Vec<Row>,
+        f: impl FnOnce(&mut Core, u64) -> Result<Vec<Decision>, Refusal>,
+    ) -> Result<Vec<Decided>, ApiError> {
         let (reserved, rx, decisions, saved) = {
             let mut core = self.core();
             let now = (self.clock)();
@@ -257,6 +355,7 @@ impl Api {
                 }
             }
         }
+        rows.extend(extra);
         reserved.fill(encoded.map(|()| rows));
         match rx.await {
             Ok(Ok(())) => {
@@ -323,6 +422,16 @@ impl Api {
             .decide(actor, None, Some(&id), |c, now| c.place_scaled(p, now))
             .await?;
         Ok(ds.first().map_or(Path::Queue, |d| d.path))
+    }
+
+    /// Applies an operator's control as `actor` (a breaker's pause).
+    pub async fn control(&self, actor: &str, c: Control) -> Result<(), ApiError> {
+        let c2 = c.clone();
+        self.decide(actor, Some(&c), None, move |core, now| {
+            core.control(c2, now)
+        })
+        .await
+        .map(drop)
     }
 
     /// Removes a placement as `actor` (its route goes at once; the executor
@@ -679,7 +788,7 @@ impl Workload {
             Some(Workload::Placed {
                 placement: p.clone(),
                 manifest: serde_json::to_value(core.manifest(p)).unwrap_or_default(),
-                replica: replicas.get(id).cloned().map(Box::new),
+                replica: replicas.get(p.replica_id()).cloned().map(Box::new),
             })
         } else if let Some(p) = core.waiting_workload(id) {
             Some(Workload::Waiting {
@@ -834,8 +943,11 @@ pub const DEFAULT_WEIGHT: u32 = 100;
     responses((status = 200, body = Routes)), security(("bearer" = [])))]
 async fn get_routes(State(s): State<Arc<Api>>, _: Viewer) -> Response {
     let mut models: BTreeMap<String, Vec<Route>> = BTreeMap::new();
-    let weights: BTreeMap<String, Option<u32>> =
-        s.with_core(|c| c.placements().map(|p| (p.id.clone(), p.weight)).collect());
+    let weights: BTreeMap<String, Option<u32>> = s.with_core(|c| {
+        c.placements()
+            .map(|p| (p.replica_id().to_string(), p.weight))
+            .collect()
+    });
     for (id, r) in s.replicas() {
         let Some(url) = r.url.clone() else { continue };
         // Exited, or its placement gone (it drains): no route.

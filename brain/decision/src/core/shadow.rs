@@ -1,0 +1,256 @@
+//! What a running workload's MPS reconfiguration changes in the core (the
+//! flow itself is [`crate::reconfig`]'s): a shadow placed beside the
+//! workload with the new share, the routing weights that move traffic to
+//! it, and either the shadow made the workload (apply) or removed again
+//! (roll back). Until apply, the old placement is the workload's and is
+//! untouched but for its weight.
+
+use super::scan::Ask;
+use super::{Core, Refusal};
+use crate::explain::{Decision, Path};
+use crate::score::Slot;
+use crate::state::Placed;
+use crate::workload::Invalid;
+
+impl Core {
+    /// The node's safety gate for reconfiguration now: `Err` says why it
+    /// is shut.
+    pub fn reconfiguration_gate(&self, node: &str, now: u64) -> Result<(), String> {
+        let i = *self
+            .index
+            .get(node)
+            .ok_or_else(|| format!("{node} is not a known node"))?;
+        self.gate(i, now)
+    }
+
+    /// Why no reconfiguration may start now (an operator paused them, or
+    /// the circuit breaker is tripped or open), if anything.
+    pub fn reconfiguration_blocked(&self, now: u64) -> Option<String> {
+        if self.paused {
+            Some("automatic reconfiguration is paused".into())
+        } else if self.breaker_tripped {
+            Some("the circuit breaker was tripped by an operator".into())
+        } else if now < self.breaker_open_until {
+            Some("the circuit breaker is open".into())
+        } else {
+            None
+        }
+    }
+
+    /// Places `shadow`, a copy of `workload` with `share_pct`, wherever it
+    /// fits directly (the workload's own replica does not count against
+    /// its model's anti-affinity: it is being replaced). The shadow takes
+    /// no traffic (weight 0), is pinned (no repack moves it) and is not
+    /// charged to the tenant.
+    pub fn place_shadow(
+        &mut self,
+        workload: &str,
+        shadow: &str,
+        share_pct: u32,
+        now: u64,
+    ) -> Result<Vec<Decision>, Refusal> {
+        let old = self
+            .placed
+            .get(workload)
+            .map(|p| (**p).clone())
+            .ok_or_else(|| Refusal::NotFound(format!("placement {workload}")))?;
+        if old.shadow_of.is_some() {
+            return Err(Invalid::new("workload", &format!("{workload} is itself a shadow")).into());
+        }
+        crate::state::check_id(shadow)?;
+        if self.known(shadow) {
+            return Err(Refusal::Conflict(format!("workload {shadow}")));
+        }
+        let mut profile = old.profile.clone();
+        profile.name = shadow.to_string();
+        profile.share_pct = Some(share_pct);
+        let off = self.cfg.reconfig.port_offset;
+        if let Some(l) = profile.launch.as_mut() {
+            l.port = l
+                .port
+                .map(|p| p.checked_add(off).unwrap_or(p.saturating_sub(off)));
+        }
+        let class = self.cfg.classes.classify(&profile);
+        let node = self.index[&old.node];
+        self.count_replica(&old, node, false);
+        let ask = Ask {
+            p: &profile,
+            share: class.share_pct,
+            preferred: class.preferred_model.as_deref(),
+            exclude: None,
+        };
+        let direct = self.scan(&ask, false).direct;
+        self.count_replica(&old, node, true);
+        let Some(c) = direct else {
+            return Err(Invalid::new(
+                "share_pct",
+                &format!(
+                    "no GPU has room for a shadow of {workload} with {}% beside what runs",
+                    class.share_pct
+                ),
+            )
+            .into());
+        };
+        let seq = self.next_seq();
+        let mut d = Decision::new(
+            seq,
+            now,
+            shadow,
+            Path::Reconfigure,
+            format!(
+                "{shadow}, the shadow of {workload} with {}% (it has {}%), on {} GPU {:?}: no traffic until its canary",
+                class.share_pct, old.share_pct, self.nodes[c.node].name, c.gpus
+            ),
+        );
+        d.class = Some(class.clone());
+        let placed = Placed {
+            id: shadow.to_string(),
+            share_pct: class.share_pct,
+            class,
+            node: self.nodes[c.node].name.clone(),
+            gpus: c.gpus.clone(),
+            at_ms: now,
+            gpu_hours: 0.0,
+            pinned: true,
+            weight: Some(0),
+            scaled: false,
+            replica: None,
+            shadow_of: Some(workload.to_string()),
+            profile,
+        };
+        self.bind(placed, c.slot);
+        self.describe(shadow, &mut d);
+        Ok(vec![d])
+    }
+
+    /// Adds (`on`) or takes away one replica of `p`'s model on node `i` in
+    /// the anti-affinity counts.
+    fn count_replica(&mut self, p: &Placed, i: usize, on: bool) {
+        let m = self
+            .replica_nodes
+            .entry(p.profile.model_id.clone())
+            .or_default();
+        let c = m.entry(i).or_default();
+        if on {
+            *c += 1;
+        } else {
+            *c = c.saturating_sub(1);
+        }
+    }
+
+    /// Sets routing weights (`None`: the default) of placements, one
+    /// `control` decision each, saying `why`.
+    pub fn route(
+        &mut self,
+        weights: &[(&str, Option<u32>)],
+        now: u64,
+        why: &str,
+    ) -> Result<Vec<Decision>, Refusal> {
+        if let Some((w, _)) = weights.iter().find(|(w, _)| !self.placed.contains_key(*w)) {
+            return Err(Refusal::NotFound(format!("placement {w}")));
+        }
+        let mut out = Vec::new();
+        for (w, weight) in weights {
+            if let Some(p) = self.placed.get_mut(*w) {
+                p.weight = *weight;
+            }
+            let seq = self.next_seq();
+            let at = weight.map_or("the default weight".into(), |v| format!("weight {v}"));
+            let mut d = Decision::new(
+                seq,
+                now,
+                w,
+                Path::Control,
+                format!("{w} routed at {at}: {why}"),
+            );
+            self.describe(w, &mut d);
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// Makes `shadow` the workload: the placement `workload` now runs on the
+    /// shadow's GPU with its share, its replica the shadow's; the old
+    /// placement's resources are free (its replica, no longer placed,
+    /// drains and stops). The workload keeps its pin, charge and profile.
+    pub fn apply_shadow(
+        &mut self,
+        workload: &str,
+        shadow: &str,
+        now: u64,
+    ) -> Result<Vec<Decision>, Refusal> {
+        let old = self
+            .placed
+            .get(workload)
+            .map(|p| (**p).clone())
+            .ok_or_else(|| Refusal::NotFound(format!("placement {workload}")))?;
+        let sh = self
+            .placed
+            .get(shadow)
+            .map(|p| (**p).clone())
+            .filter(|s| s.shadow_of.as_deref() == Some(workload))
+            .ok_or_else(|| Refusal::NotFound(format!("shadow {shadow} of {workload}")))?;
+        self.unbind(&old, now, false);
+        self.unbind(&sh, now, false);
+        let summary = format!(
+            "{workload} runs as {} on {} GPU {:?} with {}% (was {}% on {} GPU {:?})",
+            sh.replica_id(),
+            sh.node,
+            sh.gpus,
+            sh.share_pct,
+            old.share_pct,
+            old.node,
+            old.gpus
+        );
+        let new = Placed {
+            id: workload.to_string(),
+            replica: Some(sh.replica_id().to_string()),
+            shadow_of: None,
+            // Its request as it was, launched as the shadow is.
+            profile: crate::Profile {
+                launch: sh.profile.launch.clone(),
+                ..old.profile.clone()
+            },
+            pinned: old.pinned,
+            gpu_hours: old.gpu_hours,
+            scaled: old.scaled,
+            ..sh
+        };
+        self.bind(new, Slot::Pool);
+        let seq = self.next_seq();
+        let mut d = Decision::new(seq, now, workload, Path::Reconfigure, summary);
+        self.describe(workload, &mut d);
+        let seq = self.next_seq();
+        let gone = Decision::new(
+            seq,
+            now,
+            shadow,
+            Path::Remove,
+            format!("{shadow} is now {workload}'s placement"),
+        );
+        Ok(vec![d, gone])
+    }
+
+    /// Rolls a reconfiguration back: `workload` takes its default weight
+    /// again, and `shadow` (if placed) is removed.
+    pub fn roll_back_shadow(
+        &mut self,
+        workload: &str,
+        shadow: &str,
+        now: u64,
+        why: &str,
+    ) -> Result<Vec<Decision>, Refusal> {
+        let mut out = Vec::new();
+        if self.placed.contains_key(workload) {
+            out.extend(self.route(&[(workload, None)], now, why)?);
+        }
+        if self
+            .placed
+            .get(shadow)
+            .is_some_and(|s| s.shadow_of.as_deref() == Some(workload))
+        {
+            out.extend(self.remove(shadow, now)?);
+        }
+        Ok(out)
+    }
+}
