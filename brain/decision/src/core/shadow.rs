@@ -138,6 +138,22 @@ impl Core {
         }
     }
 
+    /// A placement, bound or restored and waiting for its node (a brain
+    /// that restarted before its agents came back).
+    fn held(&self, id: &str) -> Option<&Placed> {
+        self.placed
+            .get(id)
+            .map(|p| &**p)
+            .or_else(|| self.waiting.get(id))
+    }
+
+    fn held_mut(&mut self, id: &str) -> Option<&mut Placed> {
+        match self.placed.get_mut(id) {
+            Some(p) => Some(&mut **p),
+            None => self.waiting.get_mut(id),
+        }
+    }
+
     /// Sets routing weights (`None`: the default) of placements, one
     /// `control` decision each, saying `why`.
     pub fn route(
@@ -146,12 +162,12 @@ impl Core {
         now: u64,
         why: &str,
     ) -> Result<Vec<Decision>, Refusal> {
-        if let Some((w, _)) = weights.iter().find(|(w, _)| !self.placed.contains_key(*w)) {
+        if let Some((w, _)) = weights.iter().find(|(w, _)| self.held(w).is_none()) {
             return Err(Refusal::NotFound(format!("placement {w}")));
         }
         let mut out = Vec::new();
         for (w, weight) in weights {
-            if let Some(p) = self.placed.get_mut(*w) {
+            if let Some(p) = self.held_mut(w) {
                 p.weight = *weight;
             }
             let seq = self.next_seq();
@@ -232,7 +248,8 @@ impl Core {
     }
 
     /// Rolls a reconfiguration back: `workload` takes its default weight
-    /// again, and `shadow` (if placed) is removed.
+    /// again, and `shadow` (if placed) is removed — bound, or restored and
+    /// waiting for its node.
     pub fn roll_back_shadow(
         &mut self,
         workload: &str,
@@ -241,12 +258,11 @@ impl Core {
         why: &str,
     ) -> Result<Vec<Decision>, Refusal> {
         let mut out = Vec::new();
-        if self.placed.contains_key(workload) {
+        if self.held(workload).is_some() {
             out.extend(self.route(&[(workload, None)], now, why)?);
         }
         if self
-            .placed
-            .get(shadow)
+            .held(shadow)
             .is_some_and(|s| s.shadow_of.as_deref() == Some(workload))
         {
             out.extend(self.remove(shadow, now)?);
