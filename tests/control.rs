@@ -683,4 +683,13 @@ fn a_brain_killed_during_a_canary_comes_back_with_one_configuration_serving() {
     let big = report(big);
     eprintln!("requests across the brain's restart: {big}");
     assert!(big["requests"].as_u64().unwrap() > 100, "{big}");
+    // What the rollback recorded restores again: the workload, not the
+    // shadow, after another kill.
+    drop(again);
+    let third = start_brain_with(&sim, &flags);
+    assert_eq!(crate::brain_api::http_addr(&third), addr);
+    let (st, w) = http(addr, "GET", "/v1/placements/chat", "");
+    assert_eq!(st, 200, "{w}");
+    assert_eq!(w["placement"]["share_pct"], 20, "{w}");
+    assert_eq!(http(addr, "GET", "/v1/placements/chat-r1", "").0, 404);
 }

@@ -589,7 +589,10 @@ mod erased {
 }
 
 fn workload_state(core: &Core, id: &str) -> Saved {
-    if let Some(p) = core.placement(id) {
+    // A restored placement still waiting for its node is as much a
+    // placement (a restarted brain may change its weight before its agent
+    // is back).
+    if let Some(p) = core.placement(id).or_else(|| core.waiting_workload(id)) {
         Saved::Placed(Box::new(p.clone()))
     } else if let Some(q) = core.queued_workload(id) {
         Saved::Queued(Box::new(q.clone()))
