@@ -397,6 +397,33 @@ fn reconfig_rows(addr: std::net::SocketAddr) -> Vec<serde_json::Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// Places `chat` (model `m`, a `vagus serve` replica) and waits for its
+/// replica: 2 GB, batch 4, ~500-token prompts score 40, class small (20%);
+/// ~4,000-token prompts score 180, class medium (40%). Its port, and its
+/// replica to reap.
+fn place_chat(addr: std::net::SocketAddr) -> (u16, Reap) {
+    let port = free_tcp_port();
+    let chat = with(
+        profile("chat"),
+        serde_json::json!({"model_id": "m", "priority": "P1", "sla_ms": 5000, "share_pct": null,
+            "model_size_gb": 2.0, "batch": 4, "seq_len": 500, "cpu_milli": 200, "launch": {
+            "command": bin("vagus").to_str().unwrap(),
+            "args": ["serve", "--listen", "127.0.0.1:{port}", "--model", "m", "--model-gb", "2"],
+            "port": port,
+        }}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["decision"]["share_pct"], 20, "{v}");
+    let v = replica_until(addr, "chat", "ready", |r| {
+        r["state"] == "ready" || r["state"] == "running"
+    });
+    (
+        port,
+        Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]),
+    )
+}
+
 #[test]
 fn a_workload_whose_prompts_grow_is_reconfigured_step_by_step_without_a_failed_request() {
     use crate::gateway::{gateway, load, report};
@@ -420,25 +447,7 @@ fn a_workload_whose_prompts_grow_is_reconfigured_step_by_step_without_a_failed_r
     );
     let _agent = Owned(agent);
     node_joined(addr);
-    // 2 GB, batch 4, ~500-token prompts: compute score 40, class small (20%);
-    // ~4,000-token prompts score 180: class medium (40%).
-    let port = free_tcp_port();
-    let chat = with(
-        profile("chat"),
-        serde_json::json!({"model_id": "m", "priority": "P1", "sla_ms": 5000, "share_pct": null,
-            "model_size_gb": 2.0, "batch": 4, "seq_len": 500, "cpu_milli": 200, "launch": {
-            "command": bin("vagus").to_str().unwrap(),
-            "args": ["serve", "--listen", "127.0.0.1:{port}", "--model", "m", "--model-gb", "2"],
-            "port": port,
-        }}),
-    );
-    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
-    assert_eq!(st, 201, "{v}");
-    assert_eq!(v["decision"]["share_pct"], 20, "{v}");
-    let v = replica_until(addr, "chat", "ready", |r| {
-        r["state"] == "ready" || r["state"] == "running"
-    });
-    let mut reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    let (port, mut reap) = place_chat(addr);
     let g = gateway(&sim, addr);
     let args = |tokens: &'static str, secs: &'static str| {
         [
@@ -531,7 +540,7 @@ fn a_workload_whose_prompts_grow_is_reconfigured_step_by_step_without_a_failed_r
 fn a_brain_killed_during_a_canary_comes_back_with_one_configuration_serving() {
     use crate::brain_api::{spawn_agent, tokens};
     use crate::gateway::{gateway, load, report};
-    let mut sim = Sim::new("reconfig-kill");
+    let sim = Sim::new("reconfig-kill");
     let config = sim.dir.join("core.toml");
     // A canary long enough to be killed in.
     std::fs::write(
@@ -570,22 +579,7 @@ fn a_brain_killed_during_a_canary_comes_back_with_one_configuration_serving() {
     let (agent, _) = spawn_agent(&sim, "node-a", &quic, &certs, &[]);
     let _agent = Owned(agent);
     node_joined(addr);
-    let port = free_tcp_port();
-    let chat = with(
-        profile("chat"),
-        serde_json::json!({"model_id": "m", "priority": "P1", "sla_ms": 5000, "share_pct": null,
-            "model_size_gb": 2.0, "batch": 4, "seq_len": 500, "cpu_milli": 200, "launch": {
-            "command": bin("vagus").to_str().unwrap(),
-            "args": ["serve", "--listen", "127.0.0.1:{port}", "--model", "m", "--model-gb", "2"],
-            "port": port,
-        }}),
-    );
-    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
-    assert_eq!(st, 201, "{v}");
-    let v = replica_until(addr, "chat", "ready", |r| {
-        r["state"] == "ready" || r["state"] == "running"
-    });
-    let mut reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    let (_, mut reap) = place_chat(addr);
     let g = gateway(&sim, addr);
     let big = load(
         &sim,

@@ -49,11 +49,7 @@ impl Core {
         share_pct: u32,
         now: u64,
     ) -> Result<Vec<Decision>, Refusal> {
-        let old = self
-            .placed
-            .get(workload)
-            .map(|p| (**p).clone())
-            .ok_or_else(|| Refusal::NotFound(format!("placement {workload}")))?;
+        let old = self.bound(workload)?;
         if old.shadow_of.is_some() {
             return Err(Invalid::new("workload", &format!("{workload} is itself a shadow")).into());
         }
@@ -121,6 +117,14 @@ impl Core {
         self.bind(placed, c.slot);
         self.describe(shadow, &mut d);
         Ok(vec![d])
+    }
+
+    /// A copy of bound placement `id`.
+    fn bound(&self, id: &str) -> Result<Placed, Refusal> {
+        self.placed
+            .get(id)
+            .map(|p| (**p).clone())
+            .ok_or_else(|| Refusal::NotFound(format!("placement {id}")))
     }
 
     /// Adds (`on`) or takes away one replica of `p`'s model on node `i` in
@@ -195,11 +199,7 @@ impl Core {
         shadow: &str,
         now: u64,
     ) -> Result<Vec<Decision>, Refusal> {
-        let old = self
-            .placed
-            .get(workload)
-            .map(|p| (**p).clone())
-            .ok_or_else(|| Refusal::NotFound(format!("placement {workload}")))?;
+        let old = self.bound(workload)?;
         let sh = self
             .placed
             .get(shadow)
