@@ -60,7 +60,21 @@ pub struct Api {
     pub alerts: crate::alerts::Alerts,
     /// Reconfigurations the trail recorded, for the loop to take back.
     restored_reconfigs: Mutex<Vec<Reconfig>>,
+    /// After a restart, the replicas restored placements serve that no
+    /// agent has reported yet: until they are (or the deadline), the
+    /// routes are not known, and `GET /v1/routes` says so rather than
+    /// answer an empty table a gateway would take.
+    unreported: Mutex<Option<Unreported>>,
 }
+
+struct Unreported {
+    ids: std::collections::BTreeSet<String>,
+    until_ms: u64,
+}
+
+/// How long after a restart the routes wait for the agents to report the
+/// replicas restored placements serve, without a node timeout configured.
+const ROUTES_WAIT_MS: u64 = 10_000;
 
 /// What the audit trail records so that a restart can rebuild the state.
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,6 +111,32 @@ impl Api {
             metrics: Metrics::default(),
             alerts: crate::alerts::Alerts::default(),
             restored_reconfigs: Mutex::new(Vec::new()),
+            unreported: Mutex::new(None),
+        }
+    }
+
+    fn unreported(&self) -> std::sync::MutexGuard<'_, Option<Unreported>> {
+        self.unreported.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the routes are not known yet (restored replicas no agent has
+    /// reported, before the deadline), if they are not.
+    pub fn routes_unknown(&self) -> Option<String> {
+        let now = (self.clock)();
+        let mut u = self.unreported();
+        match &*u {
+            Some(w) if now < w.until_ms => Some(format!(
+                "the routes are not known yet: {} replica(s) restored from the audit trail \
+                 (first: {}) not reported by their agents; asking again within {} ms",
+                w.ids.len(),
+                w.ids.first().map(String::as_str).unwrap_or(""),
+                w.until_ms - now
+            )),
+            Some(_) => {
+                *u = None;
+                None
+            }
+            None => None,
         }
     }
 
@@ -200,6 +240,15 @@ impl Api {
     }
 
     pub fn set_replicas(&self, r: BTreeMap<String, ReplicaView>) {
+        {
+            let mut u = self.unreported();
+            if let Some(w) = u.as_mut() {
+                w.ids.retain(|id| !r.contains_key(id));
+                if w.ids.is_empty() {
+                    *u = None;
+                }
+            }
+        }
         *self.replicas.lock().unwrap_or_else(|e| e.into_inner()) = r;
     }
 
@@ -251,6 +300,22 @@ impl Api {
         }
         r.pending = core.waiting().count();
         r.placements -= r.pending;
+        let serving: std::collections::BTreeSet<String> = core
+            .placements()
+            .chain(core.waiting())
+            .filter(|p| p.profile.launch.as_ref().is_some_and(|l| l.port.is_some()))
+            .map(|p| p.replica_id().to_string())
+            .collect();
+        if !serving.is_empty() {
+            let wait = match core.config().failover.node_timeout_ms {
+                0 => ROUTES_WAIT_MS,
+                t => t + 2_000,
+            };
+            *self.unreported() = Some(Unreported {
+                ids: serving,
+                until_ms: now + wait,
+            });
+        }
         r.reconfigs = reconfigs.len();
         *self
             .restored_reconfigs
@@ -943,8 +1008,18 @@ pub struct Routes {
 pub const DEFAULT_WEIGHT: u32 = 100;
 
 #[utoipa::path(get, path = "/v1/routes",
-    responses((status = 200, body = Routes)), security(("bearer" = [])))]
+    responses((status = 200, body = Routes),
+        (status = 503, description = "Just after a restart: the replicas the restored \
+            placements serve are not reported by their agents yet (keep the routes you have)",
+            body = ApiError)),
+    security(("bearer" = [])))]
 async fn get_routes(State(s): State<Arc<Api>>, _: Viewer) -> Response {
+    if let Some(why) = s.routes_unknown() {
+        let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, why).into_response();
+        r.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return r;
+    }
     let mut models: BTreeMap<String, Vec<Route>> = BTreeMap::new();
     let weights: BTreeMap<String, Option<u32>> = s.with_core(|c| {
         c.placements()
