@@ -176,38 +176,6 @@ fn shimmed_and_unshimmed_processes_both_appear_with_their_sources() {
     }
 }
 
-/// Runs `promtool check metrics` on `text` (required under CI).
-fn promtool_check(text: &str) {
-    let required = std::env::var("VAGUS_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) if !required => {
-            eprintln!("skipping the promtool check: {e}");
-            return;
-        }
-        Err(e) => panic!("VAGUS_REQUIRE_PROMTOOL=1 but promtool does not run: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn broken_segments_are_skipped_and_counted() {
     let sim = Sim::new("agent-bad");

@@ -41,14 +41,35 @@ fn cluster(sim: &mut Sim) -> (crate::support::BrainProc, SocketAddr, Owned) {
 /// Places replica `name` of model `m` (a quarter of the GPU) and waits
 /// until it takes requests; its pid.
 fn replica(addr: SocketAddr, name: &str) -> u32 {
+    replica_with(addr, name, 50, &[])
+}
+
+/// Places replica `name` with latency objective `sla_ms`, its server run
+/// with `serve` besides the usual flags.
+fn replica_with(addr: SocketAddr, name: &str, sla_ms: u32, serve: &[&str]) -> u32 {
     let port = free_tcp_port();
+    let mut args: Vec<String> = [
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--model",
+        "m",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(
+        ["--model-gb", "1"]
+            .iter()
+            .chain(serve)
+            .map(|a| a.to_string()),
+    );
     let body = with(
         profile(name),
         serde_json::json!({"model_id": "m", "model_size_gb": 1.0, "cpu_milli": 200,
-            "share_pct": 25, "launch": {
+            "share_pct": 25, "sla_ms": sla_ms, "launch": {
             "command": bin("vagus").to_str().unwrap(),
-            "args": ["serve", "--listen", format!("127.0.0.1:{port}"), "--model", "m",
-                     "--model-gb", "1"],
+            "args": args,
             "port": port,
         }}),
     );
@@ -170,7 +191,12 @@ pub(crate) fn report(c: Child) -> serde_json::Value {
 fn requests_follow_the_brains_weights() {
     let mut sim = Sim::new("gateway-weights");
     let (_b, addr, _agent) = cluster(&mut sim);
-    let _reap = Reap(vec![replica(addr, "m-a"), replica(addr, "m-b")]);
+    // m-a's objective is generous; m-b's server takes 12.5 ms a decode
+    // step (1 GB read at 80 GB/s), past its 1 ms objective.
+    let _reap = Reap(vec![
+        replica_with(addr, "m-a", 60_000, &[]),
+        replica_with(addr, "m-b", 1, &["--hbm-gbps", "100"]),
+    ]);
     weight(addr, "m-a", 10);
     weight(addr, "m-b", 90);
     let g = gateway(&sim, addr);
@@ -238,6 +264,40 @@ fn requests_follow_the_brains_weights() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Each answer counted against its workload's objective, at the gateway
+    // and, from its windows, at the brain: m-a met every one, m-b none.
+    let slo = |text: &str, family: &str, label: (&str, &str)| {
+        metric(text, &format!("vagus_{family}_total"), &[label])
+    };
+    let counted = |replica: &str| {
+        let (gp, bp) = (page(&g), get(addr, "/metrics").unwrap().1);
+        let n = (
+            slo(&gp, "gateway_slo_requests", ("replica", replica)),
+            slo(&gp, "gateway_slo_met", ("replica", replica)),
+            slo(&bp, "brain_slo_requests", ("workload", replica)),
+            slo(&bp, "brain_slo_met", ("workload", replica)),
+        );
+        (n, gp, bp)
+    };
+    for (replica, n, met) in [("m-a", a, a), ("m-b", b, 0.0)] {
+        // A met may reach the brain a window after its request.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let (mut got, mut gp, mut bp) = counted(replica);
+        while got != (n, met, n, met) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            (got, gp, bp) = counted(replica);
+        }
+        assert_eq!(
+            got,
+            (n, met, n, met),
+            "{replica}'s answers against its objective: the gateway's page {gp}\nthe brain's {bp}"
+        );
+        let attainment = metric(&bp, "vagus_brain_slo_attainment", &[("workload", replica)]);
+        assert_eq!(attainment, met / n, "{replica}");
+    }
+    // Both pages, with these series, are what Prometheus takes.
+    promtool_check(&page(&g));
+    promtool_check(&get(addr, "/metrics").unwrap().1);
 }
 
 #[test]

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub max_tokens: HistogramVec,
     pub sized: IntCounterVec,
     pub routed_prompt_tokens: IntCounterVec,
+    pub slo_requests: IntCounterVec,
+    pub slo_met: IntCounterVec,
     pub route_updates: IntCounter,
     pub route_errors: IntCounter,
     pub reports: IntCounter,
@@ -118,6 +120,16 @@ impl Default for Metrics {
             routed_prompt_tokens: counter(
                 "vagus_gateway_routed_prompt_tokens_total",
                 "Prompt tokens of the requests sent to a replica (what the brain reclassifies by).",
+                replica,
+            ),
+            slo_requests: counter(
+                "vagus_gateway_slo_requests_total",
+                "Requests answered by a replica whose workload has a latency objective (the routes' sla_ms).",
+                replica,
+            ),
+            slo_met: counter(
+                "vagus_gateway_slo_met_total",
+                "Of those, the ones answered in full, not 5xx, within the objective.",
                 replica,
             ),
             max_tokens: histogram(

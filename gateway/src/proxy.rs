@@ -431,7 +431,12 @@ async fn handle(
         .unwrap_or_else(|| "/".into());
     let mut tried: Vec<String> = Vec::new();
     loop {
-        let picked = s.table().pick(&model, &tried);
+        let (picked, sla_ms) = {
+            let mut t = s.table();
+            let picked = t.pick(&model, &tried);
+            let sla = picked.as_ref().and_then(|(r, _)| t.sla_ms(r));
+            (picked, sla)
+        };
         let Some((replica, url)) = picked else {
             let known = s.table().models().any(|(m, _)| m == model);
             let (status, reason, msg) = if known {
@@ -487,6 +492,7 @@ async fn handle(
                     inner: Some(incoming),
                     arrived,
                     first: false,
+                    sla: sla_ms.map(|ms| Duration::from_millis(ms as u64)),
                     s: s.clone(),
                     labels: [model.clone(), replica.clone(), code],
                 };
@@ -505,6 +511,9 @@ async fn handle(
                     .requests
                     .with_label_values(&[&model, &replica, "502"])
                     .inc();
+                if sla_ms.is_some() {
+                    s.metrics.slo_requests.with_label_values(&labels).inc();
+                }
                 // It may have run: not sent again.
                 s.mark_down(&replica);
                 return error(
@@ -535,6 +544,8 @@ pub struct Measured {
     inner: Option<Incoming>,
     arrived: Instant,
     first: bool,
+    /// The workload's latency objective, if it has one.
+    sla: Option<Duration>,
     s: Arc<Shared>,
     /// model, replica, status code.
     labels: [String; 3],
@@ -547,17 +558,26 @@ impl Measured {
         }
         let [m, r, c] = &self.labels;
         let mr = [m.as_str(), r.as_str()];
+        let took = self.arrived.elapsed();
+        let code = code.unwrap_or(c);
         self.s.metrics.in_flight.with_label_values(&mr).dec();
         self.s
             .metrics
             .duration
             .with_label_values(&mr)
-            .observe(self.arrived.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         self.s
             .metrics
             .requests
-            .with_label_values(&[m, r, code.unwrap_or(c)])
+            .with_label_values(&[m, r, code])
             .inc();
+        if let Some(sla) = self.sla {
+            self.s.metrics.slo_requests.with_label_values(&mr).inc();
+            // Answered in full (not cut off: 499, 502) and not a server error.
+            if took <= sla && !code.starts_with('5') && code != "499" {
+                self.s.metrics.slo_met.with_label_values(&mr).inc();
+            }
+        }
     }
 }
 

@@ -43,6 +43,10 @@ pub struct Replica {
     /// Requests sent whose prompt length was read, and their prompt tokens.
     pub sized: u64,
     pub prompt_tokens: u64,
+    /// Requests answered whose workload has a latency objective, and those
+    /// that met it.
+    pub slo_requests: u64,
+    pub slo_met: u64,
 }
 
 /// One window (the brain's `GatewayWindow`).
@@ -74,6 +78,8 @@ struct Totals {
     first_byte: Option<Hist>,
     sized: u64,
     prompt_tokens: u64,
+    slo_requests: u64,
+    slo_met: u64,
 }
 
 type Snapshot = BTreeMap<(String, String), Totals>;
@@ -123,17 +129,20 @@ fn snapshot(m: &Metrics) -> Snapshot {
             }
         }
     }
-    for (vec, tokens) in [(&m.sized, false), (&m.routed_prompt_tokens, true)] {
+    type Field = fn(&mut Totals) -> &mut u64;
+    let counters: [(&prometheus::IntCounterVec, Field); 4] = [
+        (&m.sized, |t| &mut t.sized),
+        (&m.routed_prompt_tokens, |t| &mut t.prompt_tokens),
+        // Met before requests: a request counts into both, requests first,
+        // so read in this order the met never run ahead.
+        (&m.slo_met, |t| &mut t.slo_met),
+        (&m.slo_requests, |t| &mut t.slo_requests),
+    ];
+    for (vec, field) in counters {
         for mf in vec.collect() {
             for metric in mf.get_metric() {
                 if let Some(key) = labels(metric) {
-                    let t = s.entry(key).or_default();
-                    let n = metric.get_counter().get_value() as u64;
-                    if tokens {
-                        t.prompt_tokens = n;
-                    } else {
-                        t.sized = n;
-                    }
+                    *field(s.entry(key).or_default()) = metric.get_counter().get_value() as u64;
                 }
             }
         }
@@ -195,10 +204,11 @@ fn change(now: &Hist, before: Option<&Hist>) -> Option<Buckets> {
 }
 
 /// What changed between two snapshots: every replica that answered
-/// something or holds requests.
-fn window_of(now: &Snapshot, before: &Snapshot) -> Vec<Replica> {
+/// something or holds requests. A met counted past its request (the two
+/// counters are read apart) is left in `now` for the next window.
+fn window_of(now: &mut Snapshot, before: &Snapshot) -> Vec<Replica> {
     let mut out = Vec::new();
-    for ((model, placement), t) in now {
+    for ((model, placement), t) in now.iter_mut() {
         let b = before.get(&(model.clone(), placement.clone()));
         let requests = t.requests.saturating_sub(b.map_or(0, |b| b.requests));
         let errors = t
@@ -217,7 +227,14 @@ fn window_of(now: &Snapshot, before: &Snapshot) -> Vec<Replica> {
         let prompt_tokens = t
             .prompt_tokens
             .saturating_sub(b.map_or(0, |b| b.prompt_tokens));
+        let slo_requests = t
+            .slo_requests
+            .saturating_sub(b.map_or(0, |b| b.slo_requests));
+        let met_before = b.map_or(0, |b| b.slo_met);
+        let slo_met = t.slo_met.saturating_sub(met_before).min(slo_requests);
+        t.slo_met = t.slo_met.min(met_before + slo_met);
         if requests == 0
+            && slo_requests == 0
             && t.in_flight == 0
             && sized == 0
             && latency.is_none()
@@ -235,6 +252,8 @@ fn window_of(now: &Snapshot, before: &Snapshot) -> Vec<Replica> {
             first_byte,
             sized,
             prompt_tokens,
+            slo_requests,
+            slo_met,
         });
     }
     out
@@ -262,13 +281,13 @@ pub async fn report(
     tick.tick().await;
     loop {
         tick.tick().await;
-        let now = snapshot(m);
+        let mut now = snapshot(m);
         let at = Instant::now();
         pending.push_back(Window {
             session,
             seq,
             duration_ms: (at - since).as_millis().clamp(1, 60_000) as u64,
-            replicas: window_of(&now, &before),
+            replicas: window_of(&mut now, &before),
         });
         seq += 1;
         (before, since) = (now, at);
@@ -329,6 +348,8 @@ mod tests {
                 first_byte: None,
                 sized: 4,
                 prompt_tokens: 2_000,
+                slo_requests: 4,
+                slo_met: 3,
             },
         );
         let mut now = before.clone();
@@ -336,16 +357,30 @@ mod tests {
         (t.requests, t.errors, t.in_flight) = (10, 2, 3);
         t.latency = Some(h(vec![3, 7], 10, 2.5));
         (t.sized, t.prompt_tokens) = (9, 22_000);
-        let w = window_of(&now, &before);
+        (t.slo_requests, t.slo_met) = (10, 7);
+        let w = window_of(&mut now, &before);
         assert_eq!(w.len(), 1);
         let r = &w[0];
         assert_eq!((r.requests, r.errors, r.in_flight), (6, 1, 3));
         assert_eq!((r.sized, r.prompt_tokens), (5, 20_000));
+        assert_eq!((r.slo_requests, r.slo_met), (6, 4));
         let l = r.latency.as_ref().unwrap();
         assert_eq!(l.counts, vec![1, 3, 2], "per bucket, the last above 0.2 s");
         assert_eq!(l.count, 6);
         assert!((l.sum_s - 1.5).abs() < 1e-9);
         // Nothing happened: nothing to say.
-        assert!(window_of(&before, &before).is_empty());
+        assert!(window_of(&mut before.clone(), &before).is_empty());
+        // A met read before its request: the window holds it back, the
+        // next carries it.
+        let before = now.clone();
+        let t = now.get_mut(&key).unwrap();
+        (t.slo_requests, t.slo_met) = (12, 10);
+        let w = window_of(&mut now, &before);
+        assert_eq!((w[0].slo_requests, w[0].slo_met), (2, 2));
+        let before = now.clone();
+        let t = now.get_mut(&key).unwrap();
+        (t.slo_requests, t.slo_met) = (13, 10);
+        let w = window_of(&mut now, &before);
+        assert_eq!((w[0].slo_requests, w[0].slo_met), (1, 1));
     }
 }

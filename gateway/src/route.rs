@@ -19,6 +19,10 @@ pub struct RouteEntry {
     pub url: String,
     pub state: String,
     pub weight: u32,
+    /// Its workload's latency objective, when it has one: the gateway
+    /// counts the answers that meet it.
+    #[serde(default)]
+    pub sla_ms: Option<u32>,
 }
 
 /// The brain's answer.
@@ -95,6 +99,15 @@ impl Table {
         Some((e.placement.clone(), e.url.clone()))
     }
 
+    /// The latency objective of `placement`'s workload, if it has one.
+    pub fn sla_ms(&self, placement: &str) -> Option<u32> {
+        self.models
+            .values()
+            .flatten()
+            .find(|s| s.entry.placement == placement)
+            .and_then(|s| s.entry.sla_ms)
+    }
+
     /// The replica could not be reached: nothing more goes to it until the
     /// brain lists it anew.
     pub fn mark_down(&mut self, placement: &str) {
@@ -141,6 +154,7 @@ mod tests {
                         url: format!("http://127.0.0.1:{}", 8000 + p.len()),
                         state: "running".into(),
                         weight: *w,
+                        sla_ms: None,
                     })
                     .collect(),
             )]

@@ -57,6 +57,12 @@ pub struct GatewayReplica {
     pub sized: u64,
     #[serde(default)]
     pub prompt_tokens: u64,
+    /// Requests answered whose workload has a latency objective (the routes'
+    /// `sla_ms`), and those among them answered in full, not 5xx, within it.
+    #[serde(default)]
+    pub slo_requests: u64,
+    #[serde(default)]
+    pub slo_met: u64,
 }
 
 /// One gateway's window.
@@ -133,6 +139,11 @@ impl GatewayWindow {
             WINDOW_COUNT.check(&f("errors"), r.errors)?;
             WINDOW_COUNT.check(&f("in_flight"), r.in_flight)?;
             WINDOW_COUNT.check(&f("sized"), r.sized)?;
+            WINDOW_COUNT.check(&f("slo_requests"), r.slo_requests)?;
+            WINDOW_COUNT.check(&f("slo_met"), r.slo_met)?;
+            if r.slo_met > r.slo_requests {
+                return Err(Invalid::new(&f("slo_met"), "must be at most slo_requests"));
+            }
             vagus_decision::rules::WINDOW_TOKENS.check(&f("prompt_tokens"), r.prompt_tokens)?;
             if r.errors > r.requests {
                 return Err(Invalid::new(&f("errors"), "must be at most requests"));
@@ -160,6 +171,8 @@ struct Kept {
     first_byte: Option<HistogramDelta>,
     sized: u64,
     prompt_tokens: u64,
+    slo_requests: u64,
+    slo_met: u64,
 }
 
 /// Every gateway's recent windows.
@@ -195,6 +208,8 @@ impl Gateways {
                 first_byte: r.first_byte.as_ref().map(Buckets::delta),
                 sized: r.sized,
                 prompt_tokens: r.prompt_tokens,
+                slo_requests: r.slo_requests,
+                slo_met: r.slo_met,
             });
         }
         self.forget(now_ms);
@@ -220,6 +235,16 @@ impl Gateways {
             .filter(|k| k.at_ms + HORIZON_MS >= now_ms)
             .fold((0u64, 0u64), |(n, t), k| (n + k.sized, t + k.prompt_tokens));
         (n > 0).then(|| (n, tokens as f64 / n as f64))
+    }
+
+    /// The requests answered by `placement` over the horizon before
+    /// `now_ms` that had a latency objective, and those that met it.
+    pub fn slo(&self, placement: &str, now_ms: u64) -> (u64, u64) {
+        self.recent.get(placement).map_or((0, 0), |q| {
+            q.iter()
+                .filter(|k| k.at_ms + HORIZON_MS >= now_ms)
+                .fold((0, 0), |(n, m), k| (n + k.slo_requests, m + k.slo_met))
+        })
     }
 
     /// What the gateways measured for `placement` over the horizon before
@@ -302,6 +327,8 @@ mod tests {
                 first_byte: None,
                 sized: 8,
                 prompt_tokens: 4_000,
+                slo_requests: requests,
+                slo_met: requests / 2,
             }],
         }
     }
@@ -324,6 +351,7 @@ mod tests {
         assert!((v.qps.unwrap() - 24.0 / 3.0).abs() < 1e-9, "{v:?}");
         assert_eq!(v.running, Some(2.0));
         assert_eq!(g.prompts("p", 2_500), Some((24, 500.0)));
+        assert_eq!(g.slo("p", 2_500), (24, 12));
         let p50 = v.latency_p50_s.unwrap();
         assert!(p50 > 0.1 && p50 < 0.2, "{v:?}");
         // Past the horizon: forgotten.
@@ -344,6 +372,9 @@ mod tests {
             "replicas[0].latency.bounds_s[1]"
         );
         w = window(1, 0, 10, vec![1, 0, 0]);
+        w.replicas[0].slo_met = 11;
+        assert_eq!(w.validate().unwrap_err().field, "replicas[0].slo_met");
+        w.replicas[0].slo_met = 0;
         w.replicas[0].latency.as_mut().unwrap().count = 7;
         assert_eq!(w.validate().unwrap_err().field, "replicas[0].latency.count");
         w.duration_ms = 0;

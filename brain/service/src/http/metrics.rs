@@ -42,6 +42,9 @@ pub struct Metrics {
     reconfig_steps: [AtomicU64; STEPS.len()],
     reconfig_outcomes: [AtomicU64; OUTCOMES.len()],
     reconfig_inflight: AtomicU64,
+    /// By workload: requests the gateways answered that had a latency
+    /// objective, and those that met it, since the brain started.
+    slo: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
 
 const STEPS: [vagus_decision::reconfig::Step; 9] = {
@@ -133,6 +136,14 @@ impl Metrics {
         self.reconfig_inflight.store(inflight as u64, Relaxed);
     }
 
+    /// `requests` answered for `workload` against its objective, `met` of
+    /// them within it.
+    pub(crate) fn slo_observed(&self, workload: &str, requests: u64, met: u64) {
+        let mut slo = self.slo.lock().unwrap_or_else(|e| e.into_inner());
+        let e = slo.entry(workload.to_string()).or_default();
+        (e.0, e.1) = (e.0 + requests, e.1 + met);
+    }
+
     /// A replica the scaler added (`up`) or removed.
     pub fn scaled(&self, up: bool) {
         if up {
@@ -143,12 +154,61 @@ impl Metrics {
         .fetch_add(1, Relaxed);
     }
 
-    /// The page: these counters, the core's gauges, and `alerts` (raised
-    /// so far, by kind).
-    pub fn render(&self, core: &Core, alerts: &std::collections::BTreeMap<String, u64>) -> String {
+    /// The page: these counters, the core's gauges, `alerts` (raised so
+    /// far, by kind), and each workload's requests against its objective
+    /// and those that met it over the gateways' horizon (`recent`).
+    pub fn render(
+        &self,
+        core: &Core,
+        alerts: &std::collections::BTreeMap<String, u64>,
+        recent: &std::collections::BTreeMap<String, (u64, u64)>,
+    ) -> String {
         let mut o = String::with_capacity(4096);
         let _ = self.write(&mut o, core, alerts);
+        let _ = self.write_slo(&mut o, core, recent);
         o
+    }
+
+    /// Per workload with an objective: the counters since the start (a
+    /// workload no longer placed leaves them), and the attainment over the
+    /// horizon where something was answered (else unknown: no sample).
+    fn write_slo(
+        &self,
+        o: &mut String,
+        core: &Core,
+        recent: &std::collections::BTreeMap<String, (u64, u64)>,
+    ) -> std::fmt::Result {
+        let mut slo = self.slo.lock().unwrap_or_else(|e| e.into_inner());
+        slo.retain(|w, _| core.placement(w).is_some() || core.waiting_workload(w).is_some());
+        writeln!(
+            o,
+            "# HELP vagus_brain_slo_requests_total Requests the gateways answered for a workload with a latency objective (sla_ms)."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_slo_requests_total counter")?;
+        for (w, (n, _)) in slo.iter() {
+            writeln!(o, "vagus_brain_slo_requests_total{{workload=\"{w}\"}} {n}")?;
+        }
+        writeln!(
+            o,
+            "# HELP vagus_brain_slo_met_total Of those, the ones answered in full, not 5xx, within the objective."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_slo_met_total counter")?;
+        for (w, (_, met)) in slo.iter() {
+            writeln!(o, "vagus_brain_slo_met_total{{workload=\"{w}\"}} {met}")?;
+        }
+        writeln!(
+            o,
+            "# HELP vagus_brain_slo_attainment Share of a workload's requests that met its objective over the last 10 s (as the gateways measured; absent without requests)."
+        )?;
+        writeln!(o, "# TYPE vagus_brain_slo_attainment gauge")?;
+        for (w, &(n, met)) in recent.iter().filter(|(_, (n, _))| *n > 0) {
+            writeln!(
+                o,
+                "vagus_brain_slo_attainment{{workload=\"{w}\"}} {}",
+                met as f64 / n as f64
+            )?;
+        }
+        Ok(())
     }
 
     fn write(

@@ -996,6 +996,9 @@ pub struct Route {
     pub url: String,
     pub state: String,
     pub weight: u32,
+    /// Its workload's latency objective (`sla_ms` in its request), if any:
+    /// gateways count the answers that meet it.
+    pub sla_ms: Option<u32>,
 }
 
 /// Every model's routes, by model id.
@@ -1016,20 +1019,22 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 async fn get_routes(State(s): State<Arc<Api>>, _: Viewer) -> Response {
     if let Some(why) = s.routes_unknown() {
         let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, why).into_response();
-        r.headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
         return r;
     }
     let mut models: BTreeMap<String, Vec<Route>> = BTreeMap::new();
-    let weights: BTreeMap<String, Option<u32>> = s.with_core(|c| {
+    let weights: BTreeMap<String, (Option<u32>, Option<u32>)> = s.with_core(|c| {
         c.placements()
-            .map(|p| (p.replica_id().to_string(), p.weight))
+            .map(|p| (p.replica_id().to_string(), (p.weight, p.profile.sla_ms)))
             .collect()
     });
     for (id, r) in s.replicas() {
         let Some(url) = r.url.clone() else { continue };
         // Exited, or its placement gone (it drains): no route.
-        let Some(weight) = weights.get(&id) else {
+        let Some(&(weight, sla_ms)) = weights.get(&id) else {
             continue;
         };
         if r.state == "exited" {
@@ -1045,6 +1050,7 @@ async fn get_routes(State(s): State<Arc<Api>>, _: Viewer) -> Response {
                 0
             },
             state: r.state,
+            sla_ms,
         });
     }
     axum::Json(Routes { models }).into_response()
@@ -1067,7 +1073,21 @@ async fn post_gateway_window(
         .map_err(bad)?;
     w.validate().map_err(bad)?;
     let now = (s.clock)();
+    let slo: Vec<(String, u64, u64)> = w
+        .replicas
+        .iter()
+        .filter(|r| r.slo_requests > 0)
+        .map(|r| (r.placement.clone(), r.slo_requests, r.slo_met))
+        .collect();
     let counted = s.gateways().take(&name, w, now);
+    if counted {
+        let core = s.core();
+        for (replica, n, met) in slo {
+            if let Some(workload) = workload_of_replica(&core, &replica) {
+                s.metrics.slo_observed(workload, n, met);
+            }
+        }
+    }
     Ok(axum::Json(WindowTaken { counted }).into_response())
 }
 
@@ -1253,13 +1273,37 @@ async fn healthz(State(s): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
+/// The workload replica `id` serves: its placement's, or, for a
+/// reconfiguration's shadow, the workload it shadows; for a replica a
+/// reconfiguration replaced (its late windows), the workload it was named for.
+fn workload_of_replica<'c>(core: &'c Core, id: &str) -> Option<&'c str> {
+    core.placements()
+        .find(|p| p.replica_id() == id)
+        .map(|p| p.shadow_of.as_deref().unwrap_or(&p.id))
+        .or_else(|| core.placement(id).map(|p| p.id.as_str()))
+}
+
 #[utoipa::path(get, path = "/metrics",
     responses((status = 200, description = "Prometheus text format", body = String,
         content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(s): State<Arc<Api>>) -> Response {
     let text = {
+        let now = (s.clock)();
         let core = s.core();
-        s.metrics.render(&core, &s.alerts.counts())
+        // Each workload with an objective: what its replicas (and shadow)
+        // answered against it over the gateways' horizon.
+        let mut recent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        {
+            let g = s.gateways();
+            for p in core.placements().filter(|p| p.profile.sla_ms.is_some()) {
+                let (n, met) = g.slo(p.replica_id(), now);
+                let e = recent
+                    .entry(p.shadow_of.clone().unwrap_or_else(|| p.id.clone()))
+                    .or_default();
+                (e.0, e.1) = (e.0 + n, e.1 + met);
+            }
+        }
+        s.metrics.render(&core, &s.alerts.counts(), &recent)
     };
     (
         [(
