@@ -667,14 +667,54 @@ fn the_agent_reads_a_servers_own_metrics_as_its_clients_measured_them() {
 
 /// Waits until the brain knows node-a (its agent's first windows).
 pub(crate) fn node_joined(addr: SocketAddr) {
+    joined(addr, "node-a");
+}
+
+/// Waits (20 s at most) until `GET /v1/nodes` lists `node`.
+pub(crate) fn joined(addr: SocketAddr, node: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !http(addr, "GET", "/v1/nodes", "").1["items"]
-        .to_string()
-        .contains("node-a")
+        .as_array()
+        .is_some_and(|a| a.iter().any(|n| n["name"] == node))
     {
-        assert!(Instant::now() < deadline, "node-a never joined");
+        assert!(Instant::now() < deadline, "{node} never joined");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A brain for agents that connect with certificates from `certs`: the
+/// core's TOML `config`, an audit trail in the sim's directory, the
+/// tests' admin token, `extra` flags. The brain, its HTTP address and its
+/// QUIC address.
+pub(crate) fn brain_for(
+    sim: &Sim,
+    certs: &std::path::Path,
+    config: &std::path::Path,
+    extra: &[&str],
+) -> (BrainProc, SocketAddr, String) {
+    let tokens = tokens(sim);
+    let audit = sim.dir.join("audit.sqlite");
+    let quic = format!("127.0.0.1:{}", free_udp_port());
+    let mut flags = vec![
+        "--quic",
+        &quic,
+        "--certs",
+        certs.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+        "--tokens",
+        &tokens,
+        "--audit",
+        audit.to_str().unwrap(),
+        "--stats-every",
+        "0",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    flags.extend_from_slice(extra);
+    let brain = start_brain_with(sim, &flags);
+    let addr = http_addr(&brain);
+    (brain, addr, quic)
 }
 
 /// Kills these pids when dropped (replicas outlive the agents that started

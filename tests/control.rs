@@ -397,6 +397,53 @@ fn reconfig_rows(addr: std::net::SocketAddr) -> Vec<serde_json::Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// Every step of the safe flow with two migration steps, in order.
+const FLOW: [&str; 10] = [
+    "gate", "shadow", "validate", "canary", "migrate", "migrate", "drain", "apply", "cleanup",
+    "done",
+];
+
+/// The `reconfig` rows once the first reconfiguration has ended (40 s at
+/// most), its shadow `shadow`'s replica added to `reap` meanwhile; and
+/// their steps.
+fn until_reconfigured(
+    addr: std::net::SocketAddr,
+    shadow: &str,
+    reap: &mut Reap,
+) -> (Vec<serde_json::Value>, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let rows = loop {
+        let rows = reconfig_rows(addr);
+        if rows
+            .iter()
+            .any(|r| !r["decision"]["reconfig"]["outcome"].is_null())
+        {
+            break rows;
+        }
+        if let Some(pid) =
+            http(addr, "GET", &format!("/v1/placements/{shadow}"), "").1["replica"]["pid"].as_u64()
+            && !reap.0.contains(&(pid as u32))
+        {
+            reap.0.push(pid as u32);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reconfiguration ended: {rows:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let steps = rows
+        .iter()
+        .map(|r| {
+            r["decision"]["reconfig"]["step"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    (rows, steps)
+}
+
 /// Places `chat` (model `m`, a `vagus serve` replica) and waits for its
 /// replica: 2 GB, batch 4, ~500-token prompts score 40, class small (20%);
 /// ~4,000-token prompts score 180, class medium (40%). Its port, and its
@@ -467,42 +514,10 @@ fn a_workload_whose_prompts_grow_is_reconfigured_step_by_step_without_a_failed_r
     assert!(reconfig_rows(addr).is_empty(), "{:?}", reconfig_rows(addr));
     // The prompts grow: reclassified, the flow runs while requests go on.
     let big = load(&sim, &g, &args("4000", "20s"));
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let rows = loop {
-        let rows = reconfig_rows(addr);
-        if rows
-            .iter()
-            .any(|r| !r["decision"]["reconfig"]["outcome"].is_null())
-        {
-            break rows;
-        }
-        if let Some(pid) =
-            http(addr, "GET", "/v1/placements/chat-r1", "").1["replica"]["pid"].as_u64()
-        {
-            if !reap.0.contains(&(pid as u32)) {
-                reap.0.push(pid as u32);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no reconfiguration ended: {rows:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (rows, steps) = until_reconfigured(addr, "chat-r1", &mut reap);
     let big = report(big);
     eprintln!("{big}");
-    let steps: Vec<&str> = rows
-        .iter()
-        .map(|r| r["decision"]["reconfig"]["step"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        steps,
-        [
-            "gate", "shadow", "validate", "canary", "migrate", "migrate", "drain", "apply",
-            "cleanup", "done"
-        ],
-        "{rows:#?}"
-    );
+    assert_eq!(steps, FLOW, "{rows:#?}");
     let last = &rows.last().unwrap()["decision"]["reconfig"];
     assert_eq!(last["outcome"], "completed", "{last}");
     assert_eq!(
@@ -686,4 +701,164 @@ fn a_brain_killed_during_a_canary_comes_back_with_one_configuration_serving() {
     assert_eq!(st, 200, "{w}");
     assert_eq!(w["placement"]["share_pct"], 20, "{w}");
     assert_eq!(http(addr, "GET", "/v1/placements/chat-r1", "").0, 404);
+}
+
+#[test]
+fn a_spread_of_efficiency_across_nodes_moves_a_share_through_the_safe_flow_without_a_failed_request()
+ {
+    use crate::brain_api::spawn_agent;
+    use crate::gateway::{gateway, load, report};
+    let (a, b) = (Sim::new("rebalance-a"), Sim::new("rebalance-b"));
+    let config = a.dir.join("core.toml");
+    std::fs::write(
+        &config,
+        "mps_pools = false\n\
+         [reconfig]\nenabled = true\nsustain_ms = 1000\nvalidate_ms = 500\n\
+         canary_fraction = 0.5\ncanary_ms = 2000\nmigrate_steps = 2\nmigrate_step_ms = 1000\nstep_timeout_ms = 20000\n",
+    )
+    .unwrap();
+    let certs = certs_init(&a, "node-a,node-b");
+    let record = a.dir.join("control.jsonl");
+    let (_brain, addr, quic) = crate::brain_api::brain_for(
+        &a,
+        &certs,
+        &config,
+        &["--control-record", record.to_str().unwrap()],
+    );
+    let _agents = [
+        Owned(spawn_agent(&a, "node-a", &quic, &certs, &[]).0),
+        Owned(spawn_agent(&b, "node-b", &quic, &certs, &[]).0),
+    ];
+    for node in ["node-a", "node-b"] {
+        crate::brain_api::joined(addr, node);
+    }
+    let cordon = |node: &str, on: bool| {
+        let action = if on { "cordon" } else { "uncordon" };
+        let c = serde_json::json!({"action": action, "node": node});
+        let (st, v) = http(addr, "POST", "/v1/controls", &c.to_string());
+        assert_eq!(st, 200, "{v}");
+    };
+    let place = |name: &str, extra: serde_json::Value| {
+        let mut body = serde_json::json!({"model_id": name, "share_pct": 20,
+            "model_size_gb": 1.0, "cpu_milli": 200});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (st, v) = http(addr, "POST", "/v1/placements", &with(profile(name), body));
+        assert_eq!(st, 201, "{v}");
+        v["decision"]["node"].as_str().unwrap().to_string()
+    };
+    // node-a's GPU 60% placed (three shares that run nothing), node-b's
+    // 20%: one `vagus serve` replica.
+    cordon("node-b", true);
+    for f in ["fill-1", "fill-2", "fill-3"] {
+        assert_eq!(place(f, serde_json::json!({})), "node-a");
+    }
+    cordon("node-b", false);
+    cordon("node-a", true);
+    let port = free_tcp_port();
+    // A generous SLA: only the rebalance has a reason to act.
+    let launch = serde_json::json!({"model_id": "m", "sla_ms": 5000, "launch": {
+        "command": bin("vagus").to_str().unwrap(),
+        "args": ["serve", "--listen", "127.0.0.1:{port}", "--model", "m", "--model-gb", "1"],
+        "port": port,
+    }});
+    assert_eq!(place("lone", launch), "node-b");
+    cordon("node-a", false);
+    let v = replica_until(addr, "lone", "ready", |r| {
+        r["state"] == "ready" || r["state"] == "running"
+    });
+    let mut reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    // Requests go on through the move.
+    let g = gateway(&b, addr);
+    let traffic = load(
+        &b,
+        &g,
+        &[
+            "--qps",
+            "6",
+            "--duration",
+            "15s",
+            "--prompt-tokens",
+            "200",
+            "--output-tokens",
+            "8",
+        ],
+    );
+    let (rows, steps) = until_reconfigured(addr, "lone-r1", &mut reap);
+    let traffic = report(traffic);
+    eprintln!("{traffic}");
+    assert_eq!(steps, FLOW, "{rows:#?}");
+    let first = rows[0]["summary"].as_str().unwrap();
+    assert!(
+        first.contains("rebalance planned, its 20% to node-a GPU 0")
+            && first.contains("node-b's GPUs in use are 20% placed against 60% on node-a"),
+        "{first}"
+    );
+    let last = &rows.last().unwrap()["decision"]["reconfig"];
+    assert_eq!(
+        (last["outcome"].as_str(), last["consolidate"].as_bool()),
+        (Some("completed"), Some(true)),
+        "{last}"
+    );
+    assert_eq!(traffic["failed"], 0, "{traffic}");
+    assert!(traffic["requests"].as_u64().unwrap() >= 60, "{traffic}");
+    // lone runs on node-a now, beside the fillers; node-b holds nothing.
+    let (_, w) = http(addr, "GET", "/v1/placements/lone", "");
+    assert_eq!(
+        (
+            w["placement"]["node"].as_str(),
+            w["replica"]["node"].as_str()
+        ),
+        (Some("node-a"), Some("node-a")),
+        "{w}"
+    );
+    let (_, nodes) = http(addr, "GET", "/v1/nodes", "");
+    let used = |n: &str| {
+        nodes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == n)
+            .map(|x| x["gpus"][0]["used_pct"].as_u64().unwrap())
+    };
+    // Replayed offline, the record gives the same steps; one altered does not.
+    let replay = |path: &std::path::Path| {
+        a.vagus(&["control", "replay", path.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = replay(&record);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["same"] == true
+            && r["reconfig_changes"].as_u64() >= Some(FLOW.len() as u64)
+            && r["reconfig_rounds"].as_u64() > Some(50),
+        "{r}"
+    );
+    let text = std::fs::read_to_string(&record).unwrap();
+    let bent = text.replacen("\"act\":\"place_shadow\"", "\"act\":\"record\"", 1);
+    assert_ne!(bent, text);
+    let path = a.dir.join("bent.jsonl");
+    std::fs::write(&path, bent).unwrap();
+    let out = replay(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the reconfigurer's round replays differently"),
+        "{err}"
+    );
+    assert_eq!(
+        (used("node-a"), used("node-b")),
+        (Some(80), Some(0)),
+        "{nodes}\n{:#?}",
+        reconfig_rows(addr)
+            .iter()
+            .map(|r| r["summary"].clone())
+            .collect::<Vec<_>>()
+    );
 }

@@ -9,7 +9,7 @@
 //! trail, an alert on `GET /v1/events` (read as a stream by curl) and a
 //! count on `/metrics`.
 
-use crate::brain_api::{Reap, TOKEN, http, http_addr, profile, spawn_agent, tokens, with};
+use crate::brain_api::{Reap, TOKEN, brain_for, http, joined, profile, spawn_agent, with};
 use crate::support::*;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -41,14 +41,6 @@ fn until(
         assert!(Instant::now() < deadline, "{what} within 20 s: {v}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn joined(addr: SocketAddr, node: &str) {
-    until(addr, "/v1/nodes", &format!("{node} joins"), |v| {
-        v["items"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|n| n["name"] == node))
-    });
 }
 
 fn control(addr: SocketAddr, body: serde_json::Value) {
@@ -147,29 +139,7 @@ fn a_dead_nodes_p0_serves_elsewhere_within_2_s_of_the_timeout_and_the_node_takes
         ),
     )
     .unwrap();
-    let tokens = tokens(&a);
-    let audit = a.dir.join("audit.sqlite");
-    let quic = format!("127.0.0.1:{}", free_udp_port());
-    let brain = start_brain_with(
-        &a,
-        &[
-            "--quic",
-            &quic,
-            "--certs",
-            certs.to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-            "--tokens",
-            &tokens,
-            "--audit",
-            audit.to_str().unwrap(),
-            "--stats-every",
-            "0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
-    let addr = http_addr(&brain);
+    let (_brain, addr, quic) = brain_for(&a, &certs, &config, &[]);
     // B holds a P2 on half its GPU.
     let _agent_b = Owned(agent(&b, "node-b", &quic, &certs));
     joined(addr, "node-b");
@@ -362,4 +332,153 @@ fn a_dead_nodes_p0_serves_elsewhere_within_2_s_of_the_timeout_and_the_node_takes
 
 fn metrics_page(addr: SocketAddr) -> String {
     get(addr, "/metrics").expect("the brain's /metrics").1
+}
+
+#[test]
+fn a_dead_mps_daemon_sends_the_shares_it_served_to_gpus_of_their_own() {
+    let mut sim = Sim::new("failover-mps").with_devices(2);
+    let certs = certs_init(&sim, "node-a");
+    let config = sim.dir.join("core.toml");
+    std::fs::write(&config, "[classes]\ngrid = [25, 50, 75, 100]\n").unwrap();
+    let (_brain, addr, quic) = brain_for(&sim, &certs, &config, &[]);
+    // The agent starts the MPS daemon, one for both GPUs.
+    sim.adopt_mps_daemon();
+    let (mps_dir, mps_control) = (
+        sim.dir.join("mps").to_str().unwrap().to_string(),
+        bin("gpusim-mps-control").to_str().unwrap().to_string(),
+    );
+    let mps = [
+        "--mps-pipe-dirs",
+        &mps_dir,
+        "--mps-control",
+        &mps_control,
+        "--mps-start",
+    ];
+    let _agent = Owned(spawn_agent(&sim, "node-a", &quic, &certs, &mps).0);
+    joined(addr, "node-a");
+    // The P0 and the P3 share GPU 0's 50% pool.
+    let ports = [free_tcp_port(), free_tcp_port()];
+    for (name, prio, port) in [("p0", "P0", ports[0]), ("p3", "P3", ports[1])] {
+        let d = place(addr, name, prio, 50, Some(port));
+        assert_eq!(d["decision"]["gpus"], serde_json::json!([0]), "{d}");
+    }
+    let mut pids = Vec::new();
+    for name in ["p0", "p3"] {
+        let v = until(
+            addr,
+            &format!("/v1/placements/{name}"),
+            &format!("{name} ready"),
+            |v| {
+                v["replica"]["mps_percent"] == 50.0
+                    && (v["replica"]["state"] == "ready" || v["replica"]["state"] == "running")
+            },
+        );
+        pids.push(v["replica"]["pid"].as_u64().unwrap() as u32);
+    }
+    let _reap = Reap(pids.clone());
+    let (_curl, stream) = events_stream(addr, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The daemon goes away (as `quit` stops NVIDIA's).
+    let (said, ok) = sim.mps_control("quit\n");
+    assert!(ok, "quit: {said}");
+    let quit = Instant::now();
+    // One daemon served both GPUs: each is down, GPU 0 with the shares.
+    let (_, kind, alert) = next_event(&stream);
+    assert_eq!(kind, "mps_down", "{alert}");
+    assert_eq!(
+        alert["workloads"],
+        serde_json::json!(["p0", "p3"]),
+        "{alert}"
+    );
+    eprintln!("mps_down alert {:?} after quit", quit.elapsed());
+    let (_, kind, alert) = next_event(&stream);
+    assert_eq!(kind, "mps_down", "{alert}");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("node-a GPU 1"),
+        "{alert}"
+    );
+    assert_eq!(alert["workloads"], serde_json::json!([]), "{alert}");
+    // Each runs again, alone on a GPU, without MPS: a new process with the
+    // GPU its placement names.
+    let (mut gpus, mut new) = (Vec::new(), Vec::new());
+    for (name, port, old) in [("p0", ports[0], pids[0]), ("p3", ports[1], pids[1])] {
+        let v = until(
+            addr,
+            &format!("/v1/placements/{name}"),
+            &format!("{name} on a GPU of its own"),
+            |v| {
+                v["placement"]["share_pct"] == 100
+                    && v["replica"]["gpus"] == v["placement"]["gpus"]
+                    && v["replica"]["mps_percent"].is_null()
+                    && v["replica"]["pid"] != old
+                    && (v["replica"]["state"] == "ready" || v["replica"]["state"] == "running")
+            },
+        );
+        assert!(healthy(port), "{name} serves: {v}");
+        new.push(v["replica"]["pid"].as_u64().unwrap() as u32);
+        gpus.push(v["placement"]["gpus"][0].as_u64().unwrap());
+        eprintln!(
+            "{name} serving on GPU {} {:?} after quit",
+            gpus[gpus.len() - 1],
+            quit.elapsed()
+        );
+    }
+    let _reap_new = Reap(new);
+    gpus.sort();
+    assert_eq!(gpus, [0, 1]);
+    let (_, nodes) = http(addr, "GET", "/v1/nodes", "");
+    let gpu0 = &nodes["items"][0]["gpus"][0];
+    assert!(
+        gpu0["mps_down"]
+            .as_str()
+            .is_some_and(|w| w.contains("no MPS control daemon")),
+        "{gpu0}"
+    );
+    // The trail: each taken off its share, then placed whole.
+    let (_, trail) = http(addr, "GET", "/v1/decisions?actor=failover", "");
+    let steps: Vec<(&str, &str)> = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["workload"].as_str().unwrap(), r["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("p0", "evacuate"),
+            ("p0", "direct"),
+            ("p3", "evacuate"),
+            ("p3", "direct")
+        ],
+        "{trail}"
+    );
+    assert!(
+        trail.to_string().contains("MPS control daemon is down"),
+        "{trail}"
+    );
+
+    // The daemon back: both GPUs take shares again.
+    sim.start_mps_daemon();
+    for gpu in 0..2 {
+        let (_, kind, alert) = next_event(&stream);
+        assert_eq!(kind, "mps_up", "{alert}");
+        assert!(
+            alert["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("node-a GPU {gpu}")),
+            "{alert}"
+        );
+    }
+    let page = metrics_page(addr);
+    for kind in ["mps_down", "mps_up"] {
+        assert!(
+            page.contains(&format!("vagus_brain_alerts_total{{kind=\"{kind}\"}} 2")),
+            "{page}"
+        );
+    }
 }

@@ -84,6 +84,8 @@ fn compile_client(name: &str, link: &[&str]) -> PathBuf {
 pub struct Sim {
     pub dir: PathBuf,
     daemon: bool,
+    /// GPUs it simulates (`GPUSIM_DEVICES`); gpusim's default when `None`.
+    devices: Option<u32>,
 }
 
 impl Sim {
@@ -91,7 +93,17 @@ impl Sim {
         let dir = std::env::temp_dir().join(format!("vagus-test-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("mps")).unwrap();
-        Sim { dir, daemon: false }
+        Sim {
+            dir,
+            daemon: false,
+            devices: None,
+        }
+    }
+
+    /// A host with `n` GPUs (every command run on it sees them).
+    pub fn with_devices(mut self, n: u32) -> Sim {
+        self.devices = Some(n);
+        self
     }
 
     pub fn state(&self) -> PathBuf {
@@ -118,6 +130,10 @@ impl Sim {
             .env("VAGUS_AGENT_STATE_DIR", self.dir.join("agent-state"))
             .env_remove("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
             .env_remove("GPUSIM_CONFIG");
+        match self.devices {
+            Some(n) => c.env("GPUSIM_DEVICES", n.to_string()),
+            None => c.env_remove("GPUSIM_DEVICES"),
+        };
         c
     }
 
@@ -172,7 +188,37 @@ impl Drop for Sim {
         if self.daemon {
             let _ = self.mps_control("quit\n");
         }
+        self.kill_leftovers();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Sim {
+    /// SIGKILLs every process still running on this simulated host (its
+    /// environment names this sim's state file): a replica an agent started
+    /// that the test did not reap must not outlive the test.
+    fn kill_leftovers(&self) {
+        let mine = format!("GPUSIM_STATE={}", self.state().display());
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in procs.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == std::process::id() as i32 {
+                continue;
+            }
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            if env.split(|&b| b == 0).any(|v| v == mine.as_bytes()) {
+                // SAFETY: kill only sends a signal.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
     }
 }
 

@@ -136,6 +136,8 @@ pub struct Node {
     /// a command changed it since.
     mps_sent: Vec<Option<MpsState>>,
     mps_next_poll_ns: u64,
+    /// When the daemons are next asked only whether they answer.
+    mps_next_live_ns: u64,
     mps_dirty: bool,
     /// The inference servers scraped (their tasks, see [`crate::scrape`],
     /// fill it; each window takes what they read).
@@ -147,6 +149,10 @@ pub struct Node {
 /// How often the MPS daemons are asked for their state (each look runs the
 /// control tool a few times); an MPS command makes the next window look.
 const MPS_POLL_NS: u64 = 10_000_000_000;
+/// How often they are asked only whether they answer (one run of the tool
+/// each): a daemon that died is in a window within about this long, and
+/// the brain moves the shares it served.
+const MPS_LIVE_NS: u64 = 1_000_000_000;
 
 impl Node {
     /// Starts collecting with whatever this host allows, noting what it lacks.
@@ -223,6 +229,7 @@ impl Node {
             last_xid: BTreeMap::new(),
             mps_sent: Vec::new(),
             mps_next_poll_ns: 0,
+            mps_next_live_ns: 0,
             mps_dirty: false,
             serving,
             replicas,
@@ -283,7 +290,25 @@ impl Node {
     /// The MPS states that changed since they were last sent, when it is
     /// time to look (every [`MPS_POLL_NS`], or after an MPS command).
     fn mps_changes(&mut self, now_unix_ns: u64) -> Vec<GpuMps> {
-        if self.cfg.mps.is_empty() || (!self.mps_dirty && now_unix_ns < self.mps_next_poll_ns) {
+        if self.cfg.mps.is_empty() {
+            return Vec::new();
+        }
+        if !self.mps_dirty && now_unix_ns >= self.mps_next_live_ns {
+            self.mps_next_live_ns = now_unix_ns + MPS_LIVE_NS;
+            let was = |g: usize| self.mps_sent.get(g).cloned().flatten().map(|s| s.daemon);
+            let changed = match self.cfg.mps.as_slice() {
+                [one] => {
+                    let up = one.running();
+                    (0..self.gpu_count() as usize).any(|g| was(g).is_some_and(|d| d != up))
+                }
+                many => many
+                    .iter()
+                    .enumerate()
+                    .any(|(g, c)| was(g).is_some_and(|d| d != c.running())),
+            };
+            self.mps_dirty = changed;
+        }
+        if !self.mps_dirty && now_unix_ns < self.mps_next_poll_ns {
             return Vec::new();
         }
         self.mps_dirty = false;

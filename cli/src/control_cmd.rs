@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum ControlCommand {
-    /// Run the controller over a record `vagus brain --control-record` wrote
-    /// and check that it takes the same actions; prints the ticks and
-    /// actions replayed as JSON.
+    /// Run the controller and the reconfigurer over a record `vagus brain
+    /// --control-record` wrote and check that they take the same actions and
+    /// steps; prints the ticks, actions, rounds and steps replayed as JSON.
     Replay {
         /// The record (JSON lines: the settings, then one tick a line).
         record: PathBuf,
@@ -20,7 +20,9 @@ pub fn run(c: ControlCommand) -> anyhow::Result<()> {
             let r = vagus_brain::control::replay_record(&record).map_err(anyhow::Error::msg)?;
             println!(
                 "{}",
-                serde_json::json!({"ticks": r.ticks, "actions": r.actions, "same": true})
+                serde_json::json!({"ticks": r.ticks, "actions": r.actions,
+                    "reconfig_rounds": r.reconfig_rounds, "reconfig_changes": r.reconfig_changes,
+                    "same": true})
             );
             Ok(())
         }

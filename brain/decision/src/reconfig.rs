@@ -84,6 +84,10 @@ pub struct ReconfigConfig {
     pub failures_to_pause: u32,
     /// An error-rate rise (0–1) over the rate at the gate that pauses it.
     pub error_rise: f64,
+    /// A rebalance is planned when the nodes' efficiencies (the share of
+    /// their GPUs in use that is placed) differ by more than this fraction
+    /// of the best.
+    pub rebalance_spread: f64,
 }
 
 impl Default for ReconfigConfig {
@@ -106,6 +110,7 @@ impl Default for ReconfigConfig {
             failures_to_pause: 2,
             error_rise: 0.05,
             port_offset: 1_000,
+            rebalance_spread: 0.2,
         }
     }
 }
@@ -124,6 +129,9 @@ impl ReconfigConfig {
         }
         if !(self.error_rise > 0.0 && self.error_rise < 1.0) {
             return bad("error_rise", "must be above 0 and below 1");
+        }
+        if !(self.rebalance_spread > 0.0 && self.rebalance_spread < 1.0) {
+            return bad("rebalance_spread", "must be above 0 and below 1");
         }
         if !(1..=20).contains(&self.migrate_steps) {
             return bad("migrate_steps", "must be 1 to 20");
@@ -221,6 +229,9 @@ pub struct Reconfig {
     pub old_replica: String,
     /// The shadow's placement name.
     pub shadow: String,
+    /// A rebalance: the same share, on another GPU that holds work.
+    #[serde(default)]
+    pub consolidate: bool,
     /// Why it was planned.
     pub reason: String,
     pub started_ms: u64,
@@ -285,6 +296,13 @@ pub struct Candidate {
     /// Its p99 and SLA, for the reason.
     pub p99_ms: Option<f64>,
     pub sla_ms: Option<u32>,
+    /// How full its GPU is (%).
+    #[serde(default)]
+    pub gpu_used_pct: u32,
+    /// Where a rebalance could move it now (another GPU holding work, at
+    /// least as full as its own), in words; `None`: nowhere.
+    #[serde(default)]
+    pub rebalance_to: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -309,6 +327,10 @@ pub struct Tick {
     pub grid: Vec<u32>,
     /// Per in-flight reconfiguration (by id).
     pub progress: BTreeMap<u64, Progress>,
+    /// Each node holding work: the share of its GPUs in use that is
+    /// placed (0–1).
+    #[serde(default)]
+    pub efficiency: BTreeMap<String, f64>,
 }
 
 /// What the executor must do for a step.
@@ -625,10 +647,17 @@ impl Reconfigurer {
             Step::Drain => {
                 if p.old.in_flight == 0 {
                     Self::to(r, Step::Apply, now);
-                    let why = format!(
-                        "the old replica holds nothing: {} runs with {}% (was {}%)",
-                        r.workload, r.to_share, r.from_share
-                    );
+                    let why = if r.consolidate {
+                        format!(
+                            "the old replica holds nothing: {} runs where its shadow does, with its {}%",
+                            r.workload, r.to_share
+                        )
+                    } else {
+                        format!(
+                            "the old replica holds nothing: {} runs with {}% (was {}%)",
+                            r.workload, r.to_share, r.from_share
+                        )
+                    };
                     out.push(change(now, r, Act::Apply, why, ev, None));
                 } else if age > cfg.step_timeout_ms {
                     let why = format!(
@@ -705,11 +734,13 @@ impl Reconfigurer {
     fn plan(&mut self, t: &Tick, out: &mut Vec<Change>) {
         let now = t.now_ms;
         let cfg = self.cfg.clone();
+        let mover = self.rebalance(t);
         let mut wanted = BTreeMap::new();
         for c in &t.candidates {
             if self.involves(&c.workload) {
                 continue;
             }
+            let mut consolidate = false;
             let (share, why) = if let Some(o) = c
                 .observed
                 .as_ref()
@@ -733,6 +764,9 @@ impl Reconfigurer {
                         c.sla_ms.map_or("-".into(), |s| format!("{s} ms"))
                     ),
                 )
+            } else if let Some((_, why)) = mover.as_ref().filter(|(w, _)| *w == c.workload) {
+                consolidate = true;
+                (c.share_pct, why.clone())
             } else {
                 continue;
             };
@@ -757,7 +791,7 @@ impl Reconfigurer {
                     starts.len(),
                     c.node
                 );
-                let mut r = self.draft(c, share, now, why.clone());
+                let mut r = self.draft(c, share, consolidate, now, why.clone());
                 r.id = 0;
                 r.step = Step::Done;
                 r.outcome = None;
@@ -766,20 +800,74 @@ impl Reconfigurer {
                 continue;
             }
             starts.push_back(now);
-            let r = self.draft(c, share, now, why.clone());
+            let r = self.draft(c, share, consolidate, now, why.clone());
             self.next_id += 1;
             wanted.remove(&c.workload);
-            let text = format!(
-                "{}: reconfiguration planned, {}% → {}% ({why})",
-                c.workload, c.share_pct, share
-            );
+            let text = if consolidate {
+                format!(
+                    "{}: rebalance planned, its {}% to {} ({why})",
+                    c.workload,
+                    share,
+                    c.rebalance_to.as_deref().unwrap_or("another GPU")
+                )
+            } else {
+                format!(
+                    "{}: reconfiguration planned, {}% → {}% ({why})",
+                    c.workload, c.share_pct, share
+                )
+            };
             out.push(change(now, &r, Act::Record, text, None, None));
             self.inflight.insert(r.id, r);
         }
         self.held = wanted;
     }
 
-    fn draft(&self, c: &Candidate, share: u32, now: u64, reason: String) -> Reconfig {
+    /// The rebalance trigger: when the nodes' efficiencies spread by more
+    /// than `rebalance_spread` of the best, the workload to move off the
+    /// least efficient node — one a rebalance can move, on its emptiest
+    /// GPU, the smallest share first (so the GPU it leaves empties
+    /// soonest) — and why; none while another rebalance is in flight.
+    /// Each move goes to a GPU at least as full as the one it leaves, so
+    /// rebalances end.
+    fn rebalance(&self, t: &Tick) -> Option<(String, String)> {
+        // One at a time: the efficiencies change only once it applies.
+        if self.inflight.values().any(|r| r.consolidate) {
+            return None;
+        }
+        let cmp = |a: &(&String, &f64), b: &(&String, &f64)| a.1.total_cmp(b.1);
+        let (best_node, &best) = t.efficiency.iter().max_by(cmp)?;
+        let (low_node, &low) = t.efficiency.iter().min_by(cmp)?;
+        let spread = if best > 0.0 { (best - low) / best } else { 0.0 };
+        if spread <= self.cfg.rebalance_spread {
+            return None;
+        }
+        let c = t
+            .candidates
+            .iter()
+            .filter(|c| &c.node == low_node && c.rebalance_to.is_some())
+            .filter(|c| !self.involves(&c.workload))
+            .min_by_key(|c| (c.gpu_used_pct, c.share_pct, c.workload.clone()))?;
+        Some((
+            c.workload.clone(),
+            format!(
+                "rebalance: {low_node}'s GPUs in use are {:.0}% placed against {:.0}% on {best_node}, a spread of {:.0}% (over {:.0}%); its GPU is {}% placed",
+                low * 100.0,
+                best * 100.0,
+                spread * 100.0,
+                self.cfg.rebalance_spread * 100.0,
+                c.gpu_used_pct
+            ),
+        ))
+    }
+
+    fn draft(
+        &self,
+        c: &Candidate,
+        share: u32,
+        consolidate: bool,
+        now: u64,
+        reason: String,
+    ) -> Reconfig {
         Reconfig {
             id: self.next_id,
             workload: c.workload.clone(),
@@ -788,6 +876,7 @@ impl Reconfigurer {
             to_share: share,
             old_replica: c.replica.clone(),
             shadow: shadow_name(&c.workload, self.next_id),
+            consolidate,
             reason,
             started_ms: now,
             step: Step::Gate,
@@ -798,6 +887,50 @@ impl Reconfigurer {
             ended: None,
         }
     }
+}
+
+/// One recorded round of the reconfigurer: what it saw and what it did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    pub tick: Tick,
+    pub changes: Vec<Change>,
+}
+
+/// Where a replay first differed from the record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    pub round: usize,
+    pub recorded: Vec<Change>,
+    pub replayed: Vec<Change>,
+}
+
+/// Runs a fresh reconfigurer with `cfg`, given back the reconfigurations
+/// `restored` from the trail as the recorded one was, over its recorded
+/// rounds; the rounds and changes replayed, or the first round whose
+/// changes differ.
+pub fn replay(
+    cfg: ReconfigConfig,
+    restored: Vec<Reconfig>,
+    rounds: impl IntoIterator<Item = Recorded>,
+) -> Result<(usize, usize), Box<Divergence>> {
+    let mut r = Reconfigurer::new(cfg);
+    for x in restored {
+        r.restore(x);
+    }
+    let (mut n, mut changed) = (0, 0);
+    for (i, rec) in rounds.into_iter().enumerate() {
+        let got = r.tick(&rec.tick);
+        if got != rec.changes {
+            return Err(Box::new(Divergence {
+                round: i,
+                recorded: rec.changes,
+                replayed: got,
+            }));
+        }
+        n += 1;
+        changed += got.len();
+    }
+    Ok((n, changed))
 }
 
 /// A shadow's name: the workload's, with the reconfiguration's number
@@ -842,6 +975,7 @@ fn pause(now: u64, why: String) -> Change {
             to_share: 0,
             old_replica: String::new(),
             shadow: String::new(),
+            consolidate: false,
             reason: why.clone(),
             started_ms: now,
             step: Step::Done,
@@ -891,6 +1025,8 @@ mod tests {
             }),
             p99_ms: Some(900.0),
             sla_ms: Some(1_000),
+            gpu_used_pct: 20,
+            rebalance_to: None,
         }
     }
 
@@ -923,6 +1059,7 @@ mod tests {
             candidates: cands.to_vec(),
             grid: vec![20, 40, 60, 80, 100],
             progress: progress.clone(),
+            efficiency: BTreeMap::new(),
         }
     }
 
@@ -934,6 +1071,18 @@ mod tests {
         to: u64,
         cands: &[Candidate],
         p: &Progress,
+    ) -> Vec<Change> {
+        run_with(r, from, to, cands, p, &BTreeMap::new())
+    }
+
+    /// [`run`], the nodes' efficiencies `eff` in every tick.
+    fn run_with(
+        r: &mut Reconfigurer,
+        from: u64,
+        to: u64,
+        cands: &[Candidate],
+        p: &Progress,
+        eff: &BTreeMap<String, f64>,
     ) -> Vec<Change> {
         let mut out: Vec<Change> = Vec::new();
         let mut cands = cands.to_vec();
@@ -951,7 +1100,9 @@ mod tests {
                     (x.id, p)
                 })
                 .collect();
-            let now = r.tick(&tick(t, &cands, &progress));
+            let mut tk = tick(t, &cands, &progress);
+            tk.efficiency = eff.clone();
+            let now = r.tick(&tk);
             // Applied: the workload has its new share (the core's), and
             // the old replica stops.
             for c in now.iter().filter(|c| c.act == Act::Apply) {
@@ -1019,6 +1170,53 @@ mod tests {
                 .at_ms
         };
         assert!(at("migrate") - at("canary") >= 2_000);
+    }
+
+    #[test]
+    fn a_spread_of_efficiency_moves_the_least_efficient_nodes_emptiest_share() {
+        let mut lone = reclassified("lone", "n1");
+        (lone.observed, lone.gpu_used_pct) = (None, 20);
+        lone.rebalance_to = Some("n2 GPU 0".into());
+        let mut busier = lone.clone();
+        (busier.workload, busier.replica, busier.gpu_used_pct) =
+            ("busier".into(), "busier".into(), 40);
+        let mut stuck = lone.clone();
+        (stuck.workload, stuck.replica, stuck.gpu_used_pct) = ("stuck".into(), "stuck".into(), 0);
+        stuck.rebalance_to = None;
+        let mut elsewhere = lone.clone();
+        (elsewhere.workload, elsewhere.replica, elsewhere.node) =
+            ("elsewhere".into(), "elsewhere".into(), "n2".into());
+        let c = [lone, busier, stuck, elsewhere];
+        let eff = |a: f64, b: f64| BTreeMap::from([("n1".to_string(), a), ("n2".to_string(), b)]);
+        // Within 20% of each other: nothing moves.
+        let mut r = Reconfigurer::new(cfg());
+        assert!(run_with(&mut r, 0, 3_000, &c, &healthy(), &eff(0.7, 0.8)).is_empty());
+        // Apart: after sustain_ms, n1's share on its emptiest GPU that can
+        // move goes through every step, its share kept.
+        let mut r = Reconfigurer::new(cfg());
+        let out = run_with(&mut r, 0, 20_000, &c, &healthy(), &eff(0.4, 0.8));
+        let first = &out[0];
+        assert_eq!(first.at_ms, 1_000);
+        assert_eq!(first.reconfig.workload, "lone", "{}", first.reason);
+        assert!(first.reconfig.consolidate);
+        assert_eq!(
+            (first.reconfig.from_share, first.reconfig.to_share),
+            (20, 20)
+        );
+        assert!(first.reason.contains("to n2 GPU 0"), "{}", first.reason);
+        assert!(first.reason.contains("spread of 50%"), "{}", first.reason);
+        let s = steps(&out);
+        assert_eq!(s[1], ("shadow", Act::PlaceShadow));
+        assert!(s.contains(&("apply", Act::Apply)), "{s:?}");
+        // Nothing else moves until it is done (then, the efficiencies
+        // unchanged here, the next share on that GPU would).
+        let done = s.iter().position(|x| x.0 == "done").unwrap();
+        assert_eq!(s[done - 1], ("cleanup", Act::Cleanup), "{s:?}");
+        assert!(out[..=done].iter().all(|c| c.reconfig.workload == "lone"));
+        // No node to compare with: nothing.
+        let mut r = Reconfigurer::new(cfg());
+        let one = BTreeMap::from([("n1".to_string(), 0.3)]);
+        assert!(run_with(&mut r, 0, 3_000, &c, &healthy(), &one).is_empty());
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct Gpu {
     pub pool: Option<u32>,
     /// Held whole by one workload.
     pub exclusive: bool,
+    /// Why its MPS control daemon is not serving, while it is not: no
+    /// shares here (only a workload holding it whole), until it is back.
+    pub mps_down: Option<String>,
     /// Percent of the GPU placed (may exceed 100 where throttling allows).
     pub used_pct: u32,
     /// Model weights placed on it (GB).
@@ -149,6 +152,7 @@ impl Gpu {
             utilisation: None,
             pool: None,
             exclusive: false,
+            mps_down: None,
             used_pct: 0,
             used_gb: 0.0,
             workloads: Vec::new(),

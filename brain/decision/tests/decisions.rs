@@ -1096,3 +1096,146 @@ fn a_node_that_goes_down_has_its_workloads_placed_elsewhere_most_important_first
     assert!(c.node("a").unwrap().down.is_none());
     assert!(c.node_up("a", 9_000).unwrap().is_empty());
 }
+
+#[test]
+fn a_gpu_whose_mps_daemon_fails_sends_its_shares_to_gpus_of_their_own() {
+    let h100 = "NVIDIA H100 80GB HBM3";
+    let mut c = core(&[node("a", h100, 2)]);
+    let mut low = with_share(small("low"), 40);
+    low.priority = Priority::P3;
+    let mut top = with_share(small("top"), 40);
+    top.priority = Priority::P0;
+    let t = place(&mut c, top);
+    let l = place(&mut c, low);
+    assert_eq!(
+        (t.gpus.clone(), l.gpus.clone()),
+        (vec![0], vec![0]),
+        "one pool"
+    );
+
+    let out = c.mps_down("a", 0, "no daemon answers", 5_000).unwrap();
+    let got: Vec<(&str, Path)> = out.iter().map(|d| (d.workload.as_str(), d.path)).collect();
+    assert_eq!(
+        got,
+        [
+            ("top", Path::Evacuate),
+            ("top", Path::Direct),
+            ("low", Path::Evacuate),
+            ("low", Path::Direct),
+        ],
+        "{:#?}",
+        out.iter().map(|d| &d.summary).collect::<Vec<_>>()
+    );
+    assert!(
+        out[0]
+            .summary
+            .contains("MPS control daemon is down (no daemon answers)"),
+        "{}",
+        out[0].summary
+    );
+    // Each holds a GPU whole: one of them the GPU without its daemon.
+    let (top, low) = (c.placement("top").unwrap(), c.placement("low").unwrap());
+    assert_eq!((top.share_pct, low.share_pct), (100, 100));
+    assert_eq!(
+        (top.profile.share_pct, low.profile.share_pct),
+        (Some(100), Some(100))
+    );
+    let mut gpus = [top.gpus[0], low.gpus[0]];
+    gpus.sort();
+    assert_eq!(gpus, [0, 1]);
+    let g0 = &c.node("a").unwrap().gpus[0];
+    assert!(g0.exclusive && g0.mps_down.is_some());
+    // Down twice is nothing; an unknown GPU is named.
+    assert!(c.mps_down("a", 0, "again", 6_000).unwrap().is_empty());
+    assert!(matches!(
+        c.mps_down("a", 7, "x", 6_000),
+        Err(Refusal::NotFound(_))
+    ));
+
+    // A share never goes to a GPU without its daemon, even an idle one;
+    // a whole-GPU request takes it.
+    c.remove("top", 7_000).unwrap();
+    c.remove("low", 7_000).unwrap();
+    for id in ["new", "new2"] {
+        let d = place(&mut c, with_share(small(id), 40));
+        assert_eq!(
+            (d.path, d.gpus.clone()),
+            (Path::Direct, vec![1]),
+            "{}",
+            d.summary
+        );
+    }
+    let d = place(&mut c, with_share(small("new3"), 40));
+    assert!(!d.path.placed(), "{}", d.summary);
+    assert!(
+        d.ruled_out.iter().any(|r| r.constraint == "exclusive"),
+        "{:?}",
+        d.ruled_out
+    );
+    c.remove("new3", 7_000).unwrap();
+    let mut whole = with_share(small("whole"), 100);
+    whole.model_id = "whole".into();
+    let d = place(&mut c, whole);
+    assert_eq!(
+        (d.path, d.gpus.clone()),
+        (Path::Direct, vec![0]),
+        "{}",
+        d.summary
+    );
+
+    // Back: it takes shares again, and the queue is tried (nothing fits yet).
+    assert!(c.mps_up("a", 0, 8_000).unwrap().is_empty());
+    assert!(c.node("a").unwrap().gpus[0].mps_down.is_none());
+    c.remove("whole", 9_000).unwrap();
+    let d = place(&mut c, with_share(small("later"), 40));
+    assert_eq!(
+        (d.path, d.gpus.clone()),
+        (Path::Direct, vec![0]),
+        "{}",
+        d.summary
+    );
+}
+
+#[test]
+fn a_rebalance_moves_a_share_only_onto_a_gpu_at_least_as_full() {
+    let h100 = "NVIDIA H100 80GB HBM3";
+    let mut c = core(&[node("a", h100, 1), node("b", h100, 1)]);
+    // a: three 20% shares on its GPU's pool; b: one (each placed with the
+    // other node cordoned).
+    c.control(Control::Cordon { node: "b".into() }, 0).unwrap();
+    for id in ["a1", "a2", "a3"] {
+        let d = place(&mut c, with_share(small(id), 20));
+        assert_eq!(d.node.as_deref(), Some("a"), "{}", d.summary);
+    }
+    c.control(Control::Uncordon { node: "b".into() }, 0)
+        .unwrap();
+    c.control(Control::Cordon { node: "a".into() }, 0).unwrap();
+    let d = place(&mut c, with_share(small("lone"), 20));
+    assert_eq!(d.node.as_deref(), Some("b"), "{}", d.summary);
+    c.control(Control::Uncordon { node: "a".into() }, 0)
+        .unwrap();
+    let mut eff = c.node_efficiency();
+    eff.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(eff, [("a".to_string(), 0.6), ("b".to_string(), 0.2)]);
+    // The lone share can go to a's fuller GPU; a's shares nowhere (b's GPU
+    // is emptier than theirs).
+    assert_eq!(c.consolidation_target("lone"), Some(("a".into(), 0)));
+    assert_eq!(c.consolidation_target("a1"), None);
+    let out = c.place_shadow("lone", "lone-r1", 20, true, 1_000).unwrap();
+    assert_eq!(
+        (out[0].node.as_deref(), out[0].gpus.clone()),
+        (Some("a"), vec![0])
+    );
+    let out = c.apply_shadow("lone", "lone-r1", 2_000).unwrap();
+    assert!(
+        out[0].summary.contains("on a GPU [0]"),
+        "{}",
+        out[0].summary
+    );
+    let mut eff = c.node_efficiency();
+    eff.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(eff, [("a".to_string(), 0.8)], "b holds nothing now");
+    // Without a fuller GPU with room, no consolidating shadow is placed.
+    assert!(c.place_shadow("a1", "a1-r1", 20, true, 3_000).is_err());
+    assert!(c.placement("a1-r1").is_none());
+}

@@ -16,9 +16,11 @@ use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
 /// Every kind of alert (each has a series in `vagus_brain_alerts_total`).
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 8] = [
     "node_down",
     "node_up",
+    "mps_down",
+    "mps_up",
     "reconfiguration_aborted",
     "reconfiguration_refused",
     "reconfiguration_paused",
@@ -35,7 +37,8 @@ pub struct Alert {
     pub id: u64,
     /// The core's clock (ms).
     pub at_ms: u64,
-    /// `node_down`, `node_up`.
+    /// One of [`KINDS`]: `node_down`, `node_up`, `mps_down`, `mps_up`,
+    /// `reconfiguration_*`.
     pub kind: String,
     pub node: Option<String>,
     /// The workloads it concerns (those moved off a node that went down).

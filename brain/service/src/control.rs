@@ -29,10 +29,26 @@ use vagus_proto::wire::{CommandKind, ReplicaState};
 /// 250 times a second, ~5% of a core on `bench/ingest.sh`'s loop run.
 const MIN_GAP: Duration = Duration::from_millis(10);
 
-/// The first line of a record: the settings the ticks ran with.
+/// The first line of a record: the settings the ticks ran with, and the
+/// reconfigurations the trail gave back at the start.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct RecordHeader {
     pub control: ControlConfig,
+    /// Absent in a record written before the reconfigurer was recorded.
+    #[serde(default)]
+    pub reconfig: Option<ReconfigConfig>,
+    #[serde(default)]
+    pub restored: Vec<vagus_decision::reconfig::Reconfig>,
+}
+
+/// One line of a record after the first: the controller's tick, and the
+/// reconfigurer's round beside it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RecordLine {
+    #[serde(flatten)]
+    pub control: Recorded,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconfig: Option<vagus_decision::reconfig::Recorded>,
 }
 
 pub struct Loop {
@@ -52,11 +68,14 @@ impl Loop {
         api: &Api,
         record: Option<&std::path::Path>,
     ) -> std::io::Result<Loop> {
+        let reconfigs = crate::reconfigure::Reconfigs::new(reconfig, api);
         let record = match record {
             Some(p) => {
                 let mut w = std::io::BufWriter::new(std::fs::File::create(p)?);
                 let header = RecordHeader {
                     control: cfg.clone(),
+                    reconfig: Some(reconfigs.config().clone()),
+                    restored: reconfigs.restored().to_vec(),
                 };
                 serde_json::to_writer(&mut w, &header)?;
                 w.write_all(b"\n")?;
@@ -67,7 +86,7 @@ impl Loop {
         };
         Ok(Loop {
             scaler: Scaler::new(scale, cfg.pressure),
-            reconfigs: crate::reconfigure::Reconfigs::new(reconfig, api),
+            reconfigs,
             ctl: Controller::new(cfg),
             record,
         })
@@ -107,13 +126,20 @@ impl Loop {
         let actions = self.ctl.tick(&obs);
         let scales = self.scales(agents, api);
         let reconfig = self.reconfigs.observe(api, self.ctl.pinned());
+        let changes = self.reconfigs.decide(&reconfig);
         // The loop's own time: observing and deciding (carrying the
         // decisions out waits on the ledger and the trail, not the CPU).
         api.metrics.looped(t.elapsed(), &actions, api.now());
         if let Some(w) = &mut self.record {
-            let line = Recorded {
-                observation: obs,
-                actions: actions.clone(),
+            let line = RecordLine {
+                control: Recorded {
+                    observation: obs,
+                    actions: actions.clone(),
+                },
+                reconfig: Some(vagus_decision::reconfig::Recorded {
+                    tick: reconfig,
+                    changes: changes.clone(),
+                }),
             };
             let ok = serde_json::to_writer(&mut *w, &line).is_ok()
                 && w.write_all(b"\n").is_ok()
@@ -124,7 +150,7 @@ impl Loop {
             }
         }
         scale(api, scales).await;
-        self.reconfigs.round(api, &reconfig).await;
+        self.reconfigs.carry_out_all(api, &changes).await;
         if actions.is_empty() {
             return;
         }
@@ -441,11 +467,14 @@ fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
     }
 }
 
-/// What a replay of a record ran.
+/// What a replay of a record ran: the controller's ticks and actions,
+/// the reconfigurer's rounds and steps.
 #[derive(Debug, serde::Serialize)]
 pub struct Replayed {
     pub ticks: usize,
     pub actions: usize,
+    pub reconfig_rounds: usize,
+    pub reconfig_changes: usize,
 }
 
 /// Runs a fresh controller, with the record's settings, over a record the
@@ -467,28 +496,58 @@ pub fn replay_record(path: &std::path::Path) -> Result<Replayed, String> {
         .validate()
         .map_err(|e| format!("{what}:1: {e}"))?;
     let mut ticks = Vec::new();
+    let mut rounds = Vec::new();
     for (i, l) in lines.enumerate() {
         let l = l.map_err(|e| format!("{what}: {e}"))?;
         // A record cut short by a kill ends in a partial line: the ticks
         // before it still replay.
-        match serde_json::from_str::<Recorded>(&l) {
-            Ok(t) => ticks.push(t),
+        match serde_json::from_str::<RecordLine>(&l) {
+            Ok(t) => {
+                ticks.push(t.control);
+                rounds.extend(t.reconfig.map(|r| (i, r)));
+            }
             Err(e) if e.is_eof() => break,
             Err(e) => return Err(format!("{what}:{}: not a tick: {e}", i + 2)),
         }
     }
     let recorded: Vec<u64> = ticks.iter().map(|t| t.observation.now_ms).collect();
-    vagus_decision::control::replay(header.control, ticks)
-        .map(|(ticks, actions)| Replayed { ticks, actions })
+    let (ticks, actions) = vagus_decision::control::replay(header.control, ticks).map_err(|d| {
+        let show = |a: &[Action]| serde_json::to_string(a).unwrap_or_default();
+        format!(
+            "{what}:{}: tick {} (at {} ms) replays differently: recorded {}, replayed {}",
+            d.tick + 2,
+            d.tick,
+            recorded[d.tick],
+            show(&d.recorded),
+            show(&d.replayed)
+        )
+    })?;
+    let (mut reconfig_rounds, mut reconfig_changes) = (0, 0);
+    if let Some(cfg) = header.reconfig {
+        cfg.validate().map_err(|e| format!("{what}:1: {e}"))?;
+        let lines: Vec<usize> = rounds.iter().map(|(i, _)| *i).collect();
+        let rounds = rounds.into_iter().map(|(_, r)| r);
+        (reconfig_rounds, reconfig_changes) = vagus_decision::reconfig::replay(
+            cfg,
+            header.restored,
+            rounds,
+        )
         .map_err(|d| {
-            let show = |a: &[Action]| serde_json::to_string(a).unwrap_or_default();
+            let show = |c: &[vagus_decision::reconfig::Change]| {
+                serde_json::to_string(c).unwrap_or_default()
+            };
             format!(
-                "{what}:{}: tick {} (at {} ms) replays differently: recorded {}, replayed {}",
-                d.tick + 2,
-                d.tick,
-                recorded[d.tick],
+                "{what}:{}: the reconfigurer's round replays differently: recorded {}, replayed {}",
+                lines[d.round] + 2,
                 show(&d.recorded),
                 show(&d.replayed)
             )
-        })
+        })?;
+    }
+    Ok(Replayed {
+        ticks,
+        actions,
+        reconfig_rounds,
+        reconfig_changes,
+    })
 }

@@ -33,22 +33,36 @@ fn why_down(n: &NodeState, s: &Settings, now_unix_ns: u64) -> Option<String> {
     })
 }
 
-/// Takes down the nodes that failed and brings back those that recovered;
-/// whether anything changed. Which nodes are down, and why, is the core's
-/// own state (`Node::down`).
+/// Takes down the nodes that failed and brings back those that recovered,
+/// and the same for each GPU's MPS daemon; whether anything changed. Which
+/// nodes and daemons are down, and why, is the core's own state
+/// (`Node::down`, `Gpu::mps_down`).
 pub async fn round(agents: &Agents, api: &Api, now_unix_ns: u64) -> bool {
-    let settings = api.with_core(|c| c.config().failover.clone());
-    let verdicts: Vec<(String, Option<String>)> = {
+    let (settings, pools) = api.with_core(|c| (c.config().failover.clone(), c.config().mps_pools));
+    type Verdicts = Vec<(String, Option<String>, Vec<(u32, bool)>)>;
+    let verdicts: Verdicts = {
         let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
         st.ingest
             .nodes
             .iter()
             // Announced, and seen at least once.
             .filter(|(_, n)| !n.inventory.is_empty() && n.received_unix_ns > 0)
-            .map(|(name, n)| (name.clone(), why_down(n, &settings, now_unix_ns)))
+            .map(|(name, n)| {
+                // Where its agent drives an MPS daemon: whether it answers.
+                let daemons = n.mps.iter().map(|(g, s)| (*g, s.daemon)).collect();
+                (name.clone(), why_down(n, &settings, now_unix_ns), daemons)
+            })
             .collect()
     };
     let mut changed = false;
+    for (node, why, daemons) in &verdicts {
+        // Shares are MPS percentages only with pools; a node that is down
+        // has nothing placed to move.
+        if pools && why.is_none() {
+            changed |= mps_round(api, node, daemons).await;
+        }
+    }
+    let verdicts = verdicts.into_iter().map(|(n, w, _)| (n, w));
     for (node, why) in verdicts {
         // A node the core does not hold (its agent's report was
         // unusable) has nothing to move.
@@ -89,6 +103,62 @@ pub async fn round(agents: &Agents, api: &Api, now_unix_ns: u64) -> bool {
                     summary.push_str(&format!("; placed from the queue: {}", placed.join(", ")));
                 }
                 api.alert("node_up", Some(&node), placed, summary).await;
+            }
+            _ => {}
+        }
+    }
+    changed
+}
+
+/// GPUs of `node` whose MPS daemon stopped answering (`daemons`: GPU, it
+/// answers) go down in the core, their shares onto GPUs of their own; those
+/// whose daemon answers again come back. Whether anything changed.
+async fn mps_round(api: &Api, node: &str, daemons: &[(u32, bool)]) -> bool {
+    let was: Vec<(u32, bool)> = api.with_core(|c| {
+        c.node(node).map_or(Vec::new(), |n| {
+            n.gpus
+                .iter()
+                .map(|g| (g.index, g.mps_down.is_some()))
+                .collect()
+        })
+    });
+    let mut changed = false;
+    for &(gpu, answers) in daemons {
+        let Some(&(_, down)) = was.iter().find(|(g, _)| *g == gpu) else {
+            continue;
+        };
+        match (answers, down) {
+            (false, false) => {
+                changed = true;
+                let why = "its agent reports no MPS control daemon answering";
+                let (moved, trail) = match api.mps_down(ACTOR, node, gpu, why).await {
+                    Ok(moved) => (moved, String::new()),
+                    Err(e) => (
+                        Vec::new(),
+                        format!(
+                            "; the audit trail did not record the moves: {}",
+                            e.message()
+                        ),
+                    ),
+                };
+                let summary = if moved.is_empty() {
+                    format!("{node} GPU {gpu}: {why}; no shares to move{trail}")
+                } else {
+                    format!(
+                        "{node} GPU {gpu}: {why}; on GPUs of their own, most important first: {}{trail}",
+                        moved.join(", ")
+                    )
+                };
+                api.alert("mps_down", Some(node), moved, summary).await;
+            }
+            (true, true) => {
+                changed = true;
+                let placed = api.mps_up(ACTOR, node, gpu).await.unwrap_or_default();
+                let mut summary = format!("{node} GPU {gpu}: its MPS control daemon answers again");
+                if !placed.is_empty() {
+                    summary.push_str(&format!("; placed from the queue: {}", placed.join(", ")));
+                }
+                api.alert("mps_up", Some(node), placed, summary).await;
             }
             _ => {}
         }

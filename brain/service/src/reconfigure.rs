@@ -18,16 +18,28 @@ use vagus_decision::{Control, Priority};
 
 pub struct Reconfigs {
     r: Reconfigurer,
+    /// What the trail gave back at the start (a record's replay starts
+    /// from it too).
+    restored: Vec<vagus_decision::reconfig::Reconfig>,
 }
 
 impl Reconfigs {
     /// A reconfigurer with `cfg`, taking back what the trail recorded.
     pub fn new(cfg: ReconfigConfig, api: &Api) -> Reconfigs {
         let mut r = Reconfigurer::new(cfg);
-        for x in api.take_restored_reconfigs() {
-            r.restore(x);
+        let restored = api.take_restored_reconfigs();
+        for x in &restored {
+            r.restore(x.clone());
         }
-        Reconfigs { r }
+        Reconfigs { r, restored }
+    }
+
+    pub fn config(&self) -> &ReconfigConfig {
+        self.r.config()
+    }
+
+    pub fn restored(&self) -> &[vagus_decision::reconfig::Reconfig] {
+        &self.restored
     }
 
     /// What this round sees: `pinned` is the controller's (node, pid) →
@@ -36,12 +48,20 @@ impl Reconfigs {
         let replicas = api.replicas();
         let now = api.now();
         struct Cand {
+            sensitive: bool,
             c: Candidate,
             replica: String,
             profile: vagus_decision::Profile,
         }
-        let (pause, blocked, grid, classes, cands, progress) = api.with_core(|core| {
+        let (pause, blocked, grid, classes, cands, progress, efficiency) = api.with_core(|core| {
             let classes = core.config().classes.clone();
+            let efficiency: BTreeMap<String, f64> = core.node_efficiency().into_iter().collect();
+            // The least efficient node's workloads may be moved (a
+            // rebalance): where to, asked of the core only for them.
+            let low = efficiency
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(n, _)| n.clone());
             let cands: Vec<Cand> = core
                 .placements()
                 .filter(|p| {
@@ -49,24 +69,37 @@ impl Reconfigs {
                         && p.shadow_of.is_none()
                         && !p.pinned
                         && p.gpus.len() == 1
-                        && (p.profile.sla_ms.is_some()
-                            || matches!(p.profile.priority, Priority::P0 | Priority::P1))
                 })
                 .map(|p| {
                     let v = replicas.get(p.replica_id());
                     let pid = v.map(|v| v.pid);
                     let s = serving(Some(true), v);
+                    let gpu_used_pct = core
+                        .node(&p.node)
+                        .and_then(|n| n.gpus.get(p.gpus[0] as usize))
+                        .map_or(0, |g| g.used_pct);
+                    let rebalance_to = (low.as_deref() == Some(p.node.as_str()))
+                        .then(|| core.consolidation_target(&p.id))
+                        .flatten()
+                        .map(|(n, g)| format!("{n} GPU {g}"));
+                    // Only latency-sensitive work has the share triggers.
+                    let sensitive = p.profile.sla_ms.is_some()
+                        || matches!(p.profile.priority, Priority::P0 | Priority::P1);
                     Cand {
+                        sensitive,
                         c: Candidate {
                             workload: p.id.clone(),
                             replica: p.replica_id().to_string(),
                             node: p.node.clone(),
                             share_pct: p.share_pct,
-                            pinned_at_ceiling: pid
-                                .is_some_and(|pid| pinned.contains_key(&(p.node.clone(), pid))),
+                            pinned_at_ceiling: sensitive
+                                && pid
+                                    .is_some_and(|pid| pinned.contains_key(&(p.node.clone(), pid))),
                             observed: None,
                             p99_ms: s.p99_ms,
                             sla_ms: p.profile.sla_ms,
+                            gpu_used_pct,
+                            rebalance_to,
                         },
                         replica: p.replica_id().to_string(),
                         profile: p.profile.clone(),
@@ -102,6 +135,7 @@ impl Reconfigs {
                 classes,
                 cands,
                 progress,
+                efficiency,
             )
         });
         // The class the prompts the gateways saw would give each one (a
@@ -109,7 +143,8 @@ impl Reconfigs {
         let candidates = cands
             .into_iter()
             .map(|mut k| {
-                if k.profile.share_pct.is_none()
+                if k.sensitive
+                    && k.profile.share_pct.is_none()
                     && let Some((sized, mean)) = api.prompts(&k.replica)
                 {
                     let mut p = k.profile.clone();
@@ -132,14 +167,20 @@ impl Reconfigs {
             candidates,
             grid,
             progress,
+            efficiency,
         }
     }
 
-    /// One round: the reconfigurer's steps for `t`, carried out.
-    pub async fn round(&mut self, api: &Api, t: &Tick) {
-        let changes = self.r.tick(t);
+    /// The reconfigurer's steps for `t` (pure: what a record's replay
+    /// runs again).
+    pub fn decide(&mut self, t: &Tick) -> Vec<Change> {
+        self.r.tick(t)
+    }
+
+    /// Carries the steps [`Reconfigs::decide`] took out, in order.
+    pub async fn carry_out_all(&mut self, api: &Api, changes: &[Change]) {
         for ch in changes {
-            self.carry_out(api, &ch).await;
+            self.carry_out(api, ch).await;
         }
     }
 
@@ -151,21 +192,14 @@ impl Reconfigs {
             r.workload,
             r.step.name()
         );
-        type Op<'a> = Box<
-            dyn FnOnce(
-                    &mut vagus_decision::Core,
-                    u64,
-                )
-                    -> Result<Vec<vagus_decision::Decision>, vagus_decision::Refusal>
-                + Send
-                + 'a,
-        >;
         let (w, sh) = (r.workload.clone(), r.shadow.clone());
-        let op: Option<Op> = match ch.act {
+        let op: Option<crate::http::CoreOp> = match ch.act {
             Act::Record => None,
             Act::PlaceShadow => {
-                let share = r.to_share;
-                Some(Box::new(move |c, now| c.place_shadow(&w, &sh, share, now)))
+                let (share, consolidate) = (r.to_share, r.consolidate);
+                Some(Box::new(move |c, now| {
+                    c.place_shadow(&w, &sh, share, consolidate, now)
+                }))
             }
             Act::Route => {
                 let to = (r.fraction * 100.0).round().clamp(0.0, 100.0) as u32;

@@ -157,10 +157,44 @@ impl Executor {
                 .find(|(r, _)| r.id == id)
                 .map(|(r, _)| r.state == ReplicaState::Exited)
         };
+        // A replica not yet exited that runs with other GPUs or another MPS
+        // share than its placement now has (it fell back to a GPU of its
+        // own): whether it is draining already.
+        let misplaced = |node: &str, spec: &ReplicaSpec| {
+            reported
+                .iter()
+                .filter(|(n, ..)| n == node)
+                .flat_map(|(_, _, rs)| rs)
+                .find(|(r, _)| {
+                    r.id == spec.id
+                        && r.state != ReplicaState::Exited
+                        && (r.gpus != spec.gpus || r.mps_percent != spec.mps_percent)
+                })
+                .map(|(r, _)| r.state == ReplicaState::Draining)
+        };
         for (id, (node, _, spec, at_ms)) in &wanted {
             let key = (node.clone(), id.clone());
             let before = self.started.get(&key).copied();
             if down.contains(node) || before == Some(*at_ms) {
+                continue;
+            }
+            // Stopped first, started once it has exited.
+            if let Some(draining) = misplaced(node, spec) {
+                if !draining
+                    && !self.stopping.contains(&key)
+                    && agents
+                        .issue(
+                            node,
+                            CommandKind::StopReplica {
+                                id: id.clone(),
+                                grace_ms: STOP_GRACE_MS,
+                            },
+                        )
+                        .await
+                        .is_ok()
+                {
+                    self.stopping.insert(key);
+                }
                 continue;
             }
             let take_as_it_is = match found(node, id) {

@@ -171,11 +171,16 @@ impl Sync {
     /// (newly, or otherwise than before).
     fn reconcile(&mut self, api: &Api, node: &str, mps: &[(u32, MpsState)]) -> Vec<Row> {
         let (pools, now) = api.with_core(|c| {
+            // A GPU whose daemon is down holds no pool (failover's alert
+            // says so).
             let pools: Vec<(u32, Option<u32>, bool)> = match c.node(node) {
                 Some(n) if c.config().mps_pools => n
                     .gpus
                     .iter()
-                    .map(|g| (g.index, g.pool, g.workloads.is_empty()))
+                    .map(|g| {
+                        let pool = g.pool.filter(|_| g.mps_down.is_none());
+                        (g.index, pool, g.workloads.is_empty())
+                    })
                     .collect(),
                 _ => Vec::new(),
             };

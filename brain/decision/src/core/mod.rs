@@ -371,6 +371,7 @@ impl Core {
         for (g, o) in n.gpus.iter_mut().zip(&old.gpus) {
             g.pool = o.pool;
             g.exclusive = o.exclusive;
+            g.mps_down = o.mps_down.clone();
             g.used_pct = o.used_pct;
             g.used_gb = o.used_gb;
             g.workloads = o.workloads.clone();
@@ -435,16 +436,86 @@ impl Core {
         }
         self.nodes[i].down = Some(why.to_string());
         self.refresh(i);
-        let mut evacuees: Vec<Placed> = self
+        let evacuees: Vec<Placed> = self
             .placed
             .values()
             .filter(|p| p.node == name)
             .map(|p| (**p).clone())
             .collect();
+        Ok(self.evacuate(evacuees, &format!("the node is down ({why})"), false, now))
+    }
+
+    /// GPU `gpu` of node `name` has no MPS control daemon serving (`why`):
+    /// it takes no more shares, and each workload holding a share of it
+    /// falls back to a GPU of its own (its request's share becomes 100),
+    /// placed again as [`Core::node_down`] places them, most important
+    /// first (the first may hold this GPU whole). A shadow of a
+    /// reconfiguration is left to its reconfiguration, which rolls back
+    /// when the shadow fails. Already down: nothing.
+    pub fn mps_down(
+        &mut self,
+        name: &str,
+        gpu: u32,
+        why: &str,
+        now: u64,
+    ) -> Result<Vec<Decision>, Refusal> {
+        let i = self.node_index(name)?;
+        let Some(g) = self.nodes[i].gpus.get_mut(gpu as usize) else {
+            return Err(Refusal::NotFound(format!("GPU {gpu} of node {name}")));
+        };
+        if g.mps_down.is_some() {
+            return Ok(Vec::new());
+        }
+        g.mps_down = Some(why.to_string());
+        self.refresh(i);
+        let evacuees: Vec<Placed> = self
+            .placed
+            .values()
+            .filter(|p| {
+                p.node == name
+                    && p.gpus.contains(&gpu)
+                    && p.share_pct < 100
+                    && p.shadow_of.is_none()
+            })
+            .map(|p| (**p).clone())
+            .collect();
+        let why = format!("its MPS control daemon is down ({why}); on a GPU of its own");
+        Ok(self.evacuate(evacuees, &why, true, now))
+    }
+
+    /// GPU `gpu` of node `name` has its MPS daemon serving again: it takes
+    /// shares again, and the queue is tried. What fell back to a whole GPU
+    /// stays there (a rebalance may pack it again).
+    pub fn mps_up(&mut self, name: &str, gpu: u32, now: u64) -> Result<Vec<Decision>, Refusal> {
+        let i = self.node_index(name)?;
+        let Some(g) = self.nodes[i].gpus.get_mut(gpu as usize) else {
+            return Err(Refusal::NotFound(format!("GPU {gpu} of node {name}")));
+        };
+        if g.mps_down.take().is_none() {
+            return Ok(Vec::new());
+        }
+        self.refresh(i);
+        let mut out = Vec::new();
+        self.drain_queue(now, &mut out);
+        Ok(out)
+    }
+
+    /// Takes `evacuees` off where they run (`why`) and places each again,
+    /// most important first, as a new request would be (preempting lower
+    /// priorities, or waiting in the queue), keeping its tenant's charge,
+    /// its pin and its weight; `whole`: each now asks for a GPU of its own.
+    /// Each gets an `evacuate` decision, then its new one.
+    fn evacuate(
+        &mut self,
+        mut evacuees: Vec<Placed>,
+        why: &str,
+        whole: bool,
+        now: u64,
+    ) -> Vec<Decision> {
         evacuees.sort_by(|a, b| {
             (a.profile.priority, a.at_ms, &a.id).cmp(&(b.profile.priority, b.at_ms, &b.id))
         });
-        // All off first: what they held is on a node that is down anyway.
+        // All off first: what they held is unusable anyway.
         for p in &evacuees {
             self.unbind(p, now, false);
             // The new placement charges it afresh.
@@ -453,15 +524,15 @@ impl Core {
             }
         }
         let mut out = Vec::new();
-        for p in evacuees {
+        for mut p in evacuees {
             let mut d = Decision::new(
                 self.next_seq(),
                 now,
                 &p.id,
                 Path::Evacuate,
                 format!(
-                    "{} ({:?}) off {name} GPU {:?}: the node is down ({why})",
-                    p.id, p.profile.priority, p.gpus
+                    "{} ({:?}) off {} GPU {:?}: {why}",
+                    p.id, p.profile.priority, p.node, p.gpus
                 ),
             );
             d.node = Some(p.node.clone());
@@ -469,6 +540,9 @@ impl Core {
             d.share_pct = Some(p.share_pct);
             d.class = Some(p.class.clone());
             out.push(d);
+            if whole {
+                p.profile.share_pct = Some(100);
+            }
             let class = self.cfg.classes.classify(&p.profile);
             self.decide(p.profile, class, now, true, &mut out);
             if let Some(q) = self.placed.get_mut(&p.id) {
@@ -479,7 +553,7 @@ impl Core {
                 self.set_pinned(&p.id, true);
             }
         }
-        Ok(out)
+        out
     }
 
     /// Node `name` is back (its agent reports again): it takes work again,
@@ -638,6 +712,8 @@ impl Core {
             share,
             preferred: class.preferred_model.as_deref(),
             exclude: None,
+            replacing: None,
+            fill_from: None,
         };
         let scan = self.scan(&ask, true);
         let mut d = Decision::new(seq, now, &p.name, Path::Queue, String::new());
@@ -1062,6 +1138,8 @@ impl Core {
                 share: class.share_pct,
                 preferred: class.preferred_model.as_deref(),
                 exclude: None,
+                replacing: None,
+                fill_from: None,
             };
             if !may_move && self.scan(&ask, false).feasible == 0 {
                 continue;
@@ -1203,6 +1281,8 @@ impl Core {
             share: class.share_pct,
             preferred: class.preferred_model.as_deref(),
             exclude: None,
+            replacing: None,
+            fill_from: None,
         };
         let s = self.scan_nodes(&ask, &[i]);
         let pick = s

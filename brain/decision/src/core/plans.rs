@@ -144,6 +144,7 @@ impl Core {
             }
             for g in &n.gpus {
                 if g.workloads.is_empty()
+                    || (g.mps_down.is_some() && share < 100)
                     || !p.accepts(&g.model)
                     || p.max_cost_per_hour
                         .is_some_and(|c| g.price_per_hour * share as f64 / 100.0 > c + 1e-9)
@@ -227,10 +228,9 @@ impl Core {
                     self.hot
                         .iter()
                         .filter(|h| {
-                            !h.empty
-                                && !h.exclusive
-                                && (!pools || h.pool == sh)
-                                && h.used_pct + sh <= h.cap
+                            // Shares need the GPU's MPS daemon.
+                            let shut = h.empty || h.exclusive || (h.no_mps && sh < 100);
+                            !shut && (!pools || h.pool == sh) && h.used_pct + sh <= h.cap
                         })
                         .count()
                 });
@@ -246,6 +246,8 @@ impl Core {
                     share,
                     preferred: class.preferred_model.as_deref(),
                     exclude: None,
+                    replacing: None,
+                    fill_from: None,
                 };
                 // The request's candidate on the freed GPU.
                 let c = self.candidate_on(&ask, node, gpu);
@@ -275,6 +277,8 @@ impl Core {
                 share: w.share_pct,
                 preferred: w.class.preferred_model.as_deref(),
                 exclude: Some((node, gpu)),
+                replacing: None,
+                fill_from: None,
             };
             let s = self.scan(&ask, false);
             match s.direct {
@@ -329,6 +333,7 @@ impl Core {
             }
             for g in &n.gpus {
                 if g.workloads.is_empty()
+                    || (g.mps_down.is_some() && share < 100)
                     || !p.accepts(&g.model)
                     || g.memory_gb < p.model_size_gb
                     || !g

@@ -42,6 +42,8 @@ pub(super) struct Hot {
     pub(super) power: f64,
     pub(super) empty: bool,
     pub(super) exclusive: bool,
+    /// Its MPS daemon is down: only a workload holding it whole.
+    pub(super) no_mps: bool,
 }
 
 impl Hot {
@@ -159,6 +161,11 @@ pub(super) struct Ask<'a> {
     pub(super) preferred: Option<&'a str>,
     /// A GPU not to use (the one a repack empties, or a moved workload's).
     pub(super) exclude: Option<(usize, u32)>,
+    /// The node where a replica of its model is being replaced (a shadow's
+    /// own workload): that one does not count against anti-affinity.
+    pub(super) replacing: Option<usize>,
+    /// Only GPUs holding work and at least this full (a consolidation).
+    pub(super) fill_from: Option<u32>,
 }
 
 impl Core {
@@ -193,6 +200,7 @@ impl Core {
                 },
                 empty: g.workloads.is_empty(),
                 exclusive: g.exclusive,
+                no_mps: g.mps_down.is_some(),
             };
         }
         let view: Vec<Free> = self.hot[nh.first..nh.first + nh.count]
@@ -324,7 +332,11 @@ impl Core {
                 Some(2)
             } else if nh.memory_free < p.memory_mib {
                 Some(3)
-            } else if banned.is_some_and(|b| b.get(&i).is_some_and(|&n| n >= per_node)) {
+            } else if banned.is_some_and(|b| {
+                b.get(&i).is_some_and(|&n| {
+                    n.saturating_sub(u32::from(a.replacing == Some(i))) >= per_node
+                })
+            }) {
                 Some(4)
             } else {
                 None
@@ -374,7 +386,9 @@ impl Core {
             alike.clear();
             for (k, h) in gpus.iter().enumerate() {
                 let gi = k as u32;
-                if a.exclude == Some((i, gi)) {
+                if a.exclude == Some((i, gi))
+                    || a.fill_from.is_some_and(|f| h.empty || h.used_pct < f)
+                {
                     s.rule(5, || format!("{}/{gi}", self.nodes[i].name));
                     continue;
                 }
@@ -390,7 +404,10 @@ impl Core {
                 }
                 let rule = if !memo.1 {
                     Some(6)
-                } else if h.exclusive || (a.share >= 100 && h.used_pct > 0) {
+                } else if h.exclusive
+                    || (a.share >= 100 && h.used_pct > 0)
+                    || (h.no_mps && a.share < 100)
+                {
                     Some(9)
                 } else if h.used_pct + a.share > h.cap {
                     Some(10)

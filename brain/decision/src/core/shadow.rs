@@ -39,14 +39,16 @@ impl Core {
 
     /// Places `shadow`, a copy of `workload` with `share_pct`, wherever it
     /// fits directly (the workload's own replica does not count against
-    /// its model's anti-affinity: it is being replaced). The shadow takes
-    /// no traffic (weight 0), is pinned (no repack moves it) and is not
-    /// charged to the tenant.
+    /// its model's anti-affinity: it is being replaced); `consolidate`:
+    /// only on another GPU that holds work and is at least as full as the
+    /// workload's (a rebalance). The shadow takes no traffic (weight 0), is
+    /// pinned (no repack moves it) and is not charged to the tenant.
     pub fn place_shadow(
         &mut self,
         workload: &str,
         shadow: &str,
         share_pct: u32,
+        consolidate: bool,
         now: u64,
     ) -> Result<Vec<Decision>, Refusal> {
         let old = self.bound(workload)?;
@@ -67,21 +69,16 @@ impl Core {
                 .map(|p| p.checked_add(off).unwrap_or(p.saturating_sub(off)));
         }
         let class = self.cfg.classes.classify(&profile);
-        let node = self.index[&old.node];
-        self.count_replica(&old, node, false);
-        let ask = Ask {
-            p: &profile,
-            share: class.share_pct,
-            preferred: class.preferred_model.as_deref(),
-            exclude: None,
-        };
-        let direct = self.scan(&ask, false).direct;
-        self.count_replica(&old, node, true);
-        let Some(c) = direct else {
+        let Some(c) = self.shadow_slot(&old, &profile, &class, consolidate) else {
+            let room = if consolidate {
+                "another GPU at least as full as its own"
+            } else {
+                "a GPU"
+            };
             return Err(Invalid::new(
                 "share_pct",
                 &format!(
-                    "no GPU has room for a shadow of {workload} with {}% beside what runs",
+                    "no {room} has room for a shadow of {workload} with {}% beside what runs",
                     class.share_pct
                 ),
             )
@@ -119,27 +116,72 @@ impl Core {
         Ok(vec![d])
     }
 
+    /// Where a shadow of `old` with `profile` (classed `class`) would go
+    /// directly; `consolidate`: only another GPU holding work, at least as
+    /// full as `old`'s.
+    fn shadow_slot(
+        &self,
+        old: &Placed,
+        profile: &crate::Profile,
+        class: &crate::Class,
+        consolidate: bool,
+    ) -> Option<super::scan::Cand> {
+        let node = self.index[&old.node];
+        let gpu = old.gpus.first().copied();
+        let fill = gpu.map(|g| self.nodes[node].gpus[g as usize].used_pct);
+        let ask = Ask {
+            p: profile,
+            share: class.share_pct,
+            preferred: class.preferred_model.as_deref(),
+            exclude: gpu.filter(|_| consolidate).map(|g| (node, g)),
+            replacing: Some(node),
+            fill_from: fill.filter(|_| consolidate),
+        };
+        self.scan(&ask, false).direct
+    }
+
+    /// Whether moving bound placement `workload` to another GPU holding
+    /// work, at least as full as its own, is possible now (a rebalance's
+    /// precondition): that GPU, by node name and index.
+    pub fn consolidation_target(&self, workload: &str) -> Option<(String, u32)> {
+        let old = self.placed.get(workload)?;
+        if old.gpus.len() != 1 || old.shadow_of.is_some() {
+            return None;
+        }
+        let class = self.cfg.classes.classify(&old.profile);
+        let c = self.shadow_slot(old, &old.profile, &class, true)?;
+        Some((self.nodes[c.node].name.clone(), *c.gpus.first()?))
+    }
+
+    /// Each node that is up and holds work on its GPUs: the share of its
+    /// GPUs in use that is placed (0–1; a GPU half placed is 0.5). What a
+    /// rebalance evens out: a node whose GPUs are little used each holds
+    /// GPUs that consolidation would free.
+    pub fn node_efficiency(&self) -> Vec<(String, f64)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.down.is_none())
+            .filter_map(|n| {
+                let used: Vec<u32> = n
+                    .gpus
+                    .iter()
+                    .filter(|g| !g.workloads.is_empty())
+                    .map(|g| g.used_pct.min(100))
+                    .collect();
+                (!used.is_empty()).then(|| {
+                    let placed: u32 = used.iter().sum();
+                    (n.name.clone(), placed as f64 / (100.0 * used.len() as f64))
+                })
+            })
+            .collect()
+    }
+
     /// A copy of bound placement `id`.
     fn bound(&self, id: &str) -> Result<Placed, Refusal> {
         self.placed
             .get(id)
             .map(|p| (**p).clone())
             .ok_or_else(|| Refusal::NotFound(format!("placement {id}")))
-    }
-
-    /// Adds (`on`) or takes away one replica of `p`'s model on node `i` in
-    /// the anti-affinity counts.
-    fn count_replica(&mut self, p: &Placed, i: usize, on: bool) {
-        let m = self
-            .replica_nodes
-            .entry(p.profile.model_id.clone())
-            .or_default();
-        let c = m.entry(i).or_default();
-        if on {
-            *c += 1;
-        } else {
-            *c = c.saturating_sub(1);
-        }
     }
 
     /// A placement, bound or restored and waiting for its node (a brain

@@ -46,6 +46,9 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// A change to the core, carried out under its lock with the clock's time.
+pub type CoreOp<'a> = Box<dyn FnOnce(&mut Core, u64) -> Result<Vec<Decision>, Refusal> + Send + 'a>;
+
 pub struct Api {
     core: Mutex<Core>,
     /// The replicas agents run, by placement id (see [`crate::replicas`]).
@@ -164,7 +167,7 @@ impl Api {
     pub async fn reconfig_step(
         &self,
         change: &Change,
-        f: Option<Box<dyn FnOnce(&mut Core, u64) -> Result<Vec<Decision>, Refusal> + Send + '_>>,
+        f: Option<CoreOp<'_>>,
     ) -> Result<(), ApiError> {
         let r = &change.reconfig;
         let body = serde_json::to_string(change).unwrap_or_default();
@@ -462,6 +465,40 @@ impl Api {
         Ok(ds
             .into_iter()
             .filter(|d| d.path == Path::Evacuate)
+            .map(|d| d.workload)
+            .collect())
+    }
+
+    /// GPU `gpu` of `node` has no MPS daemon serving ([`Core::mps_down`]):
+    /// the workloads that fell back to a GPU of their own.
+    pub async fn mps_down(
+        &self,
+        actor: &str,
+        node: &str,
+        gpu: u32,
+        why: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let ds = self
+            .decide(actor, None, None, |core, now| {
+                core.mps_down(node, gpu, why, now)
+            })
+            .await?;
+        Ok(ds
+            .into_iter()
+            .filter(|d| d.path == Path::Evacuate)
+            .map(|d| d.workload)
+            .collect())
+    }
+
+    /// GPU `gpu` of `node` has its MPS daemon again: the workloads placed
+    /// from the queue.
+    pub async fn mps_up(&self, actor: &str, node: &str, gpu: u32) -> Result<Vec<String>, ApiError> {
+        let ds = self
+            .decide(actor, None, None, |core, now| core.mps_up(node, gpu, now))
+            .await?;
+        Ok(ds
+            .into_iter()
+            .filter(|d| d.path.placed())
             .map(|d| d.workload)
             .collect())
     }
