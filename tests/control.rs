@@ -862,3 +862,99 @@ fn a_spread_of_efficiency_across_nodes_moves_a_share_through_the_safe_flow_witho
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_shadow_that_never_gets_ready_is_aborted_with_an_alert_and_the_old_replica_serves_on() {
+    use crate::gateway::{gateway, load, report};
+    let mut sim = Sim::new("reconfig-abort");
+    let config = sim.dir.join("core.toml");
+    std::fs::write(
+        &config,
+        "mps_pools = false\n\
+         [reconfig]\nenabled = true\nsustain_ms = 1000\nmin_sized = 10\nvalidate_ms = 500\n\
+         step_timeout_ms = 3000\n",
+    )
+    .unwrap();
+    let (_b, addr, agent, _) = brain_and_agent_with(
+        &mut sim,
+        false,
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let _agent = Owned(agent);
+    node_joined(addr);
+    // `chat` as `place_chat` places it, but on the shadow's port (its own
+    // + 1,000) the command starts a process that never serves.
+    let port = free_tcp_port();
+    let serve = format!(
+        "test {{port}} -eq {} && exec sleep 600; exec {} serve --listen 127.0.0.1:{{port}} --model m --model-gb 2",
+        port + 1000,
+        bin("vagus").display()
+    );
+    let chat = with(
+        profile("chat"),
+        serde_json::json!({"model_id": "m", "priority": "P1", "sla_ms": 5000, "share_pct": null,
+            "model_size_gb": 2.0, "batch": 4, "seq_len": 500, "cpu_milli": 200, "launch": {
+            "command": "sh", "args": ["-c", serve], "port": port,
+        }}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
+    assert_eq!(st, 201, "{v}");
+    let v = replica_until(addr, "chat", "ready", |r| {
+        r["state"] == "ready" || r["state"] == "running"
+    });
+    let mut reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    let g = gateway(&sim, addr);
+    // Its prompts grow: the flow starts, and its shadow never answers.
+    let traffic = load(
+        &sim,
+        &g,
+        &[
+            "--qps",
+            "6",
+            "--duration",
+            "12s",
+            "--prompt-tokens",
+            "4000",
+            "--output-tokens",
+            "8",
+        ],
+    );
+    let (rows, steps) = until_reconfigured(addr, "chat-r1", &mut reap);
+    let traffic = report(traffic);
+    assert_eq!(steps, ["gate", "shadow", "done"], "{rows:#?}");
+    let last = rows.last().unwrap();
+    assert_eq!(last["decision"]["reconfig"]["outcome"], "aborted", "{last}");
+    assert!(
+        last["summary"]
+            .as_str()
+            .unwrap()
+            .contains("was not ready within 3000 ms"),
+        "{last}"
+    );
+    // The alert, streamed as every other; the shadow's process stops; the
+    // old replica served every request.
+    let (_, events) = http(addr, "GET", "/v1/events", "");
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "reconfiguration_aborted" && e["workloads"][0] == "chat"),
+        "{events}"
+    );
+    assert_eq!(http(addr, "GET", "/v1/placements/chat-r1", "").0, 404);
+    let shadow = *reap.0.last().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while std::path::Path::new(&format!("/proc/{shadow}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{shadow}/stat"))
+            .is_ok_and(|s| s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "the shadow still runs");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(traffic["failed"], 0, "{traffic}");
+    let (_, w) = http(addr, "GET", "/v1/placements/chat", "");
+    assert_eq!(w["placement"]["share_pct"], 20, "{w}");
+    assert!(w["placement"]["weight"].is_null(), "{w}");
+}

@@ -15,7 +15,9 @@
 //! Stopping is graceful: the replica drains (the brain's routes give it no
 //! new requests) until its own metrics show nothing queued or running and
 //! at least [`MIN_DRAIN`] has passed, or its grace period ends; then
-//! SIGTERM to its process group, and SIGKILL [`TERM_TIMEOUT`] later.
+//! SIGTERM to its process group, and SIGKILL [`TERM_TIMEOUT`] later. One
+//! stopped before it ever answered its health check holds nothing: it gets
+//! SIGTERM at once.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -89,6 +91,9 @@ struct Drain {
     since: Instant,
     until: Instant,
     term_at: Option<Instant>,
+    /// It was still starting when stopped: it never answered its health
+    /// check, so no route sent it anything to finish.
+    never_ready: bool,
 }
 
 /// One replica.
@@ -377,11 +382,13 @@ impl Replicas {
             return Outcome::Duplicate;
         }
         let now = Instant::now();
+        let never_ready = r.state == ReplicaState::Starting;
         r.state = ReplicaState::Draining;
         r.drain = Some(Drain {
             since: now,
             until: now + grace,
             term_at: None,
+            never_ready,
         });
         Outcome::Applied
     }
@@ -445,7 +452,10 @@ impl Replicas {
                         None => {
                             let idle = l.in_flight.is_some_and(|n| n <= 0.0)
                                 || r.record.spec.port.is_none();
-                            if (idle && now >= d.since + MIN_DRAIN) || now >= d.until {
+                            if d.never_ready
+                                || (idle && now >= d.since + MIN_DRAIN)
+                                || now >= d.until
+                            {
                                 d.term_at = Some(now);
                                 Self::signal(r, libc::SIGTERM);
                             }
@@ -638,6 +648,18 @@ mod tests {
         });
         let w = until(&mut r, "busy", ReplicaState::Exited);
         assert_eq!(w.exit.as_deref(), Some("signal 15"));
+        // One stopped before it was ever ready held nothing: SIGTERM at
+        // once, though its metrics say nothing and its grace is long.
+        let s = ReplicaSpec {
+            port: Some(1),
+            ..spec("mute", &["-c", "exec sleep 30"])
+        };
+        r.start(&s);
+        r.stop("mute", Duration::from_secs(60));
+        let t0 = Instant::now();
+        let w = until(&mut r, "mute", ReplicaState::Exited);
+        assert_eq!(w.exit.as_deref(), Some("signal 15"));
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
         let _ = std::fs::remove_dir_all(&state_dir);
     }
 }

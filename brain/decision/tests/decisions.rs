@@ -1202,15 +1202,27 @@ fn a_rebalance_moves_a_share_only_onto_a_gpu_at_least_as_full() {
     let mut c = core(&[node("a", h100, 1), node("b", h100, 1)]);
     // a: three 20% shares on its GPU's pool; b: one (each placed with the
     // other node cordoned).
+    let serving_on = |mut p: Profile, port: u16| {
+        p.launch = Some(vagus_decision::Launch {
+            command: "vagus".into(),
+            args: vec![],
+            env: Default::default(),
+            port: Some(port),
+        });
+        p
+    };
     c.control(Control::Cordon { node: "b".into() }, 0).unwrap();
     for id in ["a1", "a2", "a3"] {
-        let d = place(&mut c, with_share(small(id), 20));
+        // a1 serves on the port lone's shadow would have taken.
+        let p = with_share(small(id), 20);
+        let p = if id == "a1" { serving_on(p, 10_000) } else { p };
+        let d = place(&mut c, p);
         assert_eq!(d.node.as_deref(), Some("a"), "{}", d.summary);
     }
     c.control(Control::Uncordon { node: "b".into() }, 0)
         .unwrap();
     c.control(Control::Cordon { node: "a".into() }, 0).unwrap();
-    let d = place(&mut c, with_share(small("lone"), 20));
+    let d = place(&mut c, serving_on(with_share(small("lone"), 20), 9_000));
     assert_eq!(d.node.as_deref(), Some("b"), "{}", d.summary);
     c.control(Control::Uncordon { node: "a".into() }, 0)
         .unwrap();
@@ -1226,6 +1238,17 @@ fn a_rebalance_moves_a_share_only_onto_a_gpu_at_least_as_full() {
         (out[0].node.as_deref(), out[0].gpus.clone()),
         (Some("a"), vec![0])
     );
+    // Its port: the workload's + port_offset (1,000), taken there, so the next.
+    let port = |c: &Core, id: &str| {
+        c.placement(id)
+            .unwrap()
+            .profile
+            .launch
+            .as_ref()
+            .unwrap()
+            .port
+    };
+    assert_eq!(port(&c, "lone-r1"), Some(10_001));
     let out = c.apply_shadow("lone", "lone-r1", 2_000).unwrap();
     assert!(
         out[0].summary.contains("on a GPU [0]"),

@@ -62,12 +62,6 @@ impl Core {
         let mut profile = old.profile.clone();
         profile.name = shadow.to_string();
         profile.share_pct = Some(share_pct);
-        let off = self.cfg.reconfig.port_offset;
-        if let Some(l) = profile.launch.as_mut() {
-            l.port = l
-                .port
-                .map(|p| p.checked_add(off).unwrap_or(p.saturating_sub(off)));
-        }
         let class = self.cfg.classes.classify(&profile);
         let Some(c) = self.shadow_slot(&old, &profile, &class, consolidate) else {
             let room = if consolidate {
@@ -84,6 +78,11 @@ impl Core {
             )
             .into());
         };
+        if let Some(l) = profile.launch.as_mut() {
+            l.port = l
+                .port
+                .map(|p| self.shadow_port(p, &self.nodes[c.node].name));
+        }
         let seq = self.next_seq();
         let mut d = Decision::new(
             seq,
@@ -114,6 +113,24 @@ impl Core {
         self.bind(placed, c.slot);
         self.describe(shadow, &mut d);
         Ok(vec![d])
+    }
+
+    /// The port a shadow of a workload serving on `port` serves on, on
+    /// `node`: `port_offset` above it (below, where that would pass 65535),
+    /// then the next one no placement on that node launches on.
+    fn shadow_port(&self, port: u16, node: &str) -> u16 {
+        let off = self.cfg.reconfig.port_offset;
+        let taken: std::collections::HashSet<u16> = self
+            .placed
+            .values()
+            .filter(|p| p.node == node)
+            .filter_map(|p| p.profile.launch.as_ref()?.port)
+            .collect();
+        let mut p = port.checked_add(off).unwrap_or(port.saturating_sub(off));
+        while taken.contains(&p) && p < u16::MAX {
+            p += 1;
+        }
+        p
     }
 
     /// Where a shadow of `old` with `profile` (classed `class`) would go
