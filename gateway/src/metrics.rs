@@ -18,6 +18,23 @@ fn token_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(1.0, 2.0, 18).expect("valid buckets")
 }
 
+/// One replica's series, looked up once (not per request: a labelled
+/// lookup hashes the labels and takes the family's lock).
+pub struct Series {
+    pub model: String,
+    pub replica: String,
+    pub forwarded: IntCounter,
+    pub in_flight: prometheus::IntGauge,
+    pub duration: prometheus::Histogram,
+    pub first_byte: prometheus::Histogram,
+    pub sized: IntCounter,
+    pub routed_prompt_tokens: IntCounter,
+    pub slo_requests: IntCounter,
+    pub slo_met: IntCounter,
+    /// `requests{code="200"}`, the common answer; other codes are looked up.
+    pub ok: IntCounter,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -195,6 +212,24 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The series of `replica` of `model`.
+    pub fn series(&self, model: &str, replica: &str) -> Series {
+        let l = [model, replica];
+        Series {
+            model: model.to_string(),
+            replica: replica.to_string(),
+            forwarded: self.forwarded.with_label_values(&l),
+            in_flight: self.in_flight.with_label_values(&l),
+            duration: self.duration.with_label_values(&l),
+            first_byte: self.first_byte.with_label_values(&l),
+            sized: self.sized.with_label_values(&l),
+            routed_prompt_tokens: self.routed_prompt_tokens.with_label_values(&l),
+            slo_requests: self.slo_requests.with_label_values(&l),
+            slo_met: self.slo_met.with_label_values(&l),
+            ok: self.requests.with_label_values(&[model, replica, "200"]),
+        }
+    }
+
     pub fn text(&self) -> String {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())

@@ -11,7 +11,7 @@
 //! sent is answered 502 (it may have run), not retried.
 
 use crate::brain::Brain;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Series};
 use crate::route::{RouteSet, Table};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -64,11 +64,41 @@ type Upstream = crate::brain::Client;
 pub struct Shared {
     pub table: Mutex<Table>,
     pub metrics: Metrics,
+    /// Each replica's series by placement (it serves one model), made on
+    /// its first request and kept (series are never removed).
+    series: std::sync::RwLock<std::collections::HashMap<String, Arc<Series>>>,
 }
 
 impl Shared {
+    pub fn new(table: Table, metrics: Metrics) -> Shared {
+        Shared {
+            table: Mutex::new(table),
+            metrics,
+            series: Default::default(),
+        }
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The series of `placement` serving `model`.
+    fn series(&self, model: &str, placement: &str) -> Arc<Series> {
+        let known = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(placement)
+            .filter(|s| s.model == model)
+            .cloned();
+        known.unwrap_or_else(|| {
+            let s = Arc::new(self.metrics.series(model, placement));
+            self.series
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(placement.to_string(), s.clone());
+            s
+        })
     }
 
     fn set_routes(&self, routes: &RouteSet) {
@@ -133,10 +163,7 @@ pub async fn start(cfg: Config) -> Result<Gateway, GatewayError> {
     if cfg.report.is_zero() {
         return Err(GatewayError::Config("--report-ms must be above 0".into()));
     }
-    let shared = Arc::new(Shared {
-        table: Mutex::new(Table::default()),
-        metrics: Metrics::default(),
-    });
+    let shared = Arc::new(Shared::new(Table::default(), Metrics::default()));
     shared.set_routes(&cfg.routes);
     let io = |what: String| move |source| GatewayError::Io { what, source };
     // The first socket fixes the port (`:0` picks one); the others join it.
@@ -431,13 +458,8 @@ async fn handle(
         .unwrap_or_else(|| "/".into());
     let mut tried: Vec<String> = Vec::new();
     loop {
-        let (picked, sla_ms) = {
-            let mut t = s.table();
-            let picked = t.pick(&model, &tried);
-            let sla = picked.as_ref().and_then(|(r, _)| t.sla_ms(r));
-            (picked, sla)
-        };
-        let Some((replica, url)) = picked else {
+        let picked = s.table().pick(&model, &tried);
+        let Some(route) = picked else {
             let known = s.table().models().any(|(m, _)| m == model);
             let (status, reason, msg) = if known {
                 (
@@ -458,12 +480,13 @@ async fn handle(
                 .inc();
             return error(status, Some("model"), msg);
         };
-        let uri: hyper::Uri = match format!("{url}{path}").parse() {
+        let replica = route.placement.as_str();
+        let uri: hyper::Uri = match format!("{}{path}", route.url).parse() {
             Ok(u) => u,
             Err(e) => {
-                s.mark_down(&replica);
-                tried.push(replica);
-                eprintln!("vagus gateway: replica URL {url}{path}: {e}");
+                s.mark_down(replica);
+                tried.push(replica.to_string());
+                eprintln!("vagus gateway: replica URL {}{path}: {e}", route.url);
                 continue;
             }
         };
@@ -471,51 +494,48 @@ async fn handle(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         copy_headers(&parts.headers, up.headers_mut());
-        let labels = [model.as_str(), replica.as_str()];
-        let in_flight = s.metrics.in_flight.with_label_values(&labels);
-        in_flight.inc();
-        s.metrics.forwarded.with_label_values(&labels).inc();
+        let series = s.series(&model, replica);
+        series.in_flight.inc();
+        series.forwarded.inc();
         if let Some(t) = probe.prompt_tokens() {
-            s.metrics.sized.with_label_values(&labels).inc();
-            s.metrics
-                .routed_prompt_tokens
-                .with_label_values(&labels)
-                .inc_by(t);
+            series.sized.inc();
+            series.routed_prompt_tokens.inc_by(t);
         }
+        let sla = route.sla_ms.map(|ms| Duration::from_millis(ms as u64));
         match client.request(up).await {
             Ok(resp) => {
                 let (mut rp, incoming) = resp.into_parts();
-                let code = rp.status.as_u16().to_string();
                 let headers = std::mem::take(&mut rp.headers);
                 copy_headers(&headers, &mut rp.headers);
                 let measured = Measured {
                     inner: Some(incoming),
                     arrived,
                     first: false,
-                    sla: sla_ms.map(|ms| Duration::from_millis(ms as u64)),
+                    sla,
                     s: s.clone(),
-                    labels: [model.clone(), replica.clone(), code],
+                    series,
+                    code: rp.status,
                 };
                 return Response::from_parts(rp, GatewayBody::Stream(measured));
             }
             Err(e) => {
-                in_flight.dec();
+                series.in_flight.dec();
                 if e.is_connect() {
                     // Nothing reached the replica: it is down, try another.
-                    s.mark_down(&replica);
+                    s.mark_down(replica);
                     s.metrics.retries.with_label_values(&[&model]).inc();
-                    tried.push(replica);
+                    tried.push(replica.to_string());
                     continue;
                 }
                 s.metrics
                     .requests
-                    .with_label_values(&[&model, &replica, "502"])
+                    .with_label_values(&[&model, replica, "502"])
                     .inc();
-                if sla_ms.is_some() {
-                    s.metrics.slo_requests.with_label_values(&labels).inc();
+                if sla.is_some() {
+                    series.slo_requests.inc();
                 }
                 // It may have run: not sent again.
-                s.mark_down(&replica);
+                s.mark_down(replica);
                 return error(
                     StatusCode::BAD_GATEWAY,
                     None,
@@ -547,35 +567,38 @@ pub struct Measured {
     /// The workload's latency objective, if it has one.
     sla: Option<Duration>,
     s: Arc<Shared>,
-    /// model, replica, status code.
-    labels: [String; 3],
+    series: Arc<Series>,
+    /// The replica's status code.
+    code: StatusCode,
 }
 
 impl Measured {
-    fn finish(&mut self, code: Option<&str>) {
+    /// The answer is over: `broken`, the replica broke off mid-answer (a
+    /// 502), or the client left (a 499).
+    fn finish(&mut self, broken: Option<&str>) {
         if self.inner.take().is_none() {
             return;
         }
-        let [m, r, c] = &self.labels;
-        let mr = [m.as_str(), r.as_str()];
         let took = self.arrived.elapsed();
-        let code = code.unwrap_or(c);
-        self.s.metrics.in_flight.with_label_values(&mr).dec();
-        self.s
-            .metrics
-            .duration
-            .with_label_values(&mr)
-            .observe(took.as_secs_f64());
-        self.s
-            .metrics
-            .requests
-            .with_label_values(&[m, r, code])
-            .inc();
+        let x = &self.series;
+        x.in_flight.dec();
+        x.duration.observe(took.as_secs_f64());
+        match broken {
+            None if self.code == StatusCode::OK => x.ok.inc(),
+            _ => {
+                let code = broken.map_or_else(|| self.code.as_u16().to_string(), str::to_string);
+                self.s
+                    .metrics
+                    .requests
+                    .with_label_values(&[&x.model, &x.replica, &code])
+                    .inc();
+            }
+        }
         if let Some(sla) = self.sla {
-            self.s.metrics.slo_requests.with_label_values(&mr).inc();
+            x.slo_requests.inc();
             // Answered in full (not cut off: 499, 502) and not a server error.
-            if took <= sla && !code.starts_with('5') && code != "499" {
-                self.s.metrics.slo_met.with_label_values(&mr).inc();
+            if took <= sla && broken.is_none() && !self.code.is_server_error() {
+                x.slo_met.inc();
             }
         }
     }
@@ -606,10 +629,8 @@ impl Body for GatewayBody {
                     Poll::Ready(Some(Ok(f))) => {
                         if !m.first && f.data_ref().is_some_and(|d| !d.is_empty()) {
                             m.first = true;
-                            let [mo, r, _] = &m.labels;
-                            m.s.metrics
+                            m.series
                                 .first_byte
-                                .with_label_values(&[mo, r])
                                 .observe(m.arrived.elapsed().as_secs_f64());
                         }
                         // Its last frame: hyper may not ask again.

@@ -9,6 +9,7 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One replica as the brain's `GET /v1/routes` lists it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -33,7 +34,8 @@ pub struct RouteSet {
 
 #[derive(Clone, Debug)]
 struct Slot {
-    entry: RouteEntry,
+    /// Shared with the requests routed to it (no copies per request).
+    entry: Arc<RouteEntry>,
     /// Smooth weighted round robin's running weight.
     current: i64,
     /// Unreachable: set by the proxy, cleared when the brain lists the
@@ -63,7 +65,7 @@ impl Table {
                 .map(|e| {
                     let prev = old.iter().find(|s| s.entry.placement == e.placement);
                     Slot {
-                        entry: e.clone(),
+                        entry: Arc::new(e.clone()),
                         current: prev.map_or(0, |p| p.current),
                         down: prev.is_some_and(|p| p.down && p.entry.url == e.url),
                     }
@@ -76,8 +78,8 @@ impl Table {
     }
 
     /// The replica for the next request to `model`, skipping `except` (a
-    /// retry's replicas already tried): `(placement, url)`.
-    pub fn pick(&mut self, model: &str, except: &[String]) -> Option<(String, String)> {
+    /// retry's replicas already tried).
+    pub fn pick(&mut self, model: &str, except: &[String]) -> Option<Arc<RouteEntry>> {
         let slots = self.models.get_mut(model)?;
         let eligible =
             |s: &Slot| s.entry.weight > 0 && !s.down && !except.contains(&s.entry.placement);
@@ -95,17 +97,7 @@ impl Table {
         }
         let b = winner?;
         slots[b].current -= total;
-        let e = &slots[b].entry;
-        Some((e.placement.clone(), e.url.clone()))
-    }
-
-    /// The latency objective of `placement`'s workload, if it has one.
-    pub fn sla_ms(&self, placement: &str) -> Option<u32> {
-        self.models
-            .values()
-            .flatten()
-            .find(|s| s.entry.placement == placement)
-            .and_then(|s| s.entry.sla_ms)
+        Some(slots[b].entry.clone())
     }
 
     /// The replica could not be reached: nothing more goes to it until the
@@ -165,7 +157,7 @@ mod tests {
     fn count(t: &mut Table, n: usize) -> BTreeMap<String, usize> {
         let mut c = BTreeMap::new();
         for _ in 0..n {
-            let (p, _) = t.pick("m", &[]).unwrap();
+            let p = t.pick("m", &[]).unwrap().placement.clone();
             *c.entry(p).or_default() += 1;
         }
         c
@@ -178,7 +170,9 @@ mod tests {
         let c = count(&mut t, 2000);
         assert_eq!((c["a"], c["bb"]), (200, 1800));
         // Evenly: never two to `a` in a row.
-        let picks: Vec<String> = (0..100).map(|_| t.pick("m", &[]).unwrap().0).collect();
+        let picks: Vec<String> = (0..100)
+            .map(|_| t.pick("m", &[]).unwrap().placement.clone())
+            .collect();
         assert!(picks.windows(2).all(|w| !(w[0] == "a" && w[1] == "a")));
         t.update(&routes(&[("a", 1), ("bb", 1), ("ccc", 2)]));
         let c = count(&mut t, 400);
