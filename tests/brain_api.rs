@@ -289,8 +289,14 @@ fn agent_nodes_have_their_cpu_memory_and_mps_state_and_no_invented_load() {
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["decision"]["node"], "node-a");
 
-    // The brain now holds a 20% MPS pool on GPU 0; the agent's daemon has
-    // no server and would start new ones at 100%: a mismatch, recorded.
+    // The brain now holds a 20% MPS pool on GPU 0. The daemon would start
+    // servers at 100%, which serves it (each client limits itself); an
+    // operator lowers that to 10%, under the pool: a mismatch, recorded.
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, rows) = http(addr, "GET", "/v1/decisions?path=event", "");
+    assert_eq!(rows["items"], serde_json::json!([]), "{rows}");
+    let (said, ok) = sim.mps_control("set_default_active_thread_percentage 10\n");
+    assert!(ok, "{said}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let event = loop {
         let (_, rows) = http(addr, "GET", "/v1/decisions?path=event", "");
@@ -304,11 +310,11 @@ fn agent_nodes_have_their_cpu_memory_and_mps_state_and_no_invented_load() {
     assert_eq!(event["decision"]["event"], "mps_mismatch", "{event}");
     assert_eq!(event["decision"]["brain_pool_pct"], 20, "{event}");
     assert_eq!(
-        event["decision"]["agent"]["default_percent"], 100.0,
+        event["decision"]["agent"]["default_percent"], 10.0,
         "{event}"
     );
     let s = event["summary"].as_str().unwrap();
-    assert!(s.contains("20%") && s.contains("100%"), "{s}");
+    assert!(s.contains("20%") && s.contains("10%"), "{s}");
 
     // A 40% share needs GPU 0's server reconfigured; with the node's load
     // unknown the gate stays shut…

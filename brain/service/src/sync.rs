@@ -86,13 +86,17 @@ fn node_of(
     Ok((spec, load))
 }
 
-/// Whether the agent's MPS state serves the brain's pool of `pool` percent:
-/// a server at that percentage, or none yet and new ones would get it.
+/// Whether the agent's MPS state serves the brain's pool of `pool` percent.
+/// Each replica limits itself to its share
+/// (`CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`, which can only lower its server's),
+/// so a server at the pool's percentage or above serves it; one below it
+/// (or, with no server yet, a default below it) holds its clients under
+/// their shares.
 fn serves(state: &MpsState, pool: u32) -> bool {
-    let at = |p: f32| (p - pool as f32).abs() < 0.5;
+    let holds = |p: f32| p + 0.5 >= pool as f32;
     state.daemon
-        && (state.servers.iter().any(|s| at(s.percent))
-            || (state.servers.is_empty() && state.default_percent.is_some_and(at)))
+        && state.servers.iter().all(|s| holds(s.percent))
+        && (!state.servers.is_empty() || state.default_percent.is_some_and(holds))
 }
 
 fn describe(state: &MpsState) -> String {
@@ -232,5 +236,36 @@ impl Sync {
             }
         }
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vagus_proto::wire::MpsServer;
+
+    #[test]
+    fn a_pool_is_served_by_servers_at_or_above_it() {
+        let state = |default: f32, servers: &[f32]| MpsState {
+            daemon: true,
+            default_percent: Some(default),
+            servers: servers
+                .iter()
+                .map(|&percent| MpsServer {
+                    pid: 7,
+                    percent,
+                    clients: vec![8],
+                })
+                .collect(),
+        };
+        // Clients limit themselves to their shares: a server at 100% serves
+        // a 50% pool; one at 30% holds them under it.
+        assert!(serves(&state(100.0, &[]), 50));
+        assert!(serves(&state(100.0, &[100.0]), 50));
+        assert!(serves(&state(10.0, &[50.0]), 50));
+        assert!(!serves(&state(100.0, &[30.0]), 50));
+        assert!(!serves(&state(100.0, &[100.0, 30.0]), 50));
+        assert!(!serves(&state(10.0, &[]), 50));
+        assert!(!serves(&MpsState::default(), 50), "no daemon");
     }
 }
