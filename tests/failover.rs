@@ -478,3 +478,120 @@ fn a_dead_mps_daemon_sends_the_shares_it_served_to_gpus_of_their_own() {
         );
     }
 }
+
+#[test]
+fn an_mps_configuration_that_holds_shares_under_their_pool_sends_them_to_other_gpus() {
+    let mut sim = Sim::new("failover-mps-conflict").with_devices(2);
+    let certs = certs_init(&sim, "node-a");
+    let config = sim.dir.join("core.toml");
+    std::fs::write(
+        &config,
+        "[classes]\ngrid = [25, 50, 75, 100]\n[failover]\nmps_conflict_ms = 1000\n",
+    )
+    .unwrap();
+    let (_brain, addr, quic) = brain_for(&sim, &certs, &config, &[]);
+    // A daemon per GPU, both started by the agent.
+    sim.adopt_mps_daemon();
+    let dirs = format!(
+        "{},{}",
+        sim.dir.join("mps").display(),
+        sim.dir.join("mps-1").display()
+    );
+    let control = bin("gpusim-mps-control").to_str().unwrap().to_string();
+    let mps = [
+        "--mps-pipe-dirs",
+        &dirs,
+        "--mps-control",
+        &control,
+        "--mps-start",
+    ];
+    let _agent = Owned(spawn_agent(&sim, "node-a", &quic, &certs, &mps).0);
+    joined(addr, "node-a");
+    let ports = [free_tcp_port(), free_tcp_port()];
+    for (name, prio, port) in [("p0", "P0", ports[0]), ("p3", "P3", ports[1])] {
+        let d = place(addr, name, prio, 50, Some(port));
+        assert_eq!(d["decision"]["gpus"], serde_json::json!([0]), "{d}");
+    }
+    let mut pids = Vec::new();
+    for name in ["p0", "p3"] {
+        let v = until(
+            addr,
+            &format!("/v1/placements/{name}"),
+            &format!("{name} ready"),
+            |v| {
+                v["replica"]["mps_percent"] == 50.0
+                    && (v["replica"]["state"] == "ready" || v["replica"]["state"] == "running")
+            },
+        );
+        pids.push(v["replica"]["pid"].as_u64().unwrap() as u32);
+    }
+    let _reap = Reap(pids);
+    let (_curl, stream) = events_stream(addr, &[]);
+    // Someone sets GPU 0's MPS server to 30%: new clients there would get
+    // less than their 50% shares.
+    let (list, ok) = sim.mps_control("get_server_list\n");
+    assert!(ok, "{list}");
+    let server = list.lines().next().unwrap().trim().to_string();
+    let (said, ok) = sim.mps_control(&format!("set_active_thread_percentage {server} 30\n"));
+    assert!(ok, "{said}");
+    let set = Instant::now();
+    let (_, kind, alert) = next_event(&stream);
+    assert_eq!(kind, "mps_down", "{alert}");
+    eprintln!(
+        "mps_down alert {:?} after the server was set to 30%",
+        set.elapsed()
+    );
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("node-a GPU 0: the brain holds a 50% MPS pool here")
+            && summary.contains("30%"),
+        "{alert}"
+    );
+    assert_eq!(
+        alert["workloads"],
+        serde_json::json!(["p0", "p3"]),
+        "{alert}"
+    );
+    // The P0 holds GPU 1 whole; the P3 has nowhere left, and waits.
+    let v = until(addr, "/v1/placements/p0", "p0 alone on GPU 1", |v| {
+        v["placement"]["gpus"] == serde_json::json!([1])
+            && v["placement"]["share_pct"] == 100
+            && v["replica"]["gpus"] == serde_json::json!([1])
+            && v["replica"]["mps_percent"].is_null()
+            && (v["replica"]["state"] == "ready" || v["replica"]["state"] == "running")
+    });
+    let mut reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    assert!(healthy(ports[0]), "p0 serves: {v}");
+    let (_, p3) = http(addr, "GET", "/v1/placements/p3", "");
+    assert_eq!(p3["state"], "queued", "{p3}");
+    let (_, nodes) = http(addr, "GET", "/v1/nodes", "");
+    assert_eq!(
+        nodes["items"][0]["gpus"][0]["mps_conflict"], true,
+        "{nodes}"
+    );
+    // Set back to 100%: GPU 0 is back, and the P3 holds it whole.
+    let (said, _) = sim.mps_control(&format!("set_active_thread_percentage {server} 100\n"));
+    eprintln!("set back: {said}");
+    let (_, kind, alert) = next_event(&stream);
+    assert_eq!(kind, "mps_up", "{alert}");
+    assert_eq!(alert["workloads"], serde_json::json!(["p3"]), "{alert}");
+    let v = until(addr, "/v1/placements/p3", "p3 alone on GPU 0", |v| {
+        v["placement"]["gpus"] == serde_json::json!([0])
+            && v["placement"]["share_pct"] == 100
+            && (v["replica"]["state"] == "ready" || v["replica"]["state"] == "running")
+    });
+    reap.0.push(v["replica"]["pid"].as_u64().unwrap() as u32);
+    // The trail: the sync took both off GPU 0, most important first.
+    let (_, trail) = http(addr, "GET", "/v1/decisions?actor=sync", "");
+    let steps: Vec<(&str, &str)> = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["workload"].as_str().unwrap(), r["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps[..3],
+        [("p0", "evacuate"), ("p0", "direct"), ("p3", "evacuate")],
+        "{trail}"
+    );
+}

@@ -301,13 +301,15 @@ impl Replicas {
         cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
         if let Some(p) = spec.mps_percent {
             cmd.env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", format!("{p}"));
-            let pipe = match self.cfg.mps_pipe_dirs.as_slice() {
-                [one] => Some(one),
-                many => spec.gpus.first().and_then(|g| many.get(*g as usize)),
-            };
-            if let Some(pipe) = pipe {
-                cmd.env("CUDA_MPS_PIPE_DIRECTORY", pipe);
-            }
+        }
+        // With or without a share, a process on a GPU is its daemon's client
+        // where one runs (so the daemon the agent watches for that GPU).
+        let pipe = match self.cfg.mps_pipe_dirs.as_slice() {
+            [one] => Some(one),
+            many => spec.gpus.first().and_then(|g| many.get(*g as usize)),
+        };
+        if let Some(pipe) = pipe {
+            cmd.env("CUDA_MPS_PIPE_DIRECTORY", pipe);
         }
         if let Some(shim) = &self.cfg.shim {
             cmd.env("LD_PRELOAD", shim);

@@ -102,6 +102,10 @@ pub struct Failover {
     /// video processor exception, 109 context switch timeout); any other
     /// XID takes the node down until its agent starts a new session.
     pub application_xids: Vec<u32>,
+    /// A GPU whose MPS configuration holds clients under the brain's pool
+    /// (a server or the default below it) this long is given up: its
+    /// workloads go to GPUs of their own elsewhere. 0: never.
+    pub mps_conflict_ms: u64,
 }
 
 impl Default for Failover {
@@ -109,6 +113,7 @@ impl Default for Failover {
         Failover {
             node_timeout_ms: 3_000,
             application_xids: vec![13, 31, 43, 45, 68, 109],
+            mps_conflict_ms: 10_000,
         }
     }
 }

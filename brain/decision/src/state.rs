@@ -112,6 +112,11 @@ pub struct Gpu {
     /// Why its MPS control daemon is not serving, while it is not: no
     /// shares here (only a workload holding it whole), until it is back.
     pub mps_down: Option<String>,
+    /// Down for a conflicting MPS configuration (its daemon answers, but
+    /// would hold a client under its share): nothing at all is placed here,
+    /// a whole-GPU workload included, until it would give a client the
+    /// whole GPU again.
+    pub mps_conflict: bool,
     /// Percent of the GPU placed (may exceed 100 where throttling allows).
     pub used_pct: u32,
     /// Model weights placed on it (GB).
@@ -153,6 +158,7 @@ impl Gpu {
             pool: None,
             exclusive: false,
             mps_down: None,
+            mps_conflict: false,
             used_pct: 0,
             used_gb: 0.0,
             workloads: Vec::new(),

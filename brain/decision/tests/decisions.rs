@@ -1113,7 +1113,9 @@ fn a_gpu_whose_mps_daemon_fails_sends_its_shares_to_gpus_of_their_own() {
         "one pool"
     );
 
-    let out = c.mps_down("a", 0, "no daemon answers", 5_000).unwrap();
+    let out = c
+        .mps_down("a", 0, "no daemon answers", false, 5_000)
+        .unwrap();
     let got: Vec<(&str, Path)> = out.iter().map(|d| (d.workload.as_str(), d.path)).collect();
     assert_eq!(
         got,
@@ -1146,9 +1148,13 @@ fn a_gpu_whose_mps_daemon_fails_sends_its_shares_to_gpus_of_their_own() {
     let g0 = &c.node("a").unwrap().gpus[0];
     assert!(g0.exclusive && g0.mps_down.is_some());
     // Down twice is nothing; an unknown GPU is named.
-    assert!(c.mps_down("a", 0, "again", 6_000).unwrap().is_empty());
+    assert!(
+        c.mps_down("a", 0, "again", false, 6_000)
+            .unwrap()
+            .is_empty()
+    );
     assert!(matches!(
-        c.mps_down("a", 7, "x", 6_000),
+        c.mps_down("a", 7, "x", false, 6_000),
         Err(Refusal::NotFound(_))
     ));
 
@@ -1261,4 +1267,51 @@ fn a_rebalance_moves_a_share_only_onto_a_gpu_at_least_as_full() {
     // Without a fuller GPU with room, no consolidating shadow is placed.
     assert!(c.place_shadow("a1", "a1-r1", 20, true, 3_000).is_err());
     assert!(c.placement("a1-r1").is_none());
+}
+
+#[test]
+fn a_gpu_whose_mps_configuration_conflicts_takes_nothing_and_its_work_goes_elsewhere() {
+    let h100 = "NVIDIA H100 80GB HBM3";
+    let mut c = core(&[node("a", h100, 2)]);
+    let mut low = with_share(small("low"), 40);
+    low.priority = Priority::P3;
+    let mut top = with_share(small("top"), 40);
+    top.priority = Priority::P0;
+    place(&mut c, top);
+    place(&mut c, low);
+    let out = c.mps_down("a", 0, "a server at 30%", true, 5_000).unwrap();
+    let got: Vec<(&str, Path)> = out.iter().map(|d| (d.workload.as_str(), d.path)).collect();
+    // The P0 takes the other GPU whole; the P3 has nowhere left: it waits.
+    assert_eq!(
+        got[..3],
+        [
+            ("top", Path::Evacuate),
+            ("top", Path::Direct),
+            ("low", Path::Evacuate)
+        ]
+    );
+    assert!(!got[3].1.placed(), "{:?}", out[3].summary);
+    assert!(
+        out[0].summary.contains("MPS configuration conflicts"),
+        "{}",
+        out[0].summary
+    );
+    assert_eq!(c.placement("top").unwrap().gpus, [1]);
+    assert!(c.queued_workload("low").is_some());
+    // Not even a whole-GPU request goes there.
+    let mut whole = with_share(small("whole"), 100);
+    whole.model_id = "whole".into();
+    let d = place(&mut c, whole);
+    assert!(!d.path.placed(), "{}", d.summary);
+    c.remove("whole", 6_000).unwrap();
+    // Cleared: the queue is tried, and the P3 holds GPU 0 whole.
+    let out = c.mps_up("a", 0, 7_000).unwrap();
+    assert_eq!(
+        out.iter().filter(|d| d.path.placed()).count(),
+        1,
+        "{out:#?}"
+    );
+    let g0 = &c.node("a").unwrap().gpus[0];
+    assert!(g0.mps_down.is_none() && !g0.mps_conflict);
+    assert_eq!(c.placement("low").unwrap().gpus, [0]);
 }

@@ -112,58 +112,79 @@ pub async fn round(agents: &Agents, api: &Api, now_unix_ns: u64) -> bool {
 
 /// GPUs of `node` whose MPS daemon stopped answering (`daemons`: GPU, it
 /// answers) go down in the core, their shares onto GPUs of their own; those
-/// whose daemon answers again come back. Whether anything changed.
+/// whose daemon answers again come back (one down for a conflicting
+/// configuration is the sync's to bring back). Whether anything changed.
 async fn mps_round(api: &Api, node: &str, daemons: &[(u32, bool)]) -> bool {
-    let was: Vec<(u32, bool)> = api.with_core(|c| {
+    let was: Vec<(u32, bool, bool)> = api.with_core(|c| {
         c.node(node).map_or(Vec::new(), |n| {
             n.gpus
                 .iter()
-                .map(|g| (g.index, g.mps_down.is_some()))
+                .map(|g| (g.index, g.mps_down.is_some(), g.mps_conflict))
                 .collect()
         })
     });
     let mut changed = false;
     for &(gpu, answers) in daemons {
-        let Some(&(_, down)) = was.iter().find(|(g, _)| *g == gpu) else {
+        let Some(&(_, down, conflict)) = was.iter().find(|(g, ..)| *g == gpu) else {
             continue;
         };
         match (answers, down) {
             (false, false) => {
                 changed = true;
                 let why = "its agent reports no MPS control daemon answering";
-                let (moved, trail) = match api.mps_down(ACTOR, node, gpu, why).await {
-                    Ok(moved) => (moved, String::new()),
-                    Err(e) => (
-                        Vec::new(),
-                        format!(
-                            "; the audit trail did not record the moves: {}",
-                            e.message()
-                        ),
-                    ),
-                };
-                let summary = if moved.is_empty() {
-                    format!("{node} GPU {gpu}: {why}; no shares to move{trail}")
-                } else {
-                    format!(
-                        "{node} GPU {gpu}: {why}; on GPUs of their own, most important first: {}{trail}",
-                        moved.join(", ")
-                    )
-                };
-                api.alert("mps_down", Some(node), moved, summary).await;
+                mps_fell(api, ACTOR, node, gpu, why, false).await;
             }
-            (true, true) => {
+            (true, true) if !conflict => {
                 changed = true;
-                let placed = api.mps_up(ACTOR, node, gpu).await.unwrap_or_default();
-                let mut summary = format!("{node} GPU {gpu}: its MPS control daemon answers again");
-                if !placed.is_empty() {
-                    summary.push_str(&format!("; placed from the queue: {}", placed.join(", ")));
-                }
-                api.alert("mps_up", Some(node), placed, summary).await;
+                mps_back(
+                    api,
+                    ACTOR,
+                    node,
+                    gpu,
+                    "its MPS control daemon answers again",
+                )
+                .await;
             }
             _ => {}
         }
     }
     changed
+}
+
+/// Takes GPU `gpu` of `node` down in the core for its MPS daemon (`why`;
+/// `conflict`: its configuration, not its absence), as `actor`, with an
+/// `mps_down` alert naming what moved.
+pub async fn mps_fell(api: &Api, actor: &str, node: &str, gpu: u32, why: &str, conflict: bool) {
+    let (moved, trail) = match api.mps_down(actor, node, gpu, why, conflict).await {
+        Ok(moved) => (moved, String::new()),
+        Err(e) => (
+            Vec::new(),
+            format!(
+                "; the audit trail did not record the moves: {}",
+                e.message()
+            ),
+        ),
+    };
+    let summary = if moved.is_empty() {
+        format!("{node} GPU {gpu}: {why}; nothing to move{trail}")
+    } else {
+        format!(
+            "{node} GPU {gpu}: {why}; on GPUs of their own, most important first: {}{trail}",
+            moved.join(", ")
+        )
+    };
+    api.alert("mps_down", Some(node), moved, summary).await;
+}
+
+/// Brings GPU `gpu` of `node` back (`why`), as `actor`, with an `mps_up`
+/// alert naming what the queue placed.
+pub async fn mps_back(api: &Api, actor: &str, node: &str, gpu: u32, why: &str) {
+    let placed = api.mps_up(actor, node, gpu).await.unwrap_or_default();
+    let mut summary = format!("{node} GPU {gpu}: {why}");
+    if !placed.is_empty() {
+        summary.push_str(&format!("; placed from the queue: {}", placed.join(", ")));
+    }
+    api.alert("mps_up", Some(node), placed, summary).await;
 }
 
 #[cfg(test)]

@@ -172,6 +172,17 @@ impl Executor {
                 })
                 .map(|(r, _)| r.state == ReplicaState::Draining)
         };
+        // Whether the replica last reported under `spec`'s id ran with other
+        // GPUs or another MPS share.
+        let ran_otherwise = |node: &str, spec: &ReplicaSpec| {
+            reported
+                .iter()
+                .filter(|(n, ..)| n == node)
+                .flat_map(|(_, _, rs)| rs)
+                .any(|(r, _)| {
+                    r.id == spec.id && (r.gpus != spec.gpus || r.mps_percent != spec.mps_percent)
+                })
+        };
         for (id, (node, _, spec, at_ms)) in &wanted {
             let key = (node.clone(), id.clone());
             let before = self.started.get(&key).copied();
@@ -201,9 +212,10 @@ impl Executor {
                 // Running: it is this placement's, whenever it started.
                 Some(false) => true,
                 // Exited: this placement's own, unless the core placed it
-                // anew since this brain started it (nothing restarts on its
-                // own).
-                Some(true) => before.is_none(),
+                // anew since this brain started it, or it ran with other
+                // GPUs or another share than the placement now has (nothing
+                // restarts on its own).
+                Some(true) => before.is_none() && !ran_otherwise(node, spec),
                 None => false,
             };
             if take_as_it_is

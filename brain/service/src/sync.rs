@@ -27,7 +27,9 @@ use vagus_proto::wire::MpsState;
 /// and nodes already said to be unusable.
 #[derive(Default)]
 pub struct Sync {
-    mismatches: HashMap<(String, u32), String>,
+    /// Each GPU whose pool its MPS state does not serve: what was said,
+    /// and since when (the core's clock) it has not been served.
+    mismatches: HashMap<(String, u32), (String, u64)>,
     unusable: HashSet<String>,
     executor: crate::replicas::Executor,
 }
@@ -142,6 +144,7 @@ impl Sync {
                 .collect()
         };
         let mut rows = Vec::new();
+        let mut conflicts = Vec::new();
         for (name, described, mps) in nodes {
             let (spec, load) = match described {
                 Ok(x) => x,
@@ -163,81 +166,131 @@ impl Sync {
             }
             self.unusable.remove(&name);
             let _ = api.observe(&name, &load);
-            rows.extend(self.reconcile(api, &name, &mps));
+            let (r, acts) = self.reconcile(api, &name, &mps);
+            rows.extend(r);
+            conflicts.extend(acts.into_iter().map(|a| (name.clone(), a)));
         }
         if !rows.is_empty() {
             api.record_events(rows).await;
+        }
+        for (node, act) in conflicts {
+            match act {
+                Conflict::Persisted { gpu, why } => {
+                    crate::failover::mps_fell(api, ACTOR, &node, gpu, &why, true).await;
+                }
+                Conflict::Cleared { gpu } => {
+                    let why = "its MPS daemon would give a client the whole GPU again";
+                    crate::failover::mps_back(api, ACTOR, &node, gpu, why).await;
+                }
+            }
         }
         self.executor.round(agents, api).await;
     }
 
     /// Event rows for this node's GPUs whose pool and MPS state disagree
-    /// (newly, or otherwise than before).
-    fn reconcile(&mut self, api: &Api, node: &str, mps: &[(u32, MpsState)]) -> Vec<Row> {
-        let (pools, now) = api.with_core(|c| {
+    /// (newly, or otherwise than before); and the conflicts to act on: one
+    /// that has lasted `failover.mps_conflict_ms`, one that has cleared.
+    fn reconcile(
+        &mut self,
+        api: &Api,
+        node: &str,
+        mps: &[(u32, MpsState)],
+    ) -> (Vec<Row>, Vec<Conflict>) {
+        type Pools = Vec<(u32, Option<u32>, bool, bool)>;
+        let (pools, now, after): (Pools, u64, u64) = api.with_core(|c| {
             // A GPU whose daemon is down holds no pool (failover's alert
-            // says so).
-            let pools: Vec<(u32, Option<u32>, bool)> = match c.node(node) {
+            // says so); one down for a conflict is watched until it clears.
+            let pools = match c.node(node) {
                 Some(n) if c.config().mps_pools => n
                     .gpus
                     .iter()
                     .map(|g| {
                         let pool = g.pool.filter(|_| g.mps_down.is_none());
-                        (g.index, pool, g.workloads.is_empty())
+                        (g.index, pool, g.workloads.is_empty(), g.mps_conflict)
                     })
                     .collect(),
                 _ => Vec::new(),
             };
-            (pools, api.now())
+            (pools, api.now(), c.config().failover.mps_conflict_ms)
         });
         let mut rows = Vec::new();
-        for (gpu, pool, empty) in pools {
+        let mut acts = Vec::new();
+        for (gpu, pool, empty, conflict) in pools {
             let key = (node.to_string(), gpu);
             let Some(state) = mps.iter().find(|(g, _)| *g == gpu).map(|(_, s)| s) else {
                 // The agent drives no MPS daemon here: nothing to compare.
                 self.mismatches.remove(&key);
                 continue;
             };
+            if conflict {
+                if serves(state, 100) {
+                    acts.push(Conflict::Cleared { gpu });
+                }
+                continue;
+            }
             let mismatch = match pool {
                 Some(p) if !empty && !serves(state, p) => Some(format!(
-                    "{node} GPU {gpu}: the brain holds a {p}% MPS pool here, the agent reports {}",
+                    "the brain holds a {p}% MPS pool here, the agent reports {}",
                     describe(state)
                 )),
                 _ => None,
             };
-            match mismatch {
-                Some(summary) => {
-                    if self.mismatches.get(&key) == Some(&summary) {
-                        continue;
+            let Some(detail) = mismatch else {
+                self.mismatches.remove(&key);
+                continue;
+            };
+            let summary = format!("{node} GPU {gpu}: {detail}");
+            let since = match self.mismatches.get(&key) {
+                Some((said, since)) if *said == summary => {
+                    // A daemon that answers, holding clients under their
+                    // shares for long enough: given up (one that does not
+                    // answer is the failover's).
+                    if after > 0 && state.daemon && now >= since + after {
+                        acts.push(Conflict::Persisted {
+                            gpu,
+                            why: format!("{detail}, for {} s", (now - since) / 1000),
+                        });
+                        self.mismatches.remove(&key);
                     }
-                    self.mismatches.insert(key, summary.clone());
-                    let body = serde_json::json!({
-                        "event": "mps_mismatch",
-                        "node": node,
-                        "gpu": gpu,
-                        "brain_pool_pct": pool,
-                        "agent": state,
-                        "summary": summary,
-                    });
-                    rows.push(Row {
-                        at_ms: now,
-                        path: "event".into(),
-                        workload: String::new(),
-                        node: Some(node.to_string()),
-                        actor: format!("agent:{node}"),
-                        summary,
-                        body: body.to_string(),
-                        state: None,
-                    });
+                    continue;
                 }
-                None => {
-                    self.mismatches.remove(&key);
-                }
-            }
+                Some((_, since)) => *since,
+                None => now,
+            };
+            self.mismatches.insert(key, (summary.clone(), since));
+            let body = serde_json::json!({
+                "event": "mps_mismatch",
+                "node": node,
+                "gpu": gpu,
+                "brain_pool_pct": pool,
+                "agent": state,
+                "summary": summary,
+            });
+            rows.push(Row {
+                at_ms: now,
+                path: "event".into(),
+                workload: String::new(),
+                node: Some(node.to_string()),
+                actor: format!("agent:{node}"),
+                summary,
+                body: body.to_string(),
+                state: None,
+            });
         }
-        rows
+        (rows, acts)
     }
 }
+
+/// What a GPU's MPS conflict calls for.
+enum Conflict {
+    /// It has lasted: the GPU is given up, its workloads elsewhere.
+    Persisted { gpu: u32, why: String },
+    /// A GPU given up for one now serves a whole GPU again.
+    Cleared { gpu: u32 },
+}
+
+/// The actor of the sync's decisions in the audit trail.
+pub const ACTOR: &str = "sync";
 
 #[cfg(test)]
 mod tests {

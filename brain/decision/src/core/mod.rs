@@ -372,6 +372,7 @@ impl Core {
             g.pool = o.pool;
             g.exclusive = o.exclusive;
             g.mps_down = o.mps_down.clone();
+            g.mps_conflict = o.mps_conflict;
             g.used_pct = o.used_pct;
             g.used_gb = o.used_gb;
             g.workloads = o.workloads.clone();
@@ -449,14 +450,18 @@ impl Core {
     /// it takes no more shares, and each workload holding a share of it
     /// falls back to a GPU of its own (its request's share becomes 100),
     /// placed again as [`Core::node_down`] places them, most important
-    /// first (the first may hold this GPU whole). A shadow of a
-    /// reconfiguration is left to its reconfiguration, which rolls back
-    /// when the shadow fails. Already down: nothing.
+    /// first (the first may hold this GPU whole). `conflict`: its daemon
+    /// answers but its configuration would hold clients under their
+    /// shares, so nothing stays or goes there, a whole-GPU workload
+    /// included. A shadow of a reconfiguration is left to its
+    /// reconfiguration, which rolls back when the shadow fails. Already
+    /// down: nothing.
     pub fn mps_down(
         &mut self,
         name: &str,
         gpu: u32,
         why: &str,
+        conflict: bool,
         now: u64,
     ) -> Result<Vec<Decision>, Refusal> {
         let i = self.node_index(name)?;
@@ -467,6 +472,7 @@ impl Core {
             return Ok(Vec::new());
         }
         g.mps_down = Some(why.to_string());
+        g.mps_conflict = conflict;
         self.refresh(i);
         let evacuees: Vec<Placed> = self
             .placed
@@ -474,12 +480,18 @@ impl Core {
             .filter(|p| {
                 p.node == name
                     && p.gpus.contains(&gpu)
-                    && p.share_pct < 100
+                    && (p.share_pct < 100 || conflict)
                     && p.shadow_of.is_none()
             })
             .map(|p| (**p).clone())
             .collect();
-        let why = format!("its MPS control daemon is down ({why}); on a GPU of its own");
+        let why = if conflict {
+            format!(
+                "its MPS configuration conflicts with its shares ({why}); on a GPU of its own elsewhere"
+            )
+        } else {
+            format!("its MPS control daemon is down ({why}); on a GPU of its own")
+        };
         Ok(self.evacuate(evacuees, &why, true, now))
     }
 
@@ -494,6 +506,7 @@ impl Core {
         if g.mps_down.take().is_none() {
             return Ok(Vec::new());
         }
+        g.mps_conflict = false;
         self.refresh(i);
         let mut out = Vec::new();
         self.drain_queue(now, &mut out);

@@ -144,6 +144,7 @@ impl Core {
             }
             for g in &n.gpus {
                 if g.workloads.is_empty()
+                    || g.mps_conflict
                     || (g.mps_down.is_some() && share < 100)
                     || !p.accepts(&g.model)
                     || p.max_cost_per_hour
@@ -206,7 +207,7 @@ impl Core {
             - self.moves.len().min(self.cfg.breaker.max_moves as usize);
         // Where could moved workloads go at all? Slots by share (or idle
         // GPUs), before any constraint: a plan needing more is not tried.
-        let idle = self.hot.iter().filter(|h| h.empty).count();
+        let idle = self.hot.iter().filter(|h| h.empty && !h.shut).count();
         let pools = self.cfg.mps_pools;
         let mut slots: HashMap<u32, usize> = HashMap::new();
         let mut tried = 0;
@@ -229,7 +230,7 @@ impl Core {
                         .iter()
                         .filter(|h| {
                             // Shares need the GPU's MPS daemon.
-                            let shut = h.empty || h.exclusive || (h.no_mps && sh < 100);
+                            let shut = h.empty || h.exclusive || h.shut || (h.no_mps && sh < 100);
                             !shut && (!pools || h.pool == sh) && h.used_pct + sh <= h.cap
                         })
                         .count()
@@ -333,6 +334,7 @@ impl Core {
             }
             for g in &n.gpus {
                 if g.workloads.is_empty()
+                    || g.mps_conflict
                     || (g.mps_down.is_some() && share < 100)
                     || !p.accepts(&g.model)
                     || g.memory_gb < p.model_size_gb

@@ -44,6 +44,8 @@ pub(super) struct Hot {
     pub(super) exclusive: bool,
     /// Its MPS daemon is down: only a workload holding it whole.
     pub(super) no_mps: bool,
+    /// Its MPS configuration conflicts: nothing.
+    pub(super) shut: bool,
 }
 
 impl Hot {
@@ -201,6 +203,7 @@ impl Core {
                 empty: g.workloads.is_empty(),
                 exclusive: g.exclusive,
                 no_mps: g.mps_down.is_some(),
+                shut: g.mps_conflict,
             };
         }
         let view: Vec<Free> = self.hot[nh.first..nh.first + nh.count]
@@ -405,6 +408,7 @@ impl Core {
                 let rule = if !memo.1 {
                     Some(6)
                 } else if h.exclusive
+                    || h.shut
                     || (a.share >= 100 && h.used_pct > 0)
                     || (h.no_mps && a.share < 100)
                 {

@@ -469,18 +469,20 @@ impl Api {
             .collect())
     }
 
-    /// GPU `gpu` of `node` has no MPS daemon serving ([`Core::mps_down`]):
-    /// the workloads that fell back to a GPU of their own.
+    /// GPU `gpu` of `node` has no MPS daemon serving, or (`conflict`) one
+    /// whose configuration conflicts ([`Core::mps_down`]): the workloads
+    /// that fell back to a GPU of their own.
     pub async fn mps_down(
         &self,
         actor: &str,
         node: &str,
         gpu: u32,
         why: &str,
+        conflict: bool,
     ) -> Result<Vec<String>, ApiError> {
         let ds = self
             .decide(actor, None, None, |core, now| {
-                core.mps_down(node, gpu, why, now)
+                core.mps_down(node, gpu, why, conflict, now)
             })
             .await?;
         Ok(ds
