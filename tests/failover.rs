@@ -334,29 +334,45 @@ fn metrics_page(addr: SocketAddr) -> String {
     get(addr, "/metrics").expect("the brain's /metrics").1
 }
 
-#[test]
-fn a_dead_mps_daemon_sends_the_shares_it_served_to_gpus_of_their_own() {
-    let mut sim = Sim::new("failover-mps").with_devices(2);
+/// A two-GPU host whose agent runs MPS (`per_gpu`: a daemon per GPU, else
+/// one for both), under a brain with the core's TOML `extra`; a P0 and a
+/// P3 (`vagus serve`) share GPU 0's 50% pool, both ready.
+struct TwoShares {
+    addr: SocketAddr,
+    /// The replicas' pids (reaped on drop) and ports, P0's first.
+    pids: Vec<u32>,
+    ports: [u16; 2],
+    _reap: Reap,
+    _agent: Owned,
+    _brain: crate::support::BrainProc,
+}
+
+fn two_shares(tag: &str, extra: &str, per_gpu: bool) -> (Sim, TwoShares) {
+    let mut sim = Sim::new(tag).with_devices(2);
     let certs = certs_init(&sim, "node-a");
     let config = sim.dir.join("core.toml");
-    std::fs::write(&config, "[classes]\ngrid = [25, 50, 75, 100]\n").unwrap();
-    let (_brain, addr, quic) = brain_for(&sim, &certs, &config, &[]);
-    // The agent starts the MPS daemon, one for both GPUs.
+    std::fs::write(
+        &config,
+        format!("[classes]\ngrid = [25, 50, 75, 100]\n{extra}"),
+    )
+    .unwrap();
+    let (brain, addr, quic) = brain_for(&sim, &certs, &config, &[]);
+    // The agent starts the daemons.
     sim.adopt_mps_daemon();
-    let (mps_dir, mps_control) = (
-        sim.dir.join("mps").to_str().unwrap().to_string(),
-        bin("gpusim-mps-control").to_str().unwrap().to_string(),
-    );
+    let mut dirs = sim.dir.join("mps").display().to_string();
+    if per_gpu {
+        dirs.push_str(&format!(",{}", sim.dir.join("mps-1").display()));
+    }
+    let control = bin("gpusim-mps-control").to_str().unwrap().to_string();
     let mps = [
         "--mps-pipe-dirs",
-        &mps_dir,
+        &dirs,
         "--mps-control",
-        &mps_control,
+        &control,
         "--mps-start",
     ];
-    let _agent = Owned(spawn_agent(&sim, "node-a", &quic, &certs, &mps).0);
+    let agent = Owned(spawn_agent(&sim, "node-a", &quic, &certs, &mps).0);
     joined(addr, "node-a");
-    // The P0 and the P3 share GPU 0's 50% pool.
     let ports = [free_tcp_port(), free_tcp_port()];
     for (name, prio, port) in [("p0", "P0", ports[0]), ("p3", "P3", ports[1])] {
         let d = place(addr, name, prio, 50, Some(port));
@@ -375,7 +391,21 @@ fn a_dead_mps_daemon_sends_the_shares_it_served_to_gpus_of_their_own() {
         );
         pids.push(v["replica"]["pid"].as_u64().unwrap() as u32);
     }
-    let _reap = Reap(pids.clone());
+    let h = TwoShares {
+        addr,
+        pids: pids.clone(),
+        ports,
+        _reap: Reap(pids),
+        _agent: agent,
+        _brain: brain,
+    };
+    (sim, h)
+}
+
+#[test]
+fn a_dead_mps_daemon_sends_the_shares_it_served_to_gpus_of_their_own() {
+    let (mut sim, h) = two_shares("failover-mps", "", false);
+    let (addr, pids, ports) = (h.addr, h.pids.clone(), h.ports);
     let (_curl, stream) = events_stream(addr, &[]);
     std::thread::sleep(Duration::from_millis(300));
 
@@ -481,51 +511,12 @@ fn a_dead_mps_daemon_sends_the_shares_it_served_to_gpus_of_their_own() {
 
 #[test]
 fn an_mps_configuration_that_holds_shares_under_their_pool_sends_them_to_other_gpus() {
-    let mut sim = Sim::new("failover-mps-conflict").with_devices(2);
-    let certs = certs_init(&sim, "node-a");
-    let config = sim.dir.join("core.toml");
-    std::fs::write(
-        &config,
-        "[classes]\ngrid = [25, 50, 75, 100]\n[failover]\nmps_conflict_ms = 1000\n",
-    )
-    .unwrap();
-    let (_brain, addr, quic) = brain_for(&sim, &certs, &config, &[]);
-    // A daemon per GPU, both started by the agent.
-    sim.adopt_mps_daemon();
-    let dirs = format!(
-        "{},{}",
-        sim.dir.join("mps").display(),
-        sim.dir.join("mps-1").display()
+    let (sim, h) = two_shares(
+        "failover-mps-conflict",
+        "[failover]\nmps_conflict_ms = 1000\n",
+        true,
     );
-    let control = bin("gpusim-mps-control").to_str().unwrap().to_string();
-    let mps = [
-        "--mps-pipe-dirs",
-        &dirs,
-        "--mps-control",
-        &control,
-        "--mps-start",
-    ];
-    let _agent = Owned(spawn_agent(&sim, "node-a", &quic, &certs, &mps).0);
-    joined(addr, "node-a");
-    let ports = [free_tcp_port(), free_tcp_port()];
-    for (name, prio, port) in [("p0", "P0", ports[0]), ("p3", "P3", ports[1])] {
-        let d = place(addr, name, prio, 50, Some(port));
-        assert_eq!(d["decision"]["gpus"], serde_json::json!([0]), "{d}");
-    }
-    let mut pids = Vec::new();
-    for name in ["p0", "p3"] {
-        let v = until(
-            addr,
-            &format!("/v1/placements/{name}"),
-            &format!("{name} ready"),
-            |v| {
-                v["replica"]["mps_percent"] == 50.0
-                    && (v["replica"]["state"] == "ready" || v["replica"]["state"] == "running")
-            },
-        );
-        pids.push(v["replica"]["pid"].as_u64().unwrap() as u32);
-    }
-    let _reap = Reap(pids);
+    let (addr, ports) = (h.addr, h.ports);
     let (_curl, stream) = events_stream(addr, &[]);
     // Someone sets GPU 0's MPS server to 30%: new clients there would get
     // less than their 50% shares.
