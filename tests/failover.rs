@@ -516,7 +516,7 @@ fn an_mps_configuration_that_holds_shares_under_their_pool_sends_them_to_other_g
         "[failover]\nmps_conflict_ms = 1000\n",
         true,
     );
-    let (addr, ports) = (h.addr, h.ports);
+    let (addr, ports, p3_pid) = (h.addr, h.ports, h.pids[1]);
     let (_curl, stream) = events_stream(addr, &[]);
     // Someone sets GPU 0's MPS server to 30%: new clients there would get
     // less than their 50% shares.
@@ -566,11 +566,27 @@ fn an_mps_configuration_that_holds_shares_under_their_pool_sends_them_to_other_g
     let (_, kind, alert) = next_event(&stream);
     assert_eq!(kind, "mps_up", "{alert}");
     assert_eq!(alert["workloads"], serde_json::json!(["p3"]), "{alert}");
-    let v = until(addr, "/v1/placements/p3", "p3 alone on GPU 0", |v| {
-        v["placement"]["gpus"] == serde_json::json!([0])
-            && v["placement"]["share_pct"] == 100
-            && (v["replica"]["state"] == "ready" || v["replica"]["state"] == "running")
-    });
+    // Its old replica (50%, exited) is not taken for it: a new one starts,
+    // without a share. (That it then serves is the first test's to show: on
+    // a loaded machine its port, free since the old one exited, can be
+    // taken by then.)
+    let v = until(
+        addr,
+        "/v1/placements/p3",
+        "p3 started alone on GPU 0",
+        |v| {
+            v["placement"]["gpus"] == serde_json::json!([0])
+                && v["placement"]["share_pct"] == 100
+                && v["replica"]["pid"] != p3_pid
+                && v["replica"]["mps_percent"].is_null()
+        },
+    );
+    let log = sim.dir.join("agent-state/replicas-node-a/p3.log");
+    eprintln!(
+        "p3's new replica: {}; its log: {}",
+        v["replica"],
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     reap.0.push(v["replica"]["pid"].as_u64().unwrap() as u32);
     // The trail: the sync took both off GPU 0, most important first.
     let (_, trail) = http(addr, "GET", "/v1/decisions?actor=sync", "");
