@@ -56,12 +56,7 @@ fn run(name: &str, control: bool) -> Run {
             "port": port,
         }}),
     );
-    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
-    assert_eq!(st, 201, "{v}");
-    let v = replica_until(addr, "chat", "ready", |r| {
-        r["state"] == "ready" || r["state"] == "running"
-    });
-    let _reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    let (_, _reap) = chat_ready(addr, &chat);
     // Best effort the brain did not place: whole-GPU kernels, four streams,
     // far more arrivals than the GPU serves — it never lets up.
     let segdir = sim.dir.join("segments");
@@ -270,12 +265,7 @@ fn a_queue_over_10_adds_a_replica_within_1_s_and_an_idle_gpu_drains_it_without_f
             "port": port,
         }}),
     );
-    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
-    assert_eq!(st, 201, "{v}");
-    let v = replica_until(addr, "chat", "ready", |r| {
-        r["state"] == "ready" || r["state"] == "running"
-    });
-    let mut reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    let (_, mut reap) = chat_ready(addr, &chat);
     let g = gateway(&sim, addr);
     // Twice what it can serve: its queue grows by ~20 a second.
     let heavy = load(
@@ -450,24 +440,38 @@ fn until_reconfigured(
 /// replica to reap.
 fn place_chat(addr: std::net::SocketAddr) -> (u16, Reap) {
     let port = free_tcp_port();
+    let launch = serde_json::json!({
+        "command": bin("vagus").to_str().unwrap(),
+        "args": ["serve", "--listen", "127.0.0.1:{port}", "--model", "m", "--model-gb", "2"],
+        "port": port,
+    });
+    (port, place_chat_launching(addr, launch))
+}
+
+/// [`place_chat`] with its own `launch` spec: the replica to reap.
+fn place_chat_launching(addr: std::net::SocketAddr, launch: serde_json::Value) -> Reap {
     let chat = with(
         profile("chat"),
         serde_json::json!({"model_id": "m", "priority": "P1", "sla_ms": 5000, "share_pct": null,
-            "model_size_gb": 2.0, "batch": 4, "seq_len": 500, "cpu_milli": 200, "launch": {
-            "command": bin("vagus").to_str().unwrap(),
-            "args": ["serve", "--listen", "127.0.0.1:{port}", "--model", "m", "--model-gb", "2"],
-            "port": port,
-        }}),
+            "model_size_gb": 2.0, "batch": 4, "seq_len": 500, "cpu_milli": 200,
+            "launch": launch}),
     );
-    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
+    let (d, reap) = chat_ready(addr, &chat);
+    assert_eq!(d["share_pct"], 20, "{d}");
+    reap
+}
+
+/// Places `chat` (its request `body`) and waits for its replica to take
+/// requests: the decision, and the replica to reap.
+fn chat_ready(addr: std::net::SocketAddr, body: &str) -> (serde_json::Value, Reap) {
+    let (st, v) = http(addr, "POST", "/v1/placements", body);
     assert_eq!(st, 201, "{v}");
-    assert_eq!(v["decision"]["share_pct"], 20, "{v}");
-    let v = replica_until(addr, "chat", "ready", |r| {
+    let r = replica_until(addr, "chat", "ready", |r| {
         r["state"] == "ready" || r["state"] == "running"
     });
     (
-        port,
-        Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]),
+        v["decision"].clone(),
+        Reap(vec![r["replica"]["pid"].as_u64().unwrap() as u32]),
     )
 }
 
@@ -891,19 +895,10 @@ fn a_shadow_that_never_gets_ready_is_aborted_with_an_alert_and_the_old_replica_s
         port + 1000,
         bin("vagus").display()
     );
-    let chat = with(
-        profile("chat"),
-        serde_json::json!({"model_id": "m", "priority": "P1", "sla_ms": 5000, "share_pct": null,
-            "model_size_gb": 2.0, "batch": 4, "seq_len": 500, "cpu_milli": 200, "launch": {
-            "command": "sh", "args": ["-c", serve], "port": port,
-        }}),
+    let mut reap = place_chat_launching(
+        addr,
+        serde_json::json!({"command": "sh", "args": ["-c", serve], "port": port}),
     );
-    let (st, v) = http(addr, "POST", "/v1/placements", &chat);
-    assert_eq!(st, 201, "{v}");
-    let v = replica_until(addr, "chat", "ready", |r| {
-        r["state"] == "ready" || r["state"] == "running"
-    });
-    let mut reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
     let g = gateway(&sim, addr);
     // Its prompts grow: the flow starts, and its shadow never answers.
     let traffic = load(

@@ -72,6 +72,22 @@ fn place(
     v
 }
 
+/// The decisions `actor` took, as the trail lists them, and each one's
+/// (workload, path).
+fn trail(addr: SocketAddr, actor: &str) -> (serde_json::Value, Vec<(String, String)>) {
+    let (_, trail) = http(addr, "GET", &format!("/v1/decisions?actor={actor}"), "");
+    let steps = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_string();
+            (s("workload"), s("path"))
+        })
+        .collect();
+    (trail, steps)
+}
+
 fn healthy(port: u16) -> bool {
     get(("127.0.0.1", port), "/health").is_some_and(|(status, _)| status == 200)
 }
@@ -236,18 +252,7 @@ fn a_dead_nodes_p0_serves_elsewhere_within_2_s_of_the_timeout_and_the_node_takes
         "{node_a}"
     );
     // The trail: the P0 first, then the P3, each taken off A then decided.
-    let (_, trail) = http(addr, "GET", "/v1/decisions?actor=failover", "");
-    let steps: Vec<(String, String)> = trail["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["workload"].as_str().unwrap().into(),
-                r["path"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let (trail, steps) = trail(addr, "failover");
     let steps: Vec<(&str, &str)> = steps
         .iter()
         .map(|(w, p)| (w.as_str(), p.as_str()))
@@ -474,12 +479,10 @@ fn a_dead_mps_daemon_sends_the_shares_it_served_to_gpus_of_their_own() {
         "{gpu0}"
     );
     // The trail: each taken off its share, then placed whole.
-    let (_, trail) = http(addr, "GET", "/v1/decisions?actor=failover", "");
-    let steps: Vec<(&str, &str)> = trail["items"]
-        .as_array()
-        .unwrap()
+    let (trail, steps) = trail(addr, "failover");
+    let steps: Vec<(&str, &str)> = steps
         .iter()
-        .map(|r| (r["workload"].as_str().unwrap(), r["path"].as_str().unwrap()))
+        .map(|(w, p)| (w.as_str(), p.as_str()))
         .collect();
     assert_eq!(
         steps,
@@ -589,12 +592,10 @@ fn an_mps_configuration_that_holds_shares_under_their_pool_sends_them_to_other_g
     );
     reap.0.push(v["replica"]["pid"].as_u64().unwrap() as u32);
     // The trail: the sync took both off GPU 0, most important first.
-    let (_, trail) = http(addr, "GET", "/v1/decisions?actor=sync", "");
-    let steps: Vec<(&str, &str)> = trail["items"]
-        .as_array()
-        .unwrap()
+    let (trail, steps) = trail(addr, "sync");
+    let steps: Vec<(&str, &str)> = steps
         .iter()
-        .map(|r| (r["workload"].as_str().unwrap(), r["path"].as_str().unwrap()))
+        .map(|(w, p)| (w.as_str(), p.as_str()))
         .collect();
     assert_eq!(
         steps[..3],

@@ -147,41 +147,14 @@ impl Executor {
                 })
                 .collect()
         };
-        // What node `node` reports of replica `id`: whether it is there, and
-        // whether it exited.
-        let found = |node: &str, id: &str| {
+        // What node `node` last reported of replica `id`, if anything.
+        let last = |node: &str, id: &str| {
             reported
                 .iter()
                 .filter(|(n, ..)| n == node)
                 .flat_map(|(_, _, rs)| rs)
                 .find(|(r, _)| r.id == id)
-                .map(|(r, _)| r.state == ReplicaState::Exited)
-        };
-        // A replica not yet exited that runs with other GPUs or another MPS
-        // share than its placement now has (it fell back to a GPU of its
-        // own): whether it is draining already.
-        let misplaced = |node: &str, spec: &ReplicaSpec| {
-            reported
-                .iter()
-                .filter(|(n, ..)| n == node)
-                .flat_map(|(_, _, rs)| rs)
-                .find(|(r, _)| {
-                    r.id == spec.id
-                        && r.state != ReplicaState::Exited
-                        && (r.gpus != spec.gpus || r.mps_percent != spec.mps_percent)
-                })
-                .map(|(r, _)| r.state == ReplicaState::Draining)
-        };
-        // Whether the replica last reported under `spec`'s id ran with other
-        // GPUs or another MPS share.
-        let ran_otherwise = |node: &str, spec: &ReplicaSpec| {
-            reported
-                .iter()
-                .filter(|(n, ..)| n == node)
-                .flat_map(|(_, _, rs)| rs)
-                .any(|(r, _)| {
-                    r.id == spec.id && (r.gpus != spec.gpus || r.mps_percent != spec.mps_percent)
-                })
+                .map(|(r, _)| r)
         };
         for (id, (node, _, spec, at_ms)) in &wanted {
             let key = (node.clone(), id.clone());
@@ -189,8 +162,15 @@ impl Executor {
             if down.contains(node) || before == Some(*at_ms) {
                 continue;
             }
-            // Stopped first, started once it has exited.
-            if let Some(draining) = misplaced(node, spec) {
+            let last = last(node, id);
+            let exited = last.map(|r| r.state == ReplicaState::Exited);
+            // It ran with other GPUs or another MPS share than the placement
+            // now has (it fell back to a GPU of its own).
+            let otherwise =
+                last.is_some_and(|r| r.gpus != spec.gpus || r.mps_percent != spec.mps_percent);
+            // Still running so: stopped first, started once it has exited.
+            if otherwise && exited == Some(false) {
+                let draining = last.is_some_and(|r| r.state == ReplicaState::Draining);
                 if !draining
                     && !self.stopping.contains(&key)
                     && agents
@@ -208,14 +188,14 @@ impl Executor {
                 }
                 continue;
             }
-            let take_as_it_is = match found(node, id) {
+            let take_as_it_is = match exited {
                 // Running: it is this placement's, whenever it started.
                 Some(false) => true,
                 // Exited: this placement's own, unless the core placed it
                 // anew since this brain started it, or it ran with other
                 // GPUs or another share than the placement now has (nothing
                 // restarts on its own).
-                Some(true) => before.is_none() && !ran_otherwise(node, spec),
+                Some(true) => before.is_none() && !otherwise,
                 None => false,
             };
             if take_as_it_is

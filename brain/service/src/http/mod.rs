@@ -462,11 +462,7 @@ impl Api {
                 core.node_down(node, why, now)
             })
             .await?;
-        Ok(ds
-            .into_iter()
-            .filter(|d| d.path == Path::Evacuate)
-            .map(|d| d.workload)
-            .collect())
+        Ok(workloads(ds, |p| p == Path::Evacuate))
     }
 
     /// GPU `gpu` of `node` has no MPS daemon serving, or (`conflict`) one
@@ -485,11 +481,7 @@ impl Api {
                 core.mps_down(node, gpu, why, conflict, now)
             })
             .await?;
-        Ok(ds
-            .into_iter()
-            .filter(|d| d.path == Path::Evacuate)
-            .map(|d| d.workload)
-            .collect())
+        Ok(workloads(ds, |p| p == Path::Evacuate))
     }
 
     /// GPU `gpu` of `node` has its MPS daemon again: the workloads placed
@@ -498,11 +490,7 @@ impl Api {
         let ds = self
             .decide(actor, None, None, |core, now| core.mps_up(node, gpu, now))
             .await?;
-        Ok(ds
-            .into_iter()
-            .filter(|d| d.path.placed())
-            .map(|d| d.workload)
-            .collect())
+        Ok(workloads(ds, Path::placed))
     }
 
     /// Node `node` is back: it takes work again, and the queue is tried.
@@ -511,11 +499,7 @@ impl Api {
         let ds = self
             .decide(actor, None, None, |core, now| core.node_up(node, now))
             .await?;
-        Ok(ds
-            .into_iter()
-            .filter(|d| d.path.placed())
-            .map(|d| d.workload)
-            .collect())
+        Ok(workloads(ds, Path::placed))
     }
 
     /// Adds the replica the scaler asked for ([`Core::place_scaled`]); the
@@ -1310,6 +1294,14 @@ async fn healthz(State(s): State<Arc<Api>>) -> Response {
         queued: core.queued().count(),
     })
     .into_response()
+}
+
+/// The workloads of `ds` whose decision's path is `which`, in order.
+fn workloads(ds: Vec<Decided>, which: impl Fn(Path) -> bool) -> Vec<String> {
+    ds.into_iter()
+        .filter(|d| which(d.path))
+        .map(|d| d.workload)
+        .collect()
 }
 
 /// The workload replica `id` serves: its placement's, or, for a
