@@ -85,3 +85,53 @@ fn two_processes_on_one_device_are_each_slower_than_alone() {
         );
     }
 }
+
+#[test]
+fn a_memory_bound_kernel_keeps_its_speed_on_half_the_sms_and_shares_the_bandwidth() {
+    let sim = Sim::new("membound");
+    // The busy-wait kernel told to move 2.68 GB: 1 ms at gpusim's 2,680 GB/s,
+    // its spin (one cycle) negligible.
+    let ptx = sim.dir.join("read.ptx");
+    let text =
+        gpusim::ptx::BUSY_WAIT_PTX.replace("cycles_param=0", "cycles_param=0 bytes=2680000000");
+    std::fs::write(&ptx, text).unwrap();
+    let ptx = ptx.to_str().unwrap();
+    let args = |qps| {
+        [
+            "--qps",
+            qps,
+            "--duration",
+            "3s",
+            "--kernels",
+            "1",
+            "--grid",
+            "1056",
+            "--work-cycles",
+            "1",
+            "--ptx",
+            ptx,
+        ]
+    };
+    let share = |pct| [("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", pct)];
+    let kernel_ms = |r: &serde_json::Value| f(r, "kernel_ms.mean");
+    let full = sim.load(&args("100"), &share("100"));
+    assert!((0.95..1.3).contains(&kernel_ms(&full)), "{full}");
+    // 66 SMs draw more than the whole bandwidth: the same time.
+    let half = sim.load(&args("100"), &share("50"));
+    let r = kernel_ms(&half) / kernel_ms(&full);
+    assert!((0.9..1.1).contains(&r), "half/full {r}: {half}");
+    // 33 SMs draw 33 × 54 GB/s, two thirds of it: half as long again.
+    let quarter = sim.load(&args("100"), &share("25"));
+    let r = kernel_ms(&quarter) / kernel_ms(&full);
+    assert!((1.3..1.7).contains(&r), "quarter/full {r}: {quarter}");
+    // Two half-device processes side by side, each keeping the bandwidth
+    // ~40% busy (different rates, so they drift across each other): each
+    // process's kernels wait for the other's bytes, although their SMs differ.
+    let alone = sim.load(&args("400"), &share("50"));
+    let a = sim.spawn_load(&args("400"), &share("50"));
+    let b = sim.spawn_load(&args("417"), &share("50"));
+    for both in [a, b].map(|c| report(c.wait_with_output().unwrap())) {
+        let r = kernel_ms(&both) / kernel_ms(&alone);
+        assert!(r > 1.1, "shared/alone {r}: alone {alone} shared {both}");
+    }
+}

@@ -19,6 +19,12 @@ pub struct DeviceConfig {
     pub memory_bytes: u64,
     pub clock_mhz: u32,
     pub memory_clock_mhz: u32,
+    /// Device memory bandwidth a streaming kernel reaches on the whole
+    /// device, GB/s.
+    pub memory_gbps: f64,
+    /// What one SM alone can draw, GB/s: a kernel on `n` SMs moves at most
+    /// `n × sm_memory_gbps` (and never above `memory_gbps`).
+    pub sm_memory_gbps: f64,
     pub tdp_watts: u32,
     pub idle_watts: u32,
     pub compute_capability: (u32, u32),
@@ -39,6 +45,14 @@ impl Default for DeviceConfig {
             memory_bytes: H100_MEMORY_BYTES,
             clock_mhz: 1980,
             memory_clock_mhz: 2619,
+            // 80% of the datasheet's 3,350 GB/s, what streaming and decode
+            // kernels reach (the figure `vagus serve`'s cost model uses).
+            memory_gbps: 2680.0,
+            // Little's law: 2,048 threads with one 8-byte load each in
+            // flight, over HBM3's ~600-cycle load latency at 1,980 MHz
+            // (303 ns): 54 GB/s an SM, so about 50 SMs (38%) draw the
+            // whole bandwidth. Not yet calibrated on a GPU.
+            sm_memory_gbps: 54.0,
             tdp_watts: 700,
             idle_watts: 70,
             compute_capability: (9, 0),
@@ -182,6 +196,12 @@ impl SimConfig {
         if let Some(v) = num(&var, "GPUSIM_CLOCK_MHZ")? {
             dev.clock_mhz = v;
         }
+        if let Some(v) = num(&var, "GPUSIM_MEMORY_GBPS")? {
+            dev.memory_gbps = v;
+        }
+        if let Some(v) = num(&var, "GPUSIM_SM_MEMORY_GBPS")? {
+            dev.sm_memory_gbps = v;
+        }
         if let Some(v) = num(&var, "GPUSIM_TIME_SCALE")? {
             time_scale = v;
         }
@@ -250,6 +270,14 @@ impl SimConfig {
             }
             if d.registers_per_sm < 256 || d.memory_bytes == 0 {
                 return bad("registers_per_sm and memory must be positive".into());
+            }
+            for (what, v) in [
+                ("memory_gbps", d.memory_gbps),
+                ("sm_memory_gbps", d.sm_memory_gbps),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return bad(format!("{what} {v} must be a positive number"));
+                }
             }
             if d.idle_watts > d.tdp_watts {
                 return bad(format!(
@@ -320,6 +348,19 @@ mod tests {
         assert!(e.contains("GPUSIM_SMS"), "{e}");
         let e = with(&[("GPUSIM_SMS", "0")]).unwrap_err().to_string();
         assert!(e.contains("sms 0"), "{e}");
+        let c = with(&[
+            ("GPUSIM_MEMORY_GBPS", "1000"),
+            ("GPUSIM_SM_MEMORY_GBPS", "20"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.devices[0].memory_gbps, c.devices[0].sm_memory_gbps),
+            (1000.0, 20.0)
+        );
+        let e = with(&[("GPUSIM_MEMORY_GBPS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory_gbps 0"), "{e}");
     }
 
     #[test]

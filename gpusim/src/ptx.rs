@@ -13,8 +13,11 @@
 //! per thread), `smem` (static shared bytes, overriding the declarations),
 //! `block_ns` (simulated ns one block runs), `block_cycles` (SM cycles one
 //! block runs) and `cycles_param` (the index of an integer parameter that
-//! holds the cycles per block, as in a busy-wait kernel). A real driver
-//! ignores these comments, so the same PTX runs on both.
+//! holds the cycles per block, as in a busy-wait kernel); `bytes` and
+//! `bytes_param` say how many bytes of device memory the whole kernel reads
+//! or writes (a fixed count, or an integer parameter's), which it moves at
+//! the bandwidth its SMs can draw. A real driver ignores these comments, so
+//! the same PTX runs on both.
 
 use std::collections::HashMap;
 
@@ -25,6 +28,34 @@ pub enum BlockCost {
     Cycles(u64),
     /// Cycles read from the integer parameter with this index at launch.
     CyclesParam(usize),
+}
+
+impl BlockCost {
+    /// The launch parameter this cost is read from, if any.
+    pub fn param(self) -> Option<usize> {
+        match self {
+            BlockCost::CyclesParam(p) => Some(p),
+            BlockCost::Ns(_) | BlockCost::Cycles(_) => None,
+        }
+    }
+}
+
+/// How many bytes of device memory a kernel moves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MemoryCost {
+    Bytes(u64),
+    /// Bytes read from the integer parameter with this index at launch.
+    BytesParam(usize),
+}
+
+impl MemoryCost {
+    /// The launch parameter the byte count is read from, if any.
+    pub fn param(self) -> Option<usize> {
+        match self {
+            MemoryCost::BytesParam(p) => Some(p),
+            MemoryCost::Bytes(_) => None,
+        }
+    }
 }
 
 /// The default when a kernel has no directive: one simulated microsecond per block.
@@ -53,6 +84,8 @@ pub struct Kernel {
     pub regs: u32,
     pub static_smem: u32,
     pub cost: BlockCost,
+    /// Device memory traffic; none unless a directive says.
+    pub memory: Option<MemoryCost>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -132,6 +165,7 @@ struct Directive {
     regs: Option<u32>,
     smem: Option<u32>,
     cost: Option<BlockCost>,
+    memory: Option<MemoryCost>,
 }
 
 fn parse_directives(text: &str) -> Result<HashMap<String, Directive>, PtxError> {
@@ -161,6 +195,8 @@ fn parse_directives(text: &str) -> Result<HashMap<String, Directive>, PtxError> 
                 "block_ns" => d.cost = Some(BlockCost::Ns(n()?)),
                 "block_cycles" => d.cost = Some(BlockCost::Cycles(n()?)),
                 "cycles_param" => d.cost = Some(BlockCost::CyclesParam(n()? as usize)),
+                "bytes" => d.memory = Some(MemoryCost::Bytes(n()?)),
+                "bytes_param" => d.memory = Some(MemoryCost::BytesParam(n()? as usize)),
                 _ => {
                     return Err(PtxError::Invalid(format!(
                         "unknown gpusim directive key {k:?}"
@@ -178,6 +214,7 @@ fn parse_directives(text: &str) -> Result<HashMap<String, Directive>, PtxError> 
         e.regs = d.regs.or(e.regs);
         e.smem = d.smem.or(e.smem);
         e.cost = d.cost.or(e.cost);
+        e.memory = d.memory.or(e.memory);
     }
     Ok(map)
 }
@@ -230,15 +267,22 @@ impl Module {
                     k.regs = d.regs.unwrap_or(k.regs);
                     k.static_smem = d.smem.unwrap_or(k.static_smem);
                     k.cost = d.cost.unwrap_or(k.cost);
+                    k.memory = d.memory.or(k.memory);
                 }
             }
-            if let BlockCost::CyclesParam(p) = k.cost
-                && !k.params.get(p).is_some_and(|p| p.integer)
-            {
-                return Err(PtxError::Invalid(format!(
-                    "kernel {}: cycles_param={p} is not an integer parameter",
-                    k.name
-                )));
+            let read = [
+                ("cycles_param", k.cost.param()),
+                ("bytes_param", k.memory.and_then(MemoryCost::param)),
+            ];
+            for (key, p) in read {
+                if let Some(p) = p
+                    && !k.params.get(p).is_some_and(|p| p.integer)
+                {
+                    return Err(PtxError::Invalid(format!(
+                        "kernel {}: {key}={p} is not an integer parameter",
+                        k.name
+                    )));
+                }
             }
             if k.regs > crate::occupancy::MAX_REGS_PER_THREAD {
                 return Err(PtxError::Invalid(format!(
@@ -331,6 +375,7 @@ fn parse_entry(toks: &[&str], mut i: usize) -> Result<(Kernel, usize), PtxError>
         regs: DEFAULT_REGS,
         static_smem: 0,
         cost: BlockCost::Ns(DEFAULT_BLOCK_NS),
+        memory: None,
     };
     // Performance directives up to the body.
     let dims = |toks: &[&str], mut j: usize| -> (u32, usize) {
@@ -496,5 +541,27 @@ mod tests {
         let bad_dir = b"// gpusim: kernel=nope block_ns=5\n.version 7.0\n.target sm_70\n.entry k() { ret; }\n";
         let e = Module::parse(bad_dir).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
+        let bad_bytes = b"// gpusim: kernel=k bytes_param=1\n.version 7.0\n.target sm_70\n.entry k(.param .u64 a) { ret; }\n";
+        let e = Module::parse(bad_bytes).unwrap_err().to_string();
+        assert!(
+            e.contains("bytes_param=1 is not an integer parameter"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn memory_directives() {
+        let ptx = "// gpusim: kernel=k bytes=4096 block_ns=10\n// gpusim: kernel=p bytes_param=1\n\
+            .version 7.0\n.target sm_70\n.entry k() { ret; }\n.entry p(.param .u64 a, .param .u32 b) { ret; }\n";
+        let m = Module::parse(ptx.as_bytes()).unwrap();
+        assert_eq!(m.kernel("k").unwrap().memory, Some(MemoryCost::Bytes(4096)));
+        assert_eq!(
+            m.kernel("p").unwrap().memory,
+            Some(MemoryCost::BytesParam(1))
+        );
+        assert_eq!(
+            Module::parse(BUSY_WAIT_PTX.as_bytes()).unwrap().kernels[0].memory,
+            None
+        );
     }
 }

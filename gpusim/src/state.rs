@@ -9,7 +9,7 @@
 
 use crate::clock::now_ns;
 use crate::config::{DeviceConfig, MAX_DEVICES, MAX_SMS, SimConfig};
-use crate::schedule::{Placement, place};
+use crate::schedule::{Placement, Traffic, place_kernel};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -17,11 +17,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 pub const MAGIC: u64 = 0x4750_5553_494d_5631; // "GPUSIMV1"
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Processes that may hold a context on one device at a time.
 pub const MAX_PROCS: usize = 64;
 /// Kernel records kept per device for utilisation sampling.
 pub const RING: usize = 16384;
+/// Lanes a device's memory bandwidth is divided into (see [`crate::schedule`]).
+pub const MEMORY_LANES: usize = 64;
 
 #[repr(C)]
 pub struct Header {
@@ -74,12 +76,17 @@ pub struct DeviceSlot {
     cc_minor: u32,
     _pad: u32,
     memory_bytes: u64,
+    /// Device memory bandwidth a streaming kernel reaches, and what one SM
+    /// alone can draw (bytes per simulated second).
+    memory_bytes_per_s: u64,
+    sm_memory_bytes_per_s: u64,
     pub mem_used: AtomicU64,
     /// SM-nanoseconds of all kernels placed so far (some may lie in the future).
     pub busy_sm_ns: AtomicU64,
     pub kernels: AtomicU64,
     ring_head: AtomicU64,
     sm_free_at: [AtomicU64; MAX_SMS],
+    lane_free_at: [AtomicU64; MEMORY_LANES],
     pub procs: [ProcSlot; MAX_PROCS],
     ring: [KernelRecord; RING],
 }
@@ -269,6 +276,8 @@ impl SharedState {
             s.cc_major = d.compute_capability.0;
             s.cc_minor = d.compute_capability.1;
             s.memory_bytes = d.memory_bytes;
+            s.memory_bytes_per_s = (d.memory_gbps * 1e9) as u64;
+            s.sm_memory_bytes_per_s = (d.sm_memory_gbps * 1e9) as u64;
         }
         h.magic.store(MAGIC, std::sync::atomic::Ordering::Release);
     }
@@ -351,7 +360,10 @@ impl SharedState {
         }
     }
 
-    /// Places a kernel on `dev`'s SMs; see [`crate::schedule::place`].
+    /// Places a kernel on `dev`'s SMs, and the `bytes` it moves on the
+    /// device's memory lanes; see [`crate::schedule::place_kernel`].
+    /// `ns_per_s` is wall nanoseconds per simulated second (the time scale).
+    #[allow(clippy::too_many_arguments)]
     pub fn place_kernel(
         &self,
         dev: usize,
@@ -360,13 +372,34 @@ impl SharedState {
         sm_waves: u64,
         wave_ns: u64,
         allowed_sms: u32,
+        bytes: u64,
+        ns_per_s: f64,
     ) -> Placement {
         let d = self.device(dev).expect("device index checked by caller");
+        let traffic = (bytes > 0 && d.memory_bytes_per_s > 0).then(|| {
+            let lane_bytes_per_s = d.memory_bytes_per_s as f64 / MEMORY_LANES as f64;
+            Traffic {
+                lane_ns: (bytes as f64 / lane_bytes_per_s * ns_per_s).ceil() as u64,
+                lanes_per_sm: d.sm_memory_bytes_per_s as f64 / lane_bytes_per_s,
+            }
+        });
         self.locked(|| {
             let n = d.sms as usize;
-            let mut free: Vec<u64> = d.sm_free_at[..n].iter().map(|a| a.load(Relaxed)).collect();
-            let p = place(&mut free, t0, sm_waves, wave_ns, allowed_sms as usize);
+            let load = |a: &[AtomicU64]| a.iter().map(|a| a.load(Relaxed)).collect::<Vec<u64>>();
+            let (mut free, mut lanes) = (load(&d.sm_free_at[..n]), load(&d.lane_free_at));
+            let p = place_kernel(
+                &mut free,
+                &mut lanes,
+                t0,
+                sm_waves,
+                wave_ns,
+                allowed_sms as usize,
+                traffic,
+            );
             for (a, v) in d.sm_free_at[..n].iter().zip(free) {
+                a.store(v, Relaxed);
+            }
+            for (a, v) in d.lane_free_at.iter().zip(lanes) {
                 a.store(v, Relaxed);
             }
             let proc = &d.procs[proc_slot.min(MAX_PROCS - 1)];
@@ -503,6 +536,8 @@ impl DeviceSlot {
             shared_memory_per_block_optin: self.shared_memory_per_block_optin,
             reserved_shared_memory_per_block: self.reserved_shared_memory_per_block,
             memory_bytes: self.memory_bytes,
+            memory_gbps: self.memory_bytes_per_s as f64 / 1e9,
+            sm_memory_gbps: self.sm_memory_bytes_per_s as f64 / 1e9,
             clock_mhz: self.clock_mhz,
             memory_clock_mhz: self.memory_clock_mhz,
             tdp_watts: self.tdp_watts,
@@ -650,8 +685,8 @@ mod tests {
 
         let me = s.register_process(0, std::process::id(), 100, 0).unwrap();
         // Busy on all 8 SMs for [1000, 2000) and on 4 SMs for [3000, 4000).
-        s.place_kernel(0, me, 1000, 8, 1000, 8);
-        s.place_kernel(0, me, 3000, 4, 1000, 8);
+        s.place_kernel(0, me, 1000, 8, 1000, 8, 0, 1e9);
+        s.place_kernel(0, me, 3000, 4, 1000, 8, 0, 1e9);
         let (gpu, sm) = s.utilization(0, 4000, 4000, None);
         assert!((gpu - 0.5).abs() < 1e-9, "{gpu}");
         assert!((sm - 0.375).abs() < 1e-9, "{sm}");

@@ -28,10 +28,22 @@ struct Seq {
 /// What an iteration does.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
-    /// GPU time at the whole device's speed (µs).
-    pub gpu_us: f64,
+    /// Compute-bound GPU time (the prompt chunks), at the whole device's
+    /// speed (µs).
+    pub compute_us: f64,
+    /// Memory-bound GPU time (the weights read once, each decoding
+    /// sequence's KV cache), at the whole device's bandwidth (µs).
+    pub memory_us: f64,
     pub prefill_tokens: u64,
     pub decodes: u32,
+}
+
+impl Step {
+    /// The iteration's GPU time on the whole device (µs): its compute and
+    /// its memory traffic run one after the other.
+    pub fn gpu_us(&self) -> f64 {
+        self.compute_us + self.memory_us
+    }
 }
 
 /// What an iteration produced for one request.
@@ -130,7 +142,8 @@ impl Engine {
         }
         self.planned = true;
         Some(Step {
-            gpu_us: self.cost.weights_us() + kv_us + self.cost.prefill_us(prefill),
+            compute_us: self.cost.prefill_us(prefill),
+            memory_us: self.cost.weights_us() + kv_us,
             prefill_tokens: prefill,
             decodes,
         })
@@ -248,11 +261,11 @@ mod tests {
     fn a_step_costs_more_with_more_sequences_and_more_prompt() {
         let mut e = engine(64, 100_000);
         e.add(0, 10, 10);
-        let one = e.plan().unwrap().gpu_us;
+        let one = e.plan().unwrap().gpu_us();
         e.complete();
         let mut f = engine(64, 100_000);
         f.add(0, 1000, 10);
-        let long = f.plan().unwrap().gpu_us;
+        let long = f.plan().unwrap().gpu_us();
         assert!(long > one * 2.0, "{long} vs {one}");
         for id in 1..32 {
             e.add(id, 10, 10);
@@ -264,9 +277,9 @@ mod tests {
             g.add(0, 10, 10);
             g.plan();
             g.complete();
-            g.plan().unwrap().gpu_us
+            g.plan().unwrap().gpu_us()
         };
-        let decode_32 = e.plan().unwrap().gpu_us;
+        let decode_32 = e.plan().unwrap().gpu_us();
         assert!(decode_32 > decode_1, "{decode_32} vs {decode_1}");
     }
 

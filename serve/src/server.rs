@@ -114,8 +114,8 @@ pub struct Server {
 pub async fn start(cfg: Config) -> Result<Server, ServeError> {
     cfg.validate()?;
     let weights_mib = (cfg.cost.model_gb * 1e9 / (1u64 << 20) as f64) as u64;
-    let device = cfg.device;
-    let gpu = tokio::task::spawn_blocking(move || Gpu::open(device, weights_mib))
+    let (device, bandwidth_eff) = (cfg.device, cfg.cost.bandwidth_eff);
+    let gpu = tokio::task::spawn_blocking(move || Gpu::open(device, weights_mib, bandwidth_eff))
         .await
         .map_err(|e| ServeError::Config(format!("opening the GPU: {e}")))??;
     let info = gpu.info.clone();
@@ -230,7 +230,7 @@ fn engine_loop(
         let Some(step) = engine.plan() else {
             continue;
         };
-        if let Err(e) = gpu.run(step.gpu_us) {
+        if let Err(e) = gpu.run(step.compute_us, step.memory_us) {
             eprintln!("vagus serve: the GPU failed: {e}; failing every request");
             healthy.store(false, Ordering::Relaxed);
             return;

@@ -7,7 +7,7 @@ use crate::result::*;
 use gpusim::clock::now_ns;
 use gpusim::mps;
 use gpusim::occupancy::{self, BlockDemand};
-use gpusim::ptx::{self, BlockCost};
+use gpusim::ptx::{self, BlockCost, MemoryCost};
 use gpusim::state::SharedState;
 use gpusim::{DeviceConfig, SimConfig};
 use std::cell::RefCell;
@@ -89,6 +89,8 @@ pub struct Launch {
     pub blocks_per_sm: u32,
     /// Simulated ns one block runs.
     pub block_ns: u64,
+    /// Bytes of device memory the kernel moves.
+    pub bytes: u64,
 }
 
 pub struct Event {
@@ -504,6 +506,11 @@ impl Driver {
                 read_int_param(k, i, params, extra)? * 1000 / dev.clock_mhz as u64
             }
         };
+        let bytes = match k.memory {
+            None => 0,
+            Some(MemoryCost::Bytes(b)) => b,
+            Some(MemoryCost::BytesParam(i)) => read_int_param(k, i, params, extra)?,
+        };
         if k.params_size > 0 && params.is_null() && extra.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -515,6 +522,7 @@ impl Driver {
                 blocks,
                 blocks_per_sm: occ.blocks_per_sm,
                 block_ns,
+                bytes,
             },
         ))
     }
@@ -534,6 +542,8 @@ impl Driver {
             waves,
             self.wall(l.block_ns as f64),
             a.allowed_sms,
+            l.bytes,
+            self.cfg.time_scale * 1e9,
         );
         p.end_ns
     }
