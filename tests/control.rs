@@ -18,15 +18,28 @@ struct Run {
     budgets: Vec<serde_json::Value>,
     best_effort_pid: u32,
     record: std::path::PathBuf,
+    /// The server replica's `VAGUS_PRIORITY` and `VAGUS_GATE`, as its
+    /// process got them.
+    chat_role: (Option<String>, Option<String>),
     _sim: Sim,
+}
+
+/// The value of `name` in process `pid`'s environment.
+fn environ(pid: u32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=').map(str::to_string))
 }
 
 fn run(name: &str, control: bool) -> Run {
     let mut sim = Sim::new(name);
     let config = sim.dir.join("core.toml");
-    // Off: the same brain, its loop never ticking.
+    // Off: the same brain, its loop never ticking. On: its replicas are
+    // told their roles too (the best effort here is not the brain's, so
+    // nothing holds it back; tests/shim.rs shows the holding itself).
     let toml = if control {
-        ""
+        "[control]\nhold_best_effort = true\n"
     } else {
         "[control]\ntick_ms = 0\n"
     };
@@ -57,6 +70,11 @@ fn run(name: &str, control: bool) -> Run {
         }}),
     );
     let (_, _reap) = chat_ready(addr, &chat);
+    let chat_pid = _reap.0[0];
+    let chat_role = (
+        environ(chat_pid, "VAGUS_PRIORITY"),
+        environ(chat_pid, "VAGUS_GATE"),
+    );
     // Best effort the brain did not place: whole-GPU kernels, four streams,
     // far more arrivals than the GPU serves — it never lets up.
     let segdir = sim.dir.join("segments");
@@ -140,6 +158,7 @@ fn run(name: &str, control: bool) -> Run {
         budgets: budget_rows(addr),
         best_effort_pid: be,
         record,
+        chat_role,
         _sim: sim,
     }
 }
@@ -160,6 +179,12 @@ fn budgets_keep_a_servers_sla_beside_saturating_work_that_breaks_it_without_them
         assert_eq!(r.bench["failed"], 0, "{}", r.bench);
     }
     assert_eq!(off.bench["requests"], on.bench["requests"], "same arrivals");
+    // With `hold_best_effort` the brain's latency-sensitive replica knows
+    // its role and its GPU's gate; without it, it has no role.
+    assert_eq!(on.chat_role.0.as_deref(), Some("ls"), "{:?}", on.chat_role);
+    let gate = on.chat_role.1.clone().unwrap_or_default();
+    assert!(gate.ends_with("/gpu-0.gate"), "{:?}", on.chat_role);
+    assert_eq!(off.chat_role.0, None, "{:?}", off.chat_role);
     // Without the loop the best effort takes the GPU from it.
     assert!(off.budgets.is_empty(), "{:?}", off.budgets);
     assert!(

@@ -3,10 +3,11 @@
 //! A replica is started with the GPUs and MPS share its placement was
 //! given (`CUDA_VISIBLE_DEVICES`, `CUDA_MPS_PIPE_DIRECTORY`,
 //! `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`), the shim preloaded with the
-//! agent's segment directory, in a session and a cgroup of its own under
-//! `vagus.slice` where cgroup v2 is writable, its output in a log beside
-//! its record. The record (`<id>.json` in the executor's directory: pid, the
-//! process's start time, cgroup) is written before the start is reported,
+//! agent's segment directory (and, on one GPU, that GPU's gate,
+//! `VAGUS_GATE`), in a session and a cgroup of its own under `vagus.slice`
+//! where cgroup v2 is writable, its output in a log beside its record. The
+//! record (`<id>.json` in the executor's directory: pid, the process's
+//! start time, cgroup) is written before the start is reported,
 //! so an agent that restarts finds its replicas again — the pid alive,
 //! started when the record says, in the cgroup it names — rather than
 //! starting them twice. Nothing is restarted on its own: an exited replica
@@ -316,6 +317,11 @@ impl Replicas {
         }
         if let Some(seg) = &self.cfg.segment_dir {
             cmd.env("VAGUS_SHM_DIR", seg);
+            // The GPU's gate, where the shims of the processes on it hold
+            // best-effort launches back for latency-sensitive ones.
+            if let [gpu] = spec.gpus.as_slice() {
+                cmd.env("VAGUS_GATE", seg.join(format!("gpu-{gpu}.gate")));
+            }
         }
         for (k, v) in &spec.env {
             cmd.env(k, v);
@@ -548,6 +554,7 @@ mod tests {
         let cfg = ExecConfig {
             state_dir: state_dir.clone(),
             mps_pipe_dirs: vec!["/tmp/mps-a".into(), "/tmp/mps-b".into()],
+            segment_dir: Some("/run/vagus-test".into()),
             ..Default::default()
         };
         let mut r = Replicas::open(cfg.clone());
@@ -555,7 +562,7 @@ mod tests {
             "chat",
             &[
                 "-c",
-                "echo $CUDA_VISIBLE_DEVICES $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE $CUDA_MPS_PIPE_DIRECTORY $GREETING; exec sleep 30",
+                "echo $CUDA_VISIBLE_DEVICES $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE $CUDA_MPS_PIPE_DIRECTORY $GREETING $VAGUS_GATE; exec sleep 30",
             ],
         );
         assert_eq!(r.start(&s), Outcome::Applied);
@@ -563,7 +570,7 @@ mod tests {
         let pid = r.map["chat"].pid();
         std::thread::sleep(Duration::from_millis(200));
         let log = std::fs::read_to_string(log_path(&state_dir, "chat")).unwrap();
-        assert_eq!(log.trim(), "1 50 /tmp/mps-b hi");
+        assert_eq!(log.trim(), "1 50 /tmp/mps-b hi /run/vagus-test/gpu-1.gate");
 
         // A restarted agent finds it by its record, and starts nothing.
         drop(r);

@@ -10,6 +10,7 @@ extern "C" fn child() {
     crate::collector::reset_after_fork();
     crate::wrappers::reset_after_fork();
     crate::budget::reset_after_fork();
+    crate::priority::reset_after_fork();
 }
 
 /// Registers the fork handler and the exit flush, once.

@@ -12,7 +12,8 @@
 //! - fork gives the child its own segment and collector; exit flushes
 //!   statistics for at most a quarter second.
 //!
-//! Modules: `budget` (the SM-time budget and pause), `resolve` (real functions, `dlsym` and `cuGetProcAddress`
+//! Modules: `budget` (the SM-time budget and pause), `priority` (best-effort
+//! launches held while latency-sensitive work runs on the GPU), `resolve` (real functions, `dlsym` and `cuGetProcAddress`
 //! substitution), `wrappers` (the entry points), `segment`, `sampler` (event
 //! timing, the queue, the collector's arithmetic), `collector` (its thread),
 //! `fork`, `lock`, `cuda` (types).
@@ -22,6 +23,7 @@ mod collector;
 mod cuda;
 mod fork;
 mod lock;
+mod priority;
 mod resolve;
 mod sampler;
 mod segment;
@@ -72,6 +74,7 @@ fn mark_collector_thread() {
 static WARNED_PASSTHROUGH: AtomicBool = AtomicBool::new(false);
 static WARNED_CONTROL: AtomicBool = AtomicBool::new(false);
 static WARNED_BUDGET: AtomicBool = AtomicBool::new(false);
+static WARNED_PRIORITY: AtomicBool = AtomicBool::new(false);
 
 /// CLOCK_MONOTONIC in ns (through the vDSO: no system call).
 fn now_ns() -> u64 {

@@ -375,6 +375,7 @@ impl Collector {
         st.sampled_launches.fetch_add(1, Relaxed);
         st.sampled_gpu_ns.fetch_add(ns, Relaxed);
         st.kernel_hist[shm::bucket_of(ns)].fetch_add(1, Relaxed);
+        crate::priority::sampled(ns);
         let (sm_fraction, occupancy) = if s.graph {
             (1.0, 0.0)
         } else {

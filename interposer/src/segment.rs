@@ -39,6 +39,7 @@ fn slow_get() -> Option<&'static Segment> {
                         STATE.store(READY, Release);
                         crate::fork::install();
                         crate::budget::from_env();
+                        crate::priority::from_env();
                         // The collector also watches the control block.
                         crate::collector::ensure_running();
                         return Some(seg);

@@ -7,6 +7,7 @@
 use crate::budget;
 use crate::cuda::*;
 use crate::lock::ForkLock;
+use crate::priority;
 use crate::resolve::{Hook, driver_symbol, substitute_by_pointer};
 use crate::sampler::{self, Sample};
 use crate::segment;
@@ -254,6 +255,7 @@ fn observe(
         return r;
     }
     budget::wait_turn(graph);
+    priority::before_launch();
     let pending = if sampler::due() {
         sampler::begin(stream, describe())
     } else {
@@ -270,6 +272,7 @@ fn observe(
         sampler::finish(p, ok, charged);
     }
     if ok {
+        priority::launched(seg);
         if graph {
             &shard.graph_launches
         } else {
@@ -403,6 +406,7 @@ fn timed_wait(call: impl FnOnce() -> CUresult) -> CUresult {
     };
     let t0 = crate::now_ns();
     let r = call();
+    priority::synced();
     let dt = crate::now_ns().saturating_sub(t0);
     let st = &seg.stats;
     st.syncs.fetch_add(1, Relaxed);

@@ -66,6 +66,12 @@ pub struct ControlConfig {
     pub oversubscription_pct: u32,
     /// Smaller budget changes than this fraction are not sent.
     pub min_change: f64,
+    /// Replicas the brain starts are told their priority, so that a
+    /// best-effort replica's launches wait while a latency-sensitive one's
+    /// work runs on its GPU (the shim's launch holding). Off by default:
+    /// beside latency-sensitive servers that keep the GPU busy it gives
+    /// best effort less than `be_floor` (`bench/README.md`).
+    pub hold_best_effort: bool,
 }
 
 impl Default for ControlConfig {
@@ -82,6 +88,7 @@ impl Default for ControlConfig {
             be_floor: 0.02,
             oversubscription_pct: 120,
             min_change: 0.01,
+            hold_best_effort: false,
         }
     }
 }

@@ -126,6 +126,13 @@ impl Profile {
         self.gpus.unwrap_or(1)
     }
 
+    /// Latency-sensitive: it has an SLA or runs at P0 or P1. The control
+    /// loop keeps such work inside its SLA, and its replicas' launches
+    /// hold best-effort ones back on their GPU.
+    pub fn latency_sensitive(&self) -> bool {
+        self.sla_ms.is_some() || matches!(self.priority, Priority::P0 | Priority::P1)
+    }
+
     /// Whether it accepts a GPU named `model` (its families; none: any).
     pub fn accepts(&self, model: &str) -> bool {
         self.accepted_models.is_empty()

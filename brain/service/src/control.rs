@@ -21,7 +21,7 @@ use vagus_decision::control::{
 };
 use vagus_decision::reconfig::ReconfigConfig;
 use vagus_decision::scale::{ModelObservation, ReplicaObservation, Scale, ScaleConfig, Scaler};
-use vagus_decision::{ControlConfig, Controller, Priority};
+use vagus_decision::{ControlConfig, Controller};
 use vagus_proto::wire::{CommandKind, ReplicaState};
 
 /// The least time between the starts of two rounds (windows arriving
@@ -396,8 +396,7 @@ fn observe(agents: &Agents, api: &Api, horizon_ms: u64) -> Observation {
                     p.replica_id().to_string(),
                     Placement {
                         id: p.id.clone(),
-                        latency_sensitive: pr.sla_ms.is_some()
-                            || matches!(pr.priority, Priority::P0 | Priority::P1),
+                        latency_sensitive: pr.latency_sensitive(),
                         sla_ms: pr.sla_ms,
                         share: p.share_pct.min(100) as f64 / 100.0,
                     },

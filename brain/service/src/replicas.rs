@@ -68,8 +68,15 @@ pub struct Executor {
 /// The agent's spec for placement `p`, if it has a launch spec. A share of
 /// one GPU is an MPS percentage where the core keeps MPS pools; without
 /// them (`mps_pools = false`) a share is the GPU time the control loop
-/// budgets, and the replica runs with the whole GPU's SMs.
-fn spec_of(p: &vagus_decision::Placed, mps_pools: bool) -> Option<ReplicaSpec> {
+/// budgets, and the replica runs with the whole GPU's SMs. With
+/// `hold_best_effort`, its shim learns its priority (`VAGUS_PRIORITY`, unless
+/// the launch spec sets it): a best-effort replica's launches wait while a
+/// latency-sensitive one's work runs on its GPU.
+fn spec_of(
+    p: &vagus_decision::Placed,
+    mps_pools: bool,
+    hold_best_effort: bool,
+) -> Option<ReplicaSpec> {
     let l = p.profile.launch.as_ref()?;
     // `{port}` in an argument or a variable is the replica's own port (a
     // copy the scaler adds serves on another).
@@ -77,11 +84,20 @@ fn spec_of(p: &vagus_decision::Placed, mps_pools: bool) -> Option<ReplicaSpec> {
         Some(n) => s.replace("{port}", &n.to_string()),
         None => s.to_string(),
     };
+    let mut env: Vec<(String, String)> = l.env.iter().map(|(k, v)| (k.clone(), port(v))).collect();
+    if hold_best_effort && !env.iter().any(|(k, _)| k == "VAGUS_PRIORITY") {
+        let role = if p.profile.latency_sensitive() {
+            "ls"
+        } else {
+            "be"
+        };
+        env.push(("VAGUS_PRIORITY".into(), role.into()));
+    }
     Some(ReplicaSpec {
         id: p.replica_id().to_string(),
         command: l.command.clone(),
         args: l.args.iter().map(|a| port(a)).collect(),
-        env: l.env.iter().map(|(k, v)| (k.clone(), port(v))).collect(),
+        env,
         port: l.port,
         gpus: p.gpus.clone(),
         mps_percent: (mps_pools && p.gpus.len() == 1 && p.share_pct < 100)
@@ -95,11 +111,11 @@ impl Executor {
     pub async fn round(&mut self, agents: &Agents, api: &Api) {
         type Wanted = BTreeMap<String, (String, String, ReplicaSpec, u64)>;
         let (wanted, down): (Wanted, HashSet<String>) = api.with_core(|c| {
-            let pools = c.config().mps_pools;
+            let (pools, hold) = (c.config().mps_pools, c.config().control.hold_best_effort);
             let wanted = c
                 .placements()
                 .filter_map(|p| {
-                    let s = spec_of(p, pools)?;
+                    let s = spec_of(p, pools, hold)?;
                     Some((
                         p.replica_id().to_string(),
                         (p.node.clone(), p.profile.model_id.clone(), s, p.at_ms),
