@@ -83,23 +83,7 @@ fn run(name: &str, control: bool) -> Run {
         ("LD_PRELOAD", shim.to_str().unwrap()),
         ("VAGUS_SHM_DIR", segdir.to_str().unwrap()),
     ];
-    let load = Owned(sim.spawn_load(
-        &[
-            "--qps",
-            "2000",
-            "--concurrency",
-            "4",
-            "--duration",
-            "60s",
-            "--kernels",
-            "4",
-            "--grid",
-            "1056",
-            "--work-cycles",
-            "2000000",
-        ],
-        &env,
-    ));
+    let load = Owned(sim.spawn_load(&four_streams("2000", "60s"), &env));
     let be = load.0.id();
     // The agent sees it under the shim; with the loop, the brain has set
     // its budget. Either way the same time passes before the requests.

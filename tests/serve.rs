@@ -115,6 +115,38 @@ pub(crate) fn bench(sim: &Sim, s: &Server, args: &[&str]) -> serde_json::Value {
 }
 
 #[test]
+fn bench_serve_says_why_requests_failed() {
+    let sim = Sim::new("serve-errors");
+    let s = serve(&sim, &[]);
+    // Prompts far over the server's context: each refused with a 400.
+    let r = bench(
+        &sim,
+        &s,
+        &[
+            "--qps",
+            "20",
+            "--max-requests",
+            "4",
+            "--prompt-tokens",
+            "20000",
+            "--output-tokens",
+            "4",
+        ],
+    );
+    assert_eq!(
+        (r["requests"].as_u64(), r["failed"].as_u64()),
+        (Some(0), Some(4)),
+        "{r}"
+    );
+    assert_eq!(r["errors"]["status"], 4, "{r}");
+    let first = r["first_error"].as_str().unwrap_or_default();
+    assert!(
+        first.starts_with("status: 400") && first.contains("prompt"),
+        "{r}"
+    );
+}
+
+#[test]
 fn completions_are_answered_and_bad_input_is_named() {
     let sim = Sim::new("serve-api");
     let s = serve(&sim, &[]);

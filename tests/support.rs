@@ -275,6 +275,26 @@ pub const fn multi_wave<'a>(qps: &'a str, duration: &'a str, cycles: &'a str) ->
     ]
 }
 
+/// `vagus load` arguments for best effort that keeps the GPU full: `qps`
+/// requests a second for `duration`, each four whole-GPU kernels of ~1 ms
+/// (2,000,000 cycles at 1,980 MHz) on one of four streams.
+pub const fn four_streams<'a>(qps: &'a str, duration: &'a str) -> [&'a str; 12] {
+    [
+        "--qps",
+        qps,
+        "--concurrency",
+        "4",
+        "--duration",
+        duration,
+        "--kernels",
+        "4",
+        "--grid",
+        "1056",
+        "--work-cycles",
+        "2000000",
+    ]
+}
+
 /// `vagus certs init` for the brain and `agent` (comma-separated names)
 /// into `<sim>/certs`.
 pub fn certs_init(sim: &Sim, agent: &str) -> PathBuf {

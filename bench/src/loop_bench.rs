@@ -94,6 +94,9 @@ pub struct LoopConfig {
     pub slo_ms: Option<(f64, f64)>,
     /// Requests each best-effort client keeps in flight.
     pub be_concurrency: usize,
+    /// The vagus policy holds best-effort launches back for
+    /// latency-sensitive work (`control.hold_best_effort`).
+    pub hold_best_effort: bool,
     pub seed: u64,
     /// Where each policy's processes keep their files and logs.
     pub dir: PathBuf,
@@ -553,6 +556,7 @@ async fn run_policy(
         "time_scale": cfg.time_scale,
         "step": cfg.step,
         "offset_s": cfg.offset.as_secs_f64(),
+        "hold_best_effort": policy == Policy::Vagus && cfg.hold_best_effort,
     }))
 }
 
@@ -678,7 +682,11 @@ async fn start_vagus(
     // Shares are the loop's to hold, not MPS caps: every server may use the
     // whole GPU's SMs, and the budgets keep best effort out of the way.
     let core = dir.join("core.toml");
-    std::fs::write(&core, "mps_pools = false\n").map_err(|e| e.to_string())?;
+    let control = format!(
+        "mps_pools = false\n[control]\nhold_best_effort = {}\n",
+        run.cfg.hold_best_effort
+    );
+    std::fs::write(&core, control).map_err(|e| e.to_string())?;
     let (quic, api) = (free_udp_port()?, free_port()?);
     let s = |x: &Path| x.display().to_string();
     run.spawn(

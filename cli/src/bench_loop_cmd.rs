@@ -39,6 +39,11 @@ pub struct BenchLoopArgs {
     /// Requests each best-effort client keeps in flight.
     #[arg(long, default_value_t = 8)]
     pub be_concurrency: usize,
+    /// The vagus policy's brain tells its replicas their roles, so that the
+    /// shims hold best-effort launches back for latency-sensitive work
+    /// (`control.hold_best_effort`).
+    #[arg(long)]
+    pub hold_best_effort: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Run on the real driver (NVIDIA's libcuda and an MPS-capable GPU), not gpusim.
@@ -105,6 +110,7 @@ pub fn run(a: BenchLoopArgs) -> Result<()> {
             [x, y, ..] => Some((*x, *y)),
         },
         be_concurrency: a.be_concurrency,
+        hold_best_effort: a.hold_best_effort,
         seed: a.seed,
         dir,
     };

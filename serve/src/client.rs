@@ -245,6 +245,16 @@ struct Outcome {
     ttft: Duration,
     e2e: Duration,
     tokens: u64,
+    /// Why it failed: its kind (the report counts each) and what was said.
+    error: Option<(&'static str, String)>,
+}
+
+/// A failed request's outcome.
+fn failed(kind: &'static str, detail: String) -> Outcome {
+    Outcome {
+        error: Some((kind, detail)),
+        ..Outcome::default()
+    }
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -255,21 +265,28 @@ async fn send(client: &HttpClient, url: &hyper::Uri, body: Bytes, sent: Instant)
         .body(Full::new(body))
     {
         Ok(r) => r,
-        Err(_) => return Outcome::default(),
+        Err(e) => return failed("request", e.to_string()),
     };
-    let Ok(resp) = client.request(req).await else {
-        return Outcome::default();
+    let resp = match client.request(req).await {
+        Ok(r) => r,
+        Err(e) => return failed("transport", format!("{e:?}")),
     };
     if resp.status() != hyper::StatusCode::OK {
-        return Outcome::default();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        let said = body.map_or(String::new(), |b| {
+            String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned()
+        });
+        return failed("status", format!("{status}: {said}"));
     }
     let mut body = resp.into_body();
     let mut first = None;
     let (mut chunks, mut usage, mut done) = (0u64, None, false);
     let mut pending = String::new();
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Outcome::default();
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return failed("cut off", format!("{e:?}")),
         };
         let Some(data) = frame.data_ref() else {
             continue;
@@ -310,8 +327,12 @@ async fn send(client: &HttpClient, url: &hyper::Uri, body: Bytes, sent: Instant)
             ttft: f - sent,
             e2e: now - sent,
             tokens: usage.unwrap_or(chunks),
+            error: None,
         },
-        _ => Outcome::default(),
+        (done, _) => failed(
+            "incomplete",
+            format!("the stream ended after {chunks} tokens (its [DONE] seen: {done})"),
+        ),
     }
 }
 
@@ -485,9 +506,20 @@ fn report(
         }
     };
     let offered = plan.last().map_or(0.0, |p| p.at.as_secs_f64());
+    // Failures by kind, and the first one's words.
+    let mut errors = std::collections::BTreeMap::<&str, u64>::new();
+    for (kind, _) in outcomes.iter().filter_map(|o| o.error.as_ref()) {
+        *errors.entry(kind).or_default() += 1;
+    }
+    let first_error = outcomes
+        .iter()
+        .find_map(|o| o.error.as_ref())
+        .map(|(kind, said)| format!("{kind}: {said}"));
     json!({
         "requests": ok,
         "failed": outcomes.len() as u64 - ok,
+        "errors": errors,
+        "first_error": first_error,
         "ttft_ms": q(&ttft),
         "tpot_ms": q(&tpot),
         "e2e_ms": q(&e2e),
