@@ -175,11 +175,20 @@ fn gate() -> &'static Gate {
     unsafe { &*(GATE.load(Relaxed) as *const Gate) }
 }
 
+/// The process's role, read once per launch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Role(u8);
+
+#[inline]
+pub fn role() -> Role {
+    Role(ROLE.load(Acquire))
+}
+
 /// Before a launch: a best-effort process waits while latency-sensitive
 /// work is in flight on its GPU.
 #[inline]
-pub fn before_launch() {
-    if ROLE.load(Acquire) == BEST_EFFORT {
+pub fn before_launch(role: Role) {
+    if role.0 == BEST_EFFORT {
         hold();
     }
 }
@@ -227,16 +236,21 @@ fn hold() {
 /// After a successful launch: a latency-sensitive process pushes the end of
 /// its launched work on by its average GPU time per launch and publishes it.
 #[inline]
-pub fn launched(seg: &vagus_proto::shm::Segment) {
-    if ROLE.load(Acquire) == LATENCY {
-        let estimate = match seg.stats.sampled_launches.load(Relaxed) {
-            0 => FIRST_ESTIMATE_NS,
-            n => seg.stats.sampled_gpu_ns.load(Relaxed) / n,
-        };
-        let until = UNTIL.load(Relaxed).max(crate::now_ns()) + estimate;
-        UNTIL.store(until, Relaxed);
-        publish(until);
+pub fn launched(role: Role, seg: &vagus_proto::shm::Segment) {
+    if role.0 == LATENCY {
+        pushed_on(seg);
     }
+}
+
+#[inline(never)]
+fn pushed_on(seg: &vagus_proto::shm::Segment) {
+    let estimate = match seg.stats.sampled_launches.load(Relaxed) {
+        0 => FIRST_ESTIMATE_NS,
+        n => seg.stats.sampled_gpu_ns.load(Relaxed) / n,
+    };
+    let until = UNTIL.load(Relaxed).max(crate::now_ns()) + estimate;
+    UNTIL.store(until, Relaxed);
+    publish(until);
 }
 
 /// A sampled launch took `ns` of GPU time (from the collector). A launch's

@@ -255,7 +255,8 @@ fn observe(
         return r;
     }
     budget::wait_turn(graph);
-    priority::before_launch();
+    let role = priority::role();
+    priority::before_launch(role);
     let pending = if sampler::due() {
         sampler::begin(stream, describe())
     } else {
@@ -272,7 +273,7 @@ fn observe(
         sampler::finish(p, ok, charged);
     }
     if ok {
-        priority::launched(seg);
+        priority::launched(role, seg);
         if graph {
             &shard.graph_launches
         } else {
