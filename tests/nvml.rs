@@ -135,3 +135,84 @@ pub fn process_lists(sim: &Sim) -> Option<(Vec<u32>, Vec<u32>)> {
     let v: (Vec<u32>, Vec<u32>) = serde_json::from_slice(&out.stdout).unwrap();
     Some(v)
 }
+
+/// Whether `tool` runs here; otherwise the test is skipped, unless
+/// `VAGUS_REQUIRE_MONITORS` says the tools must be there.
+fn monitor_available(tool: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("VAGUS_REQUIRE_MONITORS").is_none(),
+            "{tool} is required here (VAGUS_REQUIRE_MONITORS is set): pip install gpustat nvitop"
+        );
+        eprintln!("skipped: {tool} is not installed (pip install gpustat nvitop)");
+    }
+    ok
+}
+
+/// Runs a monitoring tool against gpusim; its output, once it has exited 0
+/// and said nothing of an error.
+fn monitor(sim: &Sim, tool: &str, args: &[&str]) -> String {
+    let out = sim.cmd(tool).args(args).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let said = format!("{tool} {args:?}:\n{stdout}\n{stderr}");
+    assert!(out.status.success(), "{said}");
+    for bad in ["Error", "ERROR", "Traceback", "Not Found"] {
+        assert!(!stdout.contains(bad) && !stderr.contains(bad), "{said}");
+    }
+    stdout
+}
+
+#[test]
+fn gpustat_and_nvitop_read_gpusim_without_an_error() {
+    if !(monitor_available("gpustat") && monitor_available("nvitop")) {
+        return;
+    }
+    let sim = Sim::new("monitors");
+    // Idle: the device and no process.
+    let idle: serde_json::Value =
+        serde_json::from_str(&monitor(&sim, "gpustat", &["--json"])).unwrap();
+    let gpu = &idle["gpus"][0];
+    assert!(gpu["name"].as_str().unwrap().contains("H100"), "{idle}");
+    assert_eq!(gpu["memory.total"], 81559, "{idle}");
+    assert_eq!(gpu["processes"], serde_json::json!([]), "{idle}");
+    monitor(&sim, "gpustat", &["-cpu"]);
+    let table = monitor(&sim, "nvitop", &["--once"]);
+    assert!(table.contains("No running processes found"), "{table}");
+    // Under a load holding 256 MiB: its process, with its memory.
+    let load = sim.spawn_load(
+        &[
+            "--qps",
+            "100",
+            "--duration",
+            "4s",
+            "--kernels",
+            "4",
+            "--grid",
+            "1056",
+            "--memory-mib",
+            "256",
+        ],
+        &[],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let busy: serde_json::Value =
+        serde_json::from_str(&monitor(&sim, "gpustat", &["--json"])).unwrap();
+    let table = monitor(&sim, "nvitop", &["--once"]);
+    let pid = load.id();
+    report(load.wait_with_output().unwrap());
+    let procs = busy["gpus"][0]["processes"].as_array().unwrap();
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["pid"] == pid && p["gpu_memory_usage"].as_u64() >= Some(256)),
+        "{busy}"
+    );
+    assert!(table.contains(&pid.to_string()), "{table}");
+}

@@ -689,6 +689,171 @@ process_entry!(
     }
 );
 
+// Graphics (non-compute) contexts: a data-centre GPU runs none.
+process_entry!(
+    nvmlDeviceGetGraphicsRunningProcesses_v3,
+    ProcessInfoV2,
+    false,
+    v2
+);
+process_entry!(
+    nvmlDeviceGetGraphicsRunningProcesses_v2,
+    ProcessInfoV2,
+    false,
+    v2
+);
+process_entry!(
+    nvmlDeviceGetGraphicsRunningProcesses,
+    ProcessInfoV1,
+    false,
+    |pid, m| ProcessInfoV1 {
+        pid,
+        used_gpu_memory: m
+    }
+);
+
+// ---------------------------------------------------------------- what monitoring tools ask
+//
+// gpustat and nvitop query these for every device; the answers are an H100
+// SXM's in a Linux data-centre host: no display, no fans, no video
+// encoder, ECC on with no errors.
+
+/// `NVML_COMPUTEMODE_DEFAULT`.
+const COMPUTE_MODE_DEFAULT: c_int = 0;
+/// `NVML_FEATURE_DISABLED` / `NVML_FEATURE_ENABLED`.
+const FEATURE_DISABLED: c_int = 0;
+const FEATURE_ENABLED: c_int = 1;
+/// NVML's sampling period for video engine utilisation (µs).
+const VIDEO_SAMPLING_US: c_uint = 167_000;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeMode(h: *mut c_void, mode: *mut c_int) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| unsafe { out(mode, COMPUTE_MODE_DEFAULT) }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPersistenceMode(
+    h: *mut c_void,
+    mode: *mut c_int,
+) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| unsafe { out(mode, FEATURE_ENABLED) }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDisplayActive(
+    h: *mut c_void,
+    active: *mut c_int,
+) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| unsafe { out(active, FEATURE_DISABLED) }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDisplayMode(h: *mut c_void, mode: *mut c_int) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| unsafe { out(mode, FEATURE_DISABLED) }))
+}
+
+/// Windows only (WDDM/TCC): not supported on Linux.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDriverModel(
+    h: *mut c_void,
+    _current: *mut c_int,
+    _pending: *mut c_int,
+) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| Err(NVML_ERROR_NOT_SUPPORTED)))
+}
+
+/// An SXM module is cooled by the chassis: no fan of its own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFanSpeed(h: *mut c_void, _speed: *mut c_uint) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| Err(NVML_ERROR_NOT_SUPPORTED)))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFanSpeed_v2(
+    h: *mut c_void,
+    _fan: c_uint,
+    _speed: *mut c_uint,
+) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| Err(NVML_ERROR_NOT_SUPPORTED)))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetNumFans(h: *mut c_void, n: *mut c_uint) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| unsafe { out(n, 0) }))
+}
+
+/// P0: a data-centre GPU holds its top performance state.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPerformanceState(
+    h: *mut c_void,
+    state: *mut c_int,
+) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| unsafe { out(state, 0) }))
+}
+
+/// The H100 has video decoders (idle here) and no encoder.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDecoderUtilization(
+    h: *mut c_void,
+    util: *mut c_uint,
+    period_us: *mut c_uint,
+) -> NvmlReturn {
+    guard(|| {
+        with_dev(h, |_, _| unsafe {
+            if util.is_null() || period_us.is_null() {
+                return Err(NVML_ERROR_INVALID_ARGUMENT);
+            }
+            out(util, 0)?;
+            out(period_us, VIDEO_SAMPLING_US)
+        })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetEncoderUtilization(
+    h: *mut c_void,
+    _util: *mut c_uint,
+    _period_us: *mut c_uint,
+) -> NvmlReturn {
+    guard(|| with_dev(h, |_, _| Err(NVML_ERROR_NOT_SUPPORTED)))
+}
+
+/// ECC is on and has counted nothing: `error_type` corrected (0) or
+/// uncorrected (1), `counter` volatile (0) or aggregate (1).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
+    h: *mut c_void,
+    error_type: c_int,
+    counter: c_int,
+    count: *mut u64,
+) -> NvmlReturn {
+    guard(|| {
+        with_dev(h, |_, _| {
+            if !(0..=1).contains(&error_type) || !(0..=1).contains(&counter) {
+                return Err(NVML_ERROR_INVALID_ARGUMENT);
+            }
+            unsafe { out(count, 0) }
+        })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetEccMode(
+    h: *mut c_void,
+    current: *mut c_int,
+    pending: *mut c_int,
+) -> NvmlReturn {
+    guard(|| {
+        with_dev(h, |_, _| unsafe {
+            if current.is_null() || pending.is_null() {
+                return Err(NVML_ERROR_INVALID_ARGUMENT);
+            }
+            out(current, FEATURE_ENABLED)?;
+            out(pending, FEATURE_ENABLED)
+        })
+    })
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(h: *mut c_void, mw: *mut c_uint) -> NvmlReturn {
     guard(|| {
