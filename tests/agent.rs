@@ -99,6 +99,7 @@ fn shimmed_and_unshimmed_processes_both_appear_with_their_sources() {
         &[
             ("LD_PRELOAD", bin("libvagus_shim.so").to_str().unwrap()),
             ("VAGUS_SHM_DIR", segdir.to_str().unwrap()),
+            ("VAGUS_MEMORY_LIMIT", "1GiB"),
         ],
     );
     let (pa, pb) = (plain.id(), shimmed.id());
@@ -137,6 +138,12 @@ fn shimmed_and_unshimmed_processes_both_appear_with_their_sources() {
         assert!(a["ebpf"]["allocations"].as_u64().unwrap() >= 1, "{a}");
     }
     assert!(b["shim"]["launches"].as_u64().unwrap() > 0, "{b}");
+    // The load's 64 MiB of "weights" and its input buffers, under its limit.
+    let device = b["shim"]["memory"]["device"].as_u64().unwrap();
+    assert!((64 << 20..65 << 20).contains(&device), "{b}");
+    assert_eq!(b["shim"]["memory"]["host"], 0, "{b}");
+    assert_eq!(b["shim"]["memory_limit"], 1u64 << 30, "{b}");
+    assert_eq!(b["shim"]["refused_allocations"], 0, "{b}");
     assert_eq!(a["comm"], "vagus");
 
     // Prometheus exposition: valid, with device and process series.
@@ -150,12 +157,22 @@ fn shimmed_and_unshimmed_processes_both_appear_with_their_sources() {
         "vagus_process_launches_total{",
         "vagus_kernel_duration_seconds_bucket{",
         "vagus_agent_windows_total{",
+        "vagus_process_memory_limit_bytes{",
+        "vagus_process_refused_allocations_total{",
     ] {
         assert!(metrics.contains(series), "no {series} in\n{metrics}");
     }
     assert!(
         metrics.contains(&format!("pid=\"{pb}\"")),
         "the shimmed process"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("vagus_process_shim_memory_bytes{")
+                && l.contains("kind=\"device\"")
+                && l.contains(&format!("pid=\"{pb}\""))),
+        "{metrics}"
     );
     if probes {
         assert!(metrics.contains("vagus_process_sync_wait_seconds_bucket{"));

@@ -261,7 +261,12 @@ fn wait_for_segment(dir: &std::path::Path, pid: u32) -> &'static vagus_proto::sh
 
 /// Runs the linked client directly with the shim preloaded and segments in `dir`.
 fn preloaded(sim: &Sim, dir: &std::path::Path, args: &[&str]) -> Command {
-    let mut c = sim.cmd(c_client_linked("shim_client"));
+    preloaded_with(sim, "shim_client", dir, args)
+}
+
+/// Runs the linked C client `client` with the shim preloaded and segments in `dir`.
+fn preloaded_with(sim: &Sim, client: &str, dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = sim.cmd(c_client_linked(client));
     c.args(args)
         .env("LD_PRELOAD", bin("libvagus_shim.so"))
         .env("VAGUS_SHM_DIR", dir);
@@ -303,6 +308,7 @@ fn a_corrupt_control_block_is_ignored_with_one_warning() {
             paused: false,
             sample_period: 1,
             overhead_ppm: 0,
+            memory_limit: 0,
         });
         seg.control
             .checksum
@@ -367,6 +373,7 @@ impl Controlled {
             paused,
             sample_period: 0,
             overhead_ppm: 0,
+            memory_limit: 0,
         });
     }
 
@@ -670,4 +677,129 @@ fn best_effort_launches_wait_while_latency_sensitive_work_runs() {
     // pacing leaves): measured 0.98 of it unheld.
     let rate = |r: &serde_json::Value| f(r, "requests") / f(r, "duration_s");
     assert!(rate(&held_be) > 0.8 * rate(&free_be), "{shown}");
+}
+
+/// The memory client (`tests/clients/mem_client.c`) under the shim, talking
+/// line by line: its segment, and a way to read its next line and answer.
+struct MemClient {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    seg: &'static vagus_proto::shm::Segment,
+}
+
+impl MemClient {
+    fn start(sim: &Sim, mode: &str, env: &[(&str, &str)]) -> MemClient {
+        let dir = sim.dir.join("segments");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = preloaded_with(sim, "mem_client", &dir, &[mode]);
+        c.envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let seg = wait_for_segment(&dir, child.id());
+        use std::io::BufRead;
+        MemClient {
+            child,
+            lines: std::io::BufReader::new(out).lines(),
+            seg,
+        }
+    }
+
+    /// The value of the next line, which must be `what`'s.
+    fn next(&mut self, what: &str) -> u64 {
+        let line = self.lines.next().unwrap().unwrap();
+        let (k, v) = line.split_once(' ').unwrap();
+        assert_eq!(k, what, "{line}");
+        v.trim().parse().unwrap()
+    }
+
+    fn go_on(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn kinds(&self) -> Vec<u64> {
+        self.seg
+            .stats
+            .memory_kinds
+            .iter()
+            .map(|k| k.load(Relaxed))
+            .collect()
+    }
+
+    fn finish(mut self) {
+        drop(self.child.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+use std::sync::atomic::Ordering::Relaxed;
+
+#[test]
+fn every_allocation_kind_is_counted_and_its_free_matched() {
+    let sim = Sim::new("shim-memory");
+    let mut c = MemClient::start(&sim, "kinds", &[]);
+    let pitch = c.next("pitch");
+    assert_eq!(c.next("allocated"), 0, "every allocation succeeded");
+    const MIB: u64 = 1 << 20;
+    // device, pitch, managed, stream-ordered, VMM, host (vagus_proto::shm::MEMORY_KINDS).
+    assert_eq!(
+        c.kinds(),
+        vec![MIB, pitch * 100, 2 * MIB, 7 * MIB, 2 * MIB, 6 * MIB],
+        "pitch {pitch}"
+    );
+    assert!(pitch >= 1000, "{pitch}");
+    let device = MIB + pitch * 100 + 2 * MIB + 7 * MIB + 2 * MIB;
+    assert_eq!(
+        c.seg.stats.bytes_in_use.load(Relaxed),
+        device,
+        "host memory apart"
+    );
+    assert_eq!(c.seg.stats.bytes_peak.load(Relaxed), device);
+    c.go_on();
+    assert_eq!(c.next("freed"), 0, "every free succeeded");
+    // Stream-ordered memory freed on another stream than it was made on
+    // comes back too.
+    assert_eq!(c.kinds(), vec![0; 6]);
+    assert_eq!(c.seg.stats.bytes_in_use.load(Relaxed), 0);
+    assert_eq!(c.seg.stats.bytes_peak.load(Relaxed), device);
+    c.go_on();
+    c.finish();
+}
+
+#[test]
+fn a_memory_limit_refuses_what_would_cross_it_without_the_driver_and_can_be_raised() {
+    let sim = Sim::new("shim-memlimit");
+    let mut c = MemClient::start(&sim, "limit", &[("VAGUS_MEMORY_LIMIT", "1GiB")]);
+    const OOM: u64 = 2; // CUDA_ERROR_OUT_OF_MEMORY
+    assert_eq!(c.next("over"), OOM, "1 MiB past 1 GiB");
+    let stats = &c.seg.stats;
+    assert_eq!(stats.memory_limit.load(Relaxed), 1 << 30);
+    assert_eq!(stats.bytes_in_use.load(Relaxed), 1 << 30);
+    assert_eq!(
+        (
+            stats.refused_allocations.load(Relaxed),
+            stats.refused_bytes.load(Relaxed)
+        ),
+        (1, 1 << 20)
+    );
+    // The driver never saw it: gpusim holds exactly the gibibyte.
+    let state = sim.device_state();
+    let held = state.device(0).unwrap().mem_used.load(Relaxed);
+    assert_eq!(held, 1 << 30, "gpusim's device memory in use");
+    // cuMemGetInfo: the limit is the total, nothing is free.
+    assert_eq!((c.next("free"), c.next("total")), (0, 1 << 30));
+    // Raised at run time through the control block: the allocation goes.
+    c.seg.control.write(vagus_proto::shm::ControlValues {
+        memory_limit: 2 << 30,
+        ..Default::default()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    c.go_on();
+    assert_eq!(c.next("again"), 0);
+    assert_eq!(stats.memory_limit.load(Relaxed), 2 << 30);
+    c.finish();
 }

@@ -262,6 +262,58 @@ pub fn render(node: &Node, hostname: &str) -> String {
             }
         }
         o.family(
+            "vagus_process_shim_memory_bytes",
+            "gauge",
+            "Memory the process holds by kind, as the shim counts its allocations (host: page-locked host memory).",
+        );
+        for p in &shimmed {
+            let s = p.shim.as_ref().expect("filtered");
+            for (kind, bytes) in shm::MEMORY_KINDS.iter().zip(s.memory_kinds) {
+                let mut l = proc_labels(p, hostname);
+                l.push(("kind", kind.to_string()));
+                o.sample("vagus_process_shim_memory_bytes", &labels(&l), bytes as f64);
+            }
+        }
+        let limited: Vec<&&&Proc> = shimmed
+            .iter()
+            .filter(|p| p.shim.as_ref().is_some_and(|s| s.memory_limit > 0))
+            .collect();
+        if !limited.is_empty() {
+            o.family(
+                "vagus_process_memory_limit_bytes",
+                "gauge",
+                "The device-memory limit the shim enforces on the process.",
+            );
+            for p in &limited {
+                let s = p.shim.as_ref().expect("filtered");
+                o.sample(
+                    "vagus_process_memory_limit_bytes",
+                    &labels(&proc_labels(p, hostname)),
+                    s.memory_limit as f64,
+                );
+            }
+        }
+        type Refused = fn(&crate::node::ShimTotals) -> f64;
+        let refused: [(&str, &str, Refused); 2] = [
+            (
+                "vagus_process_refused_allocations_total",
+                "Allocations the shim refused for crossing the process's memory limit.",
+                |s| s.refused_allocations as f64,
+            ),
+            (
+                "vagus_process_refused_bytes_total",
+                "Bytes of the allocations the shim refused.",
+                |s| s.refused_bytes as f64,
+            ),
+        ];
+        for (name, help, total) in refused {
+            o.family(name, "counter", help);
+            for p in &shimmed {
+                let s = p.shim.as_ref().expect("filtered");
+                o.sample(name, &labels(&proc_labels(p, hostname)), total(s));
+            }
+        }
+        o.family(
             "vagus_kernel_duration_seconds",
             "histogram",
             "Durations of the process's timed kernel launches.",

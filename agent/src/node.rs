@@ -61,6 +61,12 @@ pub struct ShimTotals {
     pub gpu_ns: u64,
     pub occupancy_weighted_sm_ns: u64,
     pub bytes_in_use: u64,
+    /// Bytes in use by kind (`vagus_proto::shm::MEMORY_KINDS`).
+    pub memory_kinds: [u64; shm::MEMORY_KINDS.len()],
+    /// The device-memory limit in force (0: none), and what it refused.
+    pub memory_limit: u64,
+    pub refused_allocations: u64,
+    pub refused_bytes: u64,
     pub syncs: u64,
     pub sync_wait_ns: u64,
     pub mps_percent: f32,
@@ -448,6 +454,10 @@ impl Node {
                         gpu_ns: st.estimated_gpu_ns.load(Relaxed),
                         occupancy_weighted_sm_ns: st.occupancy_weighted_sm_ns.load(Relaxed),
                         bytes_in_use: st.bytes_in_use.load(Relaxed),
+                        memory_kinds: st.memory_kinds.each_ref().map(|k| k.load(Relaxed)),
+                        memory_limit: st.memory_limit.load(Relaxed),
+                        refused_allocations: st.refused_allocations.load(Relaxed),
+                        refused_bytes: st.refused_bytes.load(Relaxed),
                         syncs: st.syncs.load(Relaxed),
                         sync_wait_ns: st.sync_wait_ns.load(Relaxed),
                         mps_percent: h.mps_percent_milli.load(Relaxed) as f32 / 1000.0,
@@ -639,6 +649,12 @@ impl Node {
                         "occupancy_weighted_sm_ns": s.occupancy_weighted_sm_ns,
                         "bytes_in_use": s.bytes_in_use, "syncs": s.syncs,
                         "sync_wait_ns": s.sync_wait_ns, "mps_percent": s.mps_percent,
+                        "memory": shm::MEMORY_KINDS.iter().zip(s.memory_kinds)
+                            .map(|(k, b)| (k.to_string(), serde_json::json!(b)))
+                            .collect::<serde_json::Map<_, _>>(),
+                        "memory_limit": (s.memory_limit > 0).then_some(s.memory_limit),
+                        "refused_allocations": s.refused_allocations,
+                        "refused_bytes": s.refused_bytes,
                     })),
                 })
             })

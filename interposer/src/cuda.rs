@@ -12,6 +12,7 @@ pub type CUdevice = c_int;
 pub type CUdeviceptr = u64;
 
 pub const CUDA_SUCCESS: CUresult = 0;
+pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
 pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
 pub const CUDA_ERROR_NOT_READY: CUresult = 600;
 
@@ -70,6 +71,19 @@ pub type EndCaptureFn = unsafe extern "C" fn(CUstream, *mut *mut c_void) -> CUre
 pub type GetFunctionFn = unsafe extern "C" fn(*mut CUfunction, CUmodule, *const c_char) -> CUresult;
 pub type MemAllocFn = unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult;
 pub type MemFreeFn = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
+pub type MemAllocPitchFn =
+    unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult;
+pub type MemAllocManagedFn = unsafe extern "C" fn(*mut CUdeviceptr, usize, c_uint) -> CUresult;
+pub type MemAllocAsyncFn = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
+pub type MemAllocFromPoolAsyncFn =
+    unsafe extern "C" fn(*mut CUdeviceptr, usize, *mut c_void, CUstream) -> CUresult;
+pub type MemFreeAsyncFn = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
+pub type MemCreateFn = unsafe extern "C" fn(*mut u64, usize, *const c_void, u64) -> CUresult;
+pub type MemReleaseFn = unsafe extern "C" fn(u64) -> CUresult;
+pub type MemHostAllocFn = unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> CUresult;
+pub type MemAllocHostFn = unsafe extern "C" fn(*mut *mut c_void, usize) -> CUresult;
+pub type MemFreeHostFn = unsafe extern "C" fn(*mut c_void) -> CUresult;
+pub type MemGetInfoFn = unsafe extern "C" fn(*mut usize, *mut usize) -> CUresult;
 pub type CtxDestroyFn = unsafe extern "C" fn(CUcontext) -> CUresult;
 pub type PrimaryRetainFn = unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult;
 pub type PrimaryReleaseFn = unsafe extern "C" fn(CUdevice) -> CUresult;

@@ -12,7 +12,8 @@
 //! - fork gives the child its own segment and collector; exit flushes
 //!   statistics for at most a quarter second.
 //!
-//! Modules: `budget` (the SM-time budget and pause), `priority` (best-effort
+//! Modules: `budget` (the SM-time budget and pause), `memory` (every
+//! allocation path counted by kind, the device-memory limit), `priority` (best-effort
 //! launches held while latency-sensitive work runs on the GPU), `resolve` (real functions, `dlsym` and `cuGetProcAddress`
 //! substitution), `wrappers` (the entry points), `segment`, `sampler` (event
 //! timing, the queue, the collector's arithmetic), `collector` (its thread),
@@ -23,6 +24,7 @@ mod collector;
 mod cuda;
 mod fork;
 mod lock;
+mod memory;
 mod priority;
 mod resolve;
 mod sampler;
@@ -75,6 +77,7 @@ static WARNED_PASSTHROUGH: AtomicBool = AtomicBool::new(false);
 static WARNED_CONTROL: AtomicBool = AtomicBool::new(false);
 static WARNED_BUDGET: AtomicBool = AtomicBool::new(false);
 static WARNED_PRIORITY: AtomicBool = AtomicBool::new(false);
+static WARNED_MEMORY: AtomicBool = AtomicBool::new(false);
 
 /// CLOCK_MONOTONIC in ns (through the vDSO: no system call).
 fn now_ns() -> u64 {

@@ -452,6 +452,7 @@ impl Collector {
             ControlRead::Valid(v) => {
                 if self.control != Some(v) {
                     crate::budget::set(v.budget_ppm, v.paused);
+                    crate::memory::apply_control(seg, v.memory_limit);
                     self.control = Some(v);
                 }
             }

@@ -40,6 +40,7 @@ fn slow_get() -> Option<&'static Segment> {
                         crate::fork::install();
                         crate::budget::from_env();
                         crate::priority::from_env();
+                        crate::memory::from_env(seg);
                         // The collector also watches the control block.
                         crate::collector::ensure_running();
                         return Some(seg);

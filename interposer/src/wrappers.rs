@@ -7,6 +7,7 @@
 use crate::budget;
 use crate::cuda::*;
 use crate::lock::ForkLock;
+use crate::memory::{self, Kind};
 use crate::priority;
 use crate::resolve::{Hook, driver_symbol, substitute_by_pointer};
 use crate::sampler::{self, Sample};
@@ -56,6 +57,20 @@ hooks!(
     cuCtxCreate_v4,
     cuMemAlloc_v2,
     cuMemFree_v2,
+    cuMemAllocPitch_v2,
+    cuMemAllocManaged,
+    cuMemAllocAsync,
+    cuMemAllocAsync_ptsz,
+    cuMemAllocFromPoolAsync,
+    cuMemAllocFromPoolAsync_ptsz,
+    cuMemFreeAsync,
+    cuMemFreeAsync_ptsz,
+    cuMemCreate,
+    cuMemRelease,
+    cuMemHostAlloc,
+    cuMemAllocHost_v2,
+    cuMemFreeHost,
+    cuMemGetInfo_v2,
     cuCtxDestroy_v2,
     cuDevicePrimaryCtxRetain,
     cuDevicePrimaryCtxRelease_v2,
@@ -144,8 +159,6 @@ pub fn helpers() -> Option<&'static Helpers> {
 
 /// Kernel names by function handle (from `cuModuleGetFunction`).
 static NAMES: ForkLock<Option<HashMap<usize, String>>> = ForkLock::new(None);
-/// Allocation sizes by device pointer.
-static ALLOCS: ForkLock<Option<HashMap<u64, u64>>> = ForkLock::new(None);
 /// Primary contexts by device: (context, references).
 static PRIMARY: [(AtomicUsize, AtomicI32); 16] =
     [const { (AtomicUsize::new(0), AtomicI32::new(0)) }; 16];
@@ -205,7 +218,7 @@ fn capturing(stream: CUstream) -> bool {
 
 pub fn reset_after_fork() {
     NAMES.force_unlock();
-    ALLOCS.force_unlock();
+    crate::memory::force_unlock_after_fork();
     for s in &CAPTURING {
         s.store(0, Relaxed);
     }
@@ -500,35 +513,238 @@ pub unsafe extern "C" fn cuModuleGetFunction(
     r
 }
 
+/// An allocation of `bytes` of `kind` through the limit: refused without
+/// calling the driver when it would cross it; otherwise `call` makes it and
+/// `made` (after a success) says its key and the bytes it took.
+fn allocation(
+    kind: Kind,
+    bytes: u64,
+    call: impl FnOnce() -> CUresult,
+    made: impl FnOnce() -> Option<(u64, u64)>,
+) -> CUresult {
+    let Some(seg) = segment::get() else {
+        return call();
+    };
+    if !memory::admit(seg, kind, bytes) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    let r = call();
+    memory::settle(
+        seg,
+        kind,
+        bytes,
+        if r == CUDA_SUCCESS { made() } else { None },
+    );
+    r
+}
+
+/// A free of `key`: what it took comes back once the driver freed it.
+fn freeing(key: u64, call: impl FnOnce() -> CUresult) -> CUresult {
+    let r = call();
+    if r == CUDA_SUCCESS
+        && let Some(seg) = segment::get()
+    {
+        memory::released(seg, key);
+    }
+    r
+}
+
+/// The pointer the driver wrote, with `bytes`.
+fn written<T: Copy + Into<u64>>(p: *mut T, bytes: u64) -> Option<(u64, u64)> {
+    // SAFETY: after a success the driver wrote the out-pointer, if non-null.
+    (!p.is_null()).then(|| (unsafe { *p }.into(), bytes))
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) -> CUresult {
     let real = real!(H::cuMemAlloc_v2, MemAllocFn);
-    let r = unsafe { real(dptr, size) };
-    if r == CUDA_SUCCESS
-        && !dptr.is_null()
-        && let Some(seg) = segment::get()
-    {
-        // SAFETY: the driver wrote the pointer.
-        let p = unsafe { *dptr };
-        ALLOCS.with(|m| m.get_or_insert_with(HashMap::new).insert(p, size as u64));
-        let now = seg.stats.bytes_in_use.fetch_add(size as u64, Relaxed) + size as u64;
-        seg.stats.bytes_peak.fetch_max(now, Relaxed);
-    }
-    r
+    allocation(
+        Kind::Device,
+        size as u64,
+        || unsafe { real(dptr, size) },
+        || written(dptr, size as u64),
+    )
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     let real = real!(H::cuMemFree_v2, MemFreeFn);
-    let r = unsafe { real(dptr) };
+    freeing(dptr, || unsafe { real(dptr) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocPitch_v2(
+    dptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    element: c_uint,
+) -> CUresult {
+    let real = real!(H::cuMemAllocPitch_v2, MemAllocPitchFn);
+    // Admitted at its unpadded size; counted at what the pitch makes it.
+    let bytes = (width as u64).saturating_mul(height as u64);
+    allocation(
+        Kind::Pitch,
+        bytes,
+        || unsafe { real(dptr, pitch, width, height, element) },
+        || {
+            // SAFETY: after a success the driver wrote the pitch.
+            let rows = (!pitch.is_null()).then(|| unsafe { *pitch } as u64)?;
+            written(dptr, rows.saturating_mul(height as u64))
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocManaged(
+    dptr: *mut CUdeviceptr,
+    size: usize,
+    flags: c_uint,
+) -> CUresult {
+    let real = real!(H::cuMemAllocManaged, MemAllocManagedFn);
+    allocation(
+        Kind::Managed,
+        size as u64,
+        || unsafe { real(dptr, size, flags) },
+        || written(dptr, size as u64),
+    )
+}
+
+macro_rules! alloc_async {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            dptr: *mut CUdeviceptr,
+            size: usize,
+            stream: CUstream,
+        ) -> CUresult {
+            let real = real!(H::$name, MemAllocAsyncFn);
+            allocation(
+                Kind::StreamOrdered,
+                size as u64,
+                || unsafe { real(dptr, size, stream) },
+                || written(dptr, size as u64),
+            )
+        }
+    };
+}
+alloc_async!(cuMemAllocAsync);
+alloc_async!(cuMemAllocAsync_ptsz);
+
+macro_rules! alloc_from_pool {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            dptr: *mut CUdeviceptr,
+            size: usize,
+            pool: *mut c_void,
+            stream: CUstream,
+        ) -> CUresult {
+            let real = real!(H::$name, MemAllocFromPoolAsyncFn);
+            allocation(
+                Kind::StreamOrdered,
+                size as u64,
+                || unsafe { real(dptr, size, pool, stream) },
+                || written(dptr, size as u64),
+            )
+        }
+    };
+}
+alloc_from_pool!(cuMemAllocFromPoolAsync);
+alloc_from_pool!(cuMemAllocFromPoolAsync_ptsz);
+
+macro_rules! free_async {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+            let real = real!(H::$name, MemFreeAsyncFn);
+            // Charged at allocation, given back when the free is enqueued,
+            // whichever stream it is on.
+            freeing(dptr, || unsafe { real(dptr, stream) })
+        }
+    };
+}
+free_async!(cuMemFreeAsync);
+free_async!(cuMemFreeAsync_ptsz);
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemCreate(
+    handle: *mut u64,
+    size: usize,
+    prop: *const c_void,
+    flags: u64,
+) -> CUresult {
+    let real = real!(H::cuMemCreate, MemCreateFn);
+    allocation(
+        Kind::Vmm,
+        size as u64,
+        || unsafe { real(handle, size, prop, flags) },
+        || written(handle, size as u64),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemRelease(handle: u64) -> CUresult {
+    let real = real!(H::cuMemRelease, MemReleaseFn);
+    freeing(handle, || unsafe { real(handle) })
+}
+
+/// A host pointer as an allocation's key.
+fn host_written(p: *mut *mut c_void, bytes: u64) -> Option<(u64, u64)> {
+    // SAFETY: after a success the driver wrote the out-pointer, if non-null.
+    (!p.is_null()).then(|| (unsafe { *p } as u64, bytes))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemHostAlloc(
+    pp: *mut *mut c_void,
+    size: usize,
+    flags: c_uint,
+) -> CUresult {
+    let real = real!(H::cuMemHostAlloc, MemHostAllocFn);
+    allocation(
+        Kind::Host,
+        size as u64,
+        || unsafe { real(pp, size, flags) },
+        || host_written(pp, size as u64),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, size: usize) -> CUresult {
+    let real = real!(H::cuMemAllocHost_v2, MemAllocHostFn);
+    allocation(
+        Kind::Host,
+        size as u64,
+        || unsafe { real(pp, size) },
+        || host_written(pp, size as u64),
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
+    let real = real!(H::cuMemFreeHost, MemFreeHostFn);
+    freeing(p as u64, || unsafe { real(p) })
+}
+
+/// Under a limit: total is the limit, free what the limit leaves.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    let real = real!(H::cuMemGetInfo_v2, MemGetInfoFn);
+    let r = unsafe { real(free, total) };
     if r == CUDA_SUCCESS
+        && !free.is_null()
+        && !total.is_null()
         && let Some(seg) = segment::get()
-        && let Some(size) = ALLOCS.with(|m| m.as_mut().and_then(|m| m.remove(&dptr)))
     {
-        let _ = seg
-            .stats
-            .bytes_in_use
-            .fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(size)));
+        // SAFETY: the driver wrote both.
+        let (f, t) = unsafe { (*free as u64, *total as u64) };
+        let (f, t) = memory::info(seg, f, t);
+        // SAFETY: the caller's out-pointers, checked non-null.
+        unsafe {
+            *free = f as usize;
+            *total = t as usize;
+        }
     }
     r
 }

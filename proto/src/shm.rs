@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"VAGUSSHM");
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Written by the agent once a control block is valid.
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"VAGUSCTL");
 /// Launch-path counters are split over this many cache lines.
@@ -25,6 +25,18 @@ pub const TOP_KERNELS: usize = 16;
 /// Kernel names are kept to this many bytes (NUL-padded, truncated).
 pub const NAME_BYTES: usize = 96;
 pub const CGROUP_BYTES: usize = 256;
+/// Kinds of memory the shim counts, in [`Stats::memory_kinds`] order.
+pub const MEMORY_KINDS: [&str; 6] = [
+    "device",
+    "pitch",
+    "managed",
+    "stream_ordered",
+    "vmm",
+    "host",
+];
+/// The index of host memory in [`MEMORY_KINDS`]: page-locked host memory,
+/// not the device's.
+pub const HOST_MEMORY: usize = 5;
 
 /// A counter on its own cache line.
 #[repr(C, align(64))]
@@ -73,6 +85,9 @@ pub struct Control {
     /// The host CPU time the shim may spend timing kernels, in millionths of
     /// one core; 0 for the default.
     pub overhead_ppm: AtomicU32,
+    /// Device memory the process may hold, in bytes; 0 leaves the limit it
+    /// started with (`VAGUS_MEMORY_LIMIT`), `u64::MAX` lifts it.
+    pub memory_limit: AtomicU64,
     /// [`Control::checksum_of`] over the fields above.
     pub checksum: AtomicU64,
 }
@@ -105,8 +120,16 @@ pub struct Stats {
     /// Σ GPU time × the fraction of the device's SMs the launch could occupy
     /// (estimated from the samples, like `estimated_gpu_ns`).
     pub occupancy_weighted_sm_ns: AtomicU64,
+    /// Device memory in use (every kind but host memory) and its peak.
     pub bytes_in_use: AtomicU64,
     pub bytes_peak: AtomicU64,
+    /// Bytes in use by kind ([`MEMORY_KINDS`]).
+    pub memory_kinds: [AtomicU64; MEMORY_KINDS.len()],
+    /// The device-memory limit in force (0: none).
+    pub memory_limit: AtomicU64,
+    /// Allocations refused for crossing the limit, and their bytes.
+    pub refused_allocations: AtomicU64,
+    pub refused_bytes: AtomicU64,
     /// Contexts made with `cuCtxCreate` (any version).
     pub contexts_created: AtomicU64,
     /// Modules loaded (`cuModuleLoad`, `cuModuleLoadData`, `cuModuleLoadDataEx`).
@@ -212,6 +235,7 @@ pub struct ControlValues {
     pub paused: bool,
     pub sample_period: u32,
     pub overhead_ppm: u32,
+    pub memory_limit: u64,
 }
 
 /// What the shim finds in a control block.
@@ -234,6 +258,7 @@ impl Control {
             v.paused as u64,
             v.sample_period as u64,
             v.overhead_ppm as u64,
+            v.memory_limit,
         ] {
             h = (h ^ x).wrapping_mul(0x100_0000_01b3);
         }
@@ -251,6 +276,7 @@ impl Control {
         self.paused.store(v.paused as u32, Relaxed);
         self.sample_period.store(v.sample_period, Relaxed);
         self.overhead_ppm.store(v.overhead_ppm, Relaxed);
+        self.memory_limit.store(v.memory_limit, Relaxed);
         self.checksum.store(Self::checksum_of(&v), Relaxed);
         self.magic.store(CONTROL_MAGIC, Relaxed);
         self.seq
@@ -269,6 +295,7 @@ impl Control {
             paused: self.paused.load(Relaxed) != 0,
             sample_period: self.sample_period.load(Relaxed),
             overhead_ppm: self.overhead_ppm.load(Relaxed),
+            memory_limit: self.memory_limit.load(Relaxed),
         };
         let sum = self.checksum.load(Relaxed);
         std::sync::atomic::fence(Acquire);
@@ -413,6 +440,7 @@ mod tests {
             paused: false,
             sample_period: 4,
             overhead_ppm: 0,
+            memory_limit: 1 << 30,
         };
         c.write(v);
         assert_eq!(c.read(), ControlRead::Valid(v));

@@ -133,6 +133,8 @@ pub struct Objects {
     pub graphs: HashMap<u64, Vec<Node>>,
     pub execs: HashMap<u64, Vec<Node>>,
     pub allocs: BTreeMap<u64, Allocation>,
+    /// Page-locked host allocations (`cuMemHostAlloc`): address → size.
+    pub host_allocs: HashMap<u64, usize>,
     pub primary: HashMap<usize, PrimaryCtx>,
     pub attached: HashMap<usize, Attachment>,
 }

@@ -833,47 +833,320 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
     })
 }
 
+/// Device memory of `size` bytes in the current context, accounted on its
+/// device: what every allocation entry point below comes down to.
+fn allocate(size: usize) -> Result<u64, CUresult> {
+    let d = driver()?;
+    if size == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut o = d.lock();
+    let ctx = d.current(&o)?;
+    if o.streams.values().any(|s| {
+        s.capture
+            .as_ref()
+            .is_some_and(|c| c.mode == CU_STREAM_CAPTURE_MODE_GLOBAL)
+    }) {
+        d.invalidate_global_captures(&mut o);
+        return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    }
+    let device = o.ctxs[&ctx].device;
+    let slot = d.register(&mut o, device)?;
+    let s = d.state.device(device).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+    if !s.alloc(slot, size as u64) {
+        return Err(CUDA_ERROR_OUT_OF_MEMORY);
+    }
+    // Backing store: reserved address space, paged in only when copied to.
+    let Some(m) = map_anonymous(size) else {
+        s.free(slot, size as u64);
+        return Err(CUDA_ERROR_OUT_OF_MEMORY);
+    };
+    o.allocs.insert(m, Allocation { ctx, device, size });
+    Ok(m)
+}
+
+/// `size` bytes of reserved address space, paged in only when touched.
+fn map_anonymous(size: usize) -> Option<u64> {
+    // SAFETY: anonymous private mapping; no existing memory is touched.
+    let m = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (m != libc::MAP_FAILED).then_some(m as u64)
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) -> CUresult {
     guard(|| {
-        let d = driver()?;
-        if dptr.is_null() || size == 0 {
+        if dptr.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        let m = allocate(size)?;
+        unsafe { out(dptr, m) }
+    })
+}
+
+/// Rows of `width` bytes padded to this pitch.
+const PITCH_ALIGNMENT: usize = 512;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocPitch_v2(
+    dptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    element_size: c_uint,
+) -> CUresult {
+    guard(|| {
+        if dptr.is_null() || pitch.is_null() || width == 0 || height == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if !matches!(element_size, 4 | 8 | 16) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let row = width.div_ceil(PITCH_ALIGNMENT) * PITCH_ALIGNMENT;
+        let size = row.checked_mul(height).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let m = allocate(size)?;
+        unsafe {
+            out(pitch, row)?;
+            out(dptr, m)
+        }
+    })
+}
+
+const CU_MEM_ATTACH_GLOBAL: c_uint = 1;
+const CU_MEM_ATTACH_HOST: c_uint = 2;
+
+/// Managed memory, counted as the device's (gpusim does not migrate pages).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocManaged(
+    dptr: *mut CUdeviceptr,
+    size: usize,
+    flags: c_uint,
+) -> CUresult {
+    guard(|| {
+        if dptr.is_null() || !matches!(flags, CU_MEM_ATTACH_GLOBAL | CU_MEM_ATTACH_HOST) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let m = allocate(size)?;
+        unsafe { out(dptr, m) }
+    })
+}
+
+/// Checks that `stream` names a stream of the current context (or is NULL).
+fn known_stream(stream: Handle) -> Result<(), CUresult> {
+    let d = driver()?;
+    let o = d.lock();
+    d.stream(&o, h(stream)).map(|_| ())
+}
+
+/// Stream-ordered allocation: gpusim's memory exists at once, so the
+/// allocation is made when called (what the stream's order would give).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocAsync(
+    dptr: *mut CUdeviceptr,
+    size: usize,
+    stream: Handle,
+) -> CUresult {
+    guard(|| {
+        if dptr.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        known_stream(stream)?;
+        let m = allocate(size)?;
+        unsafe { out(dptr, m) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
+    dptr: *mut CUdeviceptr,
+    size: usize,
+    stream: Handle,
+) -> CUresult {
+    unsafe { cuMemAllocAsync(dptr, size, stream) }
+}
+
+/// Each device's default memory pool, as a handle.
+const POOL_BASE: usize = 0x7e00_0000;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(pool: *mut usize, dev: c_int) -> CUresult {
+    guard(|| {
+        driver()?.device(dev)?;
+        unsafe { out(pool, POOL_BASE + dev as usize) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
+    dptr: *mut CUdeviceptr,
+    size: usize,
+    pool: usize,
+    stream: Handle,
+) -> CUresult {
+    guard(|| {
+        let d = driver()?;
+        let pooled = pool
+            .checked_sub(POOL_BASE)
+            .is_some_and(|dev| d.device(dev as c_int).is_ok());
+        if dptr.is_null() || !pooled {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        known_stream(stream)?;
+        let m = allocate(size)?;
+        unsafe { out(dptr, m) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
+    dptr: *mut CUdeviceptr,
+    size: usize,
+    pool: usize,
+    stream: Handle,
+) -> CUresult {
+    unsafe { cuMemAllocFromPoolAsync(dptr, size, pool, stream) }
+}
+
+/// Frees at the call, whatever the stream (its earlier work already ran
+/// in gpusim's time model when it was launched).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: Handle) -> CUresult {
+    guard(|| {
+        known_stream(stream)?;
+        let d = driver()?;
         let mut o = d.lock();
-        let ctx = d.current(&o)?;
-        if o.streams.values().any(|s| {
-            s.capture
-                .as_ref()
-                .is_some_and(|c| c.mode == CU_STREAM_CAPTURE_MODE_GLOBAL)
-        }) {
-            d.invalidate_global_captures(&mut o);
-            return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        if d.free_allocation(&mut o, dptr) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_VALUE)
         }
-        let device = o.ctxs[&ctx].device;
-        let slot = d.register(&mut o, device)?;
-        let s = d.state.device(device).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
-        if !s.alloc(slot, size as u64) {
-            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: Handle) -> CUresult {
+    unsafe { cuMemFreeAsync(dptr, stream) }
+}
+
+/// Physical allocations for virtual memory management come in multiples
+/// of this (an H100's 2 MiB).
+const VMM_GRANULARITY: usize = 2 << 20;
+
+/// `CUmemAllocationProp`'s head: type, requested handle types, location
+/// (type, id).
+#[repr(C)]
+pub struct MemAllocationProp {
+    pub kind: c_uint,
+    pub handle_types: c_uint,
+    pub location_type: c_uint,
+    pub location_id: c_int,
+}
+
+const CU_MEM_ALLOCATION_TYPE_PINNED: c_uint = 1;
+const CU_MEM_LOCATION_TYPE_DEVICE: c_uint = 1;
+
+fn check_prop(prop: *const MemAllocationProp) -> Result<&'static MemAllocationProp, CUresult> {
+    if prop.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-null, the caller's CUmemAllocationProp.
+    let p = unsafe { &*prop };
+    if p.kind != CU_MEM_ALLOCATION_TYPE_PINNED || p.location_type != CU_MEM_LOCATION_TYPE_DEVICE {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(p)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetAllocationGranularity(
+    granularity: *mut usize,
+    prop: *const MemAllocationProp,
+    _option: c_uint,
+) -> CUresult {
+    guard(|| {
+        check_prop(prop)?;
+        unsafe { out(granularity, VMM_GRANULARITY) }
+    })
+}
+
+/// A physical allocation on the device the properties name (its handle is
+/// its backing store's address), in the current context.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemCreate(
+    handle: *mut u64,
+    size: usize,
+    prop: *const MemAllocationProp,
+    flags: u64,
+) -> CUresult {
+    guard(|| {
+        let p = check_prop(prop)?;
+        let d = driver()?;
+        if handle.is_null() || flags != 0 || !size.is_multiple_of(VMM_GRANULARITY) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        // Backing store: reserved address space, paged in only when copied to.
-        // SAFETY: anonymous private mapping; no existing memory is touched.
-        let m = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if m == libc::MAP_FAILED {
-            s.free(slot, size as u64);
-            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        d.device(p.location_id)?;
+        let m = allocate(size)?;
+        unsafe { out(handle, m) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemRelease(handle: u64) -> CUresult {
+    guard(|| {
+        let d = driver()?;
+        let mut o = d.lock();
+        if d.free_allocation(&mut o, handle) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_VALUE)
         }
-        o.allocs.insert(m as u64, Allocation { ctx, device, size });
-        unsafe { out(dptr, m as u64) }
+    })
+}
+
+/// Page-locked host memory: ordinary memory here, not the device's.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemHostAlloc(
+    pp: *mut *mut c_void,
+    size: usize,
+    _flags: c_uint,
+) -> CUresult {
+    guard(|| {
+        let d = driver()?;
+        if pp.is_null() || size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        d.current(&d.lock())?;
+        let m = map_anonymous(size).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        d.lock().host_allocs.insert(m, size);
+        unsafe { out(pp, m as *mut c_void) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, size: usize) -> CUresult {
+    unsafe { cuMemHostAlloc(pp, size, 0) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
+    guard(|| {
+        let d = driver()?;
+        let size = d
+            .lock()
+            .host_allocs
+            .remove(&(p as u64))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        // SAFETY: unmapping what cuMemHostAlloc mapped.
+        unsafe { libc::munmap(p, size) };
+        Ok(())
     })
 }
 

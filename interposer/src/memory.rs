@@ -1,0 +1,217 @@
+//! Memory: every allocation path counted by kind, and the process's
+//! device-memory limit.
+//!
+//! Each allocation entry point (`wrappers.rs`) asks [`admit`] before it calls
+//! the driver: with a limit (`VAGUS_MEMORY_LIMIT`, or the control block's
+//! `memory_limit`, which may change while the process runs), device memory
+//! that would cross it is refused with `CUDA_ERROR_OUT_OF_MEMORY` and the
+//! driver is never called. The bytes are reserved against the limit first and
+//! given back if the driver fails, so threads allocating at once cannot
+//! overshoot it together. Lowering the limit below what is in use frees
+//! nothing; it refuses new allocations. A successful allocation is kept
+//! ([`settle`]) by its address (or VMM handle) with its size and kind, so
+//! its free — `cuMemFree`, `cuMemFreeAsync` on any stream, `cuMemRelease`,
+//! `cuMemFreeHost` — gives back exactly what it took. Host memory
+//! (`cuMemHostAlloc`) is counted apart and never limited.
+//!
+//! With a limit, `cuMemGetInfo` reports total = the limit and free = the
+//! limit less what is in use (or the device's own free memory, if less), so
+//! frameworks that size their caches from it size them to the limit.
+
+use crate::lock::ForkLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+use vagus_proto::shm::{HOST_MEMORY, MEMORY_KINDS, Segment};
+
+/// What an allocation is, in `vagus_proto::shm::MEMORY_KINDS` order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Device = 0,
+    Pitch = 1,
+    Managed = 2,
+    StreamOrdered = 3,
+    Vmm = 4,
+    Host = 5,
+}
+const _: () = assert!(Kind::Host as usize == HOST_MEMORY && MEMORY_KINDS.len() == 6);
+
+/// The limit in force, in bytes (0: none), and the one the process started
+/// with.
+static LIMIT: AtomicU64 = AtomicU64::new(0);
+static STARTED_WITH: AtomicU64 = AtomicU64::new(0);
+/// Live allocations: address (or VMM handle) → (bytes, kind).
+static LIVE: ForkLock<Option<HashMap<u64, (u64, Kind)>>> = ForkLock::new(None);
+
+/// Reads `VAGUS_MEMORY_LIMIT` (bytes, or with a unit: `512MiB`, `4GiB`,
+/// `2GB`), once, when the segment is made.
+pub fn from_env(seg: &Segment) {
+    let Ok(v) = std::env::var("VAGUS_MEMORY_LIMIT") else {
+        return;
+    };
+    match parse_bytes(&v) {
+        Some(b) if b > 0 => {
+            STARTED_WITH.store(b, Relaxed);
+            set_limit(seg, b);
+        }
+        _ => crate::warn_once(
+            &crate::WARNED_MEMORY,
+            &format!("ignoring VAGUS_MEMORY_LIMIT={v:?}: expected bytes, e.g. 4GiB or 512MiB"),
+        ),
+    }
+}
+
+/// `N`, `N` with a unit (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB), or a
+/// decimal with a unit (`1.5GiB`).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(scale);
+    }
+    let f = num.parse::<f64>().ok()?;
+    (f.is_finite() && f >= 0.0 && f * (scale as f64) < u64::MAX as f64)
+        .then_some((f * scale as f64) as u64)
+}
+
+fn set_limit(seg: &Segment, bytes: u64) {
+    LIMIT.store(bytes, Relaxed);
+    seg.stats.memory_limit.store(bytes, Relaxed);
+}
+
+/// The control block's `memory_limit`: 0 keeps the limit the process
+/// started with, `u64::MAX` lifts any.
+pub fn apply_control(seg: &Segment, limit: u64) {
+    let want = match limit {
+        0 => STARTED_WITH.load(Relaxed),
+        u64::MAX => 0,
+        b => b,
+    };
+    if LIMIT.load(Relaxed) != want {
+        set_limit(seg, want);
+    }
+}
+
+/// Before an allocation of `bytes` of `kind`: reserves them, or refuses
+/// them (counted) when device memory would cross the limit. `false`: answer
+/// `CUDA_ERROR_OUT_OF_MEMORY` without calling the driver.
+pub fn admit(seg: &Segment, kind: Kind, bytes: u64) -> bool {
+    let st = &seg.stats;
+    if kind != Kind::Host {
+        let limit = LIMIT.load(Relaxed);
+        let fits = st
+            .bytes_in_use
+            .fetch_update(Relaxed, Relaxed, |u| {
+                let after = u.checked_add(bytes)?;
+                (limit == 0 || after <= limit).then_some(after)
+            })
+            .is_ok();
+        if !fits {
+            st.refused_allocations.fetch_add(1, Relaxed);
+            st.refused_bytes.fetch_add(bytes, Relaxed);
+            return false;
+        }
+        st.bytes_peak
+            .fetch_max(st.bytes_in_use.load(Relaxed), Relaxed);
+    }
+    st.memory_kinds[kind as usize].fetch_add(bytes, Relaxed);
+    true
+}
+
+/// Counts `bytes` of `kind` as in use (past the limit, if padding took
+/// them there: the driver has already made the allocation).
+fn take(seg: &Segment, kind: Kind, bytes: u64) {
+    let st = &seg.stats;
+    st.memory_kinds[kind as usize].fetch_add(bytes, Relaxed);
+    if kind != Kind::Host {
+        let now = st.bytes_in_use.fetch_add(bytes, Relaxed) + bytes;
+        st.bytes_peak.fetch_max(now, Relaxed);
+    }
+}
+
+/// After the driver answered an allocation admitted for `reserved` bytes:
+/// `Some((key, bytes))` (its address or handle, and what it really took —
+/// a pitched allocation's rows are padded) keeps it, `None` (the driver
+/// failed) gives the reservation back.
+pub fn settle(seg: &Segment, kind: Kind, reserved: u64, made: Option<(u64, u64)>) {
+    let Some((key, bytes)) = made else {
+        return give_back(seg, kind, reserved);
+    };
+    if bytes != reserved {
+        give_back(seg, kind, reserved);
+        take(seg, kind, bytes);
+    }
+    let old = LIVE.with(|m| {
+        m.get_or_insert_with(HashMap::new)
+            .insert(key, (bytes, kind))
+    });
+    // An address the driver handed out again without our seeing its free:
+    // the old allocation is gone.
+    if let Some((b, kind)) = old {
+        give_back(seg, kind, b);
+    }
+}
+
+/// After a successful free of `key`: what its allocation took comes back.
+pub fn released(seg: &Segment, key: u64) {
+    if let Some((b, kind)) = LIVE.with(|m| m.as_mut().and_then(|m| m.remove(&key))) {
+        give_back(seg, kind, b);
+    }
+}
+
+fn give_back(seg: &Segment, kind: Kind, bytes: u64) {
+    let sub = |a: &AtomicU64| {
+        let _ = a.fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(bytes)));
+    };
+    sub(&seg.stats.memory_kinds[kind as usize]);
+    if kind != Kind::Host {
+        sub(&seg.stats.bytes_in_use);
+    }
+}
+
+/// `cuMemGetInfo`'s answer under the limit, from the device's own.
+pub fn info(seg: &Segment, free: u64, total: u64) -> (u64, u64) {
+    match LIMIT.load(Relaxed) {
+        0 => (free, total),
+        limit => {
+            let used = seg.stats.bytes_in_use.load(Relaxed);
+            (limit.saturating_sub(used).min(free), limit)
+        }
+    }
+}
+
+pub fn force_unlock_after_fork() {
+    LIVE.force_unlock();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_and_without_units() {
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("4GiB"), Some(4 << 30));
+        assert_eq!(parse_bytes(" 512MiB "), Some(512 << 20));
+        assert_eq!(parse_bytes("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_bytes("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_bytes("4 GiB"), Some(4 << 30));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("4XB"), None);
+        assert_eq!(parse_bytes("-1"), None);
+    }
+}
