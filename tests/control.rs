@@ -21,6 +21,8 @@ struct Run {
     /// The server replica's `VAGUS_PRIORITY` and `VAGUS_GATE`, as its
     /// process got them.
     chat_role: (Option<String>, Option<String>),
+    /// Its `VAGUS_MEMORY_LIMIT` and `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`.
+    chat_memory: (Option<String>, Option<String>),
     _sim: Sim,
 }
 
@@ -62,7 +64,8 @@ fn run(name: &str, control: bool) -> Run {
     let vagus = bin("vagus");
     let chat = with(
         profile("chat"),
-        serde_json::json!({"sla_ms": SLA_MS, "share_pct": 100, "cpu_milli": 500, "launch": {
+        serde_json::json!({"sla_ms": SLA_MS, "share_pct": 100, "cpu_milli": 500,
+            "model_size_gb": 2.0, "gpu_memory_gb": 3.0, "launch": {
             "command": vagus.to_str().unwrap(),
             "args": ["serve", "--listen", format!("127.0.0.1:{port}"), "--model", "chat",
                      "--model-gb", "2", "--fine-buckets"],
@@ -74,6 +77,10 @@ fn run(name: &str, control: bool) -> Run {
     let chat_role = (
         environ(chat_pid, "VAGUS_PRIORITY"),
         environ(chat_pid, "VAGUS_GATE"),
+    );
+    let chat_memory = (
+        environ(chat_pid, "VAGUS_MEMORY_LIMIT"),
+        environ(chat_pid, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"),
     );
     // Best effort the brain did not place: whole-GPU kernels, four streams,
     // far more arrivals than the GPU serves — it never lets up.
@@ -143,6 +150,7 @@ fn run(name: &str, control: bool) -> Run {
         best_effort_pid: be,
         record,
         chat_role,
+        chat_memory,
         _sim: sim,
     }
 }
@@ -169,6 +177,9 @@ fn budgets_keep_a_servers_sla_beside_saturating_work_that_breaks_it_without_them
     let gate = on.chat_role.1.clone().unwrap_or_default();
     assert!(gate.ends_with("/gpu-0.gate"), "{:?}", on.chat_role);
     assert_eq!(off.chat_role.0, None, "{:?}", off.chat_role);
+    // Its profile's gpu_memory_gb (3 GB) is its limit, the shim's and MPS's.
+    let memory = (Some("3000000000".to_string()), Some("0=2861M".to_string()));
+    assert_eq!(on.chat_memory, memory);
     // Without the loop the best effort takes the GPU from it.
     assert!(off.budgets.is_empty(), "{:?}", off.budgets);
     assert!(

@@ -25,7 +25,7 @@ impl<'a> Fit<'a> {
         let per_gpu_gb = if p.gpus() == 0 {
             0.0
         } else {
-            p.model_size_gb / p.gpus() as f64
+            p.gpu_memory() / p.gpus() as f64
         };
         Fit {
             p,
@@ -108,7 +108,12 @@ impl<'a> Fit<'a> {
             }
             if rooms.iter().all(|r| r.gpus.is_empty()) {
                 return format!(
-                    "model_size_gb: {:.1} GB per GPU is more than any GPU it accepts has ({largest:.1} GB)",
+                    "{}: {:.1} GB per GPU is more than any GPU it accepts has ({largest:.1} GB)",
+                    if self.p.gpu_memory_gb.is_some() {
+                        "gpu_memory_gb"
+                    } else {
+                        "model_size_gb"
+                    },
                     self.per_gpu_gb
                 );
             }

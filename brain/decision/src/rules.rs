@@ -381,6 +381,7 @@ pub const FIELDS: &[(&str, &str, Rule)] = &[
     ("Profile", "name", Rule::Text(DNS_LABEL)),
     ("Profile", "model_id", Rule::Text(MODEL_ID)),
     ("Profile", "model_size_gb", Rule::Num(MODEL_SIZE_GB)),
+    ("Profile", "gpu_memory_gb", Rule::Num(GPU_MEMORY_GB)),
     ("Profile", "batch", Rule::Int(BATCH)),
     ("Profile", "seq_len", Rule::Int(SEQ_LEN)),
     ("Profile", "sla_ms", Rule::Int(SLA_MS)),

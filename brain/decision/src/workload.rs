@@ -60,6 +60,12 @@ pub struct Profile {
     /// An exact MPS share (%) instead of the classification's.
     #[serde(default)]
     pub share_pct: Option<u32>,
+    /// The device memory (GB, per GPU) its replica may hold — the weights
+    /// and what it allocates beside them: the shim's limit on the replica
+    /// (and its MPS pinned-memory limit), and what placement counts of the
+    /// GPU's memory. Absent: `model_size_gb`, unenforced.
+    #[serde(default)]
+    pub gpu_memory_gb: Option<f64>,
     /// The most it may cost per hour (GPU price × share × GPUs).
     #[serde(default)]
     pub max_cost_per_hour: Option<f64>,
@@ -126,6 +132,15 @@ impl Profile {
         self.gpus.unwrap_or(1)
     }
 
+    /// The GPU memory (GB, in all) placement counts: the limit where one is
+    /// set, else the weights.
+    pub fn gpu_memory(&self) -> f64 {
+        match self.gpu_memory_gb {
+            Some(gb) => gb * self.gpus().max(1) as f64,
+            None => self.model_size_gb,
+        }
+    }
+
     /// Latency-sensitive: it has an SLA or runs at P0 or P1. The control
     /// loop keeps such work inside its SLA, and its replicas' launches
     /// hold best-effort ones back on their GPU.
@@ -189,6 +204,18 @@ impl Profile {
                 return Err(Invalid::new(
                     "share_pct",
                     "must be 100 (or absent) with gpus > 1",
+                ));
+            }
+        }
+        if let Some(gb) = self.gpu_memory_gb {
+            GPU_MEMORY_GB.check("gpu_memory_gb", gb)?;
+            if self.gpus() == 0 {
+                return Err(Invalid::new("gpu_memory_gb", "must be absent with gpus 0"));
+            }
+            if gb * (self.gpus() as f64) < self.model_size_gb {
+                return Err(Invalid::new(
+                    "gpu_memory_gb",
+                    "must hold the model's weights (model_size_gb, spread over its gpus)",
                 ));
             }
         }

@@ -45,6 +45,7 @@ fn small(name: &str) -> Profile {
         memory_mib: 4096,
         gpus: None,
         share_pct: None,
+        gpu_memory_gb: None,
         max_cost_per_hour: None,
         preemptible: None,
         image: None,
@@ -687,6 +688,30 @@ fn gpu_memory_must_fit() {
     let mut b = small("b2");
     b.model_size_gb = 7.0; // 16 GB exactly
     assert!(place(&mut c, b).path.placed());
+}
+
+#[test]
+fn gpu_memory_counts_the_limit_not_the_weights() {
+    let mut c = core(&[node("n1", "Tesla T4", 1)]); // 16 GB
+    // 2 GB of weights (a small class, 20%) but 10 GB its replica may hold.
+    let mut a = small("a");
+    a.gpu_memory_gb = Some(10.0);
+    assert!(place(&mut c, a).path.placed());
+    let mut b = small("b");
+    b.gpu_memory_gb = Some(7.0); // 17 GB of limits > 16
+    let d = place(&mut c, b);
+    assert!(
+        d.ruled_out.iter().any(|r| r.constraint == "gpu-memory"),
+        "{:#?}",
+        d.ruled_out
+    );
+    // Without a limit only its weights count: it fits.
+    assert!(place(&mut c, small("c")).path.placed());
+    // A limit under the weights is refused, naming the field.
+    let mut bad = small("d");
+    bad.gpu_memory_gb = Some(1.0);
+    let e = c.place(bad, 1_000).unwrap_err().to_string();
+    assert!(e.contains("gpu_memory_gb"), "{e}");
 }
 
 #[test]

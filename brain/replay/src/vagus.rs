@@ -75,6 +75,7 @@ pub fn profile(p: &Pod) -> Profile {
         memory_mib: p.memory_mib,
         gpus: Some(p.num_gpu),
         share_pct: (p.num_gpu == 1).then(|| share_pct(p)),
+        gpu_memory_gb: None,
         max_cost_per_hour: None,
         preemptible: None,
         image: None,

@@ -71,7 +71,9 @@ pub struct Executor {
 /// budgets, and the replica runs with the whole GPU's SMs. With
 /// `hold_best_effort`, its shim learns its priority (`VAGUS_PRIORITY`, unless
 /// the launch spec sets it): a best-effort replica's launches wait while a
-/// latency-sensitive one's work runs on its GPU.
+/// latency-sensitive one's work runs on its GPU. A profile's
+/// `gpu_memory_gb` becomes the shim's memory limit and MPS's pinned-memory
+/// limit (unless the launch spec sets them).
 fn spec_of(
     p: &vagus_decision::Placed,
     mps_pools: bool,
@@ -85,13 +87,29 @@ fn spec_of(
         None => s.to_string(),
     };
     let mut env: Vec<(String, String)> = l.env.iter().map(|(k, v)| (k.clone(), port(v))).collect();
-    if hold_best_effort && !env.iter().any(|(k, _)| k == "VAGUS_PRIORITY") {
+    let unset = |env: &[(String, String)], k: &str| !env.iter().any(|(n, _)| n == k);
+    if hold_best_effort && unset(&env, "VAGUS_PRIORITY") {
         let role = if p.profile.latency_sensitive() {
             "ls"
         } else {
             "be"
         };
         env.push(("VAGUS_PRIORITY".into(), role.into()));
+    }
+    // Its memory limit: the shim's (all its GPUs together) and, should it
+    // be an MPS client, MPS's own per device.
+    if let Some(gb) = p.profile.gpu_memory_gb {
+        let per_gpu = (gb * 1e9) as u64;
+        if unset(&env, "VAGUS_MEMORY_LIMIT") {
+            let all = per_gpu * p.gpus.len().max(1) as u64;
+            env.push(("VAGUS_MEMORY_LIMIT".into(), all.to_string()));
+        }
+        if unset(&env, "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT") {
+            let each: Vec<String> = (0..p.gpus.len().max(1))
+                .map(|d| format!("{d}={}M", per_gpu >> 20))
+                .collect();
+            env.push(("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(), each.join(",")));
+        }
     }
     Some(ReplicaSpec {
         id: p.replica_id().to_string(),

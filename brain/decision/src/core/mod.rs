@@ -1022,7 +1022,7 @@ impl Core {
         n.cpu_free -= p.profile.cpu_milli;
         n.memory_free -= p.profile.memory_mib;
         *n.replicas.entry(p.profile.model_id.clone()).or_default() += 1;
-        let per_gpu = p.profile.model_size_gb / p.gpus.len().max(1) as f64;
+        let per_gpu = p.profile.gpu_memory() / p.gpus.len().max(1) as f64;
         let pools = self.cfg.mps_pools;
         for &g in &p.gpus {
             let g = &mut n.gpus[g as usize];
@@ -1064,7 +1064,7 @@ impl Core {
                 n.replicas.remove(&p.profile.model_id);
             }
         }
-        let per_gpu = p.profile.model_size_gb / p.gpus.len().max(1) as f64;
+        let per_gpu = p.profile.gpu_memory() / p.gpus.len().max(1) as f64;
         for &g in &p.gpus {
             let g = &mut n.gpus[g as usize];
             g.used_pct -= p.share_pct;

@@ -131,7 +131,7 @@ impl Core {
             return None;
         }
         let share = class.share_pct;
-        let per_gpu_gb = p.model_size_gb;
+        let per_gpu_gb = p.gpu_memory();
         let banned = self.replica_nodes.get(&p.model_id);
         // GPUs that would take the request once the workloads to move are gone.
         let mut targets: Vec<(usize, u32, Vec<String>, f64)> = Vec::new();
@@ -337,7 +337,7 @@ impl Core {
                     || g.mps_conflict
                     || (g.mps_down.is_some() && share < 100)
                     || !p.accepts(&g.model)
-                    || g.memory_gb < p.model_size_gb
+                    || g.memory_gb < p.gpu_memory()
                     || !g
                         .residents
                         .iter()
@@ -369,12 +369,12 @@ impl Core {
                 let mut replica_left = n.replicas.get(&p.model_id).copied().unwrap_or(0);
                 for v in victims {
                     let fits =
-                        !all && used + share <= cap && gb + p.model_size_gb <= g.memory_gb + 1e-9;
+                        !all && used + share <= cap && gb + p.gpu_memory() <= g.memory_gb + 1e-9;
                     if fits && replica_left == 0 {
                         break;
                     }
                     used -= v.share_pct;
-                    gb -= v.profile.model_size_gb;
+                    gb -= v.profile.gpu_memory();
                     if v.profile.model_id == p.model_id {
                         replica_left -= 1;
                     }
@@ -384,7 +384,7 @@ impl Core {
                     && if all {
                         taken.len() == g.workloads.len()
                     } else {
-                        used + share <= cap && gb + p.model_size_gb <= g.memory_gb + 1e-9
+                        used + share <= cap && gb + p.gpu_memory() <= g.memory_gb + 1e-9
                     };
                 if !ok || taken.is_empty() {
                     continue;

@@ -310,7 +310,7 @@ impl Core {
             ruled: Default::default(),
         };
         let want = p.gpus() as usize;
-        let per_gpu_gb = p.model_size_gb / want.max(1) as f64;
+        let per_gpu_gb = p.gpu_memory() / want.max(1) as f64;
         let cost_per_price = a.share as f64 / 100.0 * want as f64;
         let keep = if explain { self.cfg.explain_top } else { 0 };
         let w = &self.cfg.weights;
