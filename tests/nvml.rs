@@ -216,3 +216,44 @@ fn gpustat_and_nvitop_read_gpusim_without_an_error() {
     );
     assert!(table.contains(&pid.to_string()), "{table}");
 }
+
+#[test]
+fn pynvml_inside_a_shimmed_process_sees_its_limit_as_the_total_with_the_view_on() {
+    if !pynvml_available() {
+        assert!(
+            std::env::var_os("VAGUS_REQUIRE_PYNVML").is_none(),
+            "pynvml is required here"
+        );
+        eprintln!("skipped: python3 cannot import pynvml");
+        return;
+    }
+    let sim = Sim::new("nvml-view");
+    let dir = sim.dir.join("segments");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = "import json, pynvml\npynvml.nvmlInit()\nh = pynvml.nvmlDeviceGetHandleByIndex(0)\n\
+        m = pynvml.nvmlDeviceGetMemoryInfo(h)\n\
+        m2 = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)\n\
+        print(json.dumps([[m.total, m.free, m.used], [m2.total, m2.free, m2.used]]))";
+    let run = |view: &str| -> Vec<Vec<u64>> {
+        let out = sim
+            .cmd("python3")
+            .args(["-c", script])
+            .env("LD_PRELOAD", bin("libvagus_shim.so"))
+            .env("VAGUS_SHM_DIR", &dir)
+            .env("VAGUS_MEMORY_LIMIT", "1GiB")
+            .env("VAGUS_NVML_VIEW", view)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // On: the process's slice (it holds nothing yet), through both versions.
+    assert_eq!(run("1"), vec![vec![1 << 30, 1 << 30, 0]; 2]);
+    // Off (the default): the whole GPU, as NVML says.
+    let whole = run("0");
+    assert_eq!(whole[0][0], 81559u64 << 20, "{whole:?}");
+}

@@ -16,7 +16,10 @@
 //!
 //! With a limit, `cuMemGetInfo` reports total = the limit and free = the
 //! limit less what is in use (or the device's own free memory, if less), so
-//! frameworks that size their caches from it size them to the limit.
+//! frameworks that size their caches from it size them to the limit; with
+//! `VAGUS_NVML_VIEW=1` (opt-in: monitoring agents that preload the shim
+//! would otherwise see a slice, not the GPU), NVML's memory info says the
+//! same.
 
 use crate::lock::ForkLock;
 use std::collections::HashMap;
@@ -192,6 +195,25 @@ pub fn info(seg: &Segment, free: u64, total: u64) -> (u64, u64) {
             (limit.saturating_sub(used).min(free), limit)
         }
     }
+}
+
+/// Whether NVML's answers are the process's view (`VAGUS_NVML_VIEW=1`).
+pub fn nvml_view_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VAGUS_NVML_VIEW").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// NVML's memory figures as the process should see them: with
+/// `VAGUS_NVML_VIEW=1` and a limit, (total, free, used) = (the limit, what
+/// it leaves, what the process holds), so tools inside a container see the
+/// slice they were given. `None`: NVML's own figures stand.
+pub fn nvml_view(seg: &Segment) -> Option<(u64, u64, u64)> {
+    let limit = LIMIT.load(Relaxed);
+    if limit == 0 {
+        return None;
+    }
+    let used = seg.stats.bytes_in_use.load(Relaxed);
+    Some((limit, limit.saturating_sub(used), used))
 }
 
 pub fn force_unlock_after_fork() {

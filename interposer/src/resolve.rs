@@ -132,7 +132,7 @@ pub fn driver_symbol(name: &CStr) -> usize {
 pub fn substitute_by_name(symbol: *const c_char, found: *mut c_void) -> *mut c_void {
     // SAFETY: dlsym's caller passes a NUL-terminated name; check the prefix first.
     let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
-    if !name.starts_with(b"cu") {
+    if !name.starts_with(b"cu") && !name.starts_with(b"nvml") {
         return found;
     }
     for h in crate::wrappers::HOOKS.iter() {

@@ -77,6 +77,8 @@ hooks!(
     cuDevicePrimaryCtxReset_v2,
     cuGetProcAddress,
     cuGetProcAddress_v2,
+    nvmlDeviceGetMemoryInfo,
+    nvmlDeviceGetMemoryInfo_v2,
 );
 
 /// The real function behind hook `h`, as type `F`.
@@ -744,6 +746,89 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
         unsafe {
             *free = f as usize;
             *total = t as usize;
+        }
+    }
+    r
+}
+
+// ---------------------------------------------------------------- NVML: the process's view
+
+/// NVML's `NVML_ERROR_UNINITIALIZED`, for a call with no real NVML behind it.
+const NVML_ERROR_UNINITIALIZED: c_int = 1;
+
+/// `nvmlMemory_t`.
+#[repr(C)]
+pub struct NvmlMemory {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+/// `nvmlMemory_v2_t`.
+#[repr(C)]
+pub struct NvmlMemoryV2 {
+    version: c_uint,
+    total: u64,
+    reserved: u64,
+    free: u64,
+    used: u64,
+}
+
+/// The process's (total, free, used) where its NVML view is on (asked
+/// first: without it, an NVML call makes no segment).
+fn nvml_view() -> Option<(u64, u64, u64)> {
+    if !memory::nvml_view_on() {
+        return None;
+    }
+    memory::nvml_view(segment::get()?)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(dev: *mut c_void, m: *mut NvmlMemory) -> c_int {
+    let p = HOOKS[H::nvmlDeviceGetMemoryInfo as usize].real();
+    if p == 0 {
+        return NVML_ERROR_UNINITIALIZED;
+    }
+    // SAFETY: NVML's function of this name has this signature.
+    let real = unsafe {
+        std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, *mut NvmlMemory) -> c_int>(p)
+    };
+    let r = unsafe { real(dev, m) };
+    if r == 0
+        && !m.is_null()
+        && let Some((total, free, used)) = nvml_view()
+    {
+        // SAFETY: the caller's struct, filled by NVML just now.
+        unsafe { *m = NvmlMemory { total, free, used } };
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    dev: *mut c_void,
+    m: *mut NvmlMemoryV2,
+) -> c_int {
+    let p = HOOKS[H::nvmlDeviceGetMemoryInfo_v2 as usize].real();
+    if p == 0 {
+        return NVML_ERROR_UNINITIALIZED;
+    }
+    // SAFETY: NVML's function of this name has this signature.
+    let real = unsafe {
+        std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, *mut NvmlMemoryV2) -> c_int>(
+            p,
+        )
+    };
+    let r = unsafe { real(dev, m) };
+    if r == 0
+        && !m.is_null()
+        && let Some((total, free, used)) = nvml_view()
+    {
+        // SAFETY: the caller's struct, filled by NVML just now.
+        unsafe {
+            (*m).total = total;
+            (*m).free = free;
+            (*m).used = used;
         }
     }
     r
