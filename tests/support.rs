@@ -222,11 +222,12 @@ impl Sim {
     }
 }
 
-/// Parses a `vagus load --json` report, failing with its stderr.
+/// A command's JSON output (a `vagus load --json` report, …), failing with
+/// its stderr unless it exited 0.
 pub fn report(out: Output) -> serde_json::Value {
     assert!(
         out.status.success(),
-        "vagus load failed: {}{}",
+        "the command failed: {}{}",
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );

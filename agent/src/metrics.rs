@@ -242,7 +242,7 @@ pub fn render(node: &Node, hostname: &str) -> String {
     let shimmed: Vec<&&Proc> = procs.iter().filter(|p| p.shim.is_some()).collect();
     if !shimmed.is_empty() {
         type Total = fn(&crate::node::ShimTotals) -> f64;
-        let totals: [(&str, &str, Total); 2] = [
+        let totals: [(&str, &str, Total); 4] = [
             (
                 "vagus_process_launches_total",
                 "Kernel launches counted by the shim.",
@@ -252,6 +252,16 @@ pub fn render(node: &Node, hostname: &str) -> String {
                 "vagus_process_gpu_seconds_total",
                 "GPU time of the process's kernels (estimated from timed samples).",
                 |s| s.gpu_ns as f64 / 1e9,
+            ),
+            (
+                "vagus_process_refused_allocations_total",
+                "Allocations the shim refused for crossing the process's memory limit.",
+                |s| s.refused_allocations as f64,
+            ),
+            (
+                "vagus_process_refused_bytes_total",
+                "Bytes of the allocations the shim refused.",
+                |s| s.refused_bytes as f64,
             ),
         ];
         for (name, help, total) in totals {
@@ -291,26 +301,6 @@ pub fn render(node: &Node, hostname: &str) -> String {
                     &labels(&proc_labels(p, hostname)),
                     s.memory_limit as f64,
                 );
-            }
-        }
-        type Refused = fn(&crate::node::ShimTotals) -> f64;
-        let refused: [(&str, &str, Refused); 2] = [
-            (
-                "vagus_process_refused_allocations_total",
-                "Allocations the shim refused for crossing the process's memory limit.",
-                |s| s.refused_allocations as f64,
-            ),
-            (
-                "vagus_process_refused_bytes_total",
-                "Bytes of the allocations the shim refused.",
-                |s| s.refused_bytes as f64,
-            ),
-        ];
-        for (name, help, total) in refused {
-            o.family(name, "counter", help);
-            for p in &shimmed {
-                let s = p.shim.as_ref().expect("filtered");
-                o.sample(name, &labels(&proc_labels(p, hostname)), total(s));
             }
         }
         o.family(
