@@ -81,12 +81,16 @@ hooks!(
     nvmlDeviceGetMemoryInfo_v2,
 );
 
-/// The real function behind hook `h`, as type `F`.
+/// The real function behind hook `h`, as type `F`; without one the
+/// wrapper answers `missing` (`CUDA_ERROR_NOT_INITIALIZED` by default).
 macro_rules! real {
-    ($h:expr, $f:ty) => {{
+    ($h:expr, $f:ty) => {
+        real!($h, $f, CUDA_ERROR_NOT_INITIALIZED)
+    };
+    ($h:expr, $f:ty, $missing:expr) => {{
         let p = HOOKS[$h as usize].real();
         if p == 0 {
-            return CUDA_ERROR_NOT_INITIALIZED;
+            return $missing;
         }
         // SAFETY: the driver's function of this name has this signature.
         unsafe { std::mem::transmute::<usize, $f>(p) }
@@ -774,6 +778,9 @@ pub struct NvmlMemoryV2 {
     used: u64,
 }
 
+type NvmlMemoryFn = unsafe extern "C" fn(*mut c_void, *mut NvmlMemory) -> c_int;
+type NvmlMemoryV2Fn = unsafe extern "C" fn(*mut c_void, *mut NvmlMemoryV2) -> c_int;
+
 /// The process's (total, free, used) where its NVML view is on (asked
 /// first: without it, an NVML call makes no segment).
 fn nvml_view() -> Option<(u64, u64, u64)> {
@@ -785,14 +792,11 @@ fn nvml_view() -> Option<(u64, u64, u64)> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(dev: *mut c_void, m: *mut NvmlMemory) -> c_int {
-    let p = HOOKS[H::nvmlDeviceGetMemoryInfo as usize].real();
-    if p == 0 {
-        return NVML_ERROR_UNINITIALIZED;
-    }
-    // SAFETY: NVML's function of this name has this signature.
-    let real = unsafe {
-        std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, *mut NvmlMemory) -> c_int>(p)
-    };
+    let real = real!(
+        H::nvmlDeviceGetMemoryInfo,
+        NvmlMemoryFn,
+        NVML_ERROR_UNINITIALIZED
+    );
     let r = unsafe { real(dev, m) };
     if r == 0
         && !m.is_null()
@@ -809,16 +813,11 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     dev: *mut c_void,
     m: *mut NvmlMemoryV2,
 ) -> c_int {
-    let p = HOOKS[H::nvmlDeviceGetMemoryInfo_v2 as usize].real();
-    if p == 0 {
-        return NVML_ERROR_UNINITIALIZED;
-    }
-    // SAFETY: NVML's function of this name has this signature.
-    let real = unsafe {
-        std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void, *mut NvmlMemoryV2) -> c_int>(
-            p,
-        )
-    };
+    let real = real!(
+        H::nvmlDeviceGetMemoryInfo_v2,
+        NvmlMemoryV2Fn,
+        NVML_ERROR_UNINITIALIZED
+    );
     let r = unsafe { real(dev, m) };
     if r == 0
         && !m.is_null()

@@ -865,6 +865,18 @@ fn allocate(size: usize) -> Result<u64, CUresult> {
     Ok(m)
 }
 
+/// Frees the device allocation at `ptr` (an address or a VMM handle):
+/// what every device free entry point comes down to.
+fn release(ptr: u64) -> Result<(), CUresult> {
+    let d = driver()?;
+    let mut o = d.lock();
+    if d.free_allocation(&mut o, ptr) {
+        Ok(())
+    } else {
+        Err(CUDA_ERROR_INVALID_VALUE)
+    }
+}
+
 /// `size` bytes of reserved address space, paged in only when touched.
 fn map_anonymous(size: usize) -> Option<u64> {
     // SAFETY: anonymous private mapping; no existing memory is touched.
@@ -1021,13 +1033,7 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
 pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: Handle) -> CUresult {
     guard(|| {
         known_stream(stream)?;
-        let d = driver()?;
-        let mut o = d.lock();
-        if d.free_allocation(&mut o, dptr) {
-            Ok(())
-        } else {
-            Err(CUDA_ERROR_INVALID_VALUE)
-        }
+        release(dptr)
     })
 }
 
@@ -1100,15 +1106,7 @@ pub unsafe extern "C" fn cuMemCreate(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemRelease(handle: u64) -> CUresult {
-    guard(|| {
-        let d = driver()?;
-        let mut o = d.lock();
-        if d.free_allocation(&mut o, handle) {
-            Ok(())
-        } else {
-            Err(CUDA_ERROR_INVALID_VALUE)
-        }
-    })
+    guard(|| release(handle))
 }
 
 /// Page-locked host memory: ordinary memory here, not the device's.
@@ -1153,17 +1151,12 @@ pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     guard(|| {
-        let d = driver()?;
         if dptr == 0 {
             return Ok(());
         }
-        let mut o = d.lock();
-        d.current(&o)?;
-        if d.free_allocation(&mut o, dptr) {
-            Ok(())
-        } else {
-            Err(CUDA_ERROR_INVALID_VALUE)
-        }
+        let d = driver()?;
+        d.current(&d.lock())?;
+        release(dptr)
     })
 }
 
