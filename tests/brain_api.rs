@@ -790,7 +790,7 @@ fn a_placement_with_a_launch_spec_runs_as_a_replica_found_again_after_an_agent_r
     let vagus = bin("vagus");
     let chat = with(
         profile("chat"),
-        serde_json::json!({"cpu_milli": 500, "share_pct": 50, "launch": {
+        serde_json::json!({"cpu_milli": 500, "share_pct": 50, "gpu_memory_gb": 8.0, "launch": {
             "command": vagus.to_str().unwrap(),
             "args": ["serve", "--listen", format!("127.0.0.1:{serve_port}"), "--model", "chat",
                      "--model-gb", "2"],
@@ -872,6 +872,17 @@ fn a_placement_with_a_launch_spec_runs_as_a_replica_found_again_after_an_agent_r
     assert!(0.0 < p50 && p50 <= p99 && p99 < 10.0, "{v}");
     assert!(s["qps"].as_f64().unwrap() > 0.0, "{v}");
     assert_eq!(s["queue_depth"], 0.0, "{v}");
+    // Its memory, as its shim counts it, under the limit its profile's
+    // gpu_memory_gb set: at least its weights (2 GB in whole MiB), nothing
+    // refused.
+    let m = &v["replica"]["memory"];
+    assert_eq!(m["limit_bytes"], 8_000_000_000u64, "{v}");
+    let device: u64 = ["device", "pitch", "managed", "stream_ordered", "vmm"]
+        .iter()
+        .map(|k| m["in_use_bytes"][k].as_u64().unwrap())
+        .sum();
+    assert!(((2_000_000_000 >> 20 << 20)..8_000_000_000).contains(&device), "{v}");
+    assert_eq!(m["refused_allocations"], 0, "{v}");
 
     // The agent restarts (SIGKILL): the replica runs on and is found again,
     // not started twice.
@@ -934,6 +945,62 @@ fn a_placement_with_a_launch_spec_runs_as_a_replica_found_again_after_an_agent_r
             || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .is_ok_and(|s| s.contains(") Z")),
         "the process is gone"
+    );
+
+    // A replica that asks for more than its limit: refused, counted in its
+    // placement, and an operator hears of it once.
+    let fill = with(
+        profile("fill"),
+        serde_json::json!({"cpu_milli": 100, "model_size_gb": 0.1, "gpu_memory_gb": 0.25,
+            "launch": {"command": c_client_linked("mem_client").to_str().unwrap(),
+                       "args": ["fill", "64"]}}),
+    );
+    let (st, v) = http(addr, "POST", "/v1/placements", &fill);
+    assert_eq!(st, 201, "{v}");
+    let v = replica_until(addr, "fill", "one allocation refused", |r| {
+        r["memory"]["refused_allocations"] == 1
+    });
+    let _reap = Reap(vec![v["replica"]["pid"].as_u64().unwrap() as u32]);
+    // 250 MB: three 64 MiB allocations fit, the fourth does not.
+    let m = &v["replica"]["memory"];
+    assert_eq!(m["in_use_bytes"]["device"], 3u64 << 26, "{v}");
+    assert_eq!(m["refused_bytes"], 1u64 << 26, "{v}");
+    assert_eq!(m["limit_bytes"], 250_000_000u64, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alerts = loop {
+        let (_, events) = http(addr, "GET", "/v1/events", "");
+        let alerts: Vec<serde_json::Value> = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "memory_refused")
+            .cloned()
+            .collect();
+        if !alerts.is_empty() || Instant::now() > deadline {
+            break alerts;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, events) = http(addr, "GET", "/v1/events", "");
+    let again = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "memory_refused")
+        .count();
+    assert_eq!((alerts.len(), again), (1, 1), "once: {events}");
+    assert_eq!(
+        alerts[0]["workloads"],
+        serde_json::json!(["fill"]),
+        "{events}"
+    );
+    assert!(
+        alerts[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("250000000 B"),
+        "{events}"
     );
     drop(agent);
 }

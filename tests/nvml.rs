@@ -251,3 +251,81 @@ fn pynvml_inside_a_shimmed_process_sees_its_limit_as_the_total_with_the_view_on(
     let whole = run("0");
     assert_eq!(whole[0][0], 81559u64 << 20, "{whole:?}");
 }
+
+/// A Python process that takes `bytes` of device memory through the driver
+/// (ctypes: under the shim, its wrappers, as for any CUDA program), then
+/// either lists NVML's processes as JSON (`list`) or holds the memory
+/// until a line arrives on stdin (`hold`).
+const PROCESSES: &str = r#"
+import ctypes, json, os, sys
+cu = ctypes.CDLL("libcuda.so.1")
+ctx, ptr = ctypes.c_void_p(), ctypes.c_uint64()
+assert cu.cuInit(0) == 0
+assert cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0
+assert cu.cuCtxSetCurrent(ctx) == 0
+assert cu.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(int(sys.argv[1]))) == 0
+if sys.argv[2] == "hold":
+    print("ready", flush=True)
+    sys.stdin.readline()
+    sys.exit(0)
+import pynvml
+pynvml.nvmlInit()
+h = pynvml.nvmlDeviceGetHandleByIndex(0)
+print(json.dumps({
+    "pid": os.getpid(),
+    "compute": sorted([p.pid, p.usedGpuMemory] for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)),
+    "graphics": len(pynvml.nvmlDeviceGetGraphicsRunningProcesses(h)),
+}))
+"#;
+
+#[test]
+fn pynvml_inside_a_shimmed_process_lists_only_itself_with_the_view_on() {
+    if !pynvml_here() {
+        return;
+    }
+    let sim = Sim::new("nvml-view-procs");
+    let dir = sim.dir.join("segments");
+    std::fs::create_dir_all(&dir).unwrap();
+    const MIB: u64 = 1 << 20;
+    // Another process on the GPU, holding 512 MiB.
+    let mut other = sim
+        .cmd("python3")
+        .args(["-c", PROCESSES, &(512 * MIB).to_string(), "hold"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(other.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let run = |view: &str| -> serde_json::Value {
+        let out = sim
+            .cmd("python3")
+            .args(["-c", PROCESSES, &(256 * MIB).to_string(), "list"])
+            .env("LD_PRELOAD", bin("libvagus_shim.so"))
+            .env("VAGUS_SHM_DIR", &dir)
+            .env("VAGUS_NVML_VIEW", view)
+            .output()
+            .unwrap();
+        report(out)
+    };
+    let on = run("1");
+    let me = on["pid"].as_u64().unwrap();
+    assert_eq!(on["compute"], serde_json::json!([[me, 256 * MIB]]), "{on}");
+    assert_eq!(
+        on["graphics"], 0,
+        "a data-centre GPU runs no graphics contexts"
+    );
+    // Off: every process on the GPU, as NVML says.
+    let off = run("0");
+    let me = off["pid"].as_u64().unwrap();
+    let mut want = vec![(me, 256 * MIB), (other.id() as u64, 512 * MIB)];
+    want.sort();
+    assert_eq!(off["compute"], serde_json::json!(want), "{off}");
+    use std::io::Write;
+    other.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    assert!(other.wait().unwrap().success());
+}

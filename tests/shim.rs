@@ -777,6 +777,94 @@ fn every_allocation_kind_is_counted_and_its_free_matched() {
 }
 
 #[test]
+fn vmm_memory_is_counted_while_mapped_and_limited_like_the_rest() {
+    // What PyTorch's expandable segments do, under a 5 MiB limit.
+    let sim = Sim::new("shim-vmm");
+    let mut c = MemClient::start(&sim, "vmm", &[("VAGUS_MEMORY_LIMIT", "5MiB")]);
+    const MIB: u64 = 1 << 20;
+    const VMM: usize = 4; // vagus_proto::shm::MEMORY_KINDS
+    let held = |sim: &Sim| sim.device_state().device(0).unwrap().mem_used.load(Relaxed);
+    assert_eq!(c.next("granularity"), 2 * MIB);
+    assert_eq!((c.next("create0"), c.next("create1")), (0, 0));
+    assert_eq!(
+        c.next("create2"),
+        2,
+        "a third 2 MiB crosses 5 MiB: CUDA_ERROR_OUT_OF_MEMORY"
+    );
+    // gpusim's mappings behave as the driver's: nothing is accessible before
+    // cuMemSetAccess, a copy may cross from one mapping into the next, and
+    // nothing past them is device memory.
+    assert_ne!(c.next("before_access"), 0);
+    assert_eq!(
+        c.next("roundtrip"),
+        1,
+        "the bytes came back across the seam"
+    );
+    assert_ne!(c.next("past_mappings"), 0);
+    assert_eq!(c.next("mapped"), 0);
+    assert_eq!(c.kinds()[VMM], 4 * MIB);
+    assert_eq!(c.seg.stats.refused_allocations.load(Relaxed), 1);
+    assert_eq!(held(&sim), 4 * MIB, "the refused one never reached gpusim");
+    // Released while mapped: the driver keeps it, and so does the count.
+    c.go_on();
+    assert_eq!(c.next("still_mapped"), 1);
+    assert_eq!(c.next("released"), 0);
+    assert_eq!(c.kinds()[VMM], 4 * MIB);
+    assert_eq!(held(&sim), 4 * MIB);
+    c.go_on();
+    assert_eq!(c.next("unmapped"), 0);
+    assert_eq!(c.kinds()[VMM], 0);
+    assert_eq!(c.seg.stats.bytes_in_use.load(Relaxed), 0);
+    assert_eq!(held(&sim), 0);
+    c.go_on();
+    c.finish();
+}
+
+#[test]
+fn vagus_run_memory_limit_holds_the_program_to_it_and_says_what_it_refused() {
+    let sim = Sim::new("shim-run-memlimit");
+    let json = sim.dir.join("run.json");
+    let mut child = sim
+        .vagus(&["run", "--sim", "--memory-limit", "1GiB", "--json-out"])
+        .arg(&json)
+        .arg("--")
+        .arg(c_client_linked("mem_client"))
+        .arg("limit")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (o, e) = (
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{o}{e}");
+    // The 1 MiB past the gibibyte is refused both times (nothing raised it),
+    // and cuMemGetInfo says the gibibyte is all there is.
+    for line in ["over 2", "free 0", "total 1073741824", "again 2"] {
+        assert!(o.lines().any(|l| l == line), "{line:?} in {o}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["memory_limit_bytes"], 1u64 << 30, "{v}");
+    assert_eq!(v["refused_allocations"], 2, "{v}");
+    assert_eq!(v["refused_bytes"], 2u64 << 20, "{v}");
+    assert_eq!(v["peak_bytes"], 1u64 << 30, "{v}");
+    assert!(
+        e.contains("of a 1024.0 MiB limit, 2 allocation(s) refused"),
+        "{e}"
+    );
+    let err = stderr_of_failure(sim.vagus(&["run", "--memory-limit", "lots", "--", "true"]));
+    assert!(
+        err.contains("invalid memory limit") && err.contains("lots"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_memory_limit_refuses_what_would_cross_it_without_the_driver_and_can_be_raised() {
     let sim = Sim::new("shim-memlimit");
     let mut c = MemClient::start(&sim, "limit", &[("VAGUS_MEMORY_LIMIT", "1GiB")]);

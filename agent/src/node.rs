@@ -859,6 +859,12 @@ fn window_of(p: &mut Proc, keyframe: bool) -> ProcessWindow {
         shimmed: p.shim.is_some(),
         kernel_hist,
         sync_hist,
+        memory: p.shim.as_ref().map(|s| vagus_proto::wire::ProcessMemory {
+            in_use: s.memory_kinds.to_vec(),
+            limit: s.memory_limit,
+            refused_allocations: s.refused_allocations,
+            refused_bytes: s.refused_bytes,
+        }),
     }
 }
 

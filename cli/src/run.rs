@@ -1,4 +1,5 @@
-//! `vagus run [--sim] [--json-out FILE] -- CMD ARGS...`: runs a program with
+//! `vagus run [--sim] [--budget F] [--memory-limit SIZE] [--nvml-view]
+//! [--json-out FILE] -- CMD ARGS...`: runs a program with
 //! the shim preloaded and, when it exits, prints what its kernels did, the
 //! way `time` prints what its CPU did.
 
@@ -23,6 +24,15 @@ pub struct RunArgs {
     /// start (an agent may change it later through the control block).
     #[arg(long, value_name = "F", value_parser = parse_budget)]
     pub budget: Option<f64>,
+    /// Device-memory limit (bytes, or with a unit: 512MiB, 4GiB, 2GB): an
+    /// allocation that would cross it fails with CUDA_ERROR_OUT_OF_MEMORY
+    /// and cuMemGetInfo reports it as the total.
+    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
+    pub memory_limit: Option<u64>,
+    /// NVML inside the program reports its own slice: the memory limit as
+    /// the total and only itself in the process lists.
+    #[arg(long)]
+    pub nvml_view: bool,
     /// Print no summary on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -36,6 +46,15 @@ fn parse_budget(s: &str) -> Result<f64, String> {
         Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
         _ => Err(format!(
             "invalid budget {s:?}: expected a fraction of the device in (0, 1], e.g. 0.3"
+        )),
+    }
+}
+
+fn parse_limit(s: &str) -> Result<u64, String> {
+    match shm::parse_bytes(s) {
+        Some(b) if b > 0 => Ok(b),
+        _ => Err(format!(
+            "invalid memory limit {s:?}: expected bytes, or a size with a unit (512MiB, 4GiB, 2GB)"
         )),
     }
 }
@@ -69,6 +88,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
     cmd.env("LD_PRELOAD", preload);
     if let Some(b) = args.budget {
         cmd.env("VAGUS_BUDGET", b.to_string());
+    }
+    if let Some(b) = args.memory_limit {
+        cmd.env("VAGUS_MEMORY_LIMIT", b.to_string());
+    }
+    if args.nvml_view {
+        cmd.env("VAGUS_NVML_VIEW", "1");
     }
     if args.sim {
         let lib = crate::gpusim_cmd::libdir()?;
@@ -117,6 +142,7 @@ fn summarise(dir: &Path) -> Result<serde_json::Value> {
         (0, 0, 0, 0, 0, 0);
     let (mut syncs, mut sync_ns, mut peak, mut occ_sm_ns) = (0, 0, 0, 0);
     let (mut contexts, mut modules) = (0, 0);
+    let (mut refused, mut refused_bytes, mut limit) = (0, 0, 0);
     let mut khist = [0u64; shm::HIST_BUCKETS];
     let mut shist = [0u64; shm::HIST_BUCKETS];
     let mut top: Vec<shm::TopKernelView> = Vec::new();
@@ -136,6 +162,9 @@ fn summarise(dir: &Path) -> Result<serde_json::Value> {
         peak += s.bytes_peak.load(Relaxed);
         contexts += s.contexts_created.load(Relaxed);
         modules += s.modules_loaded.load(Relaxed);
+        refused += s.refused_allocations.load(Relaxed);
+        refused_bytes += s.refused_bytes.load(Relaxed);
+        limit = limit.max(s.memory_limit.load(Relaxed));
         for (a, b) in khist.iter_mut().zip(s.kernel_hist()) {
             *a += b;
         }
@@ -155,6 +184,8 @@ fn summarise(dir: &Path) -> Result<serde_json::Value> {
             "pid": h.pid.load(Relaxed), "launches": s.launches(), "graph_launches": s.graph_launches(),
             "sample_period": s.sample_period.load(Relaxed), "cgroup": shm::read_str(&h.cgroup),
             "mps_percent": h.mps_percent_milli.load(Relaxed) as f64 / 1000.0,
+            "peak_bytes": s.bytes_peak.load(Relaxed),
+            "refused_allocations": s.refused_allocations.load(Relaxed),
         }));
     }
     top.sort_by_key(|t| std::cmp::Reverse(t.gpu_ns));
@@ -169,6 +200,9 @@ fn summarise(dir: &Path) -> Result<serde_json::Value> {
         "kernel_ms": { "p50": ms(shm::quantile(&khist, 0.5)), "p99": ms(shm::quantile(&khist, 0.99)) },
         "sync_wait_ms": { "total": ms(sync_ns), "p99": ms(shm::quantile(&shist, 0.99)), "count": syncs },
         "peak_bytes": peak,
+        "memory_limit_bytes": (limit > 0).then_some(limit),
+        "refused_allocations": refused,
+        "refused_bytes": refused_bytes,
         "contexts_created": contexts,
         "modules_loaded": modules,
         "top_kernels": top.iter().map(|t| serde_json::json!({
@@ -204,10 +238,17 @@ fn render(v: &serde_json::Value) -> String {
         v["sync_wait_ms"]["total"].as_f64().unwrap_or(0.0),
         v["sync_wait_ms"]["count"]
     );
-    s += &format!(
-        "  peak memory   {:.1} MiB\n",
-        n("peak_bytes") / (1u64 << 20) as f64
-    );
+    let mib = |b: f64| b / (1u64 << 20) as f64;
+    s += &format!("  peak memory   {:.1} MiB", mib(n("peak_bytes")));
+    if let Some(l) = v["memory_limit_bytes"].as_f64() {
+        s += &format!(
+            " of a {:.1} MiB limit, {} allocation(s) refused ({:.1} MiB)",
+            mib(l),
+            v["refused_allocations"],
+            mib(n("refused_bytes"))
+        );
+    }
+    s += "\n";
     if let Some(top) = v["top_kernels"].as_array().filter(|t| !t.is_empty()) {
         s += "  top kernels   launches   GPU ms     occupancy  name\n";
         for t in top.iter().take(10) {

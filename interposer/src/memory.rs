@@ -11,7 +11,10 @@
 //! nothing; it refuses new allocations. A successful allocation is kept
 //! ([`settle`]) by its address (or VMM handle) with its size and kind, so
 //! its free — `cuMemFree`, `cuMemFreeAsync` on any stream, `cuMemRelease`,
-//! `cuMemFreeHost` — gives back exactly what it took. Host memory
+//! `cuMemFreeHost` — gives back exactly what it took. VMM mappings
+//! (`cuMemMap`, `cuMemUnmap`) are followed too: a physical allocation
+//! released while mapped is in use until its last mapping goes, as the
+//! driver keeps it. Host memory
 //! (`cuMemHostAlloc`) is counted apart and never limited.
 //!
 //! With a limit, `cuMemGetInfo` reports total = the limit and free = the
@@ -19,12 +22,13 @@
 //! frameworks that size their caches from it size them to the limit; with
 //! `VAGUS_NVML_VIEW=1` (opt-in: monitoring agents that preload the shim
 //! would otherwise see a slice, not the GPU), NVML's memory info says the
-//! same.
+//! same, and NVML's process lists (compute, graphics, MPS) hold only this
+//! process, with the memory its shim counts.
 
 use crate::lock::ForkLock;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::*};
-use vagus_proto::shm::{HOST_MEMORY, MEMORY_KINDS, Segment};
+use vagus_proto::shm::{self, HOST_MEMORY, MEMORY_KINDS, Segment};
 
 /// What an allocation is, in `vagus_proto::shm::MEMORY_KINDS` order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +48,19 @@ static LIMIT: AtomicU64 = AtomicU64::new(0);
 static STARTED_WITH: AtomicU64 = AtomicU64::new(0);
 /// Live allocations: address (or VMM handle) → (bytes, kind).
 static LIVE: ForkLock<Option<HashMap<u64, (u64, Kind)>>> = ForkLock::new(None);
+/// VMM mappings, so a physical allocation released while mapped is counted
+/// until its last mapping goes, as the driver keeps it.
+static VMM: ForkLock<Option<Mappings>> = ForkLock::new(None);
+
+#[derive(Default)]
+struct Mappings {
+    /// Mapped address → (handle, bytes).
+    at: BTreeMap<u64, (u64, u64)>,
+    /// Handle → its mappings.
+    count: HashMap<u64, u32>,
+    /// Handles released while still mapped.
+    released: HashSet<u64>,
+}
 
 /// Reads `VAGUS_MEMORY_LIMIT` (bytes, or with a unit: `512MiB`, `4GiB`,
 /// `2GB`), once, when the segment is made.
@@ -51,7 +68,7 @@ pub fn from_env(seg: &Segment) {
     let Ok(v) = std::env::var("VAGUS_MEMORY_LIMIT") else {
         return;
     };
-    match parse_bytes(&v) {
+    match shm::parse_bytes(&v) {
         Some(b) if b > 0 => {
             STARTED_WITH.store(b, Relaxed);
             set_limit(seg, b);
@@ -61,34 +78,6 @@ pub fn from_env(seg: &Segment) {
             &format!("ignoring VAGUS_MEMORY_LIMIT={v:?}: expected bytes, e.g. 4GiB or 512MiB"),
         ),
     }
-}
-
-/// `N`, `N` with a unit (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB), or a
-/// decimal with a unit (`1.5GiB`).
-pub fn parse_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        _ => return None,
-    };
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(scale);
-    }
-    let f = num.parse::<f64>().ok()?;
-    (f.is_finite() && f >= 0.0 && f * (scale as f64) < u64::MAX as f64)
-        .then_some((f * scale as f64) as u64)
 }
 
 fn set_limit(seg: &Segment, bytes: u64) {
@@ -176,6 +165,61 @@ pub fn released(seg: &Segment, key: u64) {
     }
 }
 
+/// After a successful `cuMemMap` of `handle` at `ptr`.
+pub fn vmm_mapped(ptr: u64, bytes: u64, handle: u64) {
+    VMM.with(|v| {
+        let v = v.get_or_insert_with(Mappings::default);
+        v.at.insert(ptr, (handle, bytes));
+        *v.count.entry(handle).or_default() += 1;
+    });
+}
+
+/// After a successful `cuMemRelease`: its memory comes back now, or with
+/// its last mapping.
+pub fn vmm_released(seg: &Segment, handle: u64) {
+    let mapped = VMM.with(|v| {
+        v.as_mut()
+            .filter(|v| v.count.get(&handle).is_some_and(|n| *n > 0))
+            .map(|v| v.released.insert(handle))
+            .is_some()
+    });
+    if !mapped {
+        released(seg, handle);
+    }
+}
+
+/// After a successful `cuMemUnmap` of `[ptr, ptr+bytes)`: released
+/// allocations whose last mapping that was come back.
+pub fn vmm_unmapped(seg: &Segment, ptr: u64, bytes: u64) {
+    let done: Vec<u64> = VMM.with(|v| {
+        let Some(v) = v.as_mut() else {
+            return Vec::new();
+        };
+        let gone: Vec<u64> =
+            v.at.range(ptr..ptr.saturating_add(bytes))
+                .map(|(a, _)| *a)
+                .collect();
+        let mut done = Vec::new();
+        for a in gone {
+            let Some((h, _)) = v.at.remove(&a) else {
+                continue;
+            };
+            let n = v.count.entry(h).or_default();
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                v.count.remove(&h);
+                if v.released.remove(&h) {
+                    done.push(h);
+                }
+            }
+        }
+        done
+    });
+    for h in done {
+        released(seg, h);
+    }
+}
+
 fn give_back(seg: &Segment, kind: Kind, bytes: u64) {
     let sub = |a: &AtomicU64| {
         let _ = a.fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(bytes)));
@@ -216,24 +260,23 @@ pub fn nvml_view(seg: &Segment) -> Option<(u64, u64, u64)> {
     Some((limit, limit.saturating_sub(used), used))
 }
 
-pub fn force_unlock_after_fork() {
-    LIVE.force_unlock();
+/// This process's pids: `getpid()` and its pid in every PID namespace
+/// `/proc/self/status` shows (read at each call: a fork changes them).
+pub fn own_pids() -> Vec<u32> {
+    // SAFETY: getpid has no preconditions.
+    let mut pids = vec![unsafe { libc::getpid() } as u32];
+    if let Ok(s) = std::fs::read_to_string("/proc/self/status")
+        && let Some(line) = s.lines().find_map(|l| l.strip_prefix("NSpid:"))
+    {
+        pids.extend(
+            line.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_with_and_without_units() {
-        assert_eq!(parse_bytes("1024"), Some(1024));
-        assert_eq!(parse_bytes("4GiB"), Some(4 << 30));
-        assert_eq!(parse_bytes(" 512MiB "), Some(512 << 20));
-        assert_eq!(parse_bytes("2GB"), Some(2_000_000_000));
-        assert_eq!(parse_bytes("1.5GiB"), Some(3 << 29));
-        assert_eq!(parse_bytes("4 GiB"), Some(4 << 30));
-        assert_eq!(parse_bytes("lots"), None);
-        assert_eq!(parse_bytes("4XB"), None);
-        assert_eq!(parse_bytes("-1"), None);
-    }
+pub fn force_unlock_after_fork() {
+    LIVE.force_unlock();
+    VMM.force_unlock();
 }

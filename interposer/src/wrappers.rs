@@ -67,6 +67,8 @@ hooks!(
     cuMemFreeAsync_ptsz,
     cuMemCreate,
     cuMemRelease,
+    cuMemMap,
+    cuMemUnmap,
     cuMemHostAlloc,
     cuMemAllocHost_v2,
     cuMemFreeHost,
@@ -79,6 +81,15 @@ hooks!(
     cuGetProcAddress_v2,
     nvmlDeviceGetMemoryInfo,
     nvmlDeviceGetMemoryInfo_v2,
+    nvmlDeviceGetComputeRunningProcesses,
+    nvmlDeviceGetComputeRunningProcesses_v2,
+    nvmlDeviceGetComputeRunningProcesses_v3,
+    nvmlDeviceGetGraphicsRunningProcesses,
+    nvmlDeviceGetGraphicsRunningProcesses_v2,
+    nvmlDeviceGetGraphicsRunningProcesses_v3,
+    nvmlDeviceGetMPSComputeRunningProcesses,
+    nvmlDeviceGetMPSComputeRunningProcesses_v2,
+    nvmlDeviceGetMPSComputeRunningProcesses_v3,
 );
 
 /// The real function behind hook `h`, as type `F`; without one the
@@ -689,10 +700,46 @@ pub unsafe extern "C" fn cuMemCreate(
     )
 }
 
+/// A physical allocation still mapped stays in use until its last
+/// mapping goes (as the driver keeps it).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemRelease(handle: u64) -> CUresult {
     let real = real!(H::cuMemRelease, MemReleaseFn);
-    freeing(handle, || unsafe { real(handle) })
+    let r = unsafe { real(handle) };
+    if r == CUDA_SUCCESS
+        && let Some(seg) = segment::get()
+    {
+        memory::vmm_released(seg, handle);
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemMap(
+    ptr: CUdeviceptr,
+    size: usize,
+    offset: usize,
+    handle: u64,
+    flags: u64,
+) -> CUresult {
+    let real = real!(H::cuMemMap, MemMapFn);
+    let r = unsafe { real(ptr, size, offset, handle, flags) };
+    if r == CUDA_SUCCESS {
+        memory::vmm_mapped(ptr, size as u64, handle);
+    }
+    r
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
+    let real = real!(H::cuMemUnmap, MemUnmapFn);
+    let r = unsafe { real(ptr, size) };
+    if r == CUDA_SUCCESS
+        && let Some(seg) = segment::get()
+    {
+        memory::vmm_unmapped(seg, ptr, size as u64);
+    }
+    r
 }
 
 /// A host pointer as an allocation's key.
@@ -832,6 +879,144 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     }
     r
 }
+
+/// `nvmlProcessInfo_v1_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlProcessV1 {
+    pid: c_uint,
+    used_gpu_memory: u64,
+}
+
+/// `nvmlProcessInfo_t`, what the `_v2` and `_v3` lists hold.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlProcessV2 {
+    pid: c_uint,
+    used_gpu_memory: u64,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+
+/// An entry of an NVML process list: its pid and its memory.
+trait NvmlProcess: Copy + Default {
+    fn pid(&self) -> u32;
+    fn set_used(&mut self, bytes: u64);
+}
+
+impl NvmlProcess for NvmlProcessV1 {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn set_used(&mut self, bytes: u64) {
+        self.used_gpu_memory = bytes;
+    }
+}
+
+impl NvmlProcess for NvmlProcessV2 {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn set_used(&mut self, bytes: u64) {
+        self.used_gpu_memory = bytes;
+    }
+}
+
+const NVML_SUCCESS: c_int = 0;
+const NVML_ERROR_INSUFFICIENT_SIZE: c_int = 7;
+
+/// An NVML process list as the process should see it: with
+/// `VAGUS_NVML_VIEW=1`, only its own entry (by any of its pids: NVML
+/// reports the host's, which a process in a PID namespace cannot see, so
+/// there the list is empty), with the memory its shim counts. NVML's size
+/// protocol holds as for the real list (`*count` in: room, out: entries;
+/// `NVML_ERROR_INSUFFICIENT_SIZE` when the room is short).
+unsafe fn process_view<T: NvmlProcess>(
+    real: unsafe extern "C" fn(*mut c_void, *mut c_uint, *mut T) -> c_int,
+    dev: *mut c_void,
+    count: *mut c_uint,
+    infos: *mut T,
+) -> c_int {
+    if !memory::nvml_view_on() || count.is_null() {
+        return unsafe { real(dev, count, infos) };
+    }
+    // The whole list, into a buffer of our own (it may grow between calls).
+    let mut all: Vec<T> = Vec::new();
+    let mut listed = None;
+    for _ in 0..4 {
+        let mut n = all.len() as c_uint;
+        let buf = if all.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            all.as_mut_ptr()
+        };
+        match unsafe { real(dev, &mut n, buf) } {
+            NVML_SUCCESS => {
+                listed = Some((n as usize).min(all.len()));
+                break;
+            }
+            NVML_ERROR_INSUFFICIENT_SIZE => all = vec![T::default(); n as usize + 8],
+            r => return r,
+        }
+    }
+    let Some(listed) = listed else {
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    };
+    let mine = memory::own_pids();
+    let used = segment::get().map(|s| s.stats.bytes_in_use.load(Relaxed));
+    let kept: Vec<T> = all[..listed]
+        .iter()
+        .filter(|p| mine.contains(&p.pid()))
+        .map(|p| {
+            let mut p = *p;
+            if let Some(b) = used.filter(|b| *b > 0) {
+                p.set_used(b);
+            }
+            p
+        })
+        .collect();
+    // SAFETY: count checked non-null; the caller's array holds `room`.
+    let room = unsafe { *count } as usize;
+    unsafe { *count = kept.len() as c_uint };
+    if kept.is_empty() {
+        return NVML_SUCCESS;
+    }
+    if infos.is_null() || room < kept.len() {
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (k, p) in kept.into_iter().enumerate() {
+        unsafe { infos.add(k).write(p) };
+    }
+    NVML_SUCCESS
+}
+
+macro_rules! process_list_hook {
+    ($name:ident, $info:ty) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            dev: *mut c_void,
+            count: *mut c_uint,
+            infos: *mut $info,
+        ) -> c_int {
+            let real = real!(
+                H::$name,
+                unsafe extern "C" fn(*mut c_void, *mut c_uint, *mut $info) -> c_int,
+                NVML_ERROR_UNINITIALIZED
+            );
+            unsafe { process_view(real, dev, count, infos) }
+        }
+    };
+}
+
+process_list_hook!(nvmlDeviceGetComputeRunningProcesses, NvmlProcessV1);
+process_list_hook!(nvmlDeviceGetComputeRunningProcesses_v2, NvmlProcessV2);
+process_list_hook!(nvmlDeviceGetComputeRunningProcesses_v3, NvmlProcessV2);
+process_list_hook!(nvmlDeviceGetGraphicsRunningProcesses, NvmlProcessV1);
+process_list_hook!(nvmlDeviceGetGraphicsRunningProcesses_v2, NvmlProcessV2);
+process_list_hook!(nvmlDeviceGetGraphicsRunningProcesses_v3, NvmlProcessV2);
+process_list_hook!(nvmlDeviceGetMPSComputeRunningProcesses, NvmlProcessV1);
+process_list_hook!(nvmlDeviceGetMPSComputeRunningProcesses_v2, NvmlProcessV2);
+process_list_hook!(nvmlDeviceGetMPSComputeRunningProcesses_v3, NvmlProcessV2);
 
 /// Counts a success of `r` in `counter`.
 fn count_ok(

@@ -383,9 +383,51 @@ impl TopKernel {
     }
 }
 
+/// A size as `VAGUS_MEMORY_LIMIT` and `vagus run --memory-limit` take it:
+/// `N`, `N` with a unit (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB), or a
+/// decimal with a unit (`1.5GiB`).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(scale);
+    }
+    let f = num.parse::<f64>().ok()?;
+    (f.is_finite() && f >= 0.0 && f * (scale as f64) < u64::MAX as f64)
+        .then_some((f * scale as f64) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_and_without_units() {
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("4GiB"), Some(4 << 30));
+        assert_eq!(parse_bytes(" 512MiB "), Some(512 << 20));
+        assert_eq!(parse_bytes("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_bytes("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_bytes("4 GiB"), Some(4 << 30));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("4XB"), None);
+        assert_eq!(parse_bytes("-1"), None);
+    }
 
     fn zeroed<T>() -> Box<T> {
         // SAFETY: every type here is atomics and arrays of atomics, for which

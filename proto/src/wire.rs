@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 /// `Hello`, MPS state changes in windows, and whether a process runs under
 /// the shim. Version 3: what each inference server's own metrics said over
 /// the window ([`ServingWindow`]), and the replicas the brain has agents
-/// run ([`ReplicaSpec`], [`ReplicaWindow`]).
-pub const PROTOCOL_VERSION: u16 = 3;
-pub const MIN_PROTOCOL_VERSION: u16 = 3;
+/// run ([`ReplicaSpec`], [`ReplicaWindow`]). Version 4: a shimmed
+/// process's memory by kind, its limit and its refused allocations
+/// ([`ProcessMemory`]).
+pub const PROTOCOL_VERSION: u16 = 4;
+pub const MIN_PROTOCOL_VERSION: u16 = 4;
 /// Default largest frame (header included) a peer accepts.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 /// Bytes before the payload: length, version, kind.
@@ -132,6 +134,34 @@ pub struct ProcessWindow {
     /// HdrHistograms in their V2 serialisation (kernel durations, sync waits).
     pub kernel_hist: Vec<u8>,
     pub sync_hist: Vec<u8>,
+    /// What its shim counts of its memory (`None`: not shimmed).
+    pub memory: Option<ProcessMemory>,
+}
+
+/// A shimmed process's memory as its shim counts it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessMemory {
+    /// Bytes in use by kind, in [`crate::shm::MEMORY_KINDS`] order (device
+    /// kinds, then host memory).
+    pub in_use: Vec<u64>,
+    /// Its device-memory limit in bytes (0: none).
+    pub limit: u64,
+    /// Allocations refused for crossing the limit since it started, and
+    /// their bytes.
+    pub refused_allocations: u64,
+    pub refused_bytes: u64,
+}
+
+impl ProcessMemory {
+    /// Device bytes in use: every kind but host memory.
+    pub fn device_bytes(&self) -> u64 {
+        self.in_use
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != crate::shm::HOST_MEMORY)
+            .map(|(_, b)| b)
+            .sum()
+    }
 }
 
 /// A histogram's change over a window, bucket-exact: the observations that
@@ -688,6 +718,12 @@ mod tests {
             shimmed: true,
             kernel_hist: vec![1, 2, 3, 4],
             sync_hist: vec![],
+            memory: Some(ProcessMemory {
+                in_use: vec![1 << 30, 0, 0, 2 << 20, 0, 4096],
+                limit: 4 << 30,
+                refused_allocations: 2,
+                refused_bytes: 6 << 30,
+            }),
         };
         vec![
             Message::Hello(Hello {
@@ -726,7 +762,14 @@ mod tests {
                     temperature_c: 55,
                     xids: vec![79],
                 }],
-                processes: vec![proc_.clone(), ProcessWindow { pid: 43, ..proc_ }],
+                processes: vec![
+                    proc_.clone(),
+                    ProcessWindow {
+                        pid: 43,
+                        memory: None,
+                        ..proc_
+                    },
+                ],
                 dropped_windows: 3,
                 mps: vec![GpuMps {
                     gpu: 0,
@@ -871,23 +914,23 @@ mod tests {
         assert!(matches!(d.finish(), Err(FrameError::Truncated { .. })));
 
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        d.push(&[3, 0, 0, 0, 4, 0, 200]);
+        d.push(&[3, 0, 0, 0, 5, 0, 200]);
         let e = d.next_message().unwrap_err();
-        assert_eq!(e, FrameError::UnsupportedVersion { version: 4 });
+        assert_eq!(e, FrameError::UnsupportedVersion { version: 5 });
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        d.push(&[3, 0, 0, 0, 3, 0, 200]);
+        d.push(&[3, 0, 0, 0, 4, 0, 200]);
         let e = d.next_message().unwrap_err();
         assert_eq!(
             e,
             FrameError::UnknownKind {
                 kind: 200,
-                version: 3
+                version: 4
             }
         );
         assert!(e.to_string().contains("unknown message kind 200"), "{e}");
 
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        d.push(&[5, 0, 0, 0, 3, 0, 5, 0xff, 0xff]);
+        d.push(&[5, 0, 0, 0, 4, 0, 5, 0xff, 0xff]);
         let e = d.next_message().unwrap_err();
         assert!(
             matches!(

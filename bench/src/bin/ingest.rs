@@ -176,6 +176,7 @@ fn template(node: &str, a: &Args, hists: &[Vec<u8>]) -> TelemetryWindow {
                     Vec::new()
                 },
                 sync_hist: Vec::new(),
+                memory: None,
             })
             .collect(),
         dropped_windows: 0,

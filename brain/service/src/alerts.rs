@@ -1,5 +1,5 @@
 //! Alerts: what an operator must hear about — a node down or back, the
-//! workloads moved off it. Each alert is a log line, a count in
+//! workloads moved off it, a replica's memory limit refusing allocations. Each alert is a log line, a count in
 //! `vagus_brain_alerts_total{kind}`, an `event` row in the audit trail,
 //! and an entry in the stream `GET /v1/events` serves (server-sent events,
 //! or JSON for a client that does not ask for the stream).
@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
 /// Every kind of alert (each has a series in `vagus_brain_alerts_total`).
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "node_down",
     "node_up",
     "mps_down",
@@ -25,6 +25,7 @@ pub const KINDS: [&str; 8] = [
     "reconfiguration_refused",
     "reconfiguration_paused",
     "reconfiguration_stuck",
+    "memory_refused",
 ];
 
 /// Alerts kept for clients that reconnect.
@@ -38,7 +39,7 @@ pub struct Alert {
     /// The core's clock (ms).
     pub at_ms: u64,
     /// One of [`KINDS`]: `node_down`, `node_up`, `mps_down`, `mps_up`,
-    /// `reconfiguration_*`.
+    /// `reconfiguration_*`, `memory_refused`.
     pub kind: String,
     pub node: Option<String>,
     /// The workloads it concerns (those moved off a node that went down).

@@ -15,7 +15,8 @@ use crate::http::Api;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use utoipa::ToSchema;
-use vagus_proto::wire::{CommandKind, ReplicaSpec, ReplicaState, ReplicaWindow};
+use vagus_proto::shm;
+use vagus_proto::wire::{CommandKind, ProcessMemory, ReplicaSpec, ReplicaState, ReplicaWindow};
 
 /// How long a replica being stopped may take to finish what it holds.
 pub const STOP_GRACE_MS: u64 = 30_000;
@@ -44,6 +45,38 @@ pub struct ReplicaView {
     /// errors, latency to the first and the last byte, in flight); `null`
     /// until a gateway reports it.
     pub gateway: Option<ServingView>,
+    /// Its memory as its shim counts it; `null` when it runs without the
+    /// shim or no window has carried it yet.
+    pub memory: Option<MemoryView>,
+}
+
+/// A replica's memory as its shim counts it.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct MemoryView {
+    /// Bytes in use by kind: `device`, `pitch`, `managed`, `stream_ordered`,
+    /// `vmm` (device memory) and `host` (page-locked host memory).
+    pub in_use_bytes: BTreeMap<String, u64>,
+    /// Its device-memory limit (`null`: none).
+    pub limit_bytes: Option<u64>,
+    /// Allocations refused for crossing the limit since it started, and
+    /// their bytes.
+    pub refused_allocations: u64,
+    pub refused_bytes: u64,
+}
+
+impl MemoryView {
+    fn of(m: &ProcessMemory) -> MemoryView {
+        MemoryView {
+            in_use_bytes: shm::MEMORY_KINDS
+                .iter()
+                .zip(&m.in_use)
+                .map(|(k, b)| (k.to_string(), *b))
+                .collect(),
+            limit_bytes: (m.limit > 0).then_some(m.limit),
+            refused_allocations: m.refused_allocations,
+            refused_bytes: m.refused_bytes,
+        }
+    }
 }
 
 impl ReplicaView {
@@ -63,6 +96,8 @@ impl ReplicaView {
 pub struct Executor {
     started: HashMap<(String, String), u64>,
     stopping: HashSet<(String, String)>,
+    /// The refused allocations each running replica's alert last counted.
+    refused: HashMap<(String, String), u64>,
 }
 
 /// The agent's spec for placement `p`, if it has a launch spec. A share of
@@ -151,7 +186,7 @@ impl Executor {
         type Reported = Vec<(
             String,
             Option<std::net::IpAddr>,
-            Vec<(ReplicaWindow, Option<ServingView>)>,
+            Vec<(ReplicaWindow, Option<ServingView>, Option<MemoryView>)>,
         )>;
         let reported: Reported = {
             let st = agents.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,7 +209,13 @@ impl Executor {
                                 .values()
                                 .find(|e| e.pid == Some(r.pid))
                                 .map(|e| e.view());
-                            (r.clone(), serving)
+                            let memory = s
+                                .processes
+                                .values()
+                                .find(|p| p.latest.pid == r.pid)
+                                .and_then(|p| p.latest.memory.as_ref())
+                                .map(MemoryView::of);
+                            (r.clone(), serving, memory)
                         })
                         .collect();
                     (n.clone(), s.addr, rs)
@@ -187,8 +228,8 @@ impl Executor {
                 .iter()
                 .filter(|(n, ..)| n == node)
                 .flat_map(|(_, _, rs)| rs)
-                .find(|(r, _)| r.id == id)
-                .map(|(r, _)| r)
+                .find(|(r, ..)| r.id == id)
+                .map(|(r, ..)| r)
         };
         for (id, (node, _, spec, at_ms)) in &wanted {
             let key = (node.clone(), id.clone());
@@ -248,7 +289,7 @@ impl Executor {
         let mut views = BTreeMap::new();
         let mut live = HashSet::new();
         for (node, addr, rs) in &reported {
-            for (r, serving) in rs {
+            for (r, serving, memory) in rs {
                 let key = (node.clone(), r.id.clone());
                 let placed_here = wanted.get(&r.id).is_some_and(|(n, ..)| n == node);
                 let gone = matches!(r.state, ReplicaState::Exited);
@@ -278,6 +319,26 @@ impl Executor {
                 if down.contains(node) || (!placed_here && views.contains_key(&r.id)) {
                     continue;
                 }
+                // An operator hears when a replica's limit starts refusing
+                // what it asks for (once per rise, not per window).
+                if let Some(m) = memory.as_ref().filter(|_| !gone) {
+                    let seen = self
+                        .refused
+                        .insert(key.clone(), m.refused_allocations)
+                        .unwrap_or(0);
+                    if m.refused_allocations > seen {
+                        let limit = m.limit_bytes.map_or("none".into(), |b| format!("{b} B"));
+                        let summary = format!(
+                            "replica {} on {node} had {} allocation(s) refused at its memory limit ({limit}), {} in all ({} B)",
+                            r.id,
+                            m.refused_allocations - seen,
+                            m.refused_allocations,
+                            m.refused_bytes
+                        );
+                        api.alert("memory_refused", Some(node), vec![r.id.clone()], summary)
+                            .await;
+                    }
+                }
                 let model = wanted
                     .get(&r.id)
                     .map(|(_, m, ..)| m.clone())
@@ -302,11 +363,13 @@ impl Executor {
                         model,
                         serving: serving.clone(),
                         gateway: None,
+                        memory: memory.clone(),
                     },
                 );
             }
         }
         self.stopping.retain(|k| live.contains(k));
+        self.refused.retain(|k, _| live.contains(k));
         api.set_replicas(views);
     }
 }

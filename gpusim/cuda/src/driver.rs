@@ -27,6 +27,8 @@ pub enum Kind {
     Event = 0x0e0e,
     Graph = 0x06a6,
     GraphExec = 0x06e6,
+    /// A VMM physical allocation (`cuMemCreate`).
+    Physical = 0x0a11,
 }
 
 pub fn handle(kind: Kind, id: u64) -> u64 {
@@ -106,6 +108,25 @@ pub struct Allocation {
     pub size: usize,
 }
 
+/// A VMM physical allocation: device memory accounted from `cuMemCreate`
+/// until it is released and no longer mapped, backed by a memory file so
+/// every mapping of it shares its bytes.
+pub struct Physical {
+    pub device: usize,
+    pub size: usize,
+    pub file: std::os::fd::OwnedFd,
+    pub mappings: u32,
+    pub released: bool,
+}
+
+/// A range of reserved address space mapped to (part of) a physical
+/// allocation (`cuMemMap`); accessible once `cuMemSetAccess` says so.
+pub struct Mapping {
+    pub size: usize,
+    pub handle: u64,
+    pub accessible: bool,
+}
+
 /// What a process is on a device: its slot in the shared state and its SM share.
 #[derive(Clone, Copy)]
 pub struct Attachment {
@@ -135,6 +156,11 @@ pub struct Objects {
     pub allocs: BTreeMap<u64, Allocation>,
     /// Page-locked host allocations (`cuMemHostAlloc`): address → size.
     pub host_allocs: HashMap<u64, usize>,
+    /// Virtual memory management: physical allocations by handle, reserved
+    /// address ranges (base → size) and the mappings in them (by address).
+    pub physical: HashMap<u64, Physical>,
+    pub reserved: BTreeMap<u64, usize>,
+    pub mapped: BTreeMap<u64, Mapping>,
     pub primary: HashMap<usize, PrimaryCtx>,
     pub attached: HashMap<usize, Attachment>,
 }
@@ -361,21 +387,46 @@ impl Driver {
         true
     }
 
-    /// Checks that `[ptr, ptr+len)` lies inside one device allocation.
+    /// Gives a physical allocation's memory back to its device.
+    pub fn free_physical(&self, o: &mut Objects, handle: u64) {
+        let Some(p) = o.physical.remove(&handle) else {
+            return;
+        };
+        let slot = o.attached.get(&p.device).and_then(|x| x.slot).unwrap_or(0);
+        if let Some(d) = self.state.device(p.device) {
+            d.free(slot, p.size as u64);
+        }
+    }
+
+    /// Checks that `[ptr, ptr+len)` lies inside one device allocation, or
+    /// in accessible mappings that follow each other without a gap; the
+    /// device it is on.
     pub fn check_device_range(&self, o: &Objects, ptr: u64, len: usize) -> Result<usize, CUresult> {
-        let (base, a) = o
-            .allocs
+        let end = ptr
+            .checked_add(len as u64)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if let Some((base, a)) = o.allocs.range(..=ptr).next_back()
+            && end <= base + a.size as u64
+        {
+            return Ok(a.device);
+        }
+        let (&first, m) = o
+            .mapped
             .range(..=ptr)
             .next_back()
             .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        if ptr
-            .checked_add(len as u64)
-            .is_some_and(|end| end <= base + a.size as u64)
-        {
-            Ok(a.device)
-        } else {
-            Err(CUDA_ERROR_INVALID_VALUE)
+        let device = o.physical.get(&m.handle).map_or(0, |p| p.device);
+        let mut covered = first;
+        for (&at, m) in o.mapped.range(first..) {
+            if at != covered || !m.accessible {
+                break;
+            }
+            covered = at + m.size as u64;
+            if covered >= end {
+                return Ok(device);
+            }
         }
+        Err(CUDA_ERROR_INVALID_VALUE)
     }
 
     /// Resolves a stream handle (NULL, legacy, per-thread or created) to the

@@ -1083,8 +1083,9 @@ pub unsafe extern "C" fn cuMemGetAllocationGranularity(
     })
 }
 
-/// A physical allocation on the device the properties name (its handle is
-/// its backing store's address), in the current context.
+/// A physical allocation on the device the properties name, in the
+/// current context: its device memory is accounted now; its bytes live in
+/// a memory file that each mapping of it shares.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemCreate(
     handle: *mut u64,
@@ -1095,18 +1096,329 @@ pub unsafe extern "C" fn cuMemCreate(
     guard(|| {
         let p = check_prop(prop)?;
         let d = driver()?;
-        if handle.is_null() || flags != 0 || !size.is_multiple_of(VMM_GRANULARITY) {
+        if handle.is_null() || flags != 0 || size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         d.device(p.location_id)?;
-        let m = allocate(size)?;
-        unsafe { out(handle, m) }
+        let mut o = d.lock();
+        let ctx = d.current(&o)?;
+        let device = o.ctxs[&ctx].device;
+        let slot = d.register(&mut o, device)?;
+        let s = d.state.device(device).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+        if !s.alloc(slot, size as u64) {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        let Some(file) = memory_file(size) else {
+            s.free(slot, size as u64);
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        };
+        let h = o.fresh(Kind::Physical);
+        o.physical.insert(
+            h,
+            Physical {
+                device,
+                size,
+                file,
+                mappings: 0,
+                released: false,
+            },
+        );
+        unsafe { out(handle, h) }
     })
 }
 
+/// A sparse memory file of `size` bytes, the backing of a physical
+/// allocation.
+fn memory_file(size: usize) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a NUL-terminated name; the descriptor is owned from here on.
+    let fd = unsafe { libc::memfd_create(c"gpusim-physical".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor memfd_create just returned, owned by nobody else.
+    let file = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: resizing the file just created.
+    (unsafe { libc::ftruncate(fd, size as libc::off_t) } == 0).then_some(file)
+}
+
+/// The handle is invalid from now on; the memory goes back to the device
+/// once its last mapping is unmapped (at once if it has none).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemRelease(handle: u64) -> CUresult {
-    guard(|| release(handle))
+    guard(|| {
+        let d = driver()?;
+        let mut o = d.lock();
+        let p = o
+            .physical
+            .get_mut(&handle)
+            .filter(|p| !p.released)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        p.released = true;
+        if p.mappings == 0 {
+            d.free_physical(&mut o, handle);
+        }
+        Ok(())
+    })
+}
+
+/// `size` bytes of address space (a multiple of the granularity), aligned
+/// to `alignment` (0: the granularity); `addr`, a hint, is not followed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAddressReserve(
+    ptr: *mut CUdeviceptr,
+    size: usize,
+    alignment: usize,
+    _addr: CUdeviceptr,
+    flags: u64,
+) -> CUresult {
+    guard(|| {
+        let d = driver()?;
+        let align = if alignment == 0 {
+            VMM_GRANULARITY
+        } else {
+            alignment
+        };
+        if ptr.is_null()
+            || flags != 0
+            || size == 0
+            || !size.is_multiple_of(VMM_GRANULARITY)
+            || !align.is_power_of_two()
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let span = size.checked_add(align).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        // SAFETY: a fresh inaccessible anonymous mapping.
+        let m = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if m == libc::MAP_FAILED {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        let start = m as usize;
+        let base = start.next_multiple_of(align);
+        // SAFETY: trimming the parts of that mapping outside [base, base+size).
+        unsafe {
+            if base > start {
+                libc::munmap(m, base - start);
+            }
+            let tail = start + span - (base + size);
+            if tail > 0 {
+                libc::munmap((base + size) as *mut c_void, tail);
+            }
+        }
+        d.lock().reserved.insert(base as u64, size);
+        unsafe { out(ptr, base as u64) }
+    })
+}
+
+/// Frees a whole reservation; one still mapped is refused.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) -> CUresult {
+    guard(|| {
+        let d = driver()?;
+        let mut o = d.lock();
+        if o.reserved.get(&ptr) != Some(&size)
+            || o.mapped.range(ptr..ptr + size as u64).next().is_some()
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        o.reserved.remove(&ptr);
+        // SAFETY: unmapping the reservation this driver made.
+        unsafe { libc::munmap(ptr as *mut c_void, size) };
+        Ok(())
+    })
+}
+
+/// Maps `size` bytes of physical allocation `handle` from `offset` at
+/// `ptr`, inside one reservation and over no other mapping; inaccessible
+/// until `cuMemSetAccess`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemMap(
+    ptr: CUdeviceptr,
+    size: usize,
+    offset: usize,
+    handle: u64,
+    flags: u64,
+) -> CUresult {
+    guard(|| {
+        let d = driver()?;
+        let mut o = d.lock();
+        let end = ptr
+            .checked_add(size as u64)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let inside = o
+            .reserved
+            .range(..=ptr)
+            .next_back()
+            .is_some_and(|(b, s)| end <= b + *s as u64);
+        let overlaps = o
+            .mapped
+            .range(..end)
+            .next_back()
+            .is_some_and(|(at, m)| at + m.size as u64 > ptr);
+        let p = o.physical.get(&handle).filter(|p| !p.released);
+        let fits = p.is_some_and(|p| offset.checked_add(size).is_some_and(|e| e <= p.size));
+        if flags != 0
+            || size == 0
+            || !size.is_multiple_of(VMM_GRANULARITY)
+            || !offset.is_multiple_of(VMM_GRANULARITY)
+            || !inside
+            || overlaps
+            || !fits
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let fd = {
+            use std::os::fd::AsRawFd;
+            p.expect("checked").file.as_raw_fd()
+        };
+        // SAFETY: replacing part of a reservation this driver made with the
+        // physical allocation's file, shared.
+        let m = unsafe {
+            libc::mmap(
+                ptr as *mut c_void,
+                size,
+                libc::PROT_NONE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if m == libc::MAP_FAILED {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        o.physical.get_mut(&handle).expect("checked").mappings += 1;
+        o.mapped.insert(
+            ptr,
+            Mapping {
+                size,
+                handle,
+                accessible: false,
+            },
+        );
+        Ok(())
+    })
+}
+
+/// The mappings that make up exactly `[ptr, ptr+size)`, by address.
+fn whole_mappings(o: &Objects, ptr: u64, size: usize) -> Result<Vec<u64>, CUresult> {
+    let end = ptr
+        .checked_add(size as u64)
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let mut at = ptr;
+    let mut found = Vec::new();
+    for (&a, m) in o.mapped.range(ptr..end) {
+        if a != at {
+            break;
+        }
+        found.push(a);
+        at = a + m.size as u64;
+    }
+    if size == 0 || at != end {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(found)
+}
+
+/// `CUmemAccessDesc`: a location (type, id) and its access flags.
+#[repr(C)]
+pub struct MemAccessDesc {
+    pub location_type: c_uint,
+    pub location_id: c_int,
+    pub flags: c_uint,
+}
+
+const CU_MEM_ACCESS_FLAGS_PROT_NONE: c_uint = 0;
+const CU_MEM_ACCESS_FLAGS_PROT_READ: c_uint = 1;
+const CU_MEM_ACCESS_FLAGS_PROT_READWRITE: c_uint = 3;
+
+/// Sets the access of whole mappings: read-write or read-only makes them
+/// usable by copies; none makes them inaccessible again.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemSetAccess(
+    ptr: CUdeviceptr,
+    size: usize,
+    desc: *const MemAccessDesc,
+    count: usize,
+) -> CUresult {
+    guard(|| {
+        let d = driver()?;
+        if desc.is_null() || count == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: the caller's array of `count` descriptors.
+        let descs = unsafe { std::slice::from_raw_parts(desc, count) };
+        let mut prot = None;
+        for a in descs {
+            if a.location_type != CU_MEM_LOCATION_TYPE_DEVICE {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            d.device(a.location_id)?;
+            prot = Some(match a.flags {
+                CU_MEM_ACCESS_FLAGS_PROT_NONE => libc::PROT_NONE,
+                CU_MEM_ACCESS_FLAGS_PROT_READ => libc::PROT_READ,
+                CU_MEM_ACCESS_FLAGS_PROT_READWRITE => libc::PROT_READ | libc::PROT_WRITE,
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            });
+        }
+        let prot = prot.expect("count > 0");
+        let mut o = d.lock();
+        let found = whole_mappings(&o, ptr, size)?;
+        // SAFETY: the range is made of this driver's mappings.
+        if unsafe { libc::mprotect(ptr as *mut c_void, size, prot) } != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        for a in found {
+            if let Some(m) = o.mapped.get_mut(&a) {
+                m.accessible = prot != libc::PROT_NONE;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Unmaps whole mappings, leaving their address space reserved; a
+/// released physical allocation's memory goes back with its last mapping.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
+    guard(|| {
+        let d = driver()?;
+        let mut o = d.lock();
+        let found = whole_mappings(&o, ptr, size)?;
+        // SAFETY: putting inaccessible reserved space back over this
+        // driver's mappings.
+        unsafe {
+            libc::mmap(
+                ptr as *mut c_void,
+                size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        for a in found {
+            let Some(m) = o.mapped.remove(&a) else {
+                continue;
+            };
+            let done = o.physical.get_mut(&m.handle).is_some_and(|p| {
+                p.mappings -= 1;
+                p.released && p.mappings == 0
+            });
+            if done {
+                d.free_physical(&mut o, m.handle);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Page-locked host memory: ordinary memory here, not the device's.

@@ -569,10 +569,24 @@ pub struct ProcessInfoV1 {
     used_gpu_memory: u64,
 }
 
+/// Which of NVML's process lists.
+#[derive(Clone, Copy)]
+enum List {
+    Compute,
+    Mps,
+    /// Graphics (non-compute) contexts: a data-centre GPU runs none.
+    Graphics,
+}
+
 /// Processes as NVML lists them: without MPS, the processes with contexts;
 /// under MPS, the server appears in the compute list (holding its clients'
 /// memory) and the clients in the MPS list.
-fn process_list(st: &SharedState, i: usize, mps: bool) -> Vec<(u32, u64)> {
+fn process_list(st: &SharedState, i: usize, list: List) -> Vec<(u32, u64)> {
+    let mps = match list {
+        List::Compute => false,
+        List::Mps => true,
+        List::Graphics => return Vec::new(),
+    };
     let procs: Vec<ProcessInfo> = st.device(i).expect("index checked").live_processes(st);
     if mps {
         return procs
@@ -630,7 +644,7 @@ fn v2(pid: u32, m: u64) -> ProcessInfoV2 {
 }
 
 macro_rules! process_entry {
-    ($name:ident, $info:ty, $mps:expr, $make:expr) => {
+    ($name:ident, $info:ty, $list:expr, $make:expr) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(
             h: *mut c_void,
@@ -639,7 +653,7 @@ macro_rules! process_entry {
         ) -> NvmlReturn {
             guard(|| {
                 with_dev(h, |st, i| {
-                    fill(process_list(st, i, $mps), count, infos, $make)
+                    fill(process_list(st, i, $list), count, infos, $make)
                 })
             })
         }
@@ -649,19 +663,19 @@ macro_rules! process_entry {
 process_entry!(
     nvmlDeviceGetComputeRunningProcesses_v3,
     ProcessInfoV2,
-    false,
+    List::Compute,
     v2
 );
 process_entry!(
     nvmlDeviceGetComputeRunningProcesses_v2,
     ProcessInfoV2,
-    false,
+    List::Compute,
     v2
 );
 process_entry!(
     nvmlDeviceGetComputeRunningProcesses,
     ProcessInfoV1,
-    false,
+    List::Compute,
     |pid, m| ProcessInfoV1 {
         pid,
         used_gpu_memory: m
@@ -670,42 +684,41 @@ process_entry!(
 process_entry!(
     nvmlDeviceGetMPSComputeRunningProcesses_v3,
     ProcessInfoV2,
-    true,
+    List::Mps,
     v2
 );
 process_entry!(
     nvmlDeviceGetMPSComputeRunningProcesses_v2,
     ProcessInfoV2,
-    true,
+    List::Mps,
     v2
 );
 process_entry!(
     nvmlDeviceGetMPSComputeRunningProcesses,
     ProcessInfoV1,
-    true,
+    List::Mps,
     |pid, m| ProcessInfoV1 {
         pid,
         used_gpu_memory: m
     }
 );
 
-// Graphics (non-compute) contexts: a data-centre GPU runs none.
 process_entry!(
     nvmlDeviceGetGraphicsRunningProcesses_v3,
     ProcessInfoV2,
-    false,
+    List::Graphics,
     v2
 );
 process_entry!(
     nvmlDeviceGetGraphicsRunningProcesses_v2,
     ProcessInfoV2,
-    false,
+    List::Graphics,
     v2
 );
 process_entry!(
     nvmlDeviceGetGraphicsRunningProcesses,
     ProcessInfoV1,
-    false,
+    List::Graphics,
     |pid, m| ProcessInfoV1 {
         pid,
         used_gpu_memory: m

@@ -561,6 +561,7 @@ mod tests {
             shimmed: true,
             kernel_hist: kernel,
             sync_hist: Vec::new(),
+            memory: None,
         }
     }
 

@@ -15,7 +15,7 @@ use super::{
 use crate::agents::ingest::ServingView;
 use crate::audit::{self, Entry};
 use crate::gateways::{Buckets, GatewayReplica, GatewayWindow, WindowTaken};
-use crate::replicas::ReplicaView;
+use crate::replicas::{MemoryView, ReplicaView};
 use std::sync::LazyLock;
 use utoipa::OpenApi;
 use utoipa::openapi::content::ContentBuilder;
@@ -34,7 +34,7 @@ use vagus_decision::{Control, Decision, Launch, NodeSpec, Placed, Profile};
     info(title = "Vagus brain", description = "Placement decisions, the audit trail and operator controls. Every error is JSON `{\"field\", \"error\"}`."),
     paths(create_placement, get_placement, delete_placement, list_placements, list_nodes, put_node,
         list_decisions, list_events, post_control, get_routes, post_gateway_window, healthz, metrics),
-    components(schemas(Profile, Launch, ReplicaView, ServingView, GatewayWindow, GatewayReplica, Buckets, WindowTaken, Route, Routes, Answer, Rejection, Decision, Workload, Workloads, Placed, Queued,
+    components(schemas(Profile, Launch, ReplicaView, MemoryView, ServingView, GatewayWindow, GatewayReplica, Buckets, WindowTaken, Route, Routes, Answer, Rejection, Decision, Workload, Workloads, Placed, Queued,
         Nodes, Node, NodeSpec, Entry, audit::Page, Control, ApiError, Health, Events, crate::alerts::Alert)),
     modifiers(&Contract)
 )]
