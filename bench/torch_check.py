@@ -3,6 +3,9 @@
   python3 torch_check.py passes N       N forward passes of a small MLP (for launch counts)
   python3 torch_check.py profile N      the same under torch.profiler: kernels per pass, mean kernel time
   python3 torch_check.py loop N         a launch-bound loop of N tiny in-place adds: launches per second
+  python3 torch_check.py memory GIB     under a memory limit: what torch.cuda.mem_get_info() says, whether
+                                        allocating GIB GiB raises PyTorch's out-of-memory error, and that
+                                        the process goes on allocating within the limit afterwards
 """
 import json
 import sys
@@ -60,5 +63,22 @@ def loop(n):
     print(json.dumps({"launches": n, "seconds": dt, "launches_per_s": n / dt}))
 
 
+def memory(gib):
+    free, total = torch.cuda.mem_get_info()
+    out = {"free": free, "total": total, "allocator": torch.cuda.get_allocator_backend(),
+           "expandable": "expandable_segments:True" in __import__("os").environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
+    try:
+        x = torch.empty(gib << 30, dtype=torch.uint8, device="cuda")
+        out["oom"] = False
+        del x
+    except torch.cuda.OutOfMemoryError as e:
+        out["oom"] = True
+        out["error"] = str(e).splitlines()[0][:200]
+    torch.cuda.empty_cache()
+    y = torch.ones(1 << 28, dtype=torch.uint8, device="cuda")  # 256 MiB: still within the limit
+    out["after"] = int(y.sum().item())
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
-    {"passes": passes, "profile": profile, "loop": loop}[sys.argv[1]](int(sys.argv[2]))
+    {"passes": passes, "profile": profile, "loop": loop, "memory": memory}[sys.argv[1]](int(sys.argv[2]))
