@@ -881,7 +881,10 @@ fn a_placement_with_a_launch_spec_runs_as_a_replica_found_again_after_an_agent_r
         .iter()
         .map(|k| m["in_use_bytes"][k].as_u64().unwrap())
         .sum();
-    assert!(((2_000_000_000 >> 20 << 20)..8_000_000_000).contains(&device), "{v}");
+    assert!(
+        ((2_000_000_000 >> 20 << 20)..8_000_000_000).contains(&device),
+        "{v}"
+    );
     assert_eq!(m["refused_allocations"], 0, "{v}");
 
     // The agent restarts (SIGKILL): the replica runs on and is found again,

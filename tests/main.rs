@@ -8,6 +8,7 @@ mod api_fuzz;
 mod brain_api;
 mod cli;
 mod control;
+mod demo;
 mod driver_api;
 mod failover;
 mod gateway;

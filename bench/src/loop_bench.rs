@@ -21,8 +21,8 @@
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use vagus_cluster::{Brain, Cluster, Host, free_port, healthy};
 use vagus_serve::client::{Arrivals, BenchConfig, Planned};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +84,9 @@ pub struct LoopConfig {
     pub trace: PathBuf,
     /// Trace time runs this many times faster.
     pub time_scale: f64,
+    /// The latency-sensitive servers' arrivals are thinned (< 1) or
+    /// multiplied (> 1) by this, before `chat-b`'s step.
+    pub rate_scale: f64,
     /// `chat-b` starts this far into the (scaled) trace.
     pub offset: Duration,
     /// `chat-b`'s arrivals are multiplied by this halfway through.
@@ -144,7 +147,6 @@ const WORKLOADS: [Workload; 4] = [
 /// Best-effort requests: long prompts, long answers.
 const BE_PROMPT: u64 = 2048;
 const BE_OUTPUT: u64 = 256;
-const TOKEN: &str = "bench-loop-admin-token-0001";
 
 impl Workload {
     /// The placement request the brain gets (and classification reads).
@@ -175,185 +177,25 @@ impl Workload {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
-fn free_udp_port() -> Result<u16, String> {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
-/// Processes of one run, killed when it ends (replicas the agent started
-/// are in sessions of their own: their pids are added once known).
-#[derive(Default)]
-struct Processes {
-    children: Vec<Child>,
-    pids: Vec<u32>,
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for &pid in &self.pids {
-            // SAFETY: kill only sends a signal.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Run<'a> {
-    cfg: &'a LoopConfig,
-    dir: PathBuf,
-    gpus: u32,
-}
-
-impl Run<'_> {
-    fn command(&self, program: &Path, args: &[String], log: &str) -> Result<Command, String> {
-        let mut c = Command::new(program);
-        c.args(args)
-            .env("GPUSIM_STATE", self.dir.join("gpu.state"))
-            .env("GPUSIM_DEVICES", self.gpus.to_string())
-            .env_remove("GPUSIM_CONFIG")
-            .stdin(Stdio::null());
-        if let Some(lib) = &self.cfg.gpusim {
-            c.env("LD_LIBRARY_PATH", lib);
-        }
-        let out = std::fs::File::create(self.dir.join(log))
-            .map_err(|e| format!("{}: {e}", self.dir.join(log).display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        c.stdout(out).stderr(err);
-        Ok(c)
-    }
-
-    fn spawn(
-        &self,
-        ps: &mut Processes,
-        args: &[String],
-        log: &str,
-        env: &[(&str, String)],
-    ) -> Result<(), String> {
-        let mut c = self.command(&self.cfg.vagus, args, log)?;
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let child = c.spawn().map_err(|e| {
-            format!(
-                "cannot start {} {}: {e}",
-                self.cfg.vagus.display(),
-                args.join(" ")
-            )
-        })?;
-        ps.children.push(child);
-        Ok(())
-    }
-}
-
-type Http = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<bytes::Bytes>,
->;
-
-async fn call(
-    http: &Http,
-    method: &str,
-    url: &str,
-    body: Option<&Value>,
-) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", format!("Bearer {TOKEN}"));
-    let payload = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            bytes::Bytes::from(b.to_string())
-        }
-        None => bytes::Bytes::new(),
-    };
-    let req = req
-        .body(http_body_util::Full::new(payload))
-        .map_err(|e| format!("{url}: {e}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), http.request(req))
-        .await
-        .map_err(|_| format!("{method} {url}: no answer in 10 s"))?
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("{method} {url}: {e}"))?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// Waits until every URL answers 200.
-async fn healthy(http: &Http, urls: &[String], within: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    for u in urls {
-        loop {
-            if let Ok((200, _)) = call(http, "GET", u, None).await {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("{u} did not answer within {within:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
-}
-
 /// The latency-sensitive servers' arrivals: the trace from `from`, its
 /// rate multiplied by `step` from halfway on.
 fn plan(cfg: &LoopConfig, from: Duration, step: f64, seed: u64) -> Result<Vec<Planned>, String> {
-    let base = |rate_scale: f64| BenchConfig {
+    BenchConfig {
         url: String::new(),
         model: String::new(),
         trace: Some(cfg.trace.clone()),
         arrivals: Arrivals::Trace,
         time_scale: cfg.time_scale,
-        rate_scale,
-        duration: Some(from + cfg.duration),
+        rate_scale: cfg.rate_scale,
+        duration: None,
         max_requests: None,
         prompt_tokens: 0,
         output_tokens: 0,
         slo_ms: None,
         seed,
-    };
-    let before = base(1.0).plan().map_err(|e| e.to_string())?;
-    let after = if step == 1.0 {
-        before.clone()
-    } else {
-        base(step).plan().map_err(|e| e.to_string())?
-    };
-    let half = cfg.duration / 2;
-    let shift = |p: &Planned| Planned {
-        at: p.at - from,
-        ..*p
-    };
-    let mut out: Vec<Planned> = before
-        .iter()
-        .filter(|p| p.at >= from && p.at - from < half)
-        .map(shift)
-        .collect();
-    out.extend(
-        after
-            .iter()
-            .filter(|p| p.at >= from && p.at - from >= half)
-            .map(shift),
-    );
-    Ok(out)
+    }
+    .stepped_plan(from, cfg.duration, cfg.duration / 2, step)
+    .map_err(|e| e.to_string())
 }
 
 /// Runs every configured policy; one JSON object each.
@@ -411,21 +253,22 @@ async fn run_policy(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let gpus = if policy == Policy::Exclusive { 4 } else { 1 };
-    let run = Run {
-        cfg,
-        dir: dir.clone(),
+    let host = Host {
+        state: dir.join("gpu.state"),
         gpus,
     };
-    let http: Http =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let mut ps = Processes::default();
+    let mut cluster = Cluster::new(
+        dir.clone(),
+        cfg.vagus.clone(),
+        cfg.shim.clone(),
+        cfg.gpusim.clone(),
+    );
     let ports: Vec<u16> = (0..WORKLOADS.len())
         .map(|_| free_port())
         .collect::<Result<_, _>>()?;
-    let mut brain_url = None;
+    let mut brain = None;
     if policy == Policy::Vagus {
-        brain_url = Some(start_vagus(&run, &mut ps, &http, &ports, slo).await?);
+        brain = Some(start_vagus(cfg, &mut cluster, &host, &ports, slo).await?);
     } else {
         let classes = vagus_decision::Classes::default();
         for (i, w) in WORKLOADS.iter().enumerate() {
@@ -450,22 +293,23 @@ async fn run_policy(
             if policy == Policy::StaticBudget {
                 std::fs::create_dir_all(dir.join("segments")).map_err(|e| e.to_string())?;
             }
-            run.spawn(
-                &mut ps,
+            cluster.spawn(
                 &w.serve_args(ports[i]),
                 &format!("{}.log", w.name),
+                Some(&host),
                 &env,
             )?;
         }
     }
+    let http = cluster.http.clone();
     let health: Vec<String> = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}/health"))
         .collect();
     healthy(&http, &health, Duration::from_secs(60)).await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher =
-        (policy == Policy::Vagus).then(|| watch_control_blocks(dir.join("segments"), stop.clone()));
+    let watcher = (policy == Policy::Vagus)
+        .then(|| watch_control_blocks(dir.join("node-a/segments"), stop.clone()));
     // The clients, all at once.
     let mut ls = Vec::new();
     let mut be = Vec::new();
@@ -530,11 +374,11 @@ async fn run_policy(
             "tokens_per_s": r.tokens_per_s,
         }));
     }
-    let actions = match &brain_url {
+    let actions = match &brain {
         Some(b) => loop_actions(&http, b).await,
         None => None,
     };
-    drop(ps);
+    drop(cluster);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reaction = match watcher {
         Some(w) => {
@@ -554,6 +398,7 @@ async fn run_policy(
         "actions": actions,
         "duration_s": cfg.duration.as_secs_f64(),
         "time_scale": cfg.time_scale,
+        "rate_scale": cfg.rate_scale,
         "step": cfg.step,
         "offset_s": cfg.offset.as_secs_f64(),
         "hold_best_effort": policy == Policy::Vagus && cfg.hold_best_effort,
@@ -652,139 +497,56 @@ fn quantile(xs: &mut [f64], q: f64) -> Option<f64> {
 }
 
 /// The loop's budget actions, from the brain's `/metrics`.
-async fn loop_actions(http: &Http, brain: &str) -> Option<u64> {
-    let (_, text) = call(http, "GET", &format!("{brain}/metrics"), None)
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("vagus_brain_loop_actions_total{kind=\"budget\"} "))
-        .and_then(|v| v.trim().parse().ok())
+async fn loop_actions(http: &vagus_cluster::Http, brain: &Brain) -> Option<u64> {
+    vagus_cluster::brain_metric(
+        http,
+        brain,
+        "vagus_brain_loop_actions_total",
+        &[("kind", "budget")],
+    )
+    .await
+    .map(|n| n as u64)
 }
 
 /// The brain (HTTP and QUIC) and one agent; the four servers placed with
 /// launch specs, their replicas started by the agent under the shim.
 async fn start_vagus(
-    run: &Run<'_>,
-    ps: &mut Processes,
-    http: &Http,
+    cfg: &LoopConfig,
+    cluster: &mut Cluster,
+    host: &Host,
     ports: &[u16],
     slo: &BTreeMap<String, f64>,
-) -> Result<String, String> {
-    let dir = &run.dir;
-    let certs = dir.join("certs");
-    vagus_link::certs::init(&certs, "brain", &["node-a".to_string()]).map_err(|e| e.to_string())?;
-    let tokens = dir.join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        format!("[[token]]\nname = \"bench\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
-    )
-    .map_err(|e| e.to_string())?;
+) -> Result<Brain, String> {
     // Shares are the loop's to hold, not MPS caps: every server may use the
     // whole GPU's SMs, and the budgets keep best effort out of the way.
-    let core = dir.join("core.toml");
-    let control = format!(
+    let core = format!(
         "mps_pools = false\n[control]\nhold_best_effort = {}\n",
-        run.cfg.hold_best_effort
+        cfg.hold_best_effort
     );
-    std::fs::write(&core, control).map_err(|e| e.to_string())?;
-    let (quic, api) = (free_udp_port()?, free_port()?);
-    let s = |x: &Path| x.display().to_string();
-    run.spawn(
-        ps,
-        &[
-            "brain".into(),
-            "--quic".into(),
-            format!("127.0.0.1:{quic}"),
-            "--certs".into(),
-            s(&certs),
-            "--http".into(),
-            format!("127.0.0.1:{api}"),
-            "--tokens".into(),
-            s(&tokens),
-            "--config".into(),
-            s(&core),
-            "--control-record".into(),
-            s(&dir.join("control.jsonl")),
-            "--stats-every".into(),
-            "0".into(),
-        ],
-        "brain.log",
-        &[],
-    )?;
-    let segments = dir.join("segments");
-    std::fs::create_dir_all(&segments).map_err(|e| e.to_string())?;
-    run.spawn(
-        ps,
-        &[
-            "agent".into(),
-            "--node".into(),
-            "node-a".into(),
-            "--brain".into(),
-            format!("127.0.0.1:{quic}"),
-            "--certs".into(),
-            s(&certs),
-            "--segments".into(),
-            s(&segments),
-            "--no-bpf".into(),
-            "--shim".into(),
-            s(&run.cfg.shim),
-            "--state-dir".into(),
-            s(&dir.join("agent-state")),
-        ],
-        "agent.log",
-        &[],
-    )?;
-    let brain = format!("http://127.0.0.1:{api}");
-    // The node joins with its agent's first windows.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((200, body)) = call(http, "GET", &format!("{brain}/v1/nodes"), None).await
-            && body.contains("node-a")
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "node-a never joined the brain (see {})",
-                dir.display()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let record = cluster.dir.join("control.jsonl").display().to_string();
+    let brain = cluster
+        .start_brain(
+            &["node-a".to_string()],
+            &core,
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            &["--control-record".into(), record],
+        )
+        .await?;
+    cluster.start_agent(&brain, "node-a", host, &[]).await?;
     for (i, w) in WORKLOADS.iter().enumerate() {
         let mut p = w.profile(slo.get(w.name).copied());
         p["share_pct"] = json!(if w.latency_sensitive { 30 } else { 20 });
         p["launch"] = json!({
-            "command": s(&run.cfg.vagus),
+            "command": cfg.vagus.display().to_string(),
             "args": w.serve_args(ports[i]),
             "port": ports[i],
         });
-        let (st, body) = call(http, "POST", &format!("{brain}/v1/placements"), Some(&p)).await?;
-        if st != 201 {
-            return Err(format!("placing {}: {st} {body}", w.name));
-        }
+        cluster.place(&brain, &p).await?;
     }
-    // Their replicas' pids, to stop them at the end.
-    let deadline = Instant::now() + Duration::from_secs(60);
     for w in &WORKLOADS {
-        loop {
-            let (_, body) = call(
-                http,
-                "GET",
-                &format!("{brain}/v1/placements/{}", w.name),
-                None,
-            )
+        cluster
+            .replica(&brain, w.name, Duration::from_secs(60))
             .await?;
-            let v: Value = serde_json::from_str(&body).unwrap_or_default();
-            if let Some(pid) = v["replica"]["pid"].as_u64() {
-                ps.pids.push(pid as u32);
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("{}'s replica never started: {body}", w.name));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
     Ok(brain)
 }

@@ -24,6 +24,10 @@ pub struct BenchLoopArgs {
     /// Trace time runs this many times faster.
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
+    /// The latency-sensitive servers' arrivals are thinned (below 1) or
+    /// multiplied (above 1) by this, before chat-b's step.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate_scale: f64,
     /// chat-b starts this far into the (scaled) trace, so the two
     /// latency-sensitive servers' bursts differ.
     #[arg(long, value_parser = crate::load::parse_duration, default_value = "600s")]
@@ -65,6 +69,11 @@ pub fn run(a: BenchLoopArgs) -> Result<()> {
         a.time_scale
     );
     anyhow::ensure!(
+        a.rate_scale > 0.0 && a.rate_scale.is_finite(),
+        "--rate-scale {}: must be above 0",
+        a.rate_scale
+    );
+    anyhow::ensure!(
         a.step > 0.0 && a.step.is_finite(),
         "--step {}: must be above 0",
         a.step
@@ -102,6 +111,7 @@ pub fn run(a: BenchLoopArgs) -> Result<()> {
         duration: a.duration,
         trace: a.trace,
         time_scale: a.time_scale,
+        rate_scale: a.rate_scale,
         offset: a.offset,
         step: a.step,
         slo_ms: match a.slo_ms.as_slice() {

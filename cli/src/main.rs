@@ -7,6 +7,7 @@ mod agent_cmd;
 mod bench_loop_cmd;
 mod brain_cmd;
 mod control_cmd;
+mod demo_cmd;
 mod gateway_cmd;
 mod gpusim_cmd;
 mod load;
@@ -35,6 +36,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole system on gpusim on this machine: a brain, an agent per
+    /// simulated node, the gateway and four workloads placed through the
+    /// API, with a load burst the control loop answers; watched live.
+    Demo(demo_cmd::DemoArgs),
     /// Run an inference-like CUDA workload (real driver or gpusim) and report latency.
     Load(load::LoadArgs),
     /// Run a program under the shim and report its kernels when it exits.
@@ -105,6 +110,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo_cmd::run(args),
         Command::Load(args) => load::run(args),
         Command::Run(args) => match run::run(args) {
             Ok(code) => return ExitCode::from(code),

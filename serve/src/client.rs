@@ -184,6 +184,45 @@ impl BenchConfig {
     }
 
     /// The requests to send, in time order.
+    /// The plan of `run` from `from` into the (scaled) trace, shifted to
+    /// start at zero, its arrivals multiplied by `step` from `step_at` on
+    /// (a load step: the rate scale times `step` from there).
+    pub fn stepped_plan(
+        &self,
+        from: Duration,
+        run: Duration,
+        step_at: Duration,
+        step: f64,
+    ) -> Result<Vec<Planned>, BenchError> {
+        let with_rate = |rate_scale: f64| BenchConfig {
+            rate_scale,
+            duration: Some(from + run),
+            ..self.clone()
+        };
+        let before = with_rate(self.rate_scale).plan()?;
+        let after = if step == 1.0 {
+            before.clone()
+        } else {
+            with_rate(self.rate_scale * step).plan()?
+        };
+        let shift = |p: &Planned| Planned {
+            at: p.at - from,
+            ..*p
+        };
+        let mut out: Vec<Planned> = before
+            .iter()
+            .filter(|p| p.at >= from && p.at - from < step_at)
+            .map(shift)
+            .collect();
+        out.extend(
+            after
+                .iter()
+                .filter(|p| p.at >= from && p.at - from >= step_at)
+                .map(shift),
+        );
+        Ok(out)
+    }
+
     pub fn plan(&self) -> Result<Vec<Planned>, BenchError> {
         self.validate()?;
         let rows = match &self.trace {
