@@ -335,8 +335,15 @@ fn a_dead_nodes_p0_serves_elsewhere_within_2_s_of_the_timeout_and_the_node_takes
     );
 }
 
+/// The brain's `/metrics`, which must parse with a strict parser
+/// (nom-openmetrics refuses a family with no sample under its HELP).
 fn metrics_page(addr: SocketAddr) -> String {
-    get(addr, "/metrics").expect("the brain's /metrics").1
+    let page = get(addr, "/metrics").expect("the brain's /metrics").1;
+    assert!(
+        nom_openmetrics::parser::prometheus(&page).is_ok(),
+        "the brain's page does not parse: {page}"
+    );
+    page
 }
 
 /// A two-GPU host whose agent runs MPS (`per_gpu`: a daemon per GPU, else

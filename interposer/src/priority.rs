@@ -11,9 +11,10 @@
 //! for a latency-sensitive process; for a best-effort one, which does so
 //! only while it paces itself, below, the samples' low envelope). A
 //! latency-sensitive process publishes that time in a slot of the gate, and
-//! a synchronisation that returns brings it to now plus a short linger (so
-//! that the next iteration of a server that runs iterations back to back
-//! finds the GPU still held). A best-effort launch sleeps while any slot's time lies ahead; and while a
+//! a synchronisation that returns brings it to now plus a linger (so that
+//! the next iteration of a server that runs iterations back to back finds
+//! the GPU still held): twice the longest recent gap it has shown between a
+//! synchronisation and its next launch, from 0.2 to 5 ms. A best-effort launch sleeps while any slot's time lies ahead; and while a
 //! latency-sensitive process has been busy within the last second, it also
 //! waits until its own queued work is half a launch from done
 //! (XSched's progressive launching), so that latency-sensitive work
@@ -38,8 +39,15 @@ pub const MAX_HOLD: Duration = Duration::from_millis(20);
 /// Longest single sleep while held.
 const SLICE: Duration = Duration::from_millis(1);
 /// How long a latency-sensitive process holds the GPU after a
-/// synchronisation returns.
+/// synchronisation returns, at least and at most: twice the longest recent
+/// gap between its synchronisations and its next launches (a server's own
+/// work between two iterations, longer on a loaded host), so that its next
+/// iteration finds the GPU still held.
 const LINGER_NS: u64 = 200_000;
+const MAX_LINGER_NS: u64 = 5_000_000;
+/// A gap longer than this between a synchronisation and the next launch is
+/// idleness, not the work between two iterations: it is not learnt.
+const IDLE_GAP_NS: u64 = 20_000_000;
 /// The estimate per launch until the process has a measured one.
 const FIRST_ESTIMATE_NS: u64 = 200_000;
 /// A best-effort process paces its launches while a latency-sensitive one
@@ -78,6 +86,11 @@ static UNTIL: AtomicU64 = AtomicU64::new(0);
 /// far a best-effort process paces its launches apart.
 static LOW: AtomicU64 = AtomicU64::new(FIRST_ESTIMATE_NS);
 static LOW_SEEN: AtomicU8 = AtomicU8::new(0);
+/// A latency-sensitive process: when its last synchronisation returned (0:
+/// it has launched since), and the high envelope of the gaps from one to
+/// the next launch.
+static SYNCED_AT: AtomicU64 = AtomicU64::new(0);
+static GAP: AtomicU64 = AtomicU64::new(0);
 
 /// Reads `VAGUS_PRIORITY` and `VAGUS_GATE` and maps the gate; once, when
 /// the segment is made. Anything wrong leaves the process without a role,
@@ -248,9 +261,29 @@ fn pushed_on(seg: &vagus_proto::shm::Segment) {
         0 => FIRST_ESTIMATE_NS,
         n => seg.stats.sampled_gpu_ns.load(Relaxed) / n,
     };
-    let until = UNTIL.load(Relaxed).max(crate::now_ns()) + estimate;
+    let now = crate::now_ns();
+    let synced_at = SYNCED_AT.swap(0, Relaxed);
+    if synced_at != 0 {
+        learn_gap(now.saturating_sub(synced_at));
+    }
+    let until = UNTIL.load(Relaxed).max(now) + estimate;
     UNTIL.store(until, Relaxed);
     publish(until);
+}
+
+/// A gap from a synchronisation to the next launch: the envelope rises to
+/// it at once and falls a sixteenth of the way to a shorter one.
+fn learn_gap(gap: u64) {
+    if gap >= IDLE_GAP_NS {
+        return;
+    }
+    let g = GAP.load(Relaxed);
+    GAP.store(if gap >= g { gap } else { g - (g - gap) / 16 }, Relaxed);
+}
+
+/// How long the GPU stays held after a synchronisation.
+fn linger() -> u64 {
+    (2 * GAP.load(Relaxed)).clamp(LINGER_NS, MAX_LINGER_NS)
 }
 
 /// A sampled launch took `ns` of GPU time (from the collector). A launch's
@@ -279,7 +312,8 @@ pub fn synced() {
     if ROLE.load(Acquire) == LATENCY {
         let now = crate::now_ns();
         UNTIL.store(now, Relaxed);
-        publish(now + LINGER_NS);
+        SYNCED_AT.store(now, Relaxed);
+        publish(now + linger());
     }
 }
 
@@ -325,6 +359,7 @@ pub fn reset_after_fork() {
     SLOT.store(0, Relaxed);
     LOW_SEEN.store(0, Relaxed);
     UNTIL.store(0, Relaxed);
+    SYNCED_AT.store(0, Relaxed);
 }
 
 #[cfg(test)]
@@ -335,5 +370,22 @@ mod tests {
     fn the_gate_is_a_page_of_cache_lines() {
         assert_eq!(std::mem::size_of::<Slot>(), 64);
         assert_eq!(GATE_BYTES, 64 + SLOTS * 64);
+    }
+
+    #[test]
+    fn the_linger_follows_the_longest_recent_gap_within_its_bounds() {
+        GAP.store(0, Relaxed);
+        assert_eq!(linger(), LINGER_NS);
+        learn_gap(1_000_000);
+        assert_eq!(linger(), 2_000_000);
+        // A shorter gap: a sixteenth of the way down.
+        learn_gap(100_000);
+        let g = 1_000_000 - 900_000 / 16;
+        assert_eq!(GAP.load(Relaxed), g);
+        // Idleness is not learnt.
+        learn_gap(30_000_000);
+        assert_eq!(GAP.load(Relaxed), g);
+        learn_gap(4_000_000);
+        assert_eq!(linger(), MAX_LINGER_NS);
     }
 }

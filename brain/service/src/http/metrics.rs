@@ -180,33 +180,40 @@ impl Metrics {
     ) -> std::fmt::Result {
         let mut slo = self.slo.lock().unwrap_or_else(|e| e.into_inner());
         slo.retain(|w, _| core.placement(w).is_some() || core.waiting_workload(w).is_some());
-        writeln!(
-            o,
-            "# HELP vagus_brain_slo_requests_total Requests the gateways answered for a workload with a latency objective (sla_ms)."
-        )?;
-        writeln!(o, "# TYPE vagus_brain_slo_requests_total counter")?;
-        for (w, (n, _)) in slo.iter() {
-            writeln!(o, "vagus_brain_slo_requests_total{{workload=\"{w}\"}} {n}")?;
-        }
-        writeln!(
-            o,
-            "# HELP vagus_brain_slo_met_total Of those, the ones answered in full, not 5xx, within the objective."
-        )?;
-        writeln!(o, "# TYPE vagus_brain_slo_met_total counter")?;
-        for (w, (_, met)) in slo.iter() {
-            writeln!(o, "vagus_brain_slo_met_total{{workload=\"{w}\"}} {met}")?;
-        }
-        writeln!(
-            o,
-            "# HELP vagus_brain_slo_attainment Share of a workload's requests that met its objective over the last 10 s (as the gateways measured; absent without requests)."
-        )?;
-        writeln!(o, "# TYPE vagus_brain_slo_attainment gauge")?;
-        for (w, &(n, met)) in recent.iter().filter(|(_, (n, _))| *n > 0) {
+        // A family without samples is left out, as Prometheus's own client
+        // libraries leave it (some parsers refuse a HELP with nothing under it).
+        if !slo.is_empty() {
             writeln!(
                 o,
-                "vagus_brain_slo_attainment{{workload=\"{w}\"}} {}",
-                met as f64 / n as f64
+                "# HELP vagus_brain_slo_requests_total Requests the gateways answered for a workload with a latency objective (sla_ms)."
             )?;
+            writeln!(o, "# TYPE vagus_brain_slo_requests_total counter")?;
+            for (w, (n, _)) in slo.iter() {
+                writeln!(o, "vagus_brain_slo_requests_total{{workload=\"{w}\"}} {n}")?;
+            }
+            writeln!(
+                o,
+                "# HELP vagus_brain_slo_met_total Of those, the ones answered in full, not 5xx, within the objective."
+            )?;
+            writeln!(o, "# TYPE vagus_brain_slo_met_total counter")?;
+            for (w, (_, met)) in slo.iter() {
+                writeln!(o, "vagus_brain_slo_met_total{{workload=\"{w}\"}} {met}")?;
+            }
+        }
+        let answered: Vec<_> = recent.iter().filter(|(_, (n, _))| *n > 0).collect();
+        if !answered.is_empty() {
+            writeln!(
+                o,
+                "# HELP vagus_brain_slo_attainment Share of a workload's requests that met its objective over the last 10 s (as the gateways measured; absent without requests)."
+            )?;
+            writeln!(o, "# TYPE vagus_brain_slo_attainment gauge")?;
+            for (w, &(n, met)) in answered {
+                writeln!(
+                    o,
+                    "vagus_brain_slo_attainment{{workload=\"{w}\"}} {}",
+                    met as f64 / n as f64
+                )?;
+            }
         }
         Ok(())
     }
