@@ -8,6 +8,7 @@ mod api_fuzz;
 mod brain_api;
 mod cli;
 mod control;
+mod dashboard;
 mod demo;
 mod driver_api;
 mod failover;

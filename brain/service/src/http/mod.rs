@@ -11,6 +11,7 @@ pub mod auth;
 mod doc;
 mod metrics;
 mod request;
+mod ui;
 
 use self::auth::{Role, Tokens};
 use self::request::{Body, Id, Params};
@@ -1377,6 +1378,7 @@ pub fn router(s: Arc<Api>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(request::BODY_LIMIT))
         .layer(axum::middleware::from_fn(request::json_errors))
