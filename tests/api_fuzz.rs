@@ -178,6 +178,7 @@ fn schemathesis_finds_nothing() {
         ("GET", "/v1/decisions"),
         ("GET", "/v1/events"),
         ("POST", "/v1/controls"),
+        ("GET", "/v1/session"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
     ] {

@@ -94,14 +94,41 @@ fn the_demo_places_its_workloads_the_loop_acts_and_it_exits_with_a_summary() {
     assert!(dirs.is_empty(), "left behind: {dirs:?}");
 }
 
+/// playwright-core (npm, `tests/ui`) and Node to drive Chromium with; without
+/// them the dashboard's part is skipped, unless `VAGUS_REQUIRE_CHROMIUM`.
+fn playwright() -> Option<std::path::PathBuf> {
+    let ui = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui");
+    let here = ui.join("node_modules/playwright-core").is_dir()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        && std::path::Path::new("/usr/bin/chromium").exists();
+    if here {
+        return Some(ui.join("dashboard.mjs"));
+    }
+    assert!(
+        std::env::var_os("VAGUS_REQUIRE_CHROMIUM").is_none(),
+        "Chromium, Node and playwright-core are required here (VAGUS_REQUIRE_CHROMIUM is set): .ci/setup"
+    );
+    eprintln!("skipped the dashboard: no Chromium, Node or tests/ui/node_modules (.ci/setup)");
+    None
+}
+
 #[test]
-fn ctrl_c_stops_everything_the_demo_started() {
+fn while_the_demo_runs_its_dashboard_works_in_chromium_and_ctrl_c_stops_everything() {
     let sim = Sim::new("demo-int");
     let mut child = demo(&sim, &["--duration", "120s"]).spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
     assert!(line.contains("the brain's API is at"), "{line}");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .to_string();
     // Once its four replicas run, the clients are about to start.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -117,6 +144,59 @@ fn ctrl_c_stops_everything_the_demo_started() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
+    if let Some(script) = playwright() {
+        let shot = target_dir().join("test-artifacts").join("dashboard.png");
+        std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&shot);
+        let out = std::process::Command::new("node")
+            .arg(&script)
+            .args([
+                url.as_str(),
+                "vagus-local-admin-token-0001",
+                "vagus-local-viewer-token-0001",
+            ])
+            .arg(&shot)
+            .output()
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(r["error"].is_null(), "{r}");
+        assert_eq!(r["console_errors"], serde_json::json!([]), "{r}");
+        assert!(
+            r["points_after"].as_u64().unwrap() > r["points_before"].as_u64().unwrap(),
+            "the chart gains points while the demo runs: {r}"
+        );
+        assert!(
+            r["explanation"].as_str().unwrap().contains("candidate"),
+            "{r}"
+        );
+        assert_eq!(r["controls_shown"], true, "{r}");
+        assert_eq!(r["admin_pause"], "pause_reconfiguration: done", "{r}");
+        assert!(
+            r["control_rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|row| row["actor"] == "local"
+                    && row["summary"].as_str().unwrap().contains("paused")),
+            "the admin's click is in the audit trail: {r}"
+        );
+        assert_eq!(r["viewer_controls_shown"], false, "{r}");
+        assert!(
+            r["viewer_pause"].as_str().unwrap().contains("403"),
+            "the viewer's is refused: {r}"
+        );
+        assert!(
+            std::fs::metadata(&shot).unwrap().len() > 10_000,
+            "the screenshot, {}",
+            shot.display()
+        );
+    }
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let t = Instant::now();

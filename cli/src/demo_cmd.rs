@@ -70,7 +70,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let summary = rt.block_on(async {
         tokio::select! {
             r = vagus_demo::run(&cfg, |url| {
-                eprintln!("vagus demo: the brain's API is at {url} (admin token {})", vagus_cluster::TOKEN);
+                eprintln!(
+                    "vagus demo: the brain's API is at {url} (admin token {}, viewer token {}); its dashboard: {url}/ui#token={}",
+                    vagus_cluster::TOKEN,
+                    vagus_cluster::VIEWER_TOKEN,
+                    vagus_cluster::TOKEN
+                );
             }, &mut view) => r.map(Some),
             _ = tokio::signal::ctrl_c() => Ok(None),
         }

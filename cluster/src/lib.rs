@@ -15,8 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The admin token every cluster's brain accepts (the cluster is this
-/// machine's alone: its brain listens on loopback).
+/// machine's alone: its brain listens on loopback), and a viewer's.
 pub const TOKEN: &str = "vagus-local-admin-token-0001";
+pub const VIEWER_TOKEN: &str = "vagus-local-viewer-token-0001";
 
 pub type Http = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -288,7 +289,10 @@ impl Cluster {
         let tokens = self.dir.join("tokens.toml");
         std::fs::write(
             &tokens,
-            format!("[[token]]\nname = \"local\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n"),
+            format!(
+                "[[token]]\nname = \"local\"\nrole = \"admin\"\ntoken = \"{TOKEN}\"\n\n\
+                 [[token]]\nname = \"watcher\"\nrole = \"viewer\"\ntoken = \"{VIEWER_TOKEN}\"\n"
+            ),
         )
         .map_err(|e| e.to_string())?;
         let core_path = self.dir.join("core.toml");

@@ -7,10 +7,10 @@
 
 use super::{
     __path_create_placement, __path_delete_placement, __path_get_placement, __path_get_routes,
-    __path_healthz, __path_list_decisions, __path_list_events, __path_list_nodes,
-    __path_list_placements, __path_metrics, __path_post_control, __path_post_gateway_window,
-    __path_put_node, Answer, ApiError, Events, Health, Nodes, Rejection, Route, Routes, Workload,
-    Workloads,
+    __path_get_session, __path_healthz, __path_list_decisions, __path_list_events,
+    __path_list_nodes, __path_list_placements, __path_metrics, __path_post_control,
+    __path_post_gateway_window, __path_put_node, Answer, ApiError, Events, Health, Nodes,
+    Rejection, Route, Routes, Session, Workload, Workloads,
 };
 use crate::agents::ingest::ServingView;
 use crate::audit::{self, Entry};
@@ -33,9 +33,9 @@ use vagus_decision::{Control, Decision, Launch, NodeSpec, Placed, Profile};
 #[openapi(
     info(title = "Vagus brain", description = "Placement decisions, the audit trail and operator controls. Every error is JSON `{\"field\", \"error\"}`."),
     paths(create_placement, get_placement, delete_placement, list_placements, list_nodes, put_node,
-        list_decisions, list_events, post_control, get_routes, post_gateway_window, healthz, metrics),
+        list_decisions, list_events, post_control, get_session, get_routes, post_gateway_window, healthz, metrics),
     components(schemas(Profile, Launch, ReplicaView, MemoryView, ServingView, GatewayWindow, GatewayReplica, Buckets, WindowTaken, Route, Routes, Answer, Rejection, Decision, Workload, Workloads, Placed, Queued,
-        Nodes, Node, NodeSpec, Entry, audit::Page, Control, ApiError, Health, Events, crate::alerts::Alert)),
+        Nodes, Node, NodeSpec, Entry, audit::Page, Control, ApiError, Health, Session, Events, crate::alerts::Alert)),
     modifiers(&Contract)
 )]
 pub struct ApiDoc;

@@ -559,6 +559,25 @@ impl Api {
     /// The token's holder, if it has at least the `need` role. The scheme
     /// is case-insensitive (RFC 7235); a 401 carries `WWW-Authenticate`.
     fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<String, ApiError> {
+        let t = self.identify(headers)?;
+        if t.role < need {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                Some("authorization"),
+                format!(
+                    "authorization: {} is a {}; this needs the {} role",
+                    t.name,
+                    t.role.name(),
+                    need.name()
+                ),
+            ));
+        }
+        Ok(t.name.clone())
+    }
+
+    /// The token the request's `Authorization` header presents; 401 when
+    /// it presents none the brain knows.
+    fn identify(&self, headers: &HeaderMap) -> Result<&auth::Token, ApiError> {
         let unauthorized = |error: Option<&str>, msg: &str| {
             let challenge = match error {
                 Some(e) => format!("Bearer realm=\"vagus\", error=\"{e}\""),
@@ -589,23 +608,9 @@ impl Api {
                     "the header must be `Bearer <token>`",
                 )
             })?;
-        let t = self
-            .tokens
+        self.tokens
             .find(token)
-            .ok_or_else(|| unauthorized(Some("invalid_token"), "unknown token"))?;
-        if t.role < need {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                Some("authorization"),
-                format!(
-                    "authorization: {} is a {}; this needs the {} role",
-                    t.name,
-                    t.role.name(),
-                    need.name()
-                ),
-            ));
-        }
-        Ok(t.name.clone())
+            .ok_or_else(|| unauthorized(Some("invalid_token"), "unknown token"))
     }
 }
 
@@ -1284,6 +1289,26 @@ pub struct Health {
     pub queued: usize,
 }
 
+/// Who the caller's token names, and its role.
+#[derive(Serialize, ToSchema)]
+pub struct Session {
+    pub name: String,
+    /// `viewer`, `gateway`, `operator` or `admin`.
+    pub role: String,
+}
+
+#[utoipa::path(get, path = "/v1/session",
+    responses((status = 200, description = "The caller's token: its name and role", body = Session)),
+    security(("bearer" = [])))]
+async fn get_session(State(s): State<Arc<Api>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let t = s.identify(&headers)?;
+    Ok(axum::Json(Session {
+        name: t.name.clone(),
+        role: t.role.name().into(),
+    })
+    .into_response())
+}
+
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
 async fn healthz(State(s): State<Arc<Api>>) -> Response {
     let core = s.core();
@@ -1372,6 +1397,7 @@ pub fn router(s: Arc<Api>) -> Router {
         .route("/v1/nodes", get(list_nodes).post(put_node))
         .route("/v1/decisions", get(list_decisions))
         .route("/v1/controls", post(post_control))
+        .route("/v1/session", get(get_session))
         .route("/v1/routes", get(get_routes))
         .route("/v1/events", get(list_events))
         .route("/v1/gateways/{name}/windows", post(post_gateway_window))
