@@ -28,6 +28,18 @@ fn processes_under(dir: &std::path::Path) -> Vec<(u32, String)> {
     found
 }
 
+/// No process the demo started runs on, and its directory is gone.
+fn nothing_left(sim: &Sim) {
+    let left = processes_under(&sim.dir);
+    assert!(left.is_empty(), "left running: {left:?}");
+    let dirs: Vec<_> = std::fs::read_dir(&sim.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vagus-demo-"))
+        .collect();
+    assert!(dirs.is_empty(), "left behind: {dirs:?}");
+}
+
 /// `vagus demo` with `args`, its temporary directory under the sim's.
 fn demo(sim: &Sim, args: &[&str]) -> std::process::Command {
     let trace = shared_data("azure-llm-2023/AzureLLMInferenceTrace_conv.csv");
@@ -83,15 +95,7 @@ fn the_demo_places_its_workloads_the_loop_acts_and_it_exits_with_a_summary() {
         .filter_map(|x| x.as_str())
         .collect();
     assert!(steps.contains(&"canary"), "{done}");
-    // Nothing it started runs on, and its files are gone.
-    let left = processes_under(&sim.dir);
-    assert!(left.is_empty(), "left running: {left:?}");
-    let dirs: Vec<_> = std::fs::read_dir(&sim.dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("vagus-demo-"))
-        .collect();
-    assert!(dirs.is_empty(), "left behind: {dirs:?}");
+    nothing_left(&sim);
 }
 
 /// playwright-core (npm, `tests/ui`) and Node to drive Chromium with; without
@@ -215,12 +219,5 @@ fn while_the_demo_runs_its_dashboard_works_in_chromium_and_ctrl_c_stops_everythi
     err.read_to_string(&mut rest).unwrap();
     assert_eq!(status.code(), Some(130), "{rest}");
     assert!(rest.contains("interrupted"), "{rest}");
-    let left = processes_under(&sim.dir);
-    assert!(left.is_empty(), "left running: {left:?}");
-    let dirs: Vec<_> = std::fs::read_dir(&sim.dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("vagus-demo-"))
-        .collect();
-    assert!(dirs.is_empty(), "left behind: {dirs:?}");
+    nothing_left(&sim);
 }

@@ -1,6 +1,6 @@
 //! `vagus bench loop`: flags into `vagus_bench::loop_bench::LoopConfig`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -85,16 +85,7 @@ pub fn run(a: BenchLoopArgs) -> Result<()> {
         "--slo-ms {:?}: each must be above 0",
         a.slo_ms
     );
-    let exe = std::env::current_exe().context("cannot locate the vagus executable")?;
-    let shim = exe
-        .parent()
-        .context("vagus executable has no directory")?
-        .join("libvagus_shim.so");
-    anyhow::ensure!(
-        shim.is_file(),
-        "{} is missing; build it with `cargo build --workspace`",
-        shim.display()
-    );
+    let (exe, shim) = crate::run::vagus_and_shim()?;
     let gpusim = if a.gpu {
         None
     } else {

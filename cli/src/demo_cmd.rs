@@ -1,6 +1,6 @@
 //! `vagus demo`: flags into `vagus_demo::DemoConfig`; the summary printed.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -42,16 +42,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "--trace {}: no such file",
         a.trace.display()
     );
-    let exe = std::env::current_exe().context("cannot locate the vagus executable")?;
-    let shim = exe
-        .parent()
-        .context("vagus executable has no directory")?
-        .join("libvagus_shim.so");
-    anyhow::ensure!(
-        shim.is_file(),
-        "{} is missing; build it with `cargo build --workspace`",
-        shim.display()
-    );
+    let (exe, shim) = crate::run::vagus_and_shim()?;
     let http = crate::addr::resolve("--http", &a.http)?;
     let dir = std::env::temp_dir().join(format!("vagus-demo-{}", std::process::id()));
     let cfg = vagus_demo::DemoConfig {

@@ -59,17 +59,25 @@ fn parse_limit(s: &str) -> Result<u64, String> {
     }
 }
 
-/// Runs the program; returns the exit status to leave with.
-pub fn run(args: RunArgs) -> Result<u8> {
+/// This `vagus` executable and the shim beside it (which must be there).
+pub fn vagus_and_shim() -> Result<(PathBuf, PathBuf)> {
     let exe = std::env::current_exe().context("cannot locate the vagus executable")?;
-    let dir = exe.parent().context("vagus executable has no directory")?;
-    let shim = dir.join("libvagus_shim.so");
+    let shim = exe
+        .parent()
+        .context("vagus executable has no directory")?
+        .join("libvagus_shim.so");
     if !shim.is_file() {
         bail!(
             "{} is missing; build it with `cargo build --workspace`",
             shim.display()
         );
     }
+    Ok((exe, shim))
+}
+
+/// Runs the program; returns the exit status to leave with.
+pub fn run(args: RunArgs) -> Result<u8> {
+    let (_, shim) = vagus_and_shim()?;
     let segdir = std::env::temp_dir().join(format!("vagus-run-{}", std::process::id()));
     std::fs::create_dir_all(&segdir)
         .with_context(|| format!("cannot create {}", segdir.display()))?;
