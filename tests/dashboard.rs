@@ -111,6 +111,47 @@ fn the_dashboard_shows_100_workloads_their_gpus_and_decisions_in_a_browser() {
         !dom.contains("id=\"controls-panel\" hidden"),
         "an admin's token shows the controls"
     );
+    // The trail as a stream, which the page follows: the rows so far, then
+    // each as it commits; resumed after the last id a client got.
+    let follow = |extra: &[&str], secs: &str| {
+        Command::new("curl")
+            .args([
+                "-sN",
+                "--max-time",
+                secs,
+                "-H",
+                &format!("Authorization: Bearer {TOKEN}"),
+            ])
+            .args(["-H", "Accept: text/event-stream"])
+            .args(extra)
+            .arg(format!("http://{addr}/v1/decisions?path=direct"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl")
+    };
+    let live = follow(&[], "4");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (st, v) = http(
+        addr,
+        "POST",
+        "/v1/placements",
+        &with(
+            profile("late"),
+            serde_json::json!(
+        {"model_size_gb": 2.0, "share_pct": 25, "cpu_milli": 100, "memory_mib": 256}),
+        ),
+    );
+    assert_eq!(st, 201, "{v}");
+    let text = String::from_utf8(live.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(text.matches("event: direct").count(), 101, "{text}");
+    assert!(
+        text.contains("\"workload\":\"late\""),
+        "the row committed while it followed"
+    );
+    let resumed = follow(&["-H", "Last-Event-ID: 100"], "2");
+    let text = String::from_utf8(resumed.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(text.matches("event: direct").count(), 1, "{text}");
+    assert!(text.contains("id: 101"), "{text}");
     // A wrong token: the page says so and asks for another.
     let dom = dump(
         browser,

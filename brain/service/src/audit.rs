@@ -149,6 +149,8 @@ pub struct Audit {
     tx: Mutex<mpsc::Sender<Batch>>,
     read: Mutex<Connection>,
     path: String,
+    /// Moves on with every commit: what a follower of the trail waits on.
+    committed: tokio::sync::watch::Receiver<u64>,
 }
 
 const SCHEMA: &str = "
@@ -210,19 +212,27 @@ impl Audit {
         w.execute_batch(SCHEMA).map_err(err)?;
         let r = open_conn(&path).map_err(err)?;
         let (tx, rx) = mpsc::channel::<Batch>();
+        let (done, committed) = tokio::sync::watch::channel(0u64);
         std::thread::Builder::new()
             .name("vagus-audit".into())
-            .spawn(move || writer(w, rx, temp))
+            .spawn(move || writer(w, rx, temp, done))
             .map_err(|e| err(rusqlite::Error::InvalidPath(PathBuf::from(e.to_string()))))?;
         Ok(Audit {
             tx: Mutex::new(tx),
             read: Mutex::new(r),
             path: name,
+            committed,
         })
     }
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Changes with every commit (its value counts them): a follower of
+    /// the trail reads what is new once it changes.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.clone()
     }
 
     /// Queues rows; the receiver answers once they are committed. Rows
@@ -374,7 +384,12 @@ impl Audit {
 }
 
 /// Commits batches as they come, many per transaction when they queue up.
-fn writer(mut c: Connection, rx: mpsc::Receiver<Batch>, temp: Option<PathBuf>) {
+fn writer(
+    mut c: Connection,
+    rx: mpsc::Receiver<Batch>,
+    temp: Option<PathBuf>,
+    committed: tokio::sync::watch::Sender<u64>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         while batches.len() < 512 {
@@ -401,6 +416,9 @@ fn writer(mut c: Connection, rx: mpsc::Receiver<Batch>, temp: Option<PathBuf>) {
             }
         }
         let result = commit(&mut c, &ready).map_err(|e| e.to_string());
+        if result.is_ok() {
+            committed.send_modify(|n| *n += 1);
+        }
         for (_, reply) in ready {
             let _ = reply.send(result.clone());
         }

@@ -1,8 +1,9 @@
 // The brain's dashboard: everything it shows comes from the brain's HTTP API
 // with the bearer token the page was given (`/ui#token=…`, kept for the
-// tab's session): placements and nodes each second, the audit trail's new
-// rows since the last, alerts from the event stream (GET /v1/events as
-// server-sent events). Charts are uPlot's, bundled with the brain.
+// tab's session): placements and nodes each second; the audit trail's rows
+// as they commit and alerts as they are raised, from the brain's event
+// streams (GET /v1/decisions and GET /v1/events as server-sent events).
+// Charts are uPlot's, bundled with the brain.
 "use strict";
 
 const HISTORY_S = 300;        // seconds of p99 kept per workload
@@ -14,7 +15,6 @@ const state = {
   token: null,
   workloads: [],              // GET /v1/placements items
   nodes: [],                  // GET /v1/nodes items
-  after: null,                // the trail's cursor
   budgets: new Map(),         // workload → budget_ppm (the loop's latest)
   series: new Map(),          // workload → {t: [], p99: [], sla}
   charted: null,              // Set of charted workload names (null: not chosen yet)
@@ -69,7 +69,6 @@ async function refresh() {
     ]);
     state.workloads = placements.items || [];
     state.nodes = nodes.items || [];
-    await trail();
     record();
     render();
     $("#status").textContent = `live · ${state.workloads.length} workloads on ${state.nodes.length} nodes · ${new Date().toLocaleTimeString()}`;
@@ -79,20 +78,7 @@ async function refresh() {
   }
 }
 
-// The trail's rows since the last refresh: budgets, reconfigurations, the timeline.
-async function trail() {
-  for (;;) {
-    const q = state.after == null ? "" : `&after=${state.after}`;
-    const page = await api(`/v1/decisions?limit=1000${q}`);
-    const items = page.items || [];
-    for (const r of items) {
-      state.after = r.seq;
-      take(r);
-    }
-    if (!page.next || items.length === 0) return;
-  }
-}
-
+// A row of the trail, as the stream brings it: budgets, reconfigurations, the timeline.
 function take(r) {
   const d = r.decision || {};
   if (r.path === "budget" && typeof d.budget_ppm === "number") state.budgets.set(r.workload, d.budget_ppm);
@@ -318,15 +304,18 @@ async function checkAdmin() {
   $("#controls-panel").hidden = !state.admin;
 }
 
-// ---------------------------------------------------------------- alerts
+// ---------------------------------------------------------------- streams
 
-async function alerts() {
+// Follows a server-sent event stream of the brain's (fetch, so that the
+// token goes in a header), resuming after the last event id it got;
+// `onEvent` gets each event's parsed data.
+async function follow(path, onEvent) {
   let last = null;
   for (;;) {
     try {
       const headers = {Authorization: `Bearer ${state.token}`, Accept: "text/event-stream"};
       if (last != null) headers["Last-Event-ID"] = String(last);
-      const r = await fetch("/v1/events", {headers});
+      const r = await fetch(path, {headers});
       if (!r.ok || !r.body) throw new Error(`${r.status}`);
       const reader = r.body.getReader();
       const dec = new TextDecoder();
@@ -342,7 +331,7 @@ async function alerts() {
           const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
           const id = block.split("\n").find((l) => l.startsWith("id: "));
           if (id) last = Number(id.slice(4));
-          if (data) showAlert(JSON.parse(data));
+          if (data) onEvent(JSON.parse(data));
         }
       }
     } catch (e) { /* the stream ended or failed: again in a moment */ }
@@ -368,5 +357,6 @@ if (!state.token) {
   refresh();
   setInterval(refresh, 1000);
   checkAdmin();
-  alerts();
+  follow("/v1/decisions", take);
+  follow("/v1/events", showAlert);
 }

@@ -1157,21 +1157,86 @@ async fn put_node(
 }
 
 #[utoipa::path(get, path = "/v1/decisions", params(Filter),
-    responses((status = 200, body = audit::Page)),
+    responses((status = 200, description = "The rows matching the filters; with `Accept: text/event-stream`, a server-sent event stream of them (each event's id its `seq`, its name its `path`, its data the row), going on with each row as it commits and resuming after `Last-Event-ID`", body = audit::Page)),
     security(("bearer" = [])))]
 async fn list_decisions(
     State(s): State<Arc<Api>>,
     _: Viewer,
-    Params(f): Params<Filter>,
+    headers: HeaderMap,
+    Params(mut f): Params<Filter>,
 ) -> Result<Response, ApiError> {
     f.validate()
         .map_err(|e| ApiError::from(Refusal::Invalid(e)))?;
-    let s2 = s.clone();
-    let page = tokio::task::spawn_blocking(move || s2.audit.page(&f))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string()))?;
-    Ok(axum::Json(page).into_response())
+    let unavailable = |e: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, e);
+    let stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !stream {
+        let s2 = s.clone();
+        let page = tokio::task::spawn_blocking(move || s2.audit.page(&f))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        return Ok(axum::Json(page).into_response());
+    }
+    // A stream: the rows matching the filter after `after` (or the
+    // Last-Event-ID a client resumes with), then each one as it commits.
+    if let Some(v) = headers.get("last-event-id") {
+        let seq = v
+            .to_str()
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::from(Refusal::Invalid(vagus_decision::Invalid::new(
+                    "Last-Event-ID",
+                    "must be a row's sequence number (a whole number)",
+                )))
+            })?;
+        f.after = Some(f.after.map_or(seq, |a| a.max(seq)));
+    }
+    f.limit = Some(1000);
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let commits = s.audit.commits();
+    let rows = futures_util::stream::unfold(
+        (s.clone(), f, commits, std::collections::VecDeque::new()),
+        |(s, mut f, mut commits, mut pending)| async move {
+            loop {
+                if let Some(e) = pending.pop_front() {
+                    return Some((e, (s, f, commits, pending)));
+                }
+                // Marked seen before reading, so a commit after the read
+                // wakes the next wait.
+                commits.borrow_and_update();
+                let (s2, f2) = (s.clone(), f.clone());
+                match tokio::task::spawn_blocking(move || s2.audit.query(&f2)).await {
+                    Ok(Ok(items)) if !items.is_empty() => {
+                        f.after = items.last().map(|e| e.seq as u64);
+                        pending.extend(items);
+                    }
+                    Ok(Ok(_)) => {
+                        if commits.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                    // The trail cannot be read: the stream ends (the client
+                    // resumes from the last id it got).
+                    _ => return None,
+                }
+            }
+        },
+    );
+    let events = rows.map(|e: audit::Entry| {
+        let ev = Event::default().id(e.seq.to_string()).event(&e.path);
+        Ok::<_, std::convert::Infallible>(
+            ev.json_data(&e)
+                .unwrap_or_else(|_| Event::default().comment("unencodable row")),
+        )
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 #[utoipa::path(post, path = "/v1/controls", request_body = Control,
