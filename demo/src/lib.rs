@@ -284,9 +284,7 @@ fn drive(
     let mut a_plan = chat_a
         .stepped_plan(Duration::ZERO, d, burst.0, 3.0)
         .map_err(|e| e.to_string())?;
-    let calm = chat_a
-        .stepped_plan(Duration::ZERO, d, d, 1.0)
-        .map_err(|e| e.to_string())?;
+    let calm = chat_a.plan().map_err(|e| e.to_string())?;
     a_plan.retain(|p| p.at < burst.1);
     a_plan.extend(calm.into_iter().filter(|p| p.at >= burst.1));
     // chat-b: steady, its prompts long from the burst on.

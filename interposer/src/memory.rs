@@ -177,11 +177,12 @@ pub fn vmm_mapped(ptr: u64, bytes: u64, handle: u64) {
 /// After a successful `cuMemRelease`: its memory comes back now, or with
 /// its last mapping.
 pub fn vmm_released(seg: &Segment, handle: u64) {
-    let mapped = VMM.with(|v| {
-        v.as_mut()
-            .filter(|v| v.count.get(&handle).is_some_and(|n| *n > 0))
-            .map(|v| v.released.insert(handle))
-            .is_some()
+    let mapped = VMM.with(|v| match v.as_mut() {
+        Some(v) if v.count.get(&handle).is_some_and(|n| *n > 0) => {
+            v.released.insert(handle);
+            true
+        }
+        _ => false,
     });
     if !mapped {
         released(seg, handle);

@@ -259,7 +259,7 @@ function timeline(r) {
     if (!el.open || el.dataset.filled) return;
     el.dataset.filled = "1";
     el.insertAdjacentHTML("beforeend", explain(r, d));
-  }, {once: false});
+  });
   const box = $("#timeline");
   box.insertBefore(el, box.firstChild);
   while (box.children.length > TIMELINE) box.removeChild(box.lastChild);
