@@ -18,7 +18,7 @@ use std::time::Duration;
 use vagus_brain::agents::ingest::Snapshot;
 use vagus_brain::agents::{Agents, Event};
 use vagus_brain::http::auth::Tokens;
-use vagus_brain::{Config, HttpConfig, QuicConfig, Service};
+use vagus_brain::{Config, HttpConfig, QuicConfig, SchedulerConfig, Service};
 use vagus_link::tls::Identity;
 use vagus_proto::wire::CommandKind;
 
@@ -86,6 +86,15 @@ pub struct ApiArgs {
     /// brain learns the mix from the requests it places.
     #[arg(long, env = "VAGUS_BRAIN_MIX")]
     pub mix: Option<PathBuf>,
+    /// Serve kube-scheduler's extender (POST /scheduler/filter, prioritize,
+    /// bind, preempt) on this TCP address; it takes no tokens, so bind it
+    /// where only the scheduler reaches it.
+    #[arg(long, env = "VAGUS_BRAIN_SCHEDULER", value_name = "HOST:PORT")]
+    pub scheduler: Option<String>,
+    /// Bind pods through the Kubernetes API (the pod's service account, or
+    /// KUBECONFIG): the extender's bind verb needs it.
+    #[arg(long, env = "VAGUS_BRAIN_KUBERNETES", requires = "scheduler")]
+    pub kubernetes: bool,
 }
 
 fn event_json(e: &Event) -> serde_json::Value {
@@ -193,10 +202,21 @@ fn config(args: &BrainArgs) -> Result<Config> {
                     None => Vec::new(),
                 },
                 clock: None,
+                scheduler: match &args.api.scheduler {
+                    Some(a) => Some(SchedulerConfig {
+                        addr: crate::addr::resolve("--scheduler", a)?,
+                        binder: None,
+                    }),
+                    None => None,
+                },
             })
         }
         None => None,
     };
+    anyhow::ensure!(
+        args.api.scheduler.is_none() || args.api.http.is_some(),
+        "--scheduler needs --http (the extender answers from the API's decision core)"
+    );
     let quic = match &args.certs {
         Some(dir) => Some(QuicConfig {
             addr: crate::addr::resolve("--quic", &args.quic)?,
@@ -216,8 +236,16 @@ fn config(args: &BrainArgs) -> Result<Config> {
 }
 
 pub fn brain(args: BrainArgs) -> Result<()> {
-    let cfg = config(&args)?;
+    let mut cfg = config(&args)?;
     crate::runtime()?.block_on(async {
+        if args.api.kubernetes
+            && let Some(x) = cfg.http.as_mut().and_then(|h| h.scheduler.as_mut())
+        {
+            let binder = vagus_kube::binder::Binder::from_environment()
+                .await
+                .map_err(|e| anyhow::anyhow!("--kubernetes: {e}"))?;
+            x.binder = Some(binder);
+        }
         let svc = Service::start(cfg).await?;
         if let Some(api) = &svc.api {
             let r = &svc.restored;
@@ -235,6 +263,13 @@ pub fn brain(args: BrainArgs) -> Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"event": "http", "addr": at.to_string()})
+            );
+        }
+        if let Some(at) = svc.scheduler_addr {
+            eprintln!("vagus brain: scheduler extender on http://{at}/scheduler");
+            println!(
+                "{}",
+                serde_json::json!({"event": "scheduler", "addr": at.to_string()})
             );
         }
         match svc.agents.clone() {

@@ -14,6 +14,7 @@ mod load;
 mod replay_cmd;
 mod run;
 mod serve_cmd;
+mod webhook_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +59,9 @@ enum Command {
     /// The gateway: an HTTP reverse proxy in front of each model's replicas,
     /// routing by the brain's weights and measuring what users feel.
     Gateway(gateway_cmd::GatewayArgs),
+    /// The Kubernetes admission webhook: GPU pods go to Vagus's scheduler
+    /// with the shim injected (HTTPS).
+    Webhook(webhook_cmd::WebhookArgs),
     /// Benchmark clients.
     Bench {
         #[command(subcommand)]
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay_cmd::replay(args),
         Command::Serve(args) => serve_cmd::serve(args),
         Command::Gateway(args) => gateway_cmd::gateway(args),
+        Command::Webhook(args) => webhook_cmd::webhook(args),
         Command::Bench { command } => serve_cmd::bench(command),
         Command::Control { command } => control_cmd::run(command),
         Command::Certs {

@@ -260,6 +260,7 @@ fn main() {
                 core: vagus_decision::Config::default(),
                 nodes,
                 clock: None,
+                scheduler: None,
             }),
             quic: None,
             sync_every: Duration::from_secs(1),

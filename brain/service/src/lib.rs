@@ -24,5 +24,6 @@ mod service;
 mod sync;
 
 pub use crate::service::{
-    Config, HttpConfig, QuicConfig, Service, StartError, load_core_config, load_nodes,
+    Config, HttpConfig, QuicConfig, SchedulerConfig, Service, StartError, load_core_config,
+    load_nodes,
 };

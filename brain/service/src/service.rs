@@ -47,6 +47,16 @@ pub struct HttpConfig {
     pub nodes: Vec<NodeSpec>,
     /// The core's clock (ms); `None`: the system's.
     pub clock: Option<Clock>,
+    /// kube-scheduler's extender, on a listener of its own.
+    pub scheduler: Option<SchedulerConfig>,
+}
+
+/// kube-scheduler's extender (see [`crate::http::scheduler`]).
+pub struct SchedulerConfig {
+    /// Where it listens: only the scheduler should reach it (no tokens).
+    pub addr: SocketAddr,
+    /// The API server, for its bind verb; `None`: binds are refused.
+    pub binder: Option<vagus_kube::binder::Binder>,
 }
 
 /// The agents' part: where to listen and with which identity.
@@ -77,6 +87,8 @@ pub struct Service {
     pub agents: Option<Arc<Agents>>,
     pub http_addr: Option<SocketAddr>,
     pub quic_addr: Option<SocketAddr>,
+    /// The scheduler extender's address, when it was asked for.
+    pub scheduler_addr: Option<SocketAddr>,
     /// What the audit trail gave back at start.
     pub restored: Restored,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -97,6 +109,7 @@ impl Service {
             agents: None,
             http_addr: None,
             quic_addr: None,
+            scheduler_addr: None,
             restored: Restored::default(),
             tasks: Vec::new(),
         };
@@ -132,6 +145,21 @@ impl Service {
                     eprintln!("vagus brain: the HTTP API stopped: {e}");
                 }
             }));
+            if let Some(x) = h.scheduler {
+                let listener = tokio::net::TcpListener::bind(x.addr)
+                    .await
+                    .map_err(|source| StartError::Io {
+                        what: format!("the scheduler extender on {}: cannot listen", x.addr),
+                        source,
+                    })?;
+                svc.scheduler_addr = listener.local_addr().ok();
+                let ext = Arc::new(crate::http::scheduler::Extender::new(api.clone(), x.binder));
+                svc.tasks.push(tokio::spawn(async move {
+                    if let Err(e) = crate::http::scheduler::serve(listener, ext).await {
+                        eprintln!("vagus brain: the scheduler extender stopped: {e}");
+                    }
+                }));
+            }
             svc.api = Some(api);
         }
         if let Some(q) = cfg.quic {

@@ -21,7 +21,10 @@
 
 mod plans;
 mod scan;
+mod scheduler;
 mod shadow;
+
+pub use self::scheduler::Fitness;
 
 use self::scan::{Ask, Cand, Hot, NodeHot};
 use crate::classify::Class;
@@ -47,6 +50,10 @@ pub enum Refusal {
     Conflict(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// It does not fit where it was asked to go (an outside scheduler's
+    /// choice of node).
+    #[error("{0}")]
+    NoRoom(String),
 }
 
 /// Operator controls.

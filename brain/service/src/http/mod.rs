@@ -11,6 +11,7 @@ pub mod auth;
 mod doc;
 mod metrics;
 mod request;
+pub mod scheduler;
 mod ui;
 
 use self::auth::{Role, Tokens};
@@ -750,6 +751,7 @@ impl From<Refusal> for ApiError {
                     format!("{field}: {what} not found"),
                 )
             }
+            Refusal::NoRoom(why) => ApiError::new(StatusCode::CONFLICT, Some("node"), why),
         }
     }
 }

@@ -91,6 +91,7 @@ pub fn start_with(tag: &str, db: Option<PathBuf>, nodes: Vec<NodeSpec>) -> Api {
                 core: vagus_decision::Config::default(),
                 nodes,
                 clock: Some(Box::new(move || clock.load(Ordering::Relaxed))),
+                scheduler: None,
             }),
             quic: None,
             sync_every: Duration::from_secs(1),
