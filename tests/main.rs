@@ -7,6 +7,7 @@ mod agent;
 mod api_fuzz;
 mod brain_api;
 mod cli;
+mod containers;
 mod control;
 mod dashboard;
 mod demo;
