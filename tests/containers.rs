@@ -594,3 +594,161 @@ fn the_scheduler_and_the_api_server_find_the_brain_and_the_webhook_where_the_man
     assert_eq!(answer["response"]["allowed"], true, "{r}");
     assert!(answer["response"]["patch"].is_string(), "{r}");
 }
+
+/// Every `.rs` file under these directories of the repository, joined.
+fn sources(dirs: &[&str]) -> String {
+    fn walk(p: &Path, out: &mut String) {
+        for e in std::fs::read_dir(p).unwrap().map(|e| e.unwrap().path()) {
+            if e.is_dir() {
+                walk(&e, out);
+            } else if e.extension().is_some_and(|x| x == "rs") {
+                *out += &std::fs::read_to_string(&e).unwrap();
+            }
+        }
+    }
+    let mut out = String::new();
+    for d in dirs {
+        walk(&repo().join(d), &mut out);
+    }
+    out
+}
+
+/// The names in `s` that look like `start…` metric or label names.
+fn words_from(s: &str, starts: &[&str]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let boundary = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if boundary && starts.iter().any(|p| s[i..].starts_with(p)) {
+            let end = s[i..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(s.len(), |e| i + e);
+            out.insert(s[i..end].to_string());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn grafana_dashboards_query_only_what_vagus_exports() {
+    let exported = sources(&["agent/src", "brain/service/src", "gateway/src"]);
+    let dir = repo().join("containers/grafana");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_stem().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names, ["fleet", "loop", "node", "workloads"]);
+    let mut uids = BTreeSet::new();
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    for f in &files {
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        let what = f.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            d["schemaVersion"].as_u64().unwrap() >= 39,
+            "{what}: Grafana 11's schema"
+        );
+        assert!(
+            uids.insert(d["uid"].as_str().unwrap().to_string()),
+            "{what}: uid taken"
+        );
+        let vars: Vec<&str> = d["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(vars[0], "datasource", "{what}");
+        let panels = d["panels"].as_array().unwrap();
+        assert!(!panels.is_empty(), "{what}");
+        for p in panels {
+            let title = p["title"].as_str().unwrap();
+            assert_eq!(p["type"], "timeseries", "{what}: {title}");
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{what}: {title}");
+            for k in ["h", "w", "x", "y"] {
+                assert!(p["gridPos"][k].is_u64(), "{what}: {title}: gridPos.{k}");
+            }
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{what}: {title}");
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap();
+                for m in words_from(expr, &["vagus_", "DCGM_"]) {
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| m.strip_suffix(s))
+                        .filter(|b| exported.contains(&format!("\"{b}\"")))
+                        .unwrap_or(&m);
+                    let forms = [
+                        format!("\"{base}\""),
+                        format!("{base}{{"),
+                        format!("# TYPE {base} "),
+                    ];
+                    assert!(
+                        forms.iter().any(|f| exported.contains(f)),
+                        "{what}: {title}: no Vagus program exports {m}"
+                    );
+                }
+                // Labels grouped by and shown: ones the metrics carry.
+                let mut labels = BTreeSet::new();
+                for part in expr.split("by (").skip(1) {
+                    let inner = part.split(')').next().unwrap();
+                    labels.extend(inner.split(',').map(|l| l.trim().to_string()));
+                }
+                let legend = t["legendFormat"].as_str().unwrap_or_default();
+                for part in legend.split("{{").skip(1) {
+                    labels.insert(part.split("}}").next().unwrap().trim().to_string());
+                }
+                for v in &vars[1..] {
+                    if expr.contains(&format!("{v}=~\"${v}\"")) {
+                        labels.insert(v.to_string());
+                    }
+                }
+                labels.remove("le");
+                for l in &labels {
+                    assert!(
+                        exported.contains(&format!("\"{l}\""))
+                            || exported.contains(&format!("{l}=\\\"")),
+                        "{what}: {title}: no Vagus metric has a label {l}"
+                    );
+                }
+                // promtool parses it (Grafana's variables made concrete).
+                let concrete = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("\"$", "\"")
+                    .replace("=~\"Hostname\"", "=~\".*\"")
+                    .replace("=~\"model\"", "=~\".*\"")
+                    .replace("=~\"workload\"", "=~\".*\"");
+                let n = rules.matches("record:").count();
+                rules += &format!(
+                    "      - record: dashboard:expr_{n}\n        expr: {}\n",
+                    serde_json::to_string(&concrete).unwrap()
+                );
+            }
+        }
+    }
+    let sim = Sim::new("grafana-rules");
+    let file = sim.dir.join("rules.yaml");
+    std::fs::write(&file, &rules).unwrap();
+    let required = std::env::var("VAGUS_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
+    match Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+    {
+        Ok(o) => assert!(
+            o.status.success(),
+            "promtool check rules:\n{}\n{rules}",
+            text(&o)
+        ),
+        Err(e) if !required => eprintln!("skipping the promtool check: {e}"),
+        Err(e) => panic!("VAGUS_REQUIRE_PROMTOOL=1 but promtool does not run: {e}"),
+    }
+}
