@@ -752,3 +752,44 @@ fn grafana_dashboards_query_only_what_vagus_exports() {
         Err(e) => panic!("VAGUS_REQUIRE_PROMTOOL=1 but promtool does not run: {e}"),
     }
 }
+
+#[test]
+fn a_brain_told_kubernetes_without_one_says_so_and_exits() {
+    let sim = Sim::new("k8s-unreachable");
+    let kubeconfig = sim.dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: https://127.0.0.1:9\n  name: c\n\
+         contexts:\n- context:\n    cluster: c\n    user: u\n  name: x\ncurrent-context: x\n\
+         users:\n- name: u\n  user:\n    token: t\n",
+    )
+    .unwrap();
+    let tokens = admin_tokens(&sim, "k8s-unreachable-token-01");
+    let out = Command::new(bin("vagus"))
+        .args(["brain", "--http", "127.0.0.1:0", "--tokens", &tokens])
+        .args(["--scheduler", "127.0.0.1:0", "--kubernetes"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", "vagus")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lease vagus/vagus-brain"), "{err}");
+    // --kubernetes needs the extender it binds for.
+    let out = Command::new(bin("vagus"))
+        .args([
+            "brain",
+            "--http",
+            "127.0.0.1:0",
+            "--tokens",
+            &tokens,
+            "--kubernetes",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--scheduler"),
+        "--kubernetes requires --scheduler"
+    );
+}

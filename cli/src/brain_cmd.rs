@@ -18,7 +18,7 @@ use std::time::Duration;
 use vagus_brain::agents::ingest::Snapshot;
 use vagus_brain::agents::{Agents, Event};
 use vagus_brain::http::auth::Tokens;
-use vagus_brain::{Config, HttpConfig, QuicConfig, SchedulerConfig, Service};
+use vagus_brain::{Config, HttpConfig, KubeConfig, QuicConfig, SchedulerConfig, Service};
 use vagus_link::tls::Identity;
 use vagus_proto::wire::CommandKind;
 
@@ -95,6 +95,22 @@ pub struct ApiArgs {
     /// KUBECONFIG): the extender's bind verb needs it.
     #[arg(long, env = "VAGUS_BRAIN_KUBERNETES", requires = "scheduler")]
     pub kubernetes: bool,
+    /// With --kubernetes: the Lease the brain replicas contend for; only
+    /// its holder acts.
+    #[arg(long, default_value = "vagus-brain")]
+    pub lease: String,
+    /// The Lease's namespace (the pod's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "vagus")]
+    pub lease_namespace: String,
+    /// This replica's name on the Lease (the pod's name).
+    #[arg(long, env = "HOSTNAME", default_value = "vagus-brain")]
+    pub identity: String,
+    /// Seconds a holder keeps the Lease without renewing it.
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Seconds a pod the brain deletes has to finish its requests.
+    #[arg(long, default_value_t = 30)]
+    pub pod_grace_seconds: u32,
 }
 
 fn event_json(e: &Event) -> serde_json::Value {
@@ -202,6 +218,7 @@ fn config(args: &BrainArgs) -> Result<Config> {
                     None => Vec::new(),
                 },
                 clock: None,
+                kubernetes: None,
                 scheduler: match &args.api.scheduler {
                     Some(a) => Some(SchedulerConfig {
                         addr: crate::addr::resolve("--scheduler", a)?,
@@ -239,12 +256,32 @@ pub fn brain(args: BrainArgs) -> Result<()> {
     let mut cfg = config(&args)?;
     crate::runtime()?.block_on(async {
         if args.api.kubernetes
-            && let Some(x) = cfg.http.as_mut().and_then(|h| h.scheduler.as_mut())
+            && let Some(h) = cfg.http.as_mut()
         {
-            let binder = vagus_kube::binder::Binder::from_environment()
+            let a = &args.api;
+            anyhow::ensure!(
+                a.lease_seconds >= 2,
+                "--lease-seconds {} must be at least 2",
+                a.lease_seconds
+            );
+            let client = vagus_kube::client_from_environment()
                 .await
                 .map_err(|e| anyhow::anyhow!("--kubernetes: {e}"))?;
-            x.binder = Some(binder);
+            if let Some(x) = h.scheduler.as_mut() {
+                x.binder = Some(vagus_kube::binder::Binder::new(client.clone()));
+            }
+            h.kubernetes = Some(KubeConfig {
+                client,
+                election: Some(vagus_kube::leader::Election {
+                    namespace: a.lease_namespace.clone(),
+                    lease: a.lease.clone(),
+                    identity: a.identity.clone(),
+                    duration_s: a.lease_seconds,
+                    grace_s: (a.lease_seconds / 3).max(1),
+                }),
+                grace_s: a.pod_grace_seconds,
+                every: Duration::from_secs(1),
+            });
         }
         let svc = Service::start(cfg).await?;
         if let Some(api) = &svc.api {

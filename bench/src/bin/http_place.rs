@@ -261,6 +261,7 @@ fn main() {
                 nodes,
                 clock: None,
                 scheduler: None,
+                kubernetes: None,
             }),
             quic: None,
             sync_every: Duration::from_secs(1),

@@ -34,6 +34,9 @@ impl Default for ManifestConfig {
 }
 
 pub const MPS_ANNOTATION: &str = "mps.nvidia.com/config";
+/// The label every pod of a Vagus placement carries: the placement's name
+/// (the brain's own pods, and those kube-scheduler bound through it).
+pub const WORKLOAD_LABEL: &str = "vagus.dev/workload";
 pub const PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// MPS share, in percent of one GPU.
@@ -76,6 +79,7 @@ pub fn pod(p: &Placed, gpu: Option<(&str, Option<u32>)>, cfg: &ManifestConfig) -
     };
     let mut labels = BTreeMap::new();
     labels.insert("app.kubernetes.io/managed-by".into(), "vagus".into());
+    labels.insert(WORKLOAD_LABEL.into(), p.id.clone());
     labels.insert("vagus.dev/model".into(), label_value(&p.profile.model_id));
     labels.insert("vagus.dev/tenant".into(), label_value(&p.profile.tenant));
     labels.insert("vagus.dev/class".into(), p.class.name.clone());

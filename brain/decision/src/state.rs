@@ -284,6 +284,10 @@ pub struct Placed {
     /// [`crate::reconfig`]).
     #[serde(default)]
     pub shadow_of: Option<String>,
+    /// The outside scheduler that bound it (kube-scheduler, through the
+    /// extender): its pod is that scheduler's, not one the brain creates.
+    #[serde(default)]
+    pub bound_by: Option<String>,
 }
 
 impl Placed {

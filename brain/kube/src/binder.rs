@@ -35,18 +35,6 @@ impl Binder {
         Binder { client }
     }
 
-    /// A binder for the cluster this process finds itself in: the pod's
-    /// service account, else `KUBECONFIG` or `~/.kube/config`. Nothing is
-    /// asked of the API server yet.
-    pub async fn from_environment() -> Result<Binder, String> {
-        let config = kube::Config::infer()
-            .await
-            .map_err(|e| format!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"))?;
-        let client = kube::Client::try_from(config)
-            .map_err(|e| format!("a Kubernetes client from its configuration: {e}"))?;
-        Ok(Binder::new(client))
-    }
-
     /// The pod `namespace/name`, checked to be UID `uid`.
     pub async fn pod(&self, namespace: &str, name: &str, uid: &str) -> Result<Pod, BindError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
@@ -65,21 +53,22 @@ impl Binder {
         Ok(pod)
     }
 
-    /// Writes `annotations` on the pod (a merge patch whose UID is a
-    /// precondition), then binds it to `node` (a Binding, UID-checked by
-    /// the API server too).
+    /// Writes `labels` and `annotations` on the pod (a merge patch whose
+    /// UID is a precondition), then binds it to `node` (a Binding,
+    /// UID-checked by the API server too).
     pub async fn bind(
         &self,
         namespace: &str,
         name: &str,
         uid: &str,
         node: &str,
+        labels: &BTreeMap<String, String>,
         annotations: &BTreeMap<String, String>,
     ) -> Result<(), BindError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let pod = format!("{namespace}/{name}");
         let patch = serde_json::json!({
-            "metadata": {"uid": uid, "annotations": annotations}
+            "metadata": {"uid": uid, "labels": labels, "annotations": annotations}
         });
         api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

@@ -8,7 +8,8 @@
 //! restarted once the GPU was reset). Each change is an alert.
 //!
 //! Only nodes that agents announced are watched: a node declared up front
-//! with no agent has nothing that could fall silent.
+//! with no agent has nothing that could fall silent. On Kubernetes, a node
+//! it reports not ready is down as well ([`crate::kube_exec`]).
 
 use crate::agents::Agents;
 use crate::agents::ingest::NodeState;
@@ -62,7 +63,12 @@ pub async fn round(agents: &Agents, api: &Api, now_unix_ns: u64) -> bool {
             changed |= mps_round(api, node, daemons).await;
         }
     }
-    let verdicts = verdicts.into_iter().map(|(n, w, _)| (n, w));
+    // Kubernetes' word counts too where the brain runs there: a node it
+    // reports not ready is down whatever its agent says.
+    let verdicts = verdicts.into_iter().map(|(n, w, _)| {
+        let w = w.or_else(|| api.kube_down(&n));
+        (n, w)
+    });
     for (node, why) in verdicts {
         // A node the core does not hold (its agent's report was
         // unusable) has nothing to move.

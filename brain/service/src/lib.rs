@@ -8,6 +8,9 @@
 //! - `failover`: nodes whose agents fell silent (or whose GPUs failed)
 //!   taken down, their work placed again, and [`alerts`] raised;
 //! - [`gateways`]: what the gateways measure per replica, as they report it;
+//! - [`kube_exec`]: on Kubernetes, placements as Pods, and what happens
+//!   behind the brain's back reconciled (with `http::scheduler`, the
+//!   extender);
 //! - [`Service`]: all of it started from one [`Config`] — by `vagus brain`,
 //!   the tests and the benches alike.
 
@@ -18,12 +21,13 @@ pub mod control;
 mod failover;
 pub mod gateways;
 pub mod http;
+pub mod kube_exec;
 mod reconfigure;
 pub mod replicas;
 mod service;
 mod sync;
 
 pub use crate::service::{
-    Config, HttpConfig, QuicConfig, SchedulerConfig, Service, StartError, load_core_config,
-    load_nodes,
+    Config, HttpConfig, KubeConfig, QuicConfig, SchedulerConfig, Service, StartError,
+    load_core_config, load_nodes,
 };

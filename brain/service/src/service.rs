@@ -49,6 +49,20 @@ pub struct HttpConfig {
     pub clock: Option<Clock>,
     /// kube-scheduler's extender, on a listener of its own.
     pub scheduler: Option<SchedulerConfig>,
+    /// The Kubernetes executor (and the lease that says whether this
+    /// brain may act), where the brain runs on Kubernetes.
+    pub kubernetes: Option<KubeConfig>,
+}
+
+/// Where the brain runs on Kubernetes.
+pub struct KubeConfig {
+    pub client: kube::Client,
+    /// Contend for this lease; `None`: this brain acts alone.
+    pub election: Option<vagus_kube::leader::Election>,
+    /// Seconds a deleted pod has to finish its requests.
+    pub grace_s: u32,
+    /// How often the executor reconciles.
+    pub every: Duration,
 }
 
 /// kube-scheduler's extender (see [`crate::http::scheduler`]).
@@ -145,6 +159,22 @@ impl Service {
                     eprintln!("vagus brain: the HTTP API stopped: {e}");
                 }
             }));
+            // On Kubernetes: who leads, the reflectors, the executor.
+            let mut leading = None;
+            if let Some(k) = h.kubernetes {
+                let rx = match &k.election {
+                    Some(e) => vagus_kube::leader::contend(k.client.clone(), e)
+                        .await
+                        .map_err(StartError::Config)?,
+                    None => tokio::sync::watch::channel(true).1,
+                };
+                let (pods, nodes, tasks) = crate::kube_exec::KubeExecutor::reflect(&k.client);
+                svc.tasks.extend(tasks);
+                let applier = vagus_kube::executor::Applier::new(k.client, k.grace_s);
+                let ex = crate::kube_exec::KubeExecutor::new(applier, pods, nodes, rx.clone());
+                svc.tasks.push(tokio::spawn(ex.run(api.clone(), k.every)));
+                leading = Some(rx);
+            }
             if let Some(x) = h.scheduler {
                 let listener = tokio::net::TcpListener::bind(x.addr)
                     .await
@@ -153,7 +183,11 @@ impl Service {
                         source,
                     })?;
                 svc.scheduler_addr = listener.local_addr().ok();
-                let ext = Arc::new(crate::http::scheduler::Extender::new(api.clone(), x.binder));
+                let ext = Arc::new(crate::http::scheduler::Extender::new(
+                    api.clone(),
+                    x.binder,
+                    leading.clone(),
+                ));
                 svc.tasks.push(tokio::spawn(async move {
                     if let Err(e) = crate::http::scheduler::serve(listener, ext).await {
                         eprintln!("vagus brain: the scheduler extender stopped: {e}");

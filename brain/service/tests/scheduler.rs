@@ -6,149 +6,10 @@
 
 mod common;
 
-use common::{ADMIN, call_at, node, tokens};
-use http::{Request, Response};
-use kube::client::Body;
+use common::kube::{Brain, fixture, start};
+use common::{ADMIN, call_at};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use vagus_brain::{Config, HttpConfig, SchedulerConfig, Service};
-use vagus_kube::binder::Binder;
-
-fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/tests/fixtures/scheduler/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-/// One request the brain made of the API server.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    content_type: Option<String>,
-    body: Value,
-}
-
-/// The API server's side of the mock: the fixtures' pods, every request
-/// recorded; a Binding is refused (409, as for a pod bound already) while
-/// `refuse` is set.
-#[derive(Clone, Default)]
-struct ApiServer {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    refuse: Arc<AtomicBool>,
-}
-
-impl ApiServer {
-    fn take(&self) -> Vec<Seen> {
-        std::mem::take(&mut self.seen.lock().unwrap())
-    }
-
-    async fn run(self, mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
-        while let Some((req, send)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect_bytes().await.unwrap();
-            let seen = Seen {
-                method: parts.method.to_string(),
-                path: parts.uri.to_string(),
-                content_type: parts
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .map(|v| v.to_str().unwrap().to_string()),
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            };
-            self.seen.lock().unwrap().push(seen.clone());
-            let pod_of = |p: &str| {
-                let name = p.split('/').nth(6).unwrap_or_default();
-                let name = name.split('?').next().unwrap_or_default().to_string();
-                fixture(&format!("pod-{name}.json"))
-            };
-            let (status, answer) = match seen.method.as_str() {
-                "GET" => (200, pod_of(&seen.path)),
-                "PATCH" => (200, pod_of(&seen.path)),
-                "POST" if self.refuse.load(Ordering::SeqCst) => (
-                    409,
-                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                        "message": "Operation cannot be fulfilled on pods/binding \"chat-0\": pod chat-0 is already assigned to node \"h1\"",
-                        "reason": "Conflict", "code": 409}),
-                ),
-                "POST" => (
-                    201,
-                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-                ),
-                _ => (405, json!({})),
-            };
-            send.send_response(
-                Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            );
-        }
-    }
-}
-
-struct Brain {
-    api: SocketAddr,
-    extender: SocketAddr,
-    server: ApiServer,
-    rt: tokio::runtime::Runtime,
-}
-
-/// A brain with nodes h1 (2 × H100) and a1 (2 × A100), its extender on a
-/// listener of its own, binding through the mock when `kubernetes`.
-fn start(tag: &str, kubernetes: bool) -> Brain {
-    let d = std::env::temp_dir().join(format!("vagus-sched-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = ApiServer::default();
-    let binder = kubernetes.then(|| {
-        let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        rt.spawn(server.clone().run(handle));
-        let _in = rt.enter();
-        Binder::new(kube::Client::new(mock, "default"))
-    });
-    let svc = rt
-        .block_on(Service::start(Config {
-            http: Some(HttpConfig {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                tokens: tokens(),
-                audit: Some(d.join("audit.sqlite")),
-                core: vagus_decision::Config::default(),
-                nodes: vec![
-                    node("h1", "NVIDIA H100 80GB HBM3", 2),
-                    node("a1", "NVIDIA A100-SXM4-80GB", 2),
-                ],
-                clock: None,
-                scheduler: Some(SchedulerConfig {
-                    addr: "127.0.0.1:0".parse().unwrap(),
-                    binder,
-                }),
-            }),
-            quic: None,
-            sync_every: Duration::from_secs(1),
-            control_record: None,
-        }))
-        .unwrap();
-    let b = Brain {
-        api: svc.http_addr.unwrap(),
-        extender: svc.scheduler_addr.unwrap(),
-        server,
-        rt,
-    };
-    std::mem::forget(svc);
-    b
-}
+use std::sync::atomic::Ordering;
 
 fn ask(b: &Brain, verb: &str, body: &Value) -> (u16, Value) {
     call_at(
@@ -277,7 +138,7 @@ fn bind_places_annotates_then_binds_through_the_api_server() {
     let gpu = placed["gpus"][0].as_u64().unwrap();
     assert_eq!(
         seen[1].body,
-        json!({"metadata": {"uid": uid, "annotations": {
+        json!({"metadata": {"uid": uid, "labels": {"vagus.dev/workload": "team-a-chat-0"}, "annotations": {
             "vagus.dev/workload": "team-a-chat-0",
             "vagus.dev/gpus": gpu.to_string(),
             "vagus.dev/share-pct": "20"}}})

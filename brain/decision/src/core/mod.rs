@@ -994,6 +994,7 @@ impl Core {
             scaled: false,
             replica: None,
             shadow_of: None,
+            bound_by: None,
             profile: p,
         };
         let id = placed.id.clone();
@@ -1356,6 +1357,7 @@ impl Core {
                     scaled: false,
                     replica: None,
                     shadow_of: None,
+                    bound_by: None,
                     profile,
                 }
             }

@@ -75,10 +75,16 @@ impl Core {
             .collect())
     }
 
-    /// Places `p` on `node` (the outside scheduler's choice) if it fits
-    /// there directly, on the GPU the score likes best; else refuses,
-    /// naming what rules the node out.
-    pub fn place_on(&mut self, p: Profile, node: &str, now: u64) -> Result<Vec<Decision>, Refusal> {
+    /// Places `p` on `node` (the choice of the outside scheduler `by`) if
+    /// it fits there directly, on the GPU the score likes best; else
+    /// refuses, naming what rules the node out.
+    pub fn place_on(
+        &mut self,
+        p: Profile,
+        node: &str,
+        by: &str,
+        now: u64,
+    ) -> Result<Vec<Decision>, Refusal> {
         p.validate()?;
         check_id(&p.name)?;
         if self.known(&p.name) {
@@ -124,7 +130,11 @@ impl Core {
         d.top = s.top.iter().map(|c| self.candidate(c)).collect();
         d.share_pct = Some(class.share_pct);
         d.class = Some(class.clone());
+        let id = p.name.clone();
         self.commit(p, class, &c, now, &mut d);
+        if let Some(w) = self.placed.get_mut(&id) {
+            w.bound_by = Some(by.to_string());
+        }
         Ok(vec![d])
     }
 

@@ -108,6 +108,7 @@ impl Core {
             scaled: false,
             replica: None,
             shadow_of: Some(workload.to_string()),
+            bound_by: None,
             profile,
         };
         self.bind(placed, c.slot);
@@ -281,6 +282,7 @@ impl Core {
             id: workload.to_string(),
             replica: Some(sh.replica_id().to_string()),
             shadow_of: None,
+            bound_by: None,
             // Its request as it was, launched as the shadow is.
             profile: crate::Profile {
                 launch: sh.profile.launch.clone(),

@@ -70,6 +70,9 @@ pub struct Api {
     /// routes are not known, and `GET /v1/routes` says so rather than
     /// answer an empty table a gateway would take.
     unreported: Mutex<Option<Unreported>>,
+    /// Nodes Kubernetes reports not ready, and why (see
+    /// [`crate::kube_exec`]): down for the failover too.
+    kube_down: Mutex<BTreeMap<String, String>>,
 }
 
 struct Unreported {
@@ -117,7 +120,22 @@ impl Api {
             alerts: crate::alerts::Alerts::default(),
             restored_reconfigs: Mutex::new(Vec::new()),
             unreported: Mutex::new(None),
+            kube_down: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The nodes Kubernetes reports not ready now, and why.
+    pub fn set_kube_down(&self, down: BTreeMap<String, String>) {
+        *self.kube_down.lock().unwrap_or_else(|e| e.into_inner()) = down;
+    }
+
+    /// Why Kubernetes reports `node` not ready, if it does.
+    pub fn kube_down(&self, node: &str) -> Option<String> {
+        self.kube_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .cloned()
     }
 
     fn unreported(&self) -> std::sync::MutexGuard<'_, Option<Unreported>> {

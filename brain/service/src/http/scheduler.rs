@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use vagus_decision::Profile;
 use vagus_decision::core::Fitness;
+use vagus_decision::manifest::WORKLOAD_LABEL;
 use vagus_kube::binder::Binder;
 use vagus_kube::extender::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
@@ -40,14 +41,21 @@ pub struct Extender {
     /// Pods bound through this brain, UID → workload (a preemption's
     /// victims come by UID).
     bound: Mutex<HashMap<String, String>>,
+    /// Whether this brain holds the lease (`None`: it acts alone).
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Extender {
-    pub fn new(api: Arc<Api>, binder: Option<Binder>) -> Extender {
+    pub fn new(
+        api: Arc<Api>,
+        binder: Option<Binder>,
+        leading: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Extender {
         Extender {
             api,
             binder,
             bound: Mutex::new(HashMap::new()),
+            leading,
         }
     }
 
@@ -212,6 +220,9 @@ async fn bind_pod(x: &Extender, a: &ExtenderBindingArgs) -> Result<(), String> {
         .binder
         .as_ref()
         .ok_or("this brain has no Kubernetes client to bind with (start it with --kubernetes)")?;
+    if x.leading.as_ref().is_some_and(|l| !*l.borrow()) {
+        return Err("this brain does not hold the lease: its leader binds".into());
+    }
     let pod = binder
         .pod(&a.pod_namespace, &a.pod_name, &a.pod_uid)
         .await
@@ -219,14 +230,23 @@ async fn bind_pod(x: &Extender, a: &ExtenderBindingArgs) -> Result<(), String> {
     let Some(p) = workload(Some(&pod))? else {
         let none = BTreeMap::new();
         return binder
-            .bind(&a.pod_namespace, &a.pod_name, &a.pod_uid, &a.node, &none)
+            .bind(
+                &a.pod_namespace,
+                &a.pod_name,
+                &a.pod_uid,
+                &a.node,
+                &none,
+                &none,
+            )
             .await
             .map_err(|e| e.to_string());
     };
     let id = p.name.clone();
     let placed = match x
         .api
-        .decide(ACTOR, None, Some(&id), |c, now| c.place_on(p, &a.node, now))
+        .decide(ACTOR, None, Some(&id), |c, now| {
+            c.place_on(p, &a.node, ACTOR, now)
+        })
         .await
     {
         Ok(_) => true,
@@ -249,8 +269,16 @@ async fn bind_pod(x: &Extender, a: &ExtenderBindingArgs) -> Result<(), String> {
         return Err(format!("{id}: placed, then gone before its bind"));
     };
     let notes = pod::placed_annotations(&id, &gpus, share);
+    let labels = BTreeMap::from([(WORKLOAD_LABEL.to_string(), id.clone())]);
     match binder
-        .bind(&a.pod_namespace, &a.pod_name, &a.pod_uid, &a.node, &notes)
+        .bind(
+            &a.pod_namespace,
+            &a.pod_name,
+            &a.pod_uid,
+            &a.node,
+            &labels,
+            &notes,
+        )
         .await
     {
         Ok(()) => {

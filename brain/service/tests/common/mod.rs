@@ -2,6 +2,8 @@
 //! a real SQLite trail, tokens of each role, and a raw HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -92,6 +94,7 @@ pub fn start_with(tag: &str, db: Option<PathBuf>, nodes: Vec<NodeSpec>) -> Api {
                 nodes,
                 clock: Some(Box::new(move || clock.load(Ordering::Relaxed))),
                 scheduler: None,
+                kubernetes: None,
             }),
             quic: None,
             sync_every: Duration::from_secs(1),

@@ -1,0 +1,244 @@
+//! The Kubernetes executor's plan and its hands: what the placements want
+//! against the pods the reflector sees, and the API calls that close the
+//! gap.
+//!
+//! Two kinds of pod carry a placement's name (the `vagus.dev/workload`
+//! label): the brain's own, made from its manifest for a placement it
+//! decided (it creates them, and deletes them once the placement is gone
+//! or has moved), and those kube-scheduler bound through the extender (the
+//! user's: a deleted one means its workload ended, so the placement goes).
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use std::collections::{BTreeMap, BTreeSet};
+use vagus_decision::manifest::WORKLOAD_LABEL;
+
+/// A pod as the plan reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSeen {
+    pub namespace: String,
+    pub name: String,
+    pub workload: String,
+    pub node: Option<String>,
+    /// The brain made it (`app.kubernetes.io/managed-by: vagus`).
+    pub owned: bool,
+    /// Being deleted already.
+    pub deleting: bool,
+}
+
+impl PodSeen {
+    /// `None` for a pod without a placement's label.
+    pub fn of(pod: &Pod) -> Option<PodSeen> {
+        let m = &pod.metadata;
+        let labels = m.labels.as_ref()?;
+        Some(PodSeen {
+            namespace: m.namespace.clone().unwrap_or_default(),
+            name: m.name.clone()?,
+            workload: labels.get(WORKLOAD_LABEL)?.clone(),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            owned: labels
+                .get("app.kubernetes.io/managed-by")
+                .is_some_and(|v| v == "vagus"),
+            deleting: m.deletion_timestamp.is_some(),
+        })
+    }
+}
+
+/// A pod the brain wants for a placement it decided: its manifest.
+pub struct Wanted {
+    pub workload: String,
+    pub pod: Pod,
+}
+
+/// What one round does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// A placement's pod is missing: create it.
+    Create(Box<Pod>),
+    /// A pod of the brain's that no placement wants here any more (removed,
+    /// or moved to another node): delete it, gracefully.
+    Delete { namespace: String, name: String },
+    /// A placement kube-scheduler bound whose pod is gone: the placement
+    /// goes too.
+    Gone { workload: String },
+}
+
+/// The steps from `wanted` (the brain's placements and their manifests),
+/// `bound` (placements kube-scheduler bound, with whether their pod was
+/// ever seen or is old enough that it should have been) and `seen` (the
+/// reflector's pods).
+pub fn plan(wanted: &[Wanted], bound: &BTreeMap<String, bool>, seen: &[PodSeen]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    // A pod's name is its placement's: one that moved is made again once
+    // its old pod is gone.
+    for w in wanted {
+        let (ns, name) = (
+            w.pod.metadata.namespace.as_deref().unwrap_or("default"),
+            w.pod.metadata.name.as_deref().unwrap_or_default(),
+        );
+        if !seen.iter().any(|s| s.namespace == ns && s.name == name) {
+            steps.push(Step::Create(Box::new(w.pod.clone())));
+        }
+    }
+    for s in seen.iter().filter(|s| s.owned && !s.deleting) {
+        let wanted_here = wanted
+            .iter()
+            .any(|w| w.workload == s.workload && node_of(&w.pod) == s.node);
+        if !wanted_here {
+            steps.push(Step::Delete {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            });
+        }
+    }
+    let live: BTreeSet<&str> = seen
+        .iter()
+        .filter(|s| !s.owned && !s.deleting)
+        .map(|s| s.workload.as_str())
+        .collect();
+    for (w, expected) in bound {
+        if *expected && !live.contains(w.as_str()) {
+            steps.push(Step::Gone {
+                workload: w.clone(),
+            });
+        }
+    }
+    steps
+}
+
+/// Why a node is not ready, if Kubernetes says it is not (its `Ready`
+/// condition is not `True`, or it is being deleted).
+pub fn not_ready(n: &Node) -> Option<String> {
+    if n.metadata.deletion_timestamp.is_some() {
+        return Some("Kubernetes is deleting the node".into());
+    }
+    let ready = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    match ready {
+        Some(c) if c.status == "True" => None,
+        Some(c) => Some(format!(
+            "Kubernetes reports the node not ready ({}{})",
+            c.reason.as_deref().unwrap_or("Ready is not True"),
+            c.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        )),
+        None => None,
+    }
+}
+
+/// The API calls of the steps.
+#[derive(Clone)]
+pub struct Applier {
+    client: kube::Client,
+    /// Seconds a deleted pod has to finish its requests (its `SIGTERM`
+    /// to `SIGKILL`).
+    pub grace_s: u32,
+}
+
+impl Applier {
+    pub fn new(client: kube::Client, grace_s: u32) -> Applier {
+        Applier { client, grace_s }
+    }
+
+    pub async fn create(&self, pod: &Pod) -> Result<(), String> {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        match api.create(&PostParams::default(), pod).await {
+            Ok(_) => Ok(()),
+            // There already (a round ahead of the reflector): the next
+            // round sees it.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(format!("creating pod {ns}/{name}: {e}")),
+        }
+    }
+
+    pub async fn delete(&self, namespace: &str, name: &str) -> Result<(), String> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(self.grace_s),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(format!("deleting pod {namespace}/{name}: {e}")),
+        }
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(workload: &str, node: &str, owned: bool) -> PodSeen {
+        PodSeen {
+            namespace: "default".into(),
+            name: workload.into(),
+            workload: workload.into(),
+            node: Some(node.into()),
+            owned,
+            deleting: false,
+        }
+    }
+
+    fn wanted(workload: &str, node: &str) -> Wanted {
+        Wanted {
+            workload: workload.into(),
+            pod: serde_json::from_value(serde_json::json!({
+                "metadata": {"name": workload, "namespace": "default"},
+                "spec": {"nodeName": node, "containers": []}
+            }))
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn creates_the_missing_deletes_the_unwanted_and_moved() {
+        let steps = plan(
+            &[wanted("a", "n1"), wanted("b", "n2")],
+            &BTreeMap::new(),
+            &[
+                pod("b", "n1", true),
+                pod("c", "n1", true),
+                pod("x", "n1", false),
+            ],
+        );
+        let kinds: Vec<String> = steps
+            .iter()
+            .map(|s| match s {
+                Step::Create(p) => format!("create {}", p.metadata.name.as_deref().unwrap()),
+                Step::Delete { name, .. } => format!("delete {name}"),
+                Step::Gone { workload } => format!("gone {workload}"),
+            })
+            .collect();
+        // b moved: its old pod goes first, the new one comes next round.
+        assert_eq!(kinds, ["create a", "delete b", "delete c"]);
+    }
+
+    #[test]
+    fn a_bound_placement_goes_only_once_its_pod_was_expected() {
+        let seen = [pod("live", "n1", false)];
+        let bound = BTreeMap::from([
+            ("live".to_string(), true),
+            ("young".to_string(), false),
+            ("deleted".to_string(), true),
+        ]);
+        assert_eq!(
+            plan(&[], &bound, &seen),
+            [Step::Gone {
+                workload: "deleted".into()
+            }]
+        );
+    }
+}

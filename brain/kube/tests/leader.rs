@@ -1,0 +1,230 @@
+//! Leader election against a recorded Lease API: two brain replicas, each
+//! with a real kube-rs client on a tower-test mock, share one fake API
+//! server that keeps a Lease as the API server would (create, get, merge
+//! and strategic patches, and server-side apply refusing to take a field
+//! another manager holds). One leads; it renews; released, the other takes
+//! over; a lease taken behind its back makes it follow.
+
+use http::{Request, Response};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::client::Body;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use vagus_kube::leader::{Election, contend};
+
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/vagus/leases";
+
+/// (method, path, content type, body) of a request.
+type Logged = (String, String, String, Value);
+
+#[derive(Clone, Default)]
+struct LeaseServer {
+    lease: Arc<Mutex<Option<Value>>>,
+    log: Arc<Mutex<Vec<Logged>>>,
+    version: Arc<Mutex<u64>>,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code})
+}
+
+impl LeaseServer {
+    fn answer(&self, method: &str, path: &str, ctype: &str, body: &Value) -> (u16, Value) {
+        let mut lease = self.lease.lock().unwrap();
+        let bump = |l: &mut Value| {
+            let mut v = self.version.lock().unwrap();
+            *v += 1;
+            l["metadata"]["resourceVersion"] = json!(v.to_string());
+        };
+        let named = path.starts_with(&format!("{LEASE}/vagus-brain"));
+        match (method, named) {
+            ("GET", true) => match lease.as_ref() {
+                Some(l) => (200, l.clone()),
+                None => (
+                    404,
+                    status(404, "NotFound", "leases \"vagus-brain\" not found"),
+                ),
+            },
+            ("POST", false) => {
+                if lease.is_some() {
+                    return (
+                        409,
+                        status(
+                            409,
+                            "AlreadyExists",
+                            "leases \"vagus-brain\" already exists",
+                        ),
+                    );
+                }
+                let mut l = body.clone();
+                bump(&mut l);
+                *lease = Some(l.clone());
+                (201, l)
+            }
+            ("PATCH", true) => {
+                let Some(l) = lease.as_mut() else {
+                    return (
+                        404,
+                        status(404, "NotFound", "leases \"vagus-brain\" not found"),
+                    );
+                };
+                // Server-side apply may not take a holder another manager set.
+                let holder = &l["spec"]["holderIdentity"];
+                let wants = &body["spec"]["holderIdentity"];
+                if ctype.starts_with("application/apply-patch")
+                    && !holder.is_null()
+                    && !wants.is_null()
+                    && holder != wants
+                {
+                    return (
+                        409,
+                        status(
+                            409,
+                            "Conflict",
+                            "Apply failed with 1 conflict: conflict with another manager: .spec.holderIdentity",
+                        ),
+                    );
+                }
+                let mut patch = body.clone();
+                if let Some(o) = patch.as_object_mut() {
+                    o.remove("apiVersion");
+                    o.remove("kind");
+                }
+                json_patch::merge(l, &patch);
+                bump(l);
+                (200, l.clone())
+            }
+            _ => (405, status(405, "MethodNotAllowed", "")),
+        }
+    }
+
+    async fn run(self, mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let path = parts.uri.path().to_string();
+            let ctype = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let (code, answer) = self.answer(parts.method.as_str(), &path, &ctype, &body);
+            self.log
+                .lock()
+                .unwrap()
+                .push((parts.method.to_string(), path, ctype, body));
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    }
+
+    fn holder(&self) -> Option<String> {
+        let l = self.lease.lock().unwrap();
+        l.as_ref()?["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+fn election(identity: &str) -> Election {
+    Election {
+        namespace: "vagus".into(),
+        lease: "vagus-brain".into(),
+        identity: identity.into(),
+        duration_s: 2,
+        grace_s: 1,
+    }
+}
+
+async fn replica(server: &LeaseServer, identity: &str) -> watch::Receiver<bool> {
+    let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(server.clone().run(handle));
+    contend(kube::Client::new(mock, "vagus"), &election(identity))
+        .await
+        .unwrap()
+}
+
+/// Waits (up to 30 s: lease times are seconds; the machine may be loaded)
+/// until `f` holds.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "waited 30 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_renews_and_hands_over_when_it_goes() {
+    let server = LeaseServer::default();
+    let a = replica(&server, "brain-0").await;
+    let b = replica(&server, "brain-1").await;
+    until("a leader", || *a.borrow() || *b.borrow()).await;
+    assert!(!(*a.borrow() && *b.borrow()), "two leaders");
+    let (leader, follower, name, other) = if *a.borrow() {
+        (a, b, "brain-0", "brain-1")
+    } else {
+        (b, a, "brain-1", "brain-0")
+    };
+    assert_eq!(server.holder().as_deref(), Some(name));
+    // The lease was created, then taken by server-side apply as its holder.
+    {
+        let log = server.log.lock().unwrap();
+        assert!(
+            log.iter().any(|(m, p, _, _)| m == "POST" && p == LEASE),
+            "{log:?}"
+        );
+        assert!(
+            log.iter().any(|(m, _, c, b)| m == "PATCH"
+                && c.starts_with("application/apply-patch")
+                && b["spec"]["holderIdentity"] == name),
+            "{log:?}"
+        );
+    }
+    // It renews: renewTime moves on while it holds the lease.
+    let renewed = || {
+        server.lease.lock().unwrap().as_ref().unwrap()["spec"]["renewTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = renewed();
+    until("a renewal", || renewed() != first).await;
+    assert!(*leader.borrow() && !*follower.borrow());
+    // The leader goes (its receivers dropped: it releases the lease); the
+    // follower takes it within the lease's time.
+    drop(leader);
+    until("the follower to lead", || *follower.borrow()).await;
+    assert_eq!(server.holder().as_deref(), Some(other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_is_taken_follows() {
+    let server = LeaseServer::default();
+    let a = replica(&server, "brain-0").await;
+    until("brain-0 to lead", || *a.borrow()).await;
+    // Another holder, fresh, for a long time: brain-0 sees it at its next
+    // renewal and stops leading.
+    {
+        let mut l = server.lease.lock().unwrap();
+        let spec = &mut l.as_mut().unwrap()["spec"];
+        spec["holderIdentity"] = json!("brain-9");
+        spec["renewTime"] =
+            serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap();
+        spec["leaseDurationSeconds"] = json!(3600);
+    }
+    until("brain-0 to follow", || !*a.borrow()).await;
+    assert_eq!(server.holder().as_deref(), Some("brain-9"));
+}

@@ -1,0 +1,277 @@
+//! The Kubernetes executor against a recorded API server (a tower-test
+//! mock behind a real kube-rs client; no API server can run here): the
+//! pods it creates and deletes, asserted request by request, and its
+//! reflectors' stores fed the watch events Kubernetes sends (kube-runtime's
+//! own store and event types) — a pod deleted behind its back, a node gone
+//! not ready — reconciled into the brain's state.
+
+mod common;
+
+use common::kube::{ApiServer, Brain, Seen, fixture, start};
+use common::{ADMIN, call_at};
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::client::Body;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::Event;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use vagus_brain::kube_exec::KubeExecutor;
+use vagus_kube::executor::Applier;
+
+struct Exec {
+    ex: KubeExecutor,
+    pods: Writer<Pod>,
+    nodes: Writer<Node>,
+    server: ApiServer,
+    leading: watch::Sender<bool>,
+}
+
+fn node(name: &str, ready: bool) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+            "reason": if ready { "KubeletReady" } else { "NodeStatusUnknown" },
+            "message": if ready { "kubelet is posting ready status" } else { "Kubelet stopped posting node status." }}]}
+    }))
+    .unwrap()
+}
+
+/// An executor on its own mock API server, its stores listed (h1 and a1
+/// ready, no pods).
+fn executor(b: &Brain) -> Exec {
+    let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = ApiServer::default();
+    b.rt.spawn(server.clone().run(handle));
+    let _in = b.rt.enter();
+    let applier = Applier::new(kube::Client::new(mock, "default"), 30);
+    let (pod_store, mut pods) = reflector::store::<Pod>();
+    let (node_store, mut nodes) = reflector::store::<Node>();
+    pods.apply_watcher_event(&Event::Init);
+    pods.apply_watcher_event(&Event::InitDone);
+    nodes.apply_watcher_event(&Event::Init);
+    for n in ["h1", "a1"] {
+        nodes.apply_watcher_event(&Event::InitApply(node(n, true)));
+    }
+    nodes.apply_watcher_event(&Event::InitDone);
+    let (leading, rx) = watch::channel(true);
+    Exec {
+        ex: KubeExecutor::new(applier, pod_store, node_store, rx),
+        pods,
+        nodes,
+        server,
+        leading,
+    }
+}
+
+fn round(b: &Brain, e: &mut Exec) -> Vec<String> {
+    b.rt.block_on(e.ex.round(&b.core))
+}
+
+fn place(b: &Brain, name: &str) -> String {
+    let body = json!({"name": name, "model_id": name, "model_size_gb": 7.0, "batch": 4,
+        "seq_len": 1024, "priority": "P1", "sla_ms": 50, "tenant": "acme",
+        "expected_duration_s": 600, "share_pct": 30});
+    let (s, v) = call_at(
+        b.api,
+        "POST",
+        "/v1/placements",
+        Some(ADMIN),
+        Some(&body.to_string()),
+    );
+    assert_eq!(s, 201, "{v}");
+    placement(b, name).unwrap()["node"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn placement(b: &Brain, name: &str) -> Option<Value> {
+    let (s, v) = call_at(
+        b.api,
+        "GET",
+        &format!("/v1/placements/{name}"),
+        Some(ADMIN),
+        None,
+    );
+    (s == 200).then(|| v["placement"].clone())
+}
+
+/// The pod a create asked for, as the API server would store it.
+fn stored(seen: &Seen, uid: &str) -> Pod {
+    let mut p = seen.body.clone();
+    p["metadata"]["uid"] = json!(uid);
+    serde_json::from_value(p).unwrap()
+}
+
+#[test]
+fn placements_become_pods_made_again_when_deleted_and_deleted_gracefully_when_removed() {
+    let b = start("exec-pods", false);
+    let mut e = executor(&b);
+    let node = place(&b, "chat");
+    let did = round(&b, &mut e);
+    assert_eq!(did, ["created pod default/chat"]);
+    let seen = e.server.take();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/api/v1/namespaces/default/pods?")
+    );
+    let pod = &seen[0].body;
+    assert_eq!(pod["metadata"]["name"], "chat");
+    assert_eq!(pod["metadata"]["labels"]["vagus.dev/workload"], "chat");
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "vagus"
+    );
+    assert_eq!(pod["spec"]["nodeName"], node.as_str());
+    let share = placement(&b, "chat").unwrap()["share_pct"].to_string();
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/mps"],
+        share.as_str()
+    );
+    // The reflector sees it: nothing to do.
+    e.pods
+        .apply_watcher_event(&Event::Apply(stored(&seen[0], "uid-1")));
+    assert!(round(&b, &mut e).is_empty());
+    assert!(e.server.take().is_empty());
+    // Deleted behind the brain's back: made again.
+    e.pods
+        .apply_watcher_event(&Event::Delete(stored(&seen[0], "uid-1")));
+    assert_eq!(round(&b, &mut e), ["created pod default/chat"]);
+    let again = e.server.take();
+    assert_eq!(again[0].body, seen[0].body);
+    e.pods
+        .apply_watcher_event(&Event::Apply(stored(&again[0], "uid-2")));
+    // Removed through the API: its pod deleted with the grace period.
+    let (s, _) = call_at(b.api, "DELETE", "/v1/placements/chat", Some(ADMIN), None);
+    assert!(s < 300, "{s}");
+    assert_eq!(round(&b, &mut e), ["deleted pod default/chat"]);
+    let del = e.server.take();
+    assert_eq!(del.len(), 1, "{del:#?}");
+    assert_eq!(
+        (del[0].method.as_str(), del[0].path.as_str()),
+        ("DELETE", "/api/v1/namespaces/default/pods/chat?")
+    );
+    assert_eq!(del[0].body["gracePeriodSeconds"], 30, "{:?}", del[0].body);
+    // While it terminates, and once it is gone, nothing more.
+    let mut terminating = stored(&again[0], "uid-2");
+    terminating.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-12-04T19:00:00Z".parse().unwrap(),
+        ));
+    e.pods
+        .apply_watcher_event(&Event::Apply(terminating.clone()));
+    assert!(round(&b, &mut e).is_empty());
+    e.pods.apply_watcher_event(&Event::Delete(terminating));
+    assert!(round(&b, &mut e).is_empty());
+    assert!(e.server.take().is_empty());
+}
+
+#[test]
+fn a_pod_kube_scheduler_bound_that_is_deleted_ends_its_placement() {
+    let b = start("exec-bound", true);
+    let mut e = executor(&b);
+    let (_, r) = call_at(
+        b.extender,
+        "POST",
+        "/scheduler/bind",
+        None,
+        Some(&fixture("bind-chat-0.json").to_string()),
+    );
+    assert_eq!(r, json!({"Error": ""}));
+    // Not the brain's pod to make, and not gone before it was ever seen.
+    assert!(round(&b, &mut e).is_empty());
+    let mut pod: Pod = serde_json::from_value(fixture("pod-chat-0.json")).unwrap();
+    pod.metadata
+        .labels
+        .get_or_insert_default()
+        .insert("vagus.dev/workload".into(), "team-a-chat-0".into());
+    pod.spec.as_mut().unwrap().node_name = Some("a1".into());
+    e.pods.apply_watcher_event(&Event::Apply(pod.clone()));
+    assert!(round(&b, &mut e).is_empty());
+    assert!(placement(&b, "team-a-chat-0").is_some());
+    e.pods.apply_watcher_event(&Event::Delete(pod));
+    assert_eq!(
+        round(&b, &mut e),
+        ["removed team-a-chat-0: its pod is gone"]
+    );
+    assert!(placement(&b, "team-a-chat-0").is_none());
+    let (_, d) = call_at(
+        b.api,
+        "GET",
+        "/v1/decisions?workload=team-a-chat-0",
+        Some(ADMIN),
+        None,
+    );
+    let rows = d["items"].as_array().unwrap();
+    assert_eq!(rows.last().unwrap()["actor"], "kubernetes", "{d}");
+    assert_eq!(rows.last().unwrap()["path"], "remove", "{d}");
+    // No request of its own was made for it.
+    assert!(e.server.take().is_empty());
+}
+
+#[test]
+fn a_node_kubernetes_reports_not_ready_is_down_until_it_is_ready() {
+    let b = start("exec-node", false);
+    let mut e = executor(&b);
+    let first = place(&b, "chat");
+    round(&b, &mut e);
+    let created = e.server.take();
+    e.pods
+        .apply_watcher_event(&Event::Apply(stored(&created[0], "uid-1")));
+    e.nodes
+        .apply_watcher_event(&Event::Apply(node(&first, false)));
+    let did = round(&b, &mut e);
+    assert!(
+        did[0].starts_with(&format!(
+            "{first} is down: Kubernetes reports the node not ready (NodeStatusUnknown"
+        )),
+        "{did:?}"
+    );
+    // Its workload moved; the old pod goes, the new one comes next round.
+    let moved = placement(&b, "chat").unwrap()["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(moved, first);
+    assert_eq!(did[1..], ["deleted pod default/chat"]);
+    e.pods
+        .apply_watcher_event(&Event::Delete(stored(&created[0], "uid-1")));
+    assert_eq!(round(&b, &mut e), ["created pod default/chat"]);
+    let made = e.server.take();
+    assert_eq!(
+        made.last().unwrap().body["spec"]["nodeName"],
+        moved.as_str()
+    );
+    let (_, ev) = call_at(b.api, "GET", "/v1/events", Some(ADMIN), None);
+    assert!(ev.to_string().contains("node_down"), "{ev}");
+    // Ready again: the node is back.
+    e.nodes
+        .apply_watcher_event(&Event::Apply(node(&first, true)));
+    let did = round(&b, &mut e);
+    assert!(
+        did[0].starts_with(&format!("{first} is ready again")),
+        "{did:?}"
+    );
+    let (_, nodes) = call_at(b.api, "GET", "/v1/nodes", Some(ADMIN), None);
+    let n = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == first.as_str())
+        .unwrap();
+    assert!(n["down"].is_null(), "{n}");
+}
+
+#[test]
+fn a_brain_that_does_not_lead_does_nothing() {
+    let b = start("exec-follower", false);
+    let mut e = executor(&b);
+    e.leading.send(false).unwrap();
+    place(&b, "chat");
+    assert!(round(&b, &mut e).is_empty());
+    assert!(e.server.take().is_empty());
+    e.leading.send(true).unwrap();
+    assert_eq!(round(&b, &mut e), ["created pod default/chat"]);
+}
