@@ -2,8 +2,8 @@
 
 use crate::state::Placed;
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements, Toleration,
-    Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -20,6 +20,18 @@ pub struct ManifestConfig {
     pub shim_path: String,
     /// Where the shim writes its telemetry segment (a hostPath the agent reads).
     pub segment_dir: String,
+    /// The port its containers serve on (the Service of each replica, the
+    /// routes' backends).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The Gateway API `Gateway` (in `namespace`) each model's HTTPRoute
+    /// attaches to; none: no HTTPRoutes are made.
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+fn default_port() -> u16 {
+    8000
 }
 
 impl Default for ManifestConfig {
@@ -29,6 +41,8 @@ impl Default for ManifestConfig {
             default_image: "vllm/vllm-openai:latest".into(),
             shim_path: "/opt/vagus/lib/libvagus_shim.so".into(),
             segment_dir: "/run/vagus".into(),
+            port: default_port(),
+            gateway: None,
         }
     }
 }
@@ -126,6 +140,11 @@ pub fn pod(p: &Placed, gpu: Option<(&str, Option<u32>)>, cfg: &ManifestConfig) -
                     ],
                     None => vec![env("VAGUS_MODEL_ID", p.profile.model_id.clone())],
                 }),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: cfg.port as i32,
+                    ..Default::default()
+                }]),
                 resources: Some(ResourceRequirements {
                     limits: Some(limits),
                     requests: Some(requests),

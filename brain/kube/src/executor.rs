@@ -8,8 +8,9 @@
 //! or has moved), and those kube-scheduler bound through the extender (the
 //! user's: a deleted one means its workload ended, so the placement goes).
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
 use std::collections::{BTreeMap, BTreeSet};
 use vagus_decision::manifest::WORKLOAD_LABEL;
 
@@ -24,6 +25,8 @@ pub struct PodSeen {
     pub owned: bool,
     /// Being deleted already.
     pub deleting: bool,
+    /// Its `Ready` condition is `True` (it may take requests).
+    pub ready: bool,
 }
 
 impl PodSeen {
@@ -40,6 +43,11 @@ impl PodSeen {
                 .get("app.kubernetes.io/managed-by")
                 .is_some_and(|v| v == "vagus"),
             deleting: m.deletion_timestamp.is_some(),
+            ready: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
         })
     }
 }
@@ -132,6 +140,79 @@ pub fn not_ready(n: &Node) -> Option<String> {
     }
 }
 
+/// A name Kubernetes takes for an object (a DNS label): lowercase
+/// letters, digits and `-`, at most 63.
+pub fn dns_label(s: &str) -> String {
+    let v: String = s
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    v.trim_matches('-').to_string()
+}
+
+/// The Service of one replica (its pod, by the placement's label): what a
+/// route's backend names.
+pub fn service(workload: &str, namespace: &str, port: u16) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": workload, "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "vagus", WORKLOAD_LABEL: workload}},
+        "spec": {"selector": {WORKLOAD_LABEL: workload},
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]}
+    }))
+    .expect("a Service")
+}
+
+/// One route backend: a replica's Service and its weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub service: String,
+    pub weight: u32,
+}
+
+/// The HTTPRoute name of a model.
+pub fn route_name(model: &str) -> String {
+    dns_label(&format!("vagus-{model}"))
+}
+
+/// A model's HTTPRoute (Gateway API v1) on `gateway`: its replicas'
+/// Services, weighted as the brain routes (a canary's share, a draining
+/// replica's 0).
+pub fn http_route(
+    model: &str,
+    namespace: &str,
+    gateway: &str,
+    port: u16,
+    backends: &[Backend],
+) -> serde_json::Value {
+    let refs: Vec<serde_json::Value> = backends
+        .iter()
+        .map(|b| serde_json::json!({"name": b.service, "port": port, "weight": b.weight}))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": route_name(model), "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "vagus"}},
+        "spec": {
+            "parentRefs": [{"name": gateway}],
+            "rules": [{
+                "matches": [{"headers": [{"name": "x-vagus-model", "value": model}]}],
+                "backendRefs": refs
+            }]
+        }
+    })
+}
+
+fn http_routes(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "httproutes");
+    Api::namespaced_with(client.clone(), namespace, &ar)
+}
+
 /// The API calls of the steps.
 #[derive(Clone)]
 pub struct Applier {
@@ -175,6 +256,54 @@ impl Applier {
     pub fn client(&self) -> kube::Client {
         self.client.clone()
     }
+
+    /// Creates a replica's Service (there already: nothing to do).
+    pub async fn create_service(&self, svc: &Service) -> Result<(), String> {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        match api.create(&PostParams::default(), svc).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(format!("creating service {ns}/{name}: {e}")),
+        }
+    }
+
+    pub async fn delete_service(&self, namespace: &str, name: &str) -> Result<(), String> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(format!("deleting service {namespace}/{name}: {e}")),
+        }
+    }
+
+    /// Server-side applies a model's HTTPRoute (the brain owns its
+    /// backends' weights).
+    pub async fn apply_route(
+        &self,
+        namespace: &str,
+        route: &serde_json::Value,
+    ) -> Result<(), String> {
+        let name = route["metadata"]["name"].as_str().unwrap_or_default();
+        let pp = PatchParams::apply("vagus-brain").force();
+        http_routes(&self.client, namespace)
+            .patch(name, &pp, &Patch::Apply(route))
+            .await
+            .map(drop)
+            .map_err(|e| format!("applying HTTPRoute {namespace}/{name}: {e}"))
+    }
+
+    pub async fn delete_route(&self, namespace: &str, name: &str) -> Result<(), String> {
+        match http_routes(&self.client, namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(format!("deleting HTTPRoute {namespace}/{name}: {e}")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +318,7 @@ mod tests {
             node: Some(node.into()),
             owned,
             deleting: false,
+            ready: true,
         }
     }
 

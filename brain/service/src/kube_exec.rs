@@ -15,7 +15,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::Store;
 use std::collections::{BTreeMap, HashSet};
 use tokio::sync::watch;
-use vagus_kube::executor::{Applier, PodSeen, Step, Wanted, not_ready, plan};
+use vagus_kube::executor::{
+    Applier, Backend, PodSeen, Step, Wanted, http_route, not_ready, plan, route_name, service,
+};
 
 /// Who the audit trail says decided what the executor reconciles.
 pub const ACTOR: &str = "kubernetes";
@@ -31,6 +33,8 @@ pub struct KubeExecutor {
     leading: watch::Receiver<bool>,
     /// Placements kube-scheduler bound whose pod has been seen.
     seen: HashSet<String>,
+    /// Each model's route as last applied (its HTTPRoute's backends).
+    routes: BTreeMap<String, Vec<Backend>>,
 }
 
 impl KubeExecutor {
@@ -46,6 +50,7 @@ impl KubeExecutor {
             nodes,
             leading,
             seen: HashSet::new(),
+            routes: BTreeMap::new(),
         }
     }
 
@@ -132,7 +137,8 @@ impl KubeExecutor {
             self.seen.insert(s.workload.clone());
         }
         let now = api.now();
-        let (wanted, bound) = api.with_core(|c| {
+        let m = api.with_core(|c| c.config().manifest.clone());
+        let (wanted, bound, models) = api.with_core(|c| {
             let down_nodes: HashSet<&str> = c
                 .nodes()
                 .iter()
@@ -141,6 +147,8 @@ impl KubeExecutor {
                 .collect();
             let mut wanted = Vec::new();
             let mut bound = BTreeMap::new();
+            // Each model's replicas of the brain's, with their weights.
+            let mut models: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
             for p in c.placements() {
                 if p.bound_by.is_some() {
                     let expected = self.seen.contains(&p.id)
@@ -151,24 +159,46 @@ impl KubeExecutor {
                         workload: p.id.clone(),
                         pod: c.manifest(p),
                     });
+                    let weight = p.weight.unwrap_or(crate::http::DEFAULT_WEIGHT);
+                    models
+                        .entry(p.profile.model_id.clone())
+                        .or_default()
+                        .push((p.id.clone(), weight));
                 }
             }
-            (wanted, bound)
+            // In name order: the route's backends stay put between rounds.
+            for r in models.values_mut() {
+                r.sort();
+            }
+            (wanted, bound, models)
         });
         for step in plan(&wanted, &bound, &seen) {
             let r = match &step {
-                Step::Create(pod) => self.applier.create(pod).await.map(|()| {
-                    format!(
-                        "created pod {}/{}",
-                        pod.metadata.namespace.as_deref().unwrap_or("default"),
-                        pod.metadata.name.as_deref().unwrap_or_default()
-                    )
-                }),
-                Step::Delete { namespace, name } => self
-                    .applier
-                    .delete(namespace, name)
-                    .await
-                    .map(|()| format!("deleted pod {namespace}/{name}")),
+                Step::Create(pod) => {
+                    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+                    let name = pod.metadata.name.as_deref().unwrap_or_default();
+                    match self.applier.create(pod).await {
+                        Ok(()) => self
+                            .applier
+                            .create_service(&service(name, ns, m.port))
+                            .await
+                            .map(|()| format!("created pod {ns}/{name}")),
+                        Err(e) => Err(e),
+                    }
+                }
+                Step::Delete { namespace, name } => {
+                    match self.applier.delete(namespace, name).await {
+                        // Its Service goes once no placement of that name is
+                        // left (a moved one keeps it).
+                        Ok(()) if !wanted.iter().any(|w| &w.workload == name) => self
+                            .applier
+                            .delete_service(namespace, name)
+                            .await
+                            .map(|()| format!("deleted pod {namespace}/{name}")),
+                        Ok(()) => Ok(format!("deleted pod {namespace}/{name}")),
+                        Err(e) => Err(e),
+                    }
+                }
                 Step::Gone { workload } => {
                     self.seen.remove(workload);
                     api.remove(ACTOR, workload)
@@ -183,6 +213,79 @@ impl KubeExecutor {
                     eprintln!("vagus brain: the Kubernetes executor: {e}");
                     did.push(format!("failed: {e}"));
                 }
+            }
+        }
+        if let Some(gateway) = &m.gateway {
+            did.extend(
+                self.route(&models, &seen, &m.namespace, gateway, m.port)
+                    .await,
+            );
+        }
+        did
+    }
+
+    /// Each model's HTTPRoute: its replicas' Services with the brain's
+    /// weights, 0 for a pod not ready; applied when they change, deleted
+    /// when the model has no replica left.
+    async fn route(
+        &mut self,
+        models: &BTreeMap<String, Vec<(String, u32)>>,
+        seen: &[PodSeen],
+        namespace: &str,
+        gateway: &str,
+        port: u16,
+    ) -> Vec<String> {
+        let mut did = Vec::new();
+        for (model, replicas) in models {
+            let backends: Vec<Backend> = replicas
+                .iter()
+                .map(|(id, weight)| {
+                    let ready = seen
+                        .iter()
+                        .any(|s| s.owned && &s.workload == id && s.ready && !s.deleting);
+                    Backend {
+                        service: id.clone(),
+                        weight: if ready { *weight } else { 0 },
+                    }
+                })
+                .collect();
+            if self.routes.get(model) == Some(&backends) {
+                continue;
+            }
+            let route = http_route(model, namespace, gateway, port, &backends);
+            match self.applier.apply_route(namespace, &route).await {
+                Ok(()) => {
+                    let weights: Vec<String> = backends
+                        .iter()
+                        .map(|b| format!("{}={}", b.service, b.weight))
+                        .collect();
+                    did.push(format!(
+                        "routed {}: {}",
+                        route_name(model),
+                        weights.join(" ")
+                    ));
+                    self.routes.insert(model.clone(), backends);
+                }
+                Err(e) => did.push(format!("failed: {e}")),
+            }
+        }
+        let gone: Vec<String> = self
+            .routes
+            .keys()
+            .filter(|m| !models.contains_key(*m))
+            .cloned()
+            .collect();
+        for model in gone {
+            match self
+                .applier
+                .delete_route(namespace, &route_name(&model))
+                .await
+            {
+                Ok(()) => {
+                    did.push(format!("deleted HTTPRoute {}", route_name(&model)));
+                    self.routes.remove(&model);
+                }
+                Err(e) => did.push(format!("failed: {e}")),
             }
         }
         did

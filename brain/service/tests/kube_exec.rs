@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::kube::{ApiServer, Brain, Seen, fixture, start};
+use common::kube::{ApiServer, Brain, Seen, fixture, start, start_with};
 use common::{ADMIN, call_at};
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -112,11 +112,21 @@ fn placements_become_pods_made_again_when_deleted_and_deleted_gracefully_when_re
     let did = round(&b, &mut e);
     assert_eq!(did, ["created pod default/chat"]);
     let seen = e.server.take();
-    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_eq!(
         (seen[0].method.as_str(), seen[0].path.as_str()),
         ("POST", "/api/v1/namespaces/default/pods?")
     );
+    // And its Service, for the routes.
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path.as_str()),
+        ("POST", "/api/v1/namespaces/default/services?")
+    );
+    assert_eq!(
+        seen[1].body["spec"]["selector"],
+        json!({"vagus.dev/workload": "chat"})
+    );
+    assert_eq!(seen[1].body["spec"]["ports"][0]["targetPort"], "http");
     let pod = &seen[0].body;
     assert_eq!(pod["metadata"]["name"], "chat");
     assert_eq!(pod["metadata"]["labels"]["vagus.dev/workload"], "chat");
@@ -148,12 +158,16 @@ fn placements_become_pods_made_again_when_deleted_and_deleted_gracefully_when_re
     assert!(s < 300, "{s}");
     assert_eq!(round(&b, &mut e), ["deleted pod default/chat"]);
     let del = e.server.take();
-    assert_eq!(del.len(), 1, "{del:#?}");
+    assert_eq!(del.len(), 2, "{del:#?}");
     assert_eq!(
         (del[0].method.as_str(), del[0].path.as_str()),
         ("DELETE", "/api/v1/namespaces/default/pods/chat?")
     );
     assert_eq!(del[0].body["gracePeriodSeconds"], 30, "{:?}", del[0].body);
+    assert_eq!(
+        (del[1].method.as_str(), del[1].path.as_str()),
+        ("DELETE", "/api/v1/namespaces/default/services/chat?")
+    );
     // While it terminates, and once it is gone, nothing more.
     let mut terminating = stored(&again[0], "uid-2");
     terminating.metadata.deletion_timestamp =
@@ -240,10 +254,11 @@ fn a_node_kubernetes_reports_not_ready_is_down_until_it_is_ready() {
         .apply_watcher_event(&Event::Delete(stored(&created[0], "uid-1")));
     assert_eq!(round(&b, &mut e), ["created pod default/chat"]);
     let made = e.server.take();
-    assert_eq!(
-        made.last().unwrap().body["spec"]["nodeName"],
-        moved.as_str()
-    );
+    let pod = made
+        .iter()
+        .find(|r| r.path == "/api/v1/namespaces/default/pods?")
+        .unwrap();
+    assert_eq!(pod.body["spec"]["nodeName"], moved.as_str());
     let (_, ev) = call_at(b.api, "GET", "/v1/events", Some(ADMIN), None);
     assert!(ev.to_string().contains("node_down"), "{ev}");
     // Ready again: the node is back.
@@ -274,4 +289,167 @@ fn a_brain_that_does_not_lead_does_nothing() {
     assert!(e.server.take().is_empty());
     e.leading.send(true).unwrap();
     assert_eq!(round(&b, &mut e), ["created pod default/chat"]);
+}
+
+/// The pod as the reflector sees it once its kubelet says it is ready.
+fn ready(seen: &Seen, uid: &str) -> Pod {
+    let mut p = stored(seen, uid);
+    p.status = Some(
+        serde_json::from_value(json!({"phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}]}))
+        .unwrap(),
+    );
+    p
+}
+
+fn control(b: &Brain, c: Value) {
+    let (s, v) = call_at(
+        b.api,
+        "POST",
+        "/v1/controls",
+        Some(ADMIN),
+        Some(&c.to_string()),
+    );
+    assert!(s < 300, "{s} {v}");
+}
+
+/// The backends (service, weight) of each HTTPRoute applied, in order.
+fn routes(seen: &[Seen]) -> Vec<Vec<(String, u64)>> {
+    seen.iter()
+        .filter(|s| s.path.contains("/httproutes/"))
+        .map(|s| {
+            assert_eq!(s.method, "PATCH");
+            assert!(
+                s.path.starts_with(
+                    "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/vagus-chat?"
+                ) && s.path.contains("fieldManager=vagus-brain")
+                    && s.path.contains("force=true"),
+                "{}",
+                s.path
+            );
+            assert_eq!(
+                s.content_type.as_deref(),
+                Some("application/apply-patch+yaml")
+            );
+            assert_eq!(s.body["spec"]["parentRefs"], json!([{"name": "vagus"}]));
+            s.body["spec"]["rules"][0]["backendRefs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    assert_eq!(b["port"], 8000);
+                    (
+                        b["name"].as_str().unwrap().to_string(),
+                        b["weight"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_canary_moves_a_models_httproute_weights_in_order() {
+    let mut cfg = vagus_decision::Config::default();
+    cfg.manifest.gateway = Some("vagus".into());
+    let b = start_with("exec-routes", false, cfg);
+    let mut e = executor(&b);
+    let place_model = |name: &str| {
+        let body = json!({"name": name, "model_id": "chat", "model_size_gb": 7.0, "batch": 4,
+            "seq_len": 1024, "priority": "P1", "sla_ms": 50, "tenant": "acme",
+            "expected_duration_s": 600, "share_pct": 30});
+        let (s, v) = call_at(
+            b.api,
+            "POST",
+            "/v1/placements",
+            Some(ADMIN),
+            Some(&body.to_string()),
+        );
+        assert_eq!(s, 201, "{v}");
+    };
+    let s = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|(n, w)| (n.to_string(), *w)).collect()
+    };
+    let mut applied = Vec::new();
+    // The old replica: no traffic until its pod is ready, then all.
+    place_model("chat-a");
+    round(&b, &mut e);
+    let a = e.server.take();
+    applied.extend(routes(&a));
+    e.pods
+        .apply_watcher_event(&Event::Apply(ready(&a[0], "uid-a")));
+    round(&b, &mut e);
+    applied.extend(routes(&e.server.take()));
+    // The new one comes in as a canary at 10 %, then half, then all.
+    control(
+        &b,
+        json!({"action": "weight", "workload": "chat-a", "weight": 90}),
+    );
+    place_model("chat-b");
+    control(
+        &b,
+        json!({"action": "weight", "workload": "chat-b", "weight": 10}),
+    );
+    round(&b, &mut e);
+    let bb = e.server.take();
+    applied.extend(routes(&bb));
+    let pod_b = bb
+        .iter()
+        .find(|r| r.path == "/api/v1/namespaces/default/pods?")
+        .unwrap();
+    e.pods
+        .apply_watcher_event(&Event::Apply(ready(pod_b, "uid-b")));
+    round(&b, &mut e);
+    applied.extend(routes(&e.server.take()));
+    control(
+        &b,
+        json!({"action": "weight", "workload": "chat-a", "weight": 50}),
+    );
+    control(
+        &b,
+        json!({"action": "weight", "workload": "chat-b", "weight": 50}),
+    );
+    round(&b, &mut e);
+    applied.extend(routes(&e.server.take()));
+    control(
+        &b,
+        json!({"action": "weight", "workload": "chat-a", "weight": 0}),
+    );
+    round(&b, &mut e);
+    applied.extend(routes(&e.server.take()));
+    // The old one drained and removed: its pod goes, the route keeps the new.
+    let (st, _) = call_at(b.api, "DELETE", "/v1/placements/chat-a", Some(ADMIN), None);
+    assert!(st < 300);
+    round(&b, &mut e);
+    let last = e.server.take();
+    applied.extend(routes(&last));
+    assert!(
+        last.iter()
+            .any(|r| r.method == "DELETE" && r.path == "/api/v1/namespaces/default/pods/chat-a?")
+    );
+    assert_eq!(
+        applied,
+        [
+            s(&[("chat-a", 0)]),
+            s(&[("chat-a", 100)]),
+            s(&[("chat-a", 90), ("chat-b", 0)]),
+            s(&[("chat-a", 90), ("chat-b", 10)]),
+            s(&[("chat-a", 50), ("chat-b", 50)]),
+            s(&[("chat-a", 0), ("chat-b", 50)]),
+            s(&[("chat-b", 50)]),
+        ]
+    );
+    // No replica of the model left: its HTTPRoute goes.
+    let (st, _) = call_at(b.api, "DELETE", "/v1/placements/chat-b", Some(ADMIN), None);
+    assert!(st < 300);
+    let did = round(&b, &mut e);
+    assert!(
+        did.contains(&"deleted HTTPRoute vagus-chat".to_string()),
+        "{did:?}"
+    );
+    let fin = e.server.take();
+    assert!(fin.iter().any(|r| r.method == "DELETE"
+        && r.path.starts_with(
+            "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/vagus-chat"
+        )));
 }

@@ -64,7 +64,8 @@ impl ApiServer {
             };
             let (status, answer) = match seen.method.as_str() {
                 "GET" => (200, pod_of(&seen.path)),
-                "PATCH" => (200, pod_of(&seen.path)),
+                "PATCH" if seen.path.contains("/pods/") => (200, pod_of(&seen.path)),
+                "PATCH" => (200, seen.body.clone()),
 
                 "POST" if !seen.path.contains("/binding") => (201, seen.body.clone()),
                 "DELETE" => (
@@ -107,6 +108,11 @@ pub struct Brain {
 /// A brain with nodes h1 (2 × H100) and a1 (2 × A100), its extender on a
 /// listener of its own, binding through the mock when `kubernetes`.
 pub fn start(tag: &str, kubernetes: bool) -> Brain {
+    start_with(tag, kubernetes, vagus_decision::Config::default())
+}
+
+/// [`start`] with this core configuration.
+pub fn start_with(tag: &str, kubernetes: bool, core: vagus_decision::Config) -> Brain {
     let d = std::env::temp_dir().join(format!("vagus-sched-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -128,7 +134,7 @@ pub fn start(tag: &str, kubernetes: bool) -> Brain {
                 addr: "127.0.0.1:0".parse().unwrap(),
                 tokens: super::tokens(),
                 audit: Some(d.join("audit.sqlite")),
-                core: vagus_decision::Config::default(),
+                core,
                 nodes: vec![
                     super::node("h1", "NVIDIA H100 80GB HBM3", 2),
                     super::node("a1", "NVIDIA A100-SXM4-80GB", 2),
