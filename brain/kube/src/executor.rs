@@ -29,6 +29,9 @@ pub struct PodSeen {
     pub ready: bool,
 }
 
+/// The label of a scale-out placeholder (`"true"`).
+pub const PLACEHOLDER_LABEL: &str = "vagus.dev/scale-out";
+
 impl PodSeen {
     /// `None` for a pod without a placement's label.
     pub fn of(pod: &Pod) -> Option<PodSeen> {
@@ -71,28 +74,40 @@ pub enum Step {
     Gone { workload: String },
 }
 
-/// The steps from `wanted` (the brain's placements and their manifests),
-/// `bound` (placements kube-scheduler bound, with whether their pod was
-/// ever seen or is old enough that it should have been) and `seen` (the
-/// reflector's pods).
+/// The steps from `wanted` (the pods the brain wants: its placements'
+/// manifests, bound to their nodes, and scale-out placeholders, for any
+/// node), `bound` (placements kube-scheduler bound, with whether their pod
+/// was ever seen or is old enough that it should have been) and `seen`
+/// (the reflector's pods).
 pub fn plan(wanted: &[Wanted], bound: &BTreeMap<String, bool>, seen: &[PodSeen]) -> Vec<Step> {
     let mut steps = Vec::new();
     let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    let key = |p: &Pod| {
+        (
+            p.metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            p.metadata.name.clone().unwrap_or_default(),
+        )
+    };
     // A pod's name is its placement's: one that moved is made again once
     // its old pod is gone.
     for w in wanted {
-        let (ns, name) = (
-            w.pod.metadata.namespace.as_deref().unwrap_or("default"),
-            w.pod.metadata.name.as_deref().unwrap_or_default(),
-        );
+        let (ns, name) = key(&w.pod);
         if !seen.iter().any(|s| s.namespace == ns && s.name == name) {
             steps.push(Step::Create(Box::new(w.pod.clone())));
         }
     }
     for s in seen.iter().filter(|s| s.owned && !s.deleting) {
-        let wanted_here = wanted
+        let want = wanted
             .iter()
-            .any(|w| w.workload == s.workload && node_of(&w.pod) == s.node);
+            .find(|w| key(&w.pod) == (s.namespace.clone(), s.name.clone()));
+        let wanted_here = match want {
+            None => false,
+            // Bound to a node: there; a placeholder: wherever it went.
+            Some(w) => node_of(&w.pod).is_none() || node_of(&w.pod) == s.node,
+        };
         if !wanted_here {
             steps.push(Step::Delete {
                 namespace: s.namespace.clone(),
@@ -164,6 +179,44 @@ pub fn service(workload: &str, namespace: &str, port: u16) -> Service {
             "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]}
     }))
     .expect("a Service")
+}
+
+/// The node label that names a node group's GPU family (`H100`, `A100`,
+/// …, as the brain's scale-out shapes do): put it on the Cluster
+/// Autoscaler node groups' templates or the Karpenter NodePools that make
+/// GPU nodes, so a placeholder's selector finds the group to grow.
+pub const GPU_FAMILY_LABEL: &str = "vagus.dev/gpu-family";
+
+/// A scale-out placeholder: a pod that asks for what the queued workload
+/// needs on a node of the shape the core chose (its GPU family by node
+/// selector), which no node has, so Cluster Autoscaler or Karpenter adds
+/// one. It runs nothing (the pause image) and goes once the workload is
+/// placed.
+pub fn placeholder(
+    workload: &str,
+    namespace: &str,
+    gpu_family: &str,
+    gpus: u32,
+    cpu_milli: u64,
+    memory_mib: u64,
+) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": dns_label(&format!("vagus-scale-out-{workload}")), "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "vagus", WORKLOAD_LABEL: workload,
+                PLACEHOLDER_LABEL: "true"}},
+        "spec": {
+            "nodeSelector": {GPU_FAMILY_LABEL: gpu_family},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "placeholder", "image": "registry.k8s.io/pause:3.10",
+                "resources": {"requests": {"cpu": format!("{cpu_milli}m"), "memory": format!("{memory_mib}Mi"),
+                    "nvidia.com/gpu": gpus.to_string()},
+                    "limits": {"nvidia.com/gpu": gpus.to_string()}}}]
+        }
+    }))
+    .expect("a Pod")
 }
 
 /// One route backend: a replica's Service and its weight.

@@ -16,7 +16,8 @@ use kube::runtime::reflector::Store;
 use std::collections::{BTreeMap, HashSet};
 use tokio::sync::watch;
 use vagus_kube::executor::{
-    Applier, Backend, PodSeen, Step, Wanted, http_route, not_ready, plan, route_name, service,
+    Applier, Backend, PodSeen, Step, Wanted, http_route, not_ready, placeholder, plan, route_name,
+    service,
 };
 
 /// Who the audit trail says decided what the executor reconciles.
@@ -165,6 +166,23 @@ impl KubeExecutor {
                         .or_default()
                         .push((p.id.clone(), weight));
                 }
+            }
+            // Queued workloads that asked for a node: its placeholder.
+            for q in c.queued() {
+                let Some(shape) = c.scale_out_shape(q) else {
+                    continue;
+                };
+                wanted.push(Wanted {
+                    workload: q.id.clone(),
+                    pod: placeholder(
+                        &q.id,
+                        &c.config().manifest.namespace,
+                        &shape.gpu_model,
+                        q.profile.gpus().max(1),
+                        q.profile.cpu_milli,
+                        q.profile.memory_mib,
+                    ),
+                });
             }
             // In name order: the route's backends stay put between rounds.
             for r in models.values_mut() {

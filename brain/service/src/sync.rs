@@ -155,6 +155,7 @@ impl Sync {
                     continue;
                 }
             };
+            let new = api.with_core(|c| c.node(&name).is_none());
             if let Err(e) = api.upsert_node(&spec) {
                 // Said once, not every round.
                 if self.unusable.insert(name.clone()) {
@@ -166,6 +167,13 @@ impl Sync {
             }
             self.unusable.remove(&name);
             let _ = api.observe(&name, &load);
+            // A node joined: what waited for one may fit (a scale-out's).
+            if new && let Err(e) = api.retry_queue("sync").await {
+                eprintln!(
+                    "vagus brain: placing what waited for {name}: {}",
+                    e.message()
+                );
+            }
             let (r, acts) = self.reconcile(api, &name, &mps);
             rows.extend(r);
             conflicts.extend(acts.into_iter().map(|a| (name.clone(), a)));

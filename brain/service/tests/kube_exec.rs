@@ -453,3 +453,65 @@ fn a_canary_moves_a_models_httproute_weights_in_order() {
             "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/vagus-chat"
         )));
 }
+
+#[test]
+fn a_workload_waiting_for_a_node_asks_for_one_with_a_placeholder_pod() {
+    let b = start("exec-scale-out", false);
+    let mut e = executor(&b);
+    // Four whole GPUs: no node here has them.
+    let body = json!({"name": "big", "model_id": "big", "model_size_gb": 70.0, "batch": 8,
+        "seq_len": 4096, "priority": "P1", "tenant": "acme", "expected_duration_s": 600,
+        "gpus": 4});
+    let (s, v) = call_at(
+        b.api,
+        "POST",
+        "/v1/placements",
+        Some(ADMIN),
+        Some(&body.to_string()),
+    );
+    assert_eq!(s, 202, "{v}");
+    let family = v["decision"]["scale_out"]["gpu_model"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string();
+    assert_eq!(
+        round(&b, &mut e),
+        ["created pod default/vagus-scale-out-big"]
+    );
+    let seen = e.server.take();
+    let pod = &seen[0].body;
+    assert_eq!(
+        pod["spec"]["nodeSelector"],
+        json!({"vagus.dev/gpu-family": family})
+    );
+    let res = &pod["spec"]["containers"][0]["resources"];
+    assert_eq!(res["requests"]["nvidia.com/gpu"], "4");
+    assert_eq!(pod["metadata"]["labels"]["vagus.dev/scale-out"], "true");
+    assert!(pod["spec"].get("nodeName").is_none_or(Value::is_null));
+    // Scheduled onto the node the autoscaler added: it stays while the
+    // workload waits.
+    let mut placed = stored(&seen[0], "uid-p");
+    placed.spec.as_mut().unwrap().node_name = Some("new-node".into());
+    e.pods.apply_watcher_event(&Event::Apply(placed.clone()));
+    assert!(round(&b, &mut e).is_empty());
+    // The node's agent reports it: the workload is placed, the placeholder goes.
+    let mut n = common::node("new-node", "NVIDIA H100 80GB HBM3", 8);
+    n.cpu_milli = 128_000;
+    let (s, v) = call_at(
+        b.api,
+        "POST",
+        "/v1/nodes",
+        Some(ADMIN),
+        Some(&serde_json::to_string(&n).unwrap()),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(placement(&b, "big").unwrap()["node"], "new-node");
+    let did = round(&b, &mut e);
+    assert_eq!(
+        did,
+        [
+            "created pod default/big",
+            "deleted pod default/vagus-scale-out-big"
+        ]
+    );
+}

@@ -942,6 +942,13 @@ impl Core {
         }
     }
 
+    /// The node a queued workload asks for, if scale-out is on and a
+    /// configured shape holds it.
+    pub fn scale_out_shape(&self, q: &Queued) -> Option<NodeShape> {
+        let class = self.cfg.classes.classify(&q.profile);
+        self.shape(&q.profile, &class)
+    }
+
     /// The node to ask for: of the scale-out shapes that hold the request,
     /// one of the class's preferred model, else the most efficient.
     fn shape(&self, p: &Profile, class: &Class) -> Option<NodeShape> {
@@ -1138,6 +1145,14 @@ impl Core {
             d.class = Some(p.class);
         }
         let mut out = vec![d];
+        self.drain_queue(now, &mut out);
+        Ok(out)
+    }
+
+    /// Places what waits that fits now (after a node joined): the
+    /// decisions, none if nothing fits.
+    pub fn retry_queue(&mut self, now: u64) -> Result<Vec<Decision>, Refusal> {
+        let mut out = Vec::new();
         self.drain_queue(now, &mut out);
         Ok(out)
     }

@@ -522,6 +522,18 @@ impl Api {
         Ok(workloads(ds, Path::placed))
     }
 
+    /// Places the queued workloads that fit now (a node joined), as
+    /// `actor`; their names.
+    pub async fn retry_queue(&self, actor: &str) -> Result<Vec<String>, ApiError> {
+        if self.with_core(|c| c.queued().next().is_none()) {
+            return Ok(Vec::new());
+        }
+        let ds = self
+            .decide(actor, None, None, |c, now| c.retry_queue(now))
+            .await?;
+        Ok(workloads(ds, Path::placed))
+    }
+
     /// Adds the replica the scaler asked for ([`Core::place_scaled`]); the
     /// path of its decision.
     pub async fn place_scaled(&self, actor: &str, p: Profile) -> Result<Path, ApiError> {
@@ -1167,11 +1179,16 @@ async fn list_nodes(
     security(("bearer" = [])))]
 async fn put_node(
     State(s): State<Arc<Api>>,
-    _: Admin,
+    Caller(actor): Admin,
     Body(spec): Body<NodeSpec>,
 ) -> Result<Response, ApiError> {
+    let new = s.with_core(|c| c.node(&spec.name).is_none());
     s.upsert_node(&spec)
         .map_err(|e| ApiError::from(Refusal::from(e)))?;
+    // What waited for a node like it.
+    if new {
+        s.retry_queue(&actor).await?;
+    }
     let core = s.core();
     Ok(axum::Json(core.node(&spec.name)).into_response())
 }
