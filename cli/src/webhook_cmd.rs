@@ -43,7 +43,8 @@ pub struct WebhookArgs {
 
 pub fn webhook(args: WebhookArgs) -> Result<()> {
     let addr = crate::addr::resolve("--listen", &args.listen)?;
-    let tls = webhook::tls_config(&args.cert, &args.key).map_err(anyhow::Error::msg)?;
+    // Checked here, so that bad files are said before anything listens.
+    webhook::tls_config(&args.cert, &args.key).map_err(anyhow::Error::msg)?;
     let cfg = Injection {
         scheduler_name: args.scheduler_name,
         shim_host_dir: args.shim_host_dir,
@@ -61,7 +62,7 @@ pub fn webhook(args: WebhookArgs) -> Result<()> {
             "{}",
             serde_json::json!({"event": "webhook", "addr": at.to_string()})
         );
-        webhook::serve(listener, tls, cfg).await?;
+        webhook::serve_files(listener, args.cert, args.key, cfg).await?;
         Ok(())
     })
 }

@@ -271,10 +271,56 @@ pub async fn serve(
     cfg: Injection,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    serve_with(listener, move || acceptor.clone(), cfg).await
+}
+
+/// [`serve`] with the certificate and key read from files, and read again
+/// when either file changes (cert-manager renews them in place): a renewal
+/// that does not load keeps the old one, said each time the files change.
+pub async fn serve_files(
+    listener: tokio::net::TcpListener,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    cfg: Injection,
+) -> std::io::Result<()> {
+    // Both files: a renewal writes one, then the other.
+    let modified = move |c: &std::path::Path, k: &std::path::Path| {
+        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        (m(c), m(k))
+    };
+    let first = tls_config(&cert, &key).map_err(std::io::Error::other)?;
+    let current = std::sync::Mutex::new((
+        modified(&cert, &key),
+        tokio_rustls::TlsAcceptor::from(Arc::new(first)),
+    ));
+    serve_with(
+        listener,
+        move || {
+            let mut c = current.lock().unwrap_or_else(|e| e.into_inner());
+            let now = modified(&cert, &key);
+            if now != c.0 {
+                c.0 = now;
+                match tls_config(&cert, &key) {
+                    Ok(t) => c.1 = tokio_rustls::TlsAcceptor::from(Arc::new(t)),
+                    Err(e) => eprintln!("vagus webhook: kept the old certificate: {e}"),
+                }
+            }
+            c.1.clone()
+        },
+        cfg,
+    )
+    .await
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    acceptor: impl Fn() -> tokio_rustls::TlsAcceptor,
+    cfg: Injection,
+) -> std::io::Result<()> {
     let app = router(cfg);
     loop {
         let (tcp, _) = listener.accept().await?;
-        let acceptor = acceptor.clone();
+        let acceptor = acceptor();
         let app = app.clone();
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {

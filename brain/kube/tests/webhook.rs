@@ -216,6 +216,64 @@ async fn served_over_https() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+async fn curl_health(port: u16, ca: &std::path::Path) -> bool {
+    tokio::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://localhost:{port}/healthz"))
+        .output()
+        .await
+        .unwrap()
+        .status
+        .success()
+}
+
+/// A renewed certificate (cert-manager writes it in place) is served from
+/// the next connection; a renewal that does not load keeps the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_taken_up() {
+    let dir = tempdir();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let write = |ca: &vagus_link::certs::Ca, name: &str| {
+        let issued = ca.issue("localhost").unwrap();
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+        let ca_file = dir.join(name);
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        ca_file
+    };
+    let old = write(
+        &vagus_link::certs::Ca::new("Vagus CA").unwrap(),
+        "old-ca.crt",
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(webhook::serve_files(
+        listener,
+        cert.clone(),
+        key.clone(),
+        Injection::default(),
+    ));
+    assert!(curl_health(port, &old).await);
+    // Renewed by another CA: the next connection shows the new one.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let new = write(
+        &vagus_link::certs::Ca::new("Vagus CA").unwrap(),
+        "new-ca.crt",
+    );
+    assert!(
+        curl_health(port, &new).await,
+        "the renewed certificate is served"
+    );
+    assert!(!curl_health(port, &old).await, "the old one is not");
+    // A broken renewal: the last good certificate stays.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    std::fs::write(&cert, "not a certificate").unwrap();
+    assert!(curl_health(port, &new).await);
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_certificate_files_are_named() {
     let dir = tempdir();

@@ -160,7 +160,7 @@ impl Service {
                 }
             }));
             // On Kubernetes: who leads, the reflectors, the executor.
-            let mut leading = None;
+            let (mut leading, mut pod_view) = (None, None);
             if let Some(k) = h.kubernetes {
                 let rx = match &k.election {
                     Some(e) => vagus_kube::leader::contend(k.client.clone(), e)
@@ -170,6 +170,7 @@ impl Service {
                 };
                 let (pods, nodes, tasks) = crate::kube_exec::KubeExecutor::reflect(&k.client);
                 svc.tasks.extend(tasks);
+                pod_view = Some(pods.clone());
                 let applier = vagus_kube::executor::Applier::new(k.client, k.grace_s);
                 let ex = crate::kube_exec::KubeExecutor::new(applier, pods, nodes, rx.clone());
                 svc.tasks.push(tokio::spawn(ex.run(api.clone(), k.every)));
@@ -187,6 +188,7 @@ impl Service {
                     api.clone(),
                     x.binder,
                     leading.clone(),
+                    pod_view.clone(),
                 ));
                 svc.tasks.push(tokio::spawn(async move {
                     if let Err(e) = crate::http::scheduler::serve(listener, ext).await {

@@ -43,6 +43,9 @@ pub struct Extender {
     bound: Mutex<HashMap<String, String>>,
     /// Whether this brain holds the lease (`None`: it acts alone).
     leading: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The Kubernetes executor's view of the placements' pods, where it
+    /// runs: a victim's workload by its pod's UID, whoever bound it.
+    pods: Option<kube::runtime::reflector::Store<Pod>>,
 }
 
 impl Extender {
@@ -50,13 +53,27 @@ impl Extender {
         api: Arc<Api>,
         binder: Option<Binder>,
         leading: Option<tokio::sync::watch::Receiver<bool>>,
+        pods: Option<kube::runtime::reflector::Store<Pod>>,
     ) -> Extender {
         Extender {
             api,
             binder,
             bound: Mutex::new(HashMap::new()),
             leading,
+            pods,
         }
+    }
+
+    /// The workload of the pod with this UID, if it is a placement's.
+    fn workload_of(&self, uid: &str) -> Option<String> {
+        if let Some(w) = self.bound().get(uid) {
+            return Some(w.clone());
+        }
+        self.pods.as_ref()?.state().iter().find_map(|p| {
+            (p.metadata.uid.as_deref() == Some(uid))
+                .then(|| p.metadata.labels.as_ref()?.get(WORKLOAD_LABEL).cloned())
+                .flatten()
+        })
     }
 
     fn bound(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -310,9 +327,8 @@ async fn preempt(State(x): State<Arc<Extender>>, body: axum::body::Bytes) -> Res
             node_name_to_meta_victims: Some(victims),
         });
     };
-    let bound = x.bound().clone();
     // The victims' workloads: from the pods themselves where the scheduler
-    // sent them, else by the UIDs this brain bound.
+    // sent them, else by UID (the pods this brain bound, or its reflector's).
     let names = |node: &str, v: &MetaVictims| -> Vec<String> {
         match args.node_name_to_victims.as_ref().and_then(|m| m.get(node)) {
             Some(whole) => whole
@@ -329,7 +345,7 @@ async fn preempt(State(x): State<Arc<Extender>>, body: axum::body::Bytes) -> Res
             None => v
                 .pods
                 .iter()
-                .filter_map(|m| bound.get(&m.uid).cloned())
+                .filter_map(|m| x.workload_of(&m.uid))
                 .collect(),
         }
     };
