@@ -190,6 +190,8 @@ impl KubeExecutor {
             }
             (wanted, bound, models)
         });
+        // Only placements still bound are remembered.
+        self.seen.retain(|w| bound.contains_key(w));
         for step in plan(&wanted, &bound, &seen) {
             let r = match &step {
                 Step::Create(pod) => {

@@ -69,7 +69,12 @@ fn round(b: &Brain, e: &mut Exec) -> Vec<String> {
 }
 
 fn place(b: &Brain, name: &str) -> String {
-    let body = json!({"name": name, "model_id": name, "model_size_gb": 7.0, "batch": 4,
+    place_as(b, name, name)
+}
+
+/// Places `name` serving `model`; its node.
+fn place_as(b: &Brain, name: &str, model: &str) -> String {
+    let body = json!({"name": name, "model_id": model, "model_size_gb": 7.0, "batch": 4,
         "seq_len": 1024, "priority": "P1", "sla_ms": 50, "tenant": "acme",
         "expected_duration_s": 600, "share_pct": 30});
     let (s, v) = call_at(
@@ -113,13 +118,10 @@ fn placements_become_pods_made_again_when_deleted_and_deleted_gracefully_when_re
     assert_eq!(did, ["created pod default/chat"]);
     let seen = e.server.take();
     assert_eq!(seen.len(), 2, "{seen:#?}");
-    assert_eq!(
-        (seen[0].method.as_str(), seen[0].path.as_str()),
-        ("POST", "/api/v1/namespaces/default/pods?")
-    );
+    assert_eq!(seen[0].at(), ("POST", "/api/v1/namespaces/default/pods?"));
     // And its Service, for the routes.
     assert_eq!(
-        (seen[1].method.as_str(), seen[1].path.as_str()),
+        seen[1].at(),
         ("POST", "/api/v1/namespaces/default/services?")
     );
     assert_eq!(
@@ -160,12 +162,12 @@ fn placements_become_pods_made_again_when_deleted_and_deleted_gracefully_when_re
     let del = e.server.take();
     assert_eq!(del.len(), 2, "{del:#?}");
     assert_eq!(
-        (del[0].method.as_str(), del[0].path.as_str()),
+        del[0].at(),
         ("DELETE", "/api/v1/namespaces/default/pods/chat?")
     );
     assert_eq!(del[0].body["gracePeriodSeconds"], 30, "{:?}", del[0].body);
     assert_eq!(
-        (del[1].method.as_str(), del[1].path.as_str()),
+        del[1].at(),
         ("DELETE", "/api/v1/namespaces/default/services/chat?")
     );
     // While it terminates, and once it is gone, nothing more.
@@ -355,17 +357,7 @@ fn a_canary_moves_a_models_httproute_weights_in_order() {
     let b = start_with("exec-routes", false, cfg);
     let mut e = executor(&b);
     let place_model = |name: &str| {
-        let body = json!({"name": name, "model_id": "chat", "model_size_gb": 7.0, "batch": 4,
-            "seq_len": 1024, "priority": "P1", "sla_ms": 50, "tenant": "acme",
-            "expected_duration_s": 600, "share_pct": 30});
-        let (s, v) = call_at(
-            b.api,
-            "POST",
-            "/v1/placements",
-            Some(ADMIN),
-            Some(&body.to_string()),
-        );
-        assert_eq!(s, 201, "{v}");
+        place_as(&b, name, "chat");
     };
     let s = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
         v.iter().map(|(n, w)| (n.to_string(), *w)).collect()

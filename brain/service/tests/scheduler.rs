@@ -112,11 +112,11 @@ fn bind_places_annotates_then_binds_through_the_api_server() {
     let uid = "1d0c5b3e-7a41-4f0e-9b6a-3c2d1e0f9a81";
     assert_eq!(seen.len(), 3, "{seen:#?}");
     assert_eq!(
-        (seen[0].method.as_str(), seen[0].path.as_str()),
+        seen[0].at(),
         ("GET", "/api/v1/namespaces/team-a/pods/chat-0")
     );
     assert_eq!(
-        (seen[1].method.as_str(), seen[1].path.as_str()),
+        seen[1].at(),
         ("PATCH", "/api/v1/namespaces/team-a/pods/chat-0?")
     );
     assert_eq!(
@@ -144,7 +144,7 @@ fn bind_places_annotates_then_binds_through_the_api_server() {
             "vagus.dev/share-pct": "20"}}})
     );
     assert_eq!(
-        (seen[2].method.as_str(), seen[2].path.as_str()),
+        seen[2].at(),
         ("POST", "/api/v1/namespaces/team-a/pods/chat-0/binding?")
     );
     assert_eq!(

@@ -299,7 +299,13 @@ async fn bind_pod(x: &Extender, a: &ExtenderBindingArgs) -> Result<(), String> {
         .await
     {
         Ok(()) => {
-            x.bound().insert(a.pod_uid.clone(), id);
+            // Pods whose placements are gone are forgotten here.
+            let live: std::collections::HashSet<String> = x
+                .api
+                .with_core(|c| c.placements().map(|p| p.id.clone()).collect());
+            let mut bound = x.bound();
+            bound.retain(|_, w| live.contains(w));
+            bound.insert(a.pod_uid.clone(), id);
             Ok(())
         }
         Err(e) => {

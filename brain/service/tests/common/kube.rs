@@ -29,6 +29,13 @@ pub struct Seen {
     pub body: Value,
 }
 
+impl Seen {
+    /// Its method and path (with the query kube-rs sends).
+    pub fn at(&self) -> (&str, &str) {
+        (self.method.as_str(), self.path.as_str())
+    }
+}
+
 /// The fixtures' pods for GET and PATCH; a created pod echoed (201), a
 /// deleted one answered 200; a Binding refused (409, as for a pod bound
 /// already) while `refuse` is set.
