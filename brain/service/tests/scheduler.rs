@@ -268,3 +268,62 @@ fn bad_requests_are_named_and_a_brain_without_kubernetes_says_so() {
     assert_eq!(s, 404);
     drop(b.rt);
 }
+
+/// Victims by UID that this brain did not bind (another replica did, or
+/// it restarted): their workloads come from the executor's pod view.
+#[test]
+fn preempt_finds_victims_it_did_not_bind_in_the_pod_view() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+    use vagus_brain::http::scheduler::{Extender, serve};
+    let b = start("preempt-view", false);
+    // The two workloads, placed through the API: a P3 and a P1.
+    for (name, prio) in [("team-a-batch-0", "P3"), ("team-a-chat-0", "P1")] {
+        let body = json!({"name": name, "model_id": name, "model_size_gb": 7.0, "batch": 4,
+            "seq_len": 1024, "priority": prio, "tenant": "team-a", "expected_duration_s": 600});
+        let (s, v) = call_at(
+            b.api,
+            "POST",
+            "/v1/placements",
+            Some(ADMIN),
+            Some(&body.to_string()),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let (store, mut writer) = reflector::store::<Pod>();
+    writer.apply_watcher_event(&Event::Init);
+    for (name, uid) in [
+        ("team-a-batch-0", "uid-batch"),
+        ("team-a-chat-0", "uid-chat"),
+    ] {
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "team-a",
+            "uid": uid, "labels": {"vagus.dev/workload": name}}}))
+            .unwrap();
+        writer.apply_watcher_event(&Event::InitApply(pod));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    let x = std::sync::Arc::new(Extender::new(b.core.clone(), None, None, Some(store)));
+    let listener =
+        b.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+    let at = listener.local_addr().unwrap();
+    b.rt.spawn(serve(listener, x));
+    let args = json!({"Pod": fixture("pod-urgent-0.json"), "NodeNameToVictims": null,
+        "NodeNameToMetaVictims": {
+            "a1": {"Pods": [{"UID": "uid-chat"}], "NumPDBViolations": 0},
+            "h1": {"Pods": [{"UID": "uid-batch"}], "NumPDBViolations": 0}}});
+    let (s, r) = call_at(
+        at,
+        "POST",
+        "/scheduler/preempt",
+        None,
+        Some(&args.to_string()),
+    );
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        r,
+        json!({"NodeNameToMetaVictims": {"h1": {"Pods": [{"UID": "uid-batch"}], "NumPDBViolations": 0}}})
+    );
+}
