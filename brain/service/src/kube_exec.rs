@@ -190,6 +190,14 @@ impl KubeExecutor {
             }
             (wanted, bound, models)
         });
+        // Routes first: a replica stops taking requests before its pod is
+        // deleted (the drain), and a new one takes none until ready.
+        if let Some(gateway) = &m.gateway {
+            did.extend(
+                self.route(&models, &seen, &m.namespace, gateway, m.port)
+                    .await,
+            );
+        }
         // Only placements still bound are remembered.
         self.seen.retain(|w| bound.contains_key(w));
         for step in plan(&wanted, &bound, &seen) {
@@ -234,12 +242,6 @@ impl KubeExecutor {
                     did.push(format!("failed: {e}"));
                 }
             }
-        }
-        if let Some(gateway) = &m.gateway {
-            did.extend(
-                self.route(&models, &seen, &m.namespace, gateway, m.port)
-                    .await,
-            );
         }
         did
     }

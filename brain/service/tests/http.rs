@@ -203,6 +203,37 @@ fn every_endpoint() {
     ] {
         assert!(text.contains(line), "{line} not in {text}");
     }
+    // Each GPU's placed share, summing to the placements' shares.
+    let shares: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("vagus_brain_gpu_share_placed_ratio{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("vagus_brain_gpu_share_placed_ratio{node="))
+        .count();
+    let (_, nodes) = call(&api, "GET", "/v1/nodes", Some(VIEWER), None);
+    let gpus: usize = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["gpus"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(series, gpus, "one per GPU: {text}");
+    let (_, list) = call(&api, "GET", "/v1/placements", Some(VIEWER), None);
+    let placed: f64 = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["placement"]["share_pct"].as_f64())
+        .map(|s| s / 100.0)
+        .sum();
+    assert!(placed > 0.0, "{list}");
+    assert!(
+        (shares - placed).abs() < 1e-9,
+        "{shares} vs {placed}: {text}"
+    );
     promtool_check(text);
     let (st, v) = call(&api, "GET", "/openapi.json", None, None);
     assert_eq!(st, 200);

@@ -256,10 +256,7 @@ fn a_node_kubernetes_reports_not_ready_is_down_until_it_is_ready() {
         .apply_watcher_event(&Event::Delete(stored(&created[0], "uid-1")));
     assert_eq!(round(&b, &mut e), ["created pod default/chat"]);
     let made = e.server.take();
-    let pod = made
-        .iter()
-        .find(|r| r.path == "/api/v1/namespaces/default/pods?")
-        .unwrap();
+    let pod = pod_create(&made);
     assert_eq!(pod.body["spec"]["nodeName"], moved.as_str());
     let (_, ev) = call_at(b.api, "GET", "/v1/events", Some(ADMIN), None);
     assert!(ev.to_string().contains("node_down"), "{ev}");
@@ -291,6 +288,13 @@ fn a_brain_that_does_not_lead_does_nothing() {
     assert!(e.server.take().is_empty());
     e.leading.send(true).unwrap();
     assert_eq!(round(&b, &mut e), ["created pod default/chat"]);
+}
+
+/// The pod create among `seen`.
+fn pod_create(seen: &[Seen]) -> &Seen {
+    seen.iter()
+        .find(|r| r.at() == ("POST", "/api/v1/namespaces/default/pods?"))
+        .expect("a pod created")
 }
 
 /// The pod as the reflector sees it once its kubelet says it is ready.
@@ -369,7 +373,7 @@ fn a_canary_moves_a_models_httproute_weights_in_order() {
     let a = e.server.take();
     applied.extend(routes(&a));
     e.pods
-        .apply_watcher_event(&Event::Apply(ready(&a[0], "uid-a")));
+        .apply_watcher_event(&Event::Apply(ready(pod_create(&a), "uid-a")));
     round(&b, &mut e);
     applied.extend(routes(&e.server.take()));
     // The new one comes in as a canary at 10 %, then half, then all.
@@ -385,10 +389,7 @@ fn a_canary_moves_a_models_httproute_weights_in_order() {
     round(&b, &mut e);
     let bb = e.server.take();
     applied.extend(routes(&bb));
-    let pod_b = bb
-        .iter()
-        .find(|r| r.path == "/api/v1/namespaces/default/pods?")
-        .unwrap();
+    let pod_b = pod_create(&bb);
     e.pods
         .apply_watcher_event(&Event::Apply(ready(pod_b, "uid-b")));
     round(&b, &mut e);
@@ -415,6 +416,16 @@ fn a_canary_moves_a_models_httproute_weights_in_order() {
     round(&b, &mut e);
     let last = e.server.take();
     applied.extend(routes(&last));
+    // Routing stops before the pod goes.
+    let patched = last
+        .iter()
+        .position(|r| r.path.contains("/httproutes/"))
+        .unwrap();
+    let deleted = last
+        .iter()
+        .position(|r| r.at() == ("DELETE", "/api/v1/namespaces/default/pods/chat-a?"))
+        .unwrap();
+    assert!(patched < deleted, "{last:#?}");
     assert!(
         last.iter()
             .any(|r| r.method == "DELETE" && r.path == "/api/v1/namespaces/default/pods/chat-a?")

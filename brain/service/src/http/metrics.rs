@@ -434,6 +434,26 @@ impl Metrics {
             writeln!(o, "# TYPE {name} gauge")?;
             writeln!(o, "{name} {v}")?;
         }
+        // Each GPU's placed share (node names are DNS names: nothing to
+        // escape in a label).
+        if gpus > 0 {
+            let name = "vagus_brain_gpu_share_placed_ratio";
+            writeln!(
+                o,
+                "# HELP {name} Share of each GPU the brain has placed (MPS percentages over 100; above 1 only with oversubscription)."
+            )?;
+            writeln!(o, "# TYPE {name} gauge")?;
+            for n in nodes {
+                for g in &n.gpus {
+                    let share = g.used_pct as f64 / 100.0;
+                    writeln!(
+                        o,
+                        "{name}{{node=\"{}\",gpu=\"{}\"}} {share}",
+                        n.name, g.index
+                    )?;
+                }
+            }
+        }
         Ok(())
     }
 }
