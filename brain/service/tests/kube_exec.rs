@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::kube::{ApiServer, Brain, Seen, fixture, start, start_with};
+use common::kube::{ApiServer, Brain, Seen, fixture, post_placement, start, start_with};
 use common::{ADMIN, call_at};
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -77,13 +77,7 @@ fn place_as(b: &Brain, name: &str, model: &str) -> String {
     let body = json!({"name": name, "model_id": model, "model_size_gb": 7.0, "batch": 4,
         "seq_len": 1024, "priority": "P1", "sla_ms": 50, "tenant": "acme",
         "expected_duration_s": 600, "share_pct": 30});
-    let (s, v) = call_at(
-        b.api,
-        "POST",
-        "/v1/placements",
-        Some(ADMIN),
-        Some(&body.to_string()),
-    );
+    let (s, v) = post_placement(b, &body);
     assert_eq!(s, 201, "{v}");
     placement(b, name).unwrap()["node"]
         .as_str()
@@ -465,13 +459,7 @@ fn a_workload_waiting_for_a_node_asks_for_one_with_a_placeholder_pod() {
     let body = json!({"name": "big", "model_id": "big", "model_size_gb": 70.0, "batch": 8,
         "seq_len": 4096, "priority": "P1", "tenant": "acme", "expected_duration_s": 600,
         "gpus": 4});
-    let (s, v) = call_at(
-        b.api,
-        "POST",
-        "/v1/placements",
-        Some(ADMIN),
-        Some(&body.to_string()),
-    );
+    let (s, v) = post_placement(&b, &body);
     assert_eq!(s, 202, "{v}");
     let family = v["decision"]["scale_out"]["gpu_model"]
         .as_str()

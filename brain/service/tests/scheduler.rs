@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::kube::{Brain, fixture, start};
+use common::kube::{Brain, fixture, post_placement, start};
 use common::{ADMIN, call_at};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
@@ -282,13 +282,7 @@ fn preempt_finds_victims_it_did_not_bind_in_the_pod_view() {
     for (name, prio) in [("team-a-batch-0", "P3"), ("team-a-chat-0", "P1")] {
         let body = json!({"name": name, "model_id": name, "model_size_gb": 7.0, "batch": 4,
             "seq_len": 1024, "priority": prio, "tenant": "team-a", "expected_duration_s": 600});
-        let (s, v) = call_at(
-            b.api,
-            "POST",
-            "/v1/placements",
-            Some(ADMIN),
-            Some(&body.to_string()),
-        );
+        let (s, v) = post_placement(&b, &body);
         assert_eq!(s, 201, "{v}");
     }
     let (store, mut writer) = reflector::store::<Pod>();

@@ -168,3 +168,14 @@ pub fn start_with(tag: &str, kubernetes: bool, core: vagus_decision::Config) -> 
     std::mem::forget(svc);
     b
 }
+
+/// `POST /v1/placements` of `body` as the admin: the status and answer.
+pub fn post_placement(b: &Brain, body: &Value) -> (u16, Value) {
+    super::call_at(
+        b.api,
+        "POST",
+        "/v1/placements",
+        Some(super::ADMIN),
+        Some(&body.to_string()),
+    )
+}
