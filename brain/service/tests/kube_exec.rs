@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::kube::{ApiServer, Brain, Seen, fixture, post_placement, start, start_with};
+use common::kube::{ApiServer, Brain, Seen, fixture, post_placement, start, start_with, trail};
 use common::{ADMIN, call_at};
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -207,16 +207,9 @@ fn a_pod_kube_scheduler_bound_that_is_deleted_ends_its_placement() {
         ["removed team-a-chat-0: its pod is gone"]
     );
     assert!(placement(&b, "team-a-chat-0").is_none());
-    let (_, d) = call_at(
-        b.api,
-        "GET",
-        "/v1/decisions?workload=team-a-chat-0",
-        Some(ADMIN),
-        None,
-    );
-    let rows = d["items"].as_array().unwrap();
-    assert_eq!(rows.last().unwrap()["actor"], "kubernetes", "{d}");
-    assert_eq!(rows.last().unwrap()["path"], "remove", "{d}");
+    let rows = trail(&b, "team-a-chat-0");
+    assert_eq!(rows.last().unwrap()["actor"], "kubernetes", "{rows:?}");
+    assert_eq!(rows.last().unwrap()["path"], "remove", "{rows:?}");
     // No request of its own was made for it.
     assert!(e.server.take().is_empty());
 }

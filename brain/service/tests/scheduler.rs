@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::kube::{Brain, fixture, post_placement, start};
+use common::kube::{Brain, fixture, post_placement, start, trail};
 use common::{ADMIN, call_at};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
@@ -154,16 +154,9 @@ fn bind_places_annotates_then_binds_through_the_api_server() {
             "target": {"apiVersion": "v1", "kind": "Node", "name": "a1"}})
     );
     // The decision is in the trail, as kube-scheduler's.
-    let (_, d) = call_at(
-        b.api,
-        "GET",
-        "/v1/decisions?workload=team-a-chat-0",
-        Some(ADMIN),
-        None,
-    );
-    let rows = d["items"].as_array().unwrap();
-    assert_eq!(rows.len(), 1, "{d}");
-    assert_eq!(rows[0]["actor"], "kube-scheduler", "{d}");
+    let rows = trail(&b, "team-a-chat-0");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["actor"], "kube-scheduler", "{rows:?}");
     // Asked again (an answer lost): the same node binds again, nothing new
     // is placed.
     let (_, r) = ask(&b, "bind", &fixture("bind-chat-0.json"));

@@ -120,25 +120,35 @@ fn workload(pod: Option<&Pod>) -> Result<Option<Profile>, String> {
     pod::profile(pod).map(Some).map_err(|e| e.to_string())
 }
 
+/// The candidate nodes' names and what the core says of each (`None`
+/// for every node when the pod asks for no GPU: not Vagus's to judge).
+fn assess(
+    x: &Extender,
+    args: &ExtenderArgs,
+) -> Result<(Vec<String>, Vec<Option<Fitness>>), String> {
+    let names = args.names()?;
+    let fits = match workload(args.pod.as_ref())? {
+        None => vec![None; names.len()],
+        Some(p) => {
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let f = x
+                .api
+                .with_core(|c| c.assess(&p, &refs))
+                .map_err(|e| e.to_string())?;
+            f.into_iter().map(Some).collect()
+        }
+    };
+    Ok((names, fits))
+}
+
 async fn filter(State(x): State<Arc<Extender>>, body: axum::body::Bytes) -> Response {
     let args: ExtenderArgs = match parse(&body, "ExtenderArgs", ExtenderFilterResult::error) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let names = match args.names() {
-        Ok(n) => n,
+    let (names, fits) = match assess(&x, &args) {
+        Ok(a) => a,
         Err(e) => return ok(ExtenderFilterResult::error(e)),
-    };
-    let fits = match workload(args.pod.as_ref()) {
-        Err(e) => return ok(ExtenderFilterResult::error(e)),
-        Ok(None) => vec![None; names.len()],
-        Ok(Some(p)) => {
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            match x.api.with_core(|c| c.assess(&p, &refs)) {
-                Ok(f) => f.into_iter().map(Some).collect(),
-                Err(e) => return ok(ExtenderFilterResult::error(e.to_string())),
-            }
-        }
     };
     let (mut passed, mut failed, mut lasting) =
         (Vec::new(), FailedNodes::new(), FailedNodes::new());
@@ -183,27 +193,17 @@ async fn prioritize(State(x): State<Arc<Extender>>, body: axum::body::Bytes) -> 
     };
     // Go's client reads a HostPriorityList: an error is an HTTP status.
     let fail = |e: String| (StatusCode::BAD_REQUEST, e).into_response();
-    let names = match args.names() {
-        Ok(n) => n,
-        Err(e) => return fail(e.into()),
-    };
-    let scores: Vec<Option<f64>> = match workload(args.pod.as_ref()) {
+    let (names, fits) = match assess(&x, &args) {
+        Ok(a) => a,
         Err(e) => return fail(e),
-        Ok(None) => vec![None; names.len()],
-        Ok(Some(p)) => {
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            match x.api.with_core(|c| c.assess(&p, &refs)) {
-                Ok(f) => f
-                    .into_iter()
-                    .map(|f| match f {
-                        Fitness::Fits { score, .. } => Some(score),
-                        Fitness::Unfit { .. } => None,
-                    })
-                    .collect(),
-                Err(e) => return fail(e.to_string()),
-            }
-        }
     };
+    let scores: Vec<Option<f64>> = fits
+        .into_iter()
+        .map(|f| match f {
+            Some(Fitness::Fits { score, .. }) => Some(score),
+            _ => None,
+        })
+        .collect();
     let fitting: Vec<f64> = scores.iter().flatten().copied().collect();
     let mut scaled = scale(&fitting).into_iter();
     let list: Vec<HostPriority> = names

@@ -179,3 +179,18 @@ pub fn post_placement(b: &Brain, body: &Value) -> (u16, Value) {
         Some(&body.to_string()),
     )
 }
+
+/// The audit trail's rows for `workload`, oldest first.
+pub fn trail(b: &Brain, workload: &str) -> Vec<Value> {
+    let (_, d) = super::call_at(
+        b.api,
+        "GET",
+        &format!("/v1/decisions?workload={workload}"),
+        Some(super::ADMIN),
+        None,
+    );
+    d["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("{d}"))
+}
