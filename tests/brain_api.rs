@@ -1,5 +1,6 @@
-//! `vagus brain --http`: the audit trail survives SIGKILL and the brain
-//! restores its placements from it; nodes come from agents too.
+//! `vagus brain --http`: the audit trail survives SIGKILL (in SQLite and in
+//! PostgreSQL) and the brain restores its placements from it; nodes come
+//! from agents too.
 
 use crate::support::*;
 use std::io::{Read, Write};
@@ -57,25 +58,58 @@ pub(crate) fn profile(name: &str) -> String {
 #[test]
 fn the_audit_trail_survives_sigkill_and_restores_placements() {
     let sim = Sim::new("brain-api-kill");
-    let tokens = tokens(&sim);
     let audit = sim.dir.join("audit.sqlite");
+    let answered = || {
+        let db = rusqlite::Connection::open(&audit).unwrap();
+        db.query_row(
+            "SELECT COUNT(*) FROM decisions WHERE workload = 'second' AND path = 'direct'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    restores_after_sigkill(&sim, &["--audit", audit.to_str().unwrap()], answered);
+}
+
+#[test]
+fn the_audit_trail_in_postgres_survives_sigkill_and_restores_placements() {
+    let Some(pg) = crate::pg::server("brain-api-kill") else {
+        return;
+    };
+    let sim = Sim::new("brain-api-kill-pg");
+    let answered = || {
+        pg.client()
+            .query_one(
+                "SELECT COUNT(*) FROM decisions WHERE workload = 'second' AND path = 'direct'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    restores_after_sigkill(&sim, &["--database", &pg.url], answered);
+}
+
+/// Two placements on a brain keeping its trail where `store` says; SIGKILL
+/// the moment the second is answered (`answered` counts its rows then); a
+/// new brain on the same trail has both where they were.
+fn restores_after_sigkill(sim: &Sim, store: &[&str], answered: impl Fn() -> i64) {
+    let tokens = tokens(sim);
     let nodes = sim.dir.join("nodes.csv");
     std::fs::write(
         &nodes,
         "sn,cpu_milli,memory_mib,gpu,model\nn-0,64000,262144,4,V100M32\nn-1,32000,131072,2,T4\n",
     )
     .unwrap();
-    let args = [
+    let mut args = vec![
         "--http",
         "127.0.0.1:0",
         "--tokens",
         &tokens,
-        "--audit",
-        audit.to_str().unwrap(),
         "--nodes",
         nodes.to_str().unwrap(),
     ];
-    let mut b = start_brain_with(&sim, &args);
+    args.extend_from_slice(store);
+    let mut b = start_brain_with(sim, &args);
     let addr = http_addr(&b);
     let (st, v) = http(addr, "POST", "/v1/placements", &profile("first"));
     assert_eq!(st, 201, "{v}");
@@ -84,18 +118,13 @@ fn the_audit_trail_survives_sigkill_and_restores_placements() {
     // SIGKILL the moment the answer is in.
     b.child.kill().unwrap();
     b.child.wait().unwrap();
-    let db = rusqlite::Connection::open(&audit).unwrap();
-    let n: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM decisions WHERE workload = 'second' AND path = 'direct'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(n, 1, "the answered decision is in the trail after SIGKILL");
-    drop(db);
+    assert_eq!(
+        answered(),
+        1,
+        "the answered decision is in the trail after SIGKILL"
+    );
     // A new brain on the same trail has both placements where they were.
-    let b = start_brain_with(&sim, &args);
+    let b = start_brain_with(sim, &args);
     let addr = http_addr(&b);
     let (st, v) = http(addr, "GET", "/v1/placements/second", "");
     assert_eq!(st, 200, "{v}");
@@ -438,6 +467,35 @@ fn brain_flags_are_checked() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("root"), "{err}");
+    // The database holds the trail and the ledger: not SQLite files too.
+    let good = tokens(&sim);
+    let refused = |more: &[&str]| {
+        let mut args = vec!["brain", "--http", "127.0.0.1:0", "--tokens", &good];
+        args.extend_from_slice(more);
+        let out = sim.vagus(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?}: {err}");
+        err
+    };
+    let err = refused(&[
+        "--database",
+        "postgres://vagus@localhost/vagus",
+        "--audit",
+        "/tmp/a.sqlite",
+    ]);
+    assert!(err.contains("--audit"), "{err}");
+    // A database that is not there: named, without its password.
+    let gone = sim.dir.join("no-server");
+    let url = format!(
+        "host={} user=vagus password=hunter2 dbname=vagus",
+        gone.display()
+    );
+    let err = refused(&["--database", &url]);
+    assert!(
+        err.contains(&format!("postgres://vagus@{}:5432/vagus", gone.display())),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password is printed: {err}");
 }
 
 /// The openb trace (`../shared/data/openb/`, or `VAGUS_OPENB_DIR`).

@@ -186,6 +186,7 @@ fn manifests_render_and_validate_for_kubernetes_1_34() {
     for dir in [
         "containers/kubernetes/base",
         "containers/kubernetes/overlays/full",
+        "containers/kubernetes/overlays/ha",
     ] {
         let Some((yaml, objects)) = render(dir) else {
             return;
@@ -226,6 +227,62 @@ fn manifests_render_and_validate_for_kubernetes_1_34() {
         );
         assert_eq!(reader["metadata"]["namespace"], "kube-system");
     }
+}
+
+#[test]
+fn the_ha_overlay_runs_two_brains_on_postgres_and_routes_to_the_leader() {
+    let Some((_, objects)) = render("containers/kubernetes/overlays/ha") else {
+        return;
+    };
+    let brain = find(&objects, "Deployment", "vagus-brain");
+    assert_eq!(brain["spec"]["replicas"], 2);
+    // A new replica starts (and is ready, as a follower) before an old goes.
+    assert_eq!(brain["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        brain["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    let c = containers(brain)[0];
+    let help = vagus_help("brain");
+    let fl = flags(&c["args"].as_array().unwrap()[1..]);
+    for (k, _) in &fl {
+        assert!(
+            help.contains(&format!("--{k} ")) || help.contains(&format!("--{k}\n")),
+            "vagus brain has no --{k}"
+        );
+    }
+    assert!(
+        !fl.iter().any(|(k, _)| k == "audit" || k == "ledger"),
+        "SQLite files beside the database: {fl:?}"
+    );
+    // The database's URL comes from a Secret, in the variable the brain reads.
+    let env = c["env"].as_array().unwrap();
+    let db = env
+        .iter()
+        .find(|e| e["name"] == "VAGUS_BRAIN_DATABASE")
+        .expect("VAGUS_BRAIN_DATABASE");
+    assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "vagus-database");
+    assert!(help.contains("[env: VAGUS_BRAIN_DATABASE"), "{help}");
+    // No volume for SQLite files: every mount has its volume, no claim.
+    assert!(!objects.iter().any(|o| o["kind"] == "PersistentVolumeClaim"));
+    let volumes: Vec<&Value> = brain["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["name"])
+        .collect();
+    for m in c["volumeMounts"].as_array().unwrap() {
+        assert!(volumes.contains(&&m["name"]), "{m} has no volume");
+    }
+    // Requests reach the leader: the Service selects its label. Both
+    // replicas are ready and alive (a follower answers 503 on every path).
+    let svc = find(&objects, "Service", "vagus-brain");
+    assert_eq!(svc["spec"]["selector"]["vagus.dev/leader"], "true");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["tcpSocket"]["port"], "http", "{probe}");
+    }
+    let pdb = find(&objects, "PodDisruptionBudget", "vagus-brain");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {

@@ -1,6 +1,9 @@
 //! Black-box tests of Vagus, one binary. They run the built executables and
 //! libraries (`cargo build --workspace` first), each against a private gpusim.
 
+/// A PostgreSQL server of a test's own (shared with the brain's tests).
+#[path = "../brain/service/tests/common/postgres.rs"]
+mod pg;
 mod support;
 
 mod agent;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use vagus_brain::agents::ingest::Snapshot;
 use vagus_brain::agents::{Agents, Event};
 use vagus_brain::http::auth::Tokens;
-use vagus_brain::{Config, HttpConfig, KubeConfig, QuicConfig, SchedulerConfig, Service};
+use vagus_brain::{Config, HttpConfig, KubeConfig, Lease, QuicConfig, SchedulerConfig, Service};
 use vagus_link::tls::Identity;
 use vagus_proto::wire::CommandKind;
 
@@ -43,6 +43,24 @@ pub struct BrainArgs {
     /// reported); kept across restarts. Without it the ledger is in memory.
     #[arg(long, env = "VAGUS_LEDGER")]
     pub ledger: Option<PathBuf>,
+    /// PostgreSQL for the audit trail and the command ledger instead of
+    /// SQLite files, shared by the brain's replicas
+    /// (postgres://USER:PASSWORD@HOST:PORT/DB, or key=value settings; TLS
+    /// with sslmode=require or --database-ca). Pass it in the environment to
+    /// keep the password out of `ps`.
+    #[arg(long, env = "VAGUS_BRAIN_DATABASE", value_name = "URL",
+          conflicts_with_all = ["ledger", "audit"], hide_env_values = true)]
+    pub database: Option<String>,
+    /// With --database: the CA (PEM) the database server's certificate
+    /// chains to; TLS then, the certificate verified for the host. Without
+    /// it, `sslmode=require` verifies against Mozilla's roots.
+    #[arg(
+        long,
+        env = "VAGUS_BRAIN_DATABASE_CA",
+        requires = "database",
+        value_name = "FILE"
+    )]
+    pub database_ca: Option<PathBuf>,
     /// Print every window as an event too.
     #[arg(long)]
     pub log_windows: bool,
@@ -102,7 +120,8 @@ pub struct ApiArgs {
     /// The Lease's namespace (the pod's own, from the downward API).
     #[arg(long, env = "POD_NAMESPACE", default_value = "vagus")]
     pub lease_namespace: String,
-    /// This replica's name on the Lease (the pod's name).
+    /// This replica's name on the Lease: its pod's name, the pod labelled
+    /// vagus.dev/leader=true while it leads (the brain's Service selects it).
     #[arg(long, env = "HOSTNAME", default_value = "vagus-brain")]
     pub identity: String,
     /// Seconds a holder keeps the Lease without renewing it.
@@ -247,6 +266,14 @@ fn config(args: &BrainArgs) -> Result<Config> {
     Ok(Config {
         http,
         quic,
+        database: args
+            .database
+            .as_ref()
+            .map(|url| vagus_brain::database::Database {
+                url: url.clone(),
+                ca: args.database_ca.clone(),
+            }),
+        lease: None,
         sync_every: Duration::from_secs(1),
         control_record: args.control_record.clone(),
     })
@@ -270,20 +297,54 @@ pub fn brain(args: BrainArgs) -> Result<()> {
             if let Some(x) = h.scheduler.as_mut() {
                 x.binder = Some(vagus_kube::binder::Binder::new(client.clone()));
             }
-            h.kubernetes = Some(KubeConfig {
-                client,
-                election: Some(vagus_kube::leader::Election {
+            cfg.lease = Some(Lease {
+                client: client.clone(),
+                election: vagus_kube::leader::Election {
                     namespace: a.lease_namespace.clone(),
                     lease: a.lease.clone(),
                     identity: a.identity.clone(),
                     duration_s: a.lease_seconds,
                     grace_s: (a.lease_seconds / 3).max(1),
-                }),
+                },
+                pod: Some(a.identity.clone()),
+            });
+            h.kubernetes = Some(KubeConfig {
+                client,
                 grace_s: a.pod_grace_seconds,
                 every: Duration::from_secs(1),
             });
         }
-        let svc = Service::start(cfg).await?;
+        let starting = Service::bind(cfg).await?;
+        if let Some(at) = starting.http_addr
+            && args.api.kubernetes
+        {
+            eprintln!(
+                "vagus brain: waiting for lease {}/{}; the API on http://{at} answers 503 until this replica leads",
+                args.api.lease_namespace, args.api.lease
+            );
+            println!(
+                "{}",
+                serde_json::json!({"event": "following", "addr": at.to_string()})
+            );
+        }
+        let svc = starting.lead().await?;
+        // The API answers from here on.
+        if let Some(at) = svc.http_addr {
+            eprintln!("vagus brain: HTTP API on http://{at}");
+            println!(
+                "{}",
+                serde_json::json!({"event": "http", "addr": at.to_string()})
+            );
+        }
+        if let Some(mut leading) = svc.leading.clone() {
+            // A brain that lost the lease exits, to come back as a follower
+            // (its writes are refused by now: the database is fenced).
+            tokio::spawn(async move {
+                let _ = leading.wait_for(|l| !*l).await;
+                eprintln!("vagus brain: lost the lease; exiting so that a restart follows the new leader");
+                std::process::exit(3);
+            });
+        }
         if let Some(api) = &svc.api {
             let r = &svc.restored;
             eprintln!(
@@ -293,13 +354,6 @@ pub fn brain(args: BrainArgs) -> Result<()> {
                 r.queued,
                 r.controls,
                 r.pending
-            );
-        }
-        if let Some(at) = svc.http_addr {
-            eprintln!("vagus brain: HTTP API on http://{at}");
-            println!(
-                "{}",
-                serde_json::json!({"event": "http", "addr": at.to_string()})
             );
         }
         if let Some(at) = svc.scheduler_addr {

@@ -6,7 +6,9 @@
 //!    `--connections` × `--live` are held (a steady load).
 //! 2. The brain as a service, started in this process exactly as
 //!    `vagus brain --http` starts it (`vagus_brain::Service::start`: the
-//!    core, the SQLite audit trail committed before each answer, axum),
+//!    core, the SQLite audit trail committed before each answer, axum; or
+//!    the trail in PostgreSQL with `--database URL`, as `vagus brain
+//!    --database` keeps it),
 //!    and `--connections` keep-alive clients posting the same requests and
 //!    deleting their oldest once each holds `--live`.
 //!
@@ -15,7 +17,7 @@
 //! rates the noisy machine gave alike.
 //!
 //! `http_place [--data DIR] [--connections 32] [--live 100] [--seconds 5]
-//!  [--warmup 3] [--rounds 3]`; prints one JSON line with each round's rates
+//!  [--warmup 3] [--rounds 3] [--database URL]`; prints one JSON line with each round's rates
 //! and ratio, and the median.
 
 use std::collections::VecDeque;
@@ -38,6 +40,7 @@ struct Opts {
     seconds: f64,
     warmup: f64,
     rounds: usize,
+    database: Option<String>,
 }
 
 fn opts() -> Opts {
@@ -48,6 +51,7 @@ fn opts() -> Opts {
         seconds: 5.0,
         warmup: 3.0,
         rounds: 3,
+        database: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -59,9 +63,10 @@ fn opts() -> Opts {
             "--seconds" => o.seconds = v.parse().expect("--seconds S"),
             "--warmup" => o.warmup = v.parse().expect("--warmup S"),
             "--rounds" => o.rounds = v.parse().expect("--rounds N"),
+            "--database" => o.database = Some(v),
             _ => {
                 eprintln!(
-                    "usage: http_place [--data DIR] [--connections N] [--live N] [--seconds S] [--warmup S] [--rounds N]"
+                    "usage: http_place [--data DIR] [--connections N] [--live N] [--seconds S] [--warmup S] [--rounds N] [--database URL]"
                 );
                 std::process::exit(2);
             }
@@ -256,7 +261,7 @@ fn main() {
             http: Some(vagus_brain::HttpConfig {
                 addr: "127.0.0.1:0".parse().unwrap(),
                 tokens,
-                audit: Some(dir.join("audit.sqlite")),
+                audit: o.database.is_none().then(|| dir.join("audit.sqlite")),
                 core: vagus_decision::Config::default(),
                 nodes,
                 clock: None,
@@ -266,6 +271,11 @@ fn main() {
             quic: None,
             sync_every: Duration::from_secs(1),
             control_record: None,
+            database: o
+                .database
+                .as_deref()
+                .map(vagus_brain::database::Database::at),
+            lease: None,
         }))
         .expect("the brain starts");
     let addr = svc.http_addr.expect("an HTTP address");
@@ -397,6 +407,7 @@ fn main() {
         "{}",
         serde_json::json!({
             "bench": "http-placements",
+            "trail": if o.database.is_some() { "postgres" } else { "sqlite" },
             "connections": o.connections,
             "live_per_connection": o.live,
             "seconds": (secs * 100.0).round() / 100.0,

@@ -35,3 +35,48 @@ pub async fn contend(client: kube::Client, e: &Election) -> Result<watch::Receiv
     let (leading, _task) = manager.watch().await;
     Ok(leading)
 }
+
+/// The label the leading replica's pod carries: the brain's Service selects
+/// it, so requests, agents and the scheduler reach the leader only.
+pub const LEADER_LABEL: &str = "vagus.dev/leader";
+
+/// Labels this replica's pod as the leader's (`leads`) or takes the label
+/// off; a pod that took over also takes it off every other pod of the
+/// namespace that still carries it (a leader that died keeps its labels).
+pub async fn mark(
+    client: kube::Client,
+    namespace: &str,
+    pod: &str,
+    leads: bool,
+) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
+    let label = |on: bool| {
+        Patch::Merge(serde_json::json!({
+            "metadata": {"labels": {LEADER_LABEL: if on { Some("true") } else { None }}}
+        }))
+    };
+    let params = PatchParams::default();
+    if leads {
+        let marked = pods
+            .list(&ListParams::default().labels(&format!("{LEADER_LABEL}=true")))
+            .await
+            .map_err(|e| format!("pods labelled {LEADER_LABEL} in {namespace}: {e}"))?;
+        for other in marked
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+        {
+            if other != pod {
+                pods.patch(other, &params, &label(false))
+                    .await
+                    .map_err(|e| format!("pod {namespace}/{other}: {e}"))?;
+            }
+        }
+    }
+    pods.patch(pod, &params, &label(leads))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("pod {namespace}/{pod}: {e}"))
+}

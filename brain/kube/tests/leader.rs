@@ -1,139 +1,20 @@
 //! Leader election against a recorded Lease API: two brain replicas, each
 //! with a real kube-rs client on a tower-test mock, share one fake API
-//! server that keeps a Lease as the API server would (create, get, merge
-//! and strategic patches, and server-side apply refusing to take a field
-//! another manager holds). One leads; it renews; released, the other takes
-//! over; a lease taken behind its back makes it follow.
+//! server that keeps a Lease as the API server would (`common/lease.rs`).
+//! One leads; it renews; released, the other takes over; a lease taken
+//! behind its back makes it follow.
+
+#[path = "common/lease.rs"]
+mod lease;
 
 use http::{Request, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::client::Body;
-use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
+use lease::{LEASE, LeaseServer};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use vagus_kube::leader::{Election, contend};
-
-const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/vagus/leases";
-
-/// (method, path, content type, body) of a request.
-type Logged = (String, String, String, Value);
-
-#[derive(Clone, Default)]
-struct LeaseServer {
-    lease: Arc<Mutex<Option<Value>>>,
-    log: Arc<Mutex<Vec<Logged>>>,
-    version: Arc<Mutex<u64>>,
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code})
-}
-
-impl LeaseServer {
-    fn answer(&self, method: &str, path: &str, ctype: &str, body: &Value) -> (u16, Value) {
-        let mut lease = self.lease.lock().unwrap();
-        let bump = |l: &mut Value| {
-            let mut v = self.version.lock().unwrap();
-            *v += 1;
-            l["metadata"]["resourceVersion"] = json!(v.to_string());
-        };
-        let named = path.starts_with(&format!("{LEASE}/vagus-brain"));
-        match (method, named) {
-            ("GET", true) => match lease.as_ref() {
-                Some(l) => (200, l.clone()),
-                None => (
-                    404,
-                    status(404, "NotFound", "leases \"vagus-brain\" not found"),
-                ),
-            },
-            ("POST", false) => {
-                if lease.is_some() {
-                    return (
-                        409,
-                        status(
-                            409,
-                            "AlreadyExists",
-                            "leases \"vagus-brain\" already exists",
-                        ),
-                    );
-                }
-                let mut l = body.clone();
-                bump(&mut l);
-                *lease = Some(l.clone());
-                (201, l)
-            }
-            ("PATCH", true) => {
-                let Some(l) = lease.as_mut() else {
-                    return (
-                        404,
-                        status(404, "NotFound", "leases \"vagus-brain\" not found"),
-                    );
-                };
-                // Server-side apply may not take a holder another manager set.
-                let holder = &l["spec"]["holderIdentity"];
-                let wants = &body["spec"]["holderIdentity"];
-                if ctype.starts_with("application/apply-patch")
-                    && !holder.is_null()
-                    && !wants.is_null()
-                    && holder != wants
-                {
-                    return (
-                        409,
-                        status(
-                            409,
-                            "Conflict",
-                            "Apply failed with 1 conflict: conflict with another manager: .spec.holderIdentity",
-                        ),
-                    );
-                }
-                let mut patch = body.clone();
-                if let Some(o) = patch.as_object_mut() {
-                    o.remove("apiVersion");
-                    o.remove("kind");
-                }
-                json_patch::merge(l, &patch);
-                bump(l);
-                (200, l.clone())
-            }
-            _ => (405, status(405, "MethodNotAllowed", "")),
-        }
-    }
-
-    async fn run(self, mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
-        while let Some((req, send)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let path = parts.uri.path().to_string();
-            let ctype = parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default();
-            let (code, answer) = self.answer(parts.method.as_str(), &path, &ctype, &body);
-            self.log
-                .lock()
-                .unwrap()
-                .push((parts.method.to_string(), path, ctype, body));
-            send.send_response(
-                Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            );
-        }
-    }
-
-    fn holder(&self) -> Option<String> {
-        let l = self.lease.lock().unwrap();
-        l.as_ref()?["spec"]["holderIdentity"]
-            .as_str()
-            .map(str::to_string)
-    }
-}
 
 fn election(identity: &str) -> Election {
     Election {

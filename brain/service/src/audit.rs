@@ -1,5 +1,6 @@
 //! The audit trail: every decision and control action, in an embedded
-//! SQLite database, committed (WAL, `synchronous = FULL`) before the API
+//! SQLite database (WAL, `synchronous = FULL`) or in PostgreSQL shared by
+//! the brain's replicas ([`crate::database`]), committed before the API
 //! answers. One writer thread commits whatever has arrived as one
 //! transaction (group commit), so concurrent requests share an fsync.
 //!
@@ -7,6 +8,7 @@
 //! the decision (or the queued request), so the brain rebuilds its state
 //! from the trail.
 
+use crate::database::{DbError, Postgres, Worker};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,8 @@ pub enum AuditError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("audit trail: {0}")]
+    Postgres(#[from] DbError),
     #[error("audit trail: stored row {seq} is not valid JSON: {source}")]
     Corrupt { seq: i64, source: serde_json::Error },
 }
@@ -147,27 +151,51 @@ impl Reserved {
 
 pub struct Audit {
     tx: Mutex<mpsc::Sender<Batch>>,
-    read: Mutex<Connection>,
+    read: Reader,
     path: String,
     /// Moves on with every commit: what a follower of the trail waits on.
     committed: tokio::sync::watch::Receiver<u64>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    workload TEXT NOT NULL,
-    node TEXT,
-    actor TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    body TEXT NOT NULL,
-    state TEXT
+/// Where reads go: SQLite's read connection, or a PostgreSQL connection's
+/// thread.
+enum Reader {
+    Sqlite(Mutex<Connection>),
+    Postgres(Worker),
+}
+
+/// A stored row's columns: seq, at_ms, path, workload, node, actor,
+/// summary, body.
+type Columns = (
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
 );
-CREATE INDEX IF NOT EXISTS decisions_workload ON decisions (workload, seq);
-CREATE INDEX IF NOT EXISTS decisions_path ON decisions (path, seq);
-";
+
+/// The trail's table, in one database's words for its sequence column
+/// and its integers (SQLite's or PostgreSQL's).
+fn schema(seq: &str, int: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS decisions (
+            seq {seq},
+            at_ms {int} NOT NULL,
+            path TEXT NOT NULL,
+            workload TEXT NOT NULL,
+            node TEXT,
+            actor TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            body TEXT NOT NULL,
+            state TEXT
+        );
+        CREATE INDEX IF NOT EXISTS decisions_workload ON decisions (workload, seq);
+        CREATE INDEX IF NOT EXISTS decisions_path ON decisions (path, seq);"
+    )
+}
 
 fn open_conn(path: &Path) -> Result<Connection, rusqlite::Error> {
     let c = Connection::open(path)?;
@@ -209,18 +237,61 @@ impl Audit {
             })?;
         }
         let w = open_conn(&path).map_err(err)?;
-        w.execute_batch(SCHEMA).map_err(err)?;
+        w.execute_batch(&schema("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER"))
+            .map_err(err)?;
         let r = open_conn(&path).map_err(err)?;
         let (tx, rx) = mpsc::channel::<Batch>();
         let (done, committed) = tokio::sync::watch::channel(0u64);
         std::thread::Builder::new()
             .name("vagus-audit".into())
-            .spawn(move || writer(w, rx, temp, done))
+            .spawn(move || {
+                writer(w, rx, done);
+                if let Some(d) = temp {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            })
             .map_err(|e| err(rusqlite::Error::InvalidPath(PathBuf::from(e.to_string()))))?;
         Ok(Audit {
             tx: Mutex::new(tx),
-            read: Mutex::new(r),
+            read: Reader::Sqlite(Mutex::new(r)),
             path: name,
+            committed,
+        })
+    }
+
+    /// Opens (or creates) the trail in PostgreSQL, writing as the holder of
+    /// `pg`'s epoch. Blocks while it connects.
+    pub fn open_postgres(pg: &Postgres) -> Result<Audit, AuditError> {
+        let read = Worker::start(pg, "vagus-audit-read")?;
+        let creator = pg.clone();
+        read.run(move |c| creator.create(c, &schema("BIGSERIAL PRIMARY KEY", "BIGINT")))?;
+        let (tx, rx) = mpsc::channel::<Batch>();
+        let (ready, up) = mpsc::sync_channel(1);
+        let (done, committed) = tokio::sync::watch::channel(0u64);
+        let w = pg.clone();
+        std::thread::Builder::new()
+            .name("vagus-audit".into())
+            .spawn(move || match w.connect() {
+                Ok(c) => {
+                    let _ = ready.send(Ok(()));
+                    writer(PgWriter { c, pg: w }, rx, done);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            })
+            .map_err(|e| DbError {
+                at: pg.describe().into(),
+                why: format!("cannot start the writer thread: {e}"),
+            })?;
+        up.recv().map_err(|_| DbError {
+            at: pg.describe().into(),
+            why: "the writer thread stopped".into(),
+        })??;
+        Ok(Audit {
+            tx: Mutex::new(tx),
+            read: Reader::Postgres(read),
+            path: pg.describe().into(),
             committed,
         })
     }
@@ -283,96 +354,138 @@ impl Audit {
     /// The highest decision sequence number the trail holds (0: none): a
     /// restarted core numbers on from it.
     pub fn last_decision_seq(&self) -> Result<u64, AuditError> {
-        let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
-        c.query_row(
-            "SELECT COALESCE(MAX(json_extract(body, '$.seq')), 0) FROM decisions WHERE state IS NOT NULL",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|v| v.max(0) as u64)
-        .map_err(|e| self.err(e))
+        let v = match &self.read {
+            Reader::Sqlite(c) => c
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .query_row(
+                    "SELECT COALESCE(MAX(json_extract(body, '$.seq')), 0) FROM decisions WHERE state IS NOT NULL",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(|e| self.err(e))?,
+            Reader::Postgres(w) => w.run(|c| {
+                c.query_one(
+                    "SELECT COALESCE(MAX((body::jsonb ->> 'seq')::bigint), 0) FROM decisions WHERE state IS NOT NULL",
+                    &[],
+                )
+                .map(|r| r.get::<_, i64>(0))
+                .map_err(|e| pg_err(&e))
+            })?,
+        };
+        Ok(v.max(0) as u64)
     }
 
     pub fn query(&self, f: &Filter) -> Result<Vec<Entry>, AuditError> {
-        let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
         let limit = f.limit.unwrap_or(100).clamp(1, 1001) as i64;
-        let mut stmt = c
-            .prepare_cached(
-                "SELECT seq, at_ms, path, workload, node, actor, summary, body FROM decisions
-                 WHERE (?1 IS NULL OR workload = ?1) AND (?2 IS NULL OR path = ?2)
-                   AND (?3 IS NULL OR node = ?3) AND (?4 IS NULL OR actor = ?4)
-                   AND seq > ?5
-                 ORDER BY seq LIMIT ?6",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    f.workload,
-                    f.path,
-                    f.node,
-                    f.actor,
-                    f.after.unwrap_or(0).min(i64::MAX as u64) as i64,
-                    limit
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, String>(5)?,
-                        r.get::<_, String>(6)?,
-                        r.get::<_, String>(7)?,
-                    ))
-                },
-            )
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (seq, at, path, workload, node, actor, summary, body) =
-                r.map_err(|e| self.err(e))?;
-            out.push(Entry {
-                seq,
-                at_ms: at as u64,
-                path,
-                workload,
-                node,
-                actor,
-                summary,
-                decision: serde_json::from_str(&body)
-                    .map_err(|source| AuditError::Corrupt { seq, source })?,
-            });
-        }
-        Ok(out)
+        let after = f.after.unwrap_or(0).min(i64::MAX as u64) as i64;
+        let rows: Vec<Columns> = match &self.read {
+            Reader::Sqlite(c) => {
+                let c = c.lock().unwrap_or_else(|e| e.into_inner());
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT seq, at_ms, path, workload, node, actor, summary, body FROM decisions
+                         WHERE (?1 IS NULL OR workload = ?1) AND (?2 IS NULL OR path = ?2)
+                           AND (?3 IS NULL OR node = ?3) AND (?4 IS NULL OR actor = ?4)
+                           AND seq > ?5
+                         ORDER BY seq LIMIT ?6",
+                    )
+                    .map_err(|e| self.err(e))?;
+                stmt.query_map(
+                    params![f.workload, f.path, f.node, f.actor, after, limit],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                        ))
+                    },
+                )
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.err(e))?
+            }
+            Reader::Postgres(w) => {
+                let f = f.clone();
+                w.run(move |c| {
+                    c.query(
+                        "SELECT seq, at_ms, path, workload, node, actor, summary, body FROM decisions
+                         WHERE ($1::text IS NULL OR workload = $1) AND ($2::text IS NULL OR path = $2)
+                           AND ($3::text IS NULL OR node = $3) AND ($4::text IS NULL OR actor = $4)
+                           AND seq > $5
+                         ORDER BY seq LIMIT $6",
+                        &[&f.workload, &f.path, &f.node, &f.actor, &after, &limit],
+                    )
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|r| {
+                                (
+                                    r.get(0),
+                                    r.get(1),
+                                    r.get(2),
+                                    r.get(3),
+                                    r.get(4),
+                                    r.get(5),
+                                    r.get(6),
+                                    r.get(7),
+                                )
+                            })
+                            .collect()
+                    })
+                    .map_err(|e| pg_err(&e))
+                })?
+            }
+        };
+        rows.into_iter()
+            .map(|(seq, at, path, workload, node, actor, summary, body)| {
+                Ok(Entry {
+                    seq,
+                    at_ms: at as u64,
+                    path,
+                    workload,
+                    node,
+                    actor,
+                    summary,
+                    decision: serde_json::from_str(&body)
+                        .map_err(|source| AuditError::Corrupt { seq, source })?,
+                })
+            })
+            .collect()
     }
 
     /// Every row's saved state, in order: what a restarted brain replays.
     pub fn states(&self) -> Result<Vec<(String, serde_json::Value)>, AuditError> {
-        let c = self.read.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stmt = c
-            .prepare(
-                "SELECT seq, workload, state FROM decisions WHERE state IS NOT NULL ORDER BY seq",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
+        const STATES: &str =
+            "SELECT seq, workload, state FROM decisions WHERE state IS NOT NULL ORDER BY seq";
+        let rows: Vec<(i64, String, String)> = match &self.read {
+            Reader::Sqlite(c) => {
+                let c = c.lock().unwrap_or_else(|e| e.into_inner());
+                let mut stmt = c.prepare(STATES).map_err(|e| self.err(e))?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .and_then(|rows| rows.collect())
+                    .map_err(|e| self.err(e))?
+            }
+            Reader::Postgres(w) => w.run(|c| {
+                c.query(STATES, &[])
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|r| (r.get(0), r.get(1), r.get(2)))
+                            .collect()
+                    })
+                    .map_err(|e| pg_err(&e))
+            })?,
+        };
+        rows.into_iter()
+            .map(|(seq, w, s)| {
+                serde_json::from_str(&s)
+                    .map(|v| (w, v))
+                    .map_err(|source| AuditError::Corrupt { seq, source })
             })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (seq, w, s) = r.map_err(|e| self.err(e))?;
-            let v =
-                serde_json::from_str(&s).map_err(|source| AuditError::Corrupt { seq, source })?;
-            out.push((w, v));
-        }
-        Ok(out)
+            .collect()
     }
 
     fn err(&self, source: rusqlite::Error) -> AuditError {
@@ -383,11 +496,24 @@ impl Audit {
     }
 }
 
+/// A failed PostgreSQL call, for a [`Worker`] job (the worker's caller
+/// names the database).
+fn pg_err(e: &postgres::Error) -> DbError {
+    DbError {
+        at: String::new(),
+        why: e.to_string(),
+    }
+}
+
+/// What the writer commits into: SQLite's connection or PostgreSQL's.
+trait Store {
+    fn commit(&mut self, batches: &[Ready]) -> Result<(), String>;
+}
+
 /// Commits batches as they come, many per transaction when they queue up.
 fn writer(
-    mut c: Connection,
+    mut store: impl Store,
     rx: mpsc::Receiver<Batch>,
-    temp: Option<PathBuf>,
     committed: tokio::sync::watch::Sender<u64>,
 ) {
     while let Ok(first) = rx.recv() {
@@ -415,7 +541,7 @@ fn writer(
                 }
             }
         }
-        let result = commit(&mut c, &ready).map_err(|e| e.to_string());
+        let result = store.commit(&ready);
         if result.is_ok() {
             committed.send_modify(|n| *n += 1);
         }
@@ -423,23 +549,21 @@ fn writer(
             let _ = reply.send(result.clone());
         }
     }
-    drop(c);
-    if let Some(d) = temp {
-        let _ = std::fs::remove_dir_all(d);
-    }
 }
 
 type Ready = (Vec<Row>, tokio::sync::oneshot::Sender<Result<(), String>>);
 
-fn commit(c: &mut Connection, batches: &[Ready]) -> Result<(), rusqlite::Error> {
-    let tx = c.transaction()?;
-    {
-        let mut ins = tx.prepare_cached(
-            "INSERT INTO decisions (at_ms, path, workload, node, actor, summary, body, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for (rows, _) in batches {
-            for r in rows {
+impl Store for Connection {
+    fn commit(&mut self, batches: &[Ready]) -> Result<(), String> {
+        let tx = self.transaction().map_err(|e| e.to_string())?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO decisions (at_ms, path, workload, node, actor, summary, body, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(|e| e.to_string())?;
+            for r in batches.iter().flat_map(|(rows, _)| rows) {
                 ins.execute(params![
                     r.at_ms as i64,
                     r.path,
@@ -449,9 +573,47 @@ fn commit(c: &mut Connection, batches: &[Ready]) -> Result<(), rusqlite::Error> 
                     r.summary,
                     r.body,
                     r.state
-                ])?;
+                ])
+                .map_err(|e| e.to_string())?;
             }
         }
+        tx.commit().map_err(|e| e.to_string())
     }
-    tx.commit()
+}
+
+/// The trail's writer in PostgreSQL: fenced by the epoch it holds.
+struct PgWriter {
+    c: postgres::Client,
+    pg: Postgres,
+}
+
+impl Store for PgWriter {
+    fn commit(&mut self, batches: &[Ready]) -> Result<(), String> {
+        self.pg.reconnect(&mut self.c);
+        let mut tx = self.c.transaction().map_err(|e| e.to_string())?;
+        self.pg.fence(&mut tx)?;
+        let ins = tx
+            .prepare(
+                "INSERT INTO decisions (at_ms, path, workload, node, actor, summary, body, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .map_err(|e| e.to_string())?;
+        for r in batches.iter().flat_map(|(rows, _)| rows) {
+            tx.execute(
+                &ins,
+                &[
+                    &(r.at_ms as i64),
+                    &r.path,
+                    &r.workload,
+                    &r.node,
+                    &r.actor,
+                    &r.summary,
+                    &r.body,
+                    &r.state,
+                ],
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())
+    }
 }

@@ -18,6 +18,7 @@ pub mod agents;
 pub mod alerts;
 pub mod audit;
 pub mod control;
+pub mod database;
 mod failover;
 pub mod gateways;
 pub mod http;
@@ -28,6 +29,6 @@ mod service;
 mod sync;
 
 pub use crate::service::{
-    Config, HttpConfig, KubeConfig, QuicConfig, SchedulerConfig, Service, StartError,
-    load_core_config, load_nodes,
+    Config, HttpConfig, KubeConfig, Lease, QuicConfig, SchedulerConfig, Service, StartError,
+    Starting, load_core_config, load_nodes,
 };

@@ -34,13 +34,16 @@ pub enum StartError {
     Link(#[from] vagus_link::LinkError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Database(#[from] crate::database::DbError),
 }
 
 /// The HTTP API's part of the configuration.
 pub struct HttpConfig {
     pub addr: SocketAddr,
     pub tokens: Tokens,
-    /// The audit trail's SQLite file; `None`: a temporary file.
+    /// The audit trail's SQLite file; `None`: a temporary file (or the
+    /// shared database, [`Config::database`]).
     pub audit: Option<PathBuf>,
     pub core: CoreConfig,
     /// Nodes declared up front, in this order (the core's node order).
@@ -57,8 +60,6 @@ pub struct HttpConfig {
 /// Where the brain runs on Kubernetes.
 pub struct KubeConfig {
     pub client: kube::Client,
-    /// Contend for this lease; `None`: this brain acts alone.
-    pub election: Option<vagus_kube::leader::Election>,
     /// Seconds a deleted pod has to finish its requests.
     pub grace_s: u32,
     /// How often the executor reconciles.
@@ -83,10 +84,26 @@ pub struct QuicConfig {
     pub rolling_windows: usize,
 }
 
+/// The lease the brain's replicas contend for (see [`Service::bind`]).
+pub struct Lease {
+    pub client: kube::Client,
+    pub election: vagus_kube::leader::Election,
+    /// This replica's pod (in the lease's namespace), labelled
+    /// `vagus.dev/leader=true` while it leads, so that the brain's Service
+    /// sends everything to the leader; `None`: no label.
+    pub pod: Option<String>,
+}
+
 /// What [`Service::start`] starts; either part may be absent, not both.
 pub struct Config {
     pub http: Option<HttpConfig>,
     pub quic: Option<QuicConfig>,
+    /// PostgreSQL, where the audit trail and the command ledger live
+    /// instead of SQLite files, shared by the brain's replicas.
+    pub database: Option<crate::database::Database>,
+    /// Contend for this lease, and act only while holding it; `None`: this
+    /// brain acts alone.
+    pub lease: Option<Lease>,
     /// How often what agents report is brought into the core.
     pub sync_every: Duration,
     /// Where the control loop appends each tick's observation and actions
@@ -105,40 +122,158 @@ pub struct Service {
     pub scheduler_addr: Option<SocketAddr>,
     /// What the audit trail gave back at start.
     pub restored: Restored,
+    /// Whether this brain still holds the lease (`None`: no lease).
+    pub leading: Option<tokio::sync::watch::Receiver<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A brain that listens but does not act yet: [`Service::bind`]'s half of
+/// the start. Its HTTP API answers 503 until [`Starting::lead`] has
+/// restored the core.
+pub struct Starting {
+    cfg: Config,
+    /// Where the HTTP API listens.
+    pub http_addr: Option<SocketAddr>,
+    api: Arc<std::sync::OnceLock<axum::Router>>,
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Service {
-    /// Starts what `cfg` asks for on the current Tokio runtime: the core
-    /// with its nodes, the audit trail and what it restores, the HTTP
-    /// listener, the QUIC endpoint, and the sync from agents to the core.
+    /// Starts what `cfg` asks for on the current Tokio runtime: [`bind`],
+    /// then [`Starting::lead`] (which waits for the lease, if there is one).
+    ///
+    /// [`bind`]: Service::bind
     pub async fn start(cfg: Config) -> Result<Service, StartError> {
+        Self::bind(cfg).await?.lead().await
+    }
+
+    /// Listens for the HTTP API (every request answered 503 for now) and
+    /// starts contending for the lease, if there is one.
+    pub async fn bind(cfg: Config) -> Result<Starting, StartError> {
         if cfg.http.is_none() && cfg.quic.is_none() {
             return Err(StartError::Config(
                 "nothing to start: give the HTTP API, the agents' QUIC endpoint, or both".into(),
             ));
         }
-        let mut svc = Service {
-            api: None,
-            agents: None,
+        if cfg.database.is_some()
+            && (cfg.http.as_ref().is_some_and(|h| h.audit.is_some())
+                || cfg.quic.as_ref().is_some_and(|q| q.ledger.is_some()))
+        {
+            return Err(StartError::Config(
+                "the database holds the audit trail and the ledger: give it, or SQLite files, not both"
+                    .into(),
+            ));
+        }
+        let mut starting = Starting {
             http_addr: None,
-            quic_addr: None,
-            scheduler_addr: None,
-            restored: Restored::default(),
+            api: Arc::new(std::sync::OnceLock::new()),
+            leading: None,
             tasks: Vec::new(),
+            cfg,
         };
-        if let Some(h) = cfg.http {
+        if let Some(h) = &starting.cfg.http {
             if h.tokens.is_empty() {
                 return Err(StartError::Config(
                     "no bearer tokens: nobody could use the API".into(),
                 ));
             }
+            let listener = tokio::net::TcpListener::bind(h.addr)
+                .await
+                .map_err(|source| StartError::Io {
+                    what: format!("HTTP API on {}: cannot listen", h.addr),
+                    source,
+                })?;
+            starting.http_addr = listener.local_addr().ok();
+            let slot = starting.api.clone();
+            starting.tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::http::serve_once_leading(listener, slot).await {
+                    eprintln!("vagus brain: the HTTP API stopped: {e}");
+                }
+            }));
+        }
+        if let Some(l) = &starting.cfg.lease {
+            // A replica that led before its restart may still carry the label.
+            if let Some(pod) = &l.pod {
+                let ns = &l.election.namespace;
+                if let Err(e) = vagus_kube::leader::mark(l.client.clone(), ns, pod, false).await {
+                    eprintln!("vagus brain: cannot take the leader's label off this pod: {e}");
+                }
+            }
+            starting.leading = Some(
+                vagus_kube::leader::contend(l.client.clone(), &l.election)
+                    .await
+                    .map_err(StartError::Config)?,
+            );
+        }
+        Ok(starting)
+    }
+}
+
+impl Starting {
+    /// Waits until this brain holds the lease (at once without one), takes
+    /// the shared database's next epoch (fencing out an older leader),
+    /// restores the core from the audit trail, and starts everything else:
+    /// the API's answers, the extender, the executor, the QUIC endpoint,
+    /// the sync and the control loop.
+    pub async fn lead(self) -> Result<Service, StartError> {
+        let Starting {
+            cfg,
+            http_addr,
+            api: slot,
+            mut leading,
+            tasks,
+        } = self;
+        if let Some(rx) = leading.as_mut() {
+            rx.wait_for(|l| *l)
+                .await
+                .map_err(|_| StartError::Config("the lease's contender stopped".into()))?;
+        }
+        let pg = match &cfg.database {
+            Some(db) => {
+                let holder = cfg
+                    .lease
+                    .as_ref()
+                    .map(|l| l.election.identity.clone())
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{}/{}",
+                            std::env::var("HOSTNAME").unwrap_or_else(|_| "brain".into()),
+                            std::process::id()
+                        )
+                    });
+                Some(crate::database::Postgres::take_over(db, &holder)?)
+            }
+            None => None,
+        };
+        let mut svc = Service {
+            api: None,
+            agents: None,
+            http_addr,
+            quic_addr: None,
+            scheduler_addr: None,
+            restored: Restored::default(),
+            leading: leading.clone(),
+            tasks,
+        };
+        let leading = leading.unwrap_or_else(|| tokio::sync::watch::channel(true).1);
+        // The lease is held while the service runs (the contender releases
+        // it once every receiver is gone): one receiver lives in a task,
+        // which [`Service::shutdown`] ends.
+        let mut held = leading.clone();
+        svc.tasks.push(tokio::spawn(async move {
+            while held.changed().await.is_ok() {}
+        }));
+        if let Some(h) = cfg.http {
             let mut core = Core::new(h.core).map_err(|e| StartError::Config(e.to_string()))?;
             for (i, n) in h.nodes.iter().enumerate() {
                 core.upsert_node(n)
                     .map_err(|e| StartError::Config(format!("node {i} ({}): {e}", n.name)))?;
             }
-            let audit = Audit::open(h.audit.as_deref())?;
+            let audit = match &pg {
+                Some(pg) => Audit::open_postgres(pg)?,
+                None => Audit::open(h.audit.as_deref())?,
+            };
             let api = Arc::new(Api::new(
                 core,
                 audit,
@@ -146,35 +281,17 @@ impl Service {
                 h.clock.unwrap_or_else(system_clock),
             ));
             svc.restored = api.restore()?;
-            let listener = tokio::net::TcpListener::bind(h.addr)
-                .await
-                .map_err(|source| StartError::Io {
-                    what: format!("HTTP API on {}: cannot listen", h.addr),
-                    source,
-                })?;
-            svc.http_addr = listener.local_addr().ok();
-            let serving = api.clone();
-            svc.tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::http::serve(listener, serving).await {
-                    eprintln!("vagus brain: the HTTP API stopped: {e}");
-                }
-            }));
-            // On Kubernetes: who leads, the reflectors, the executor.
-            let (mut leading, mut pod_view) = (None, None);
+            // From here on the API answers.
+            let _ = slot.set(crate::http::router(api.clone()));
+            // On Kubernetes: the reflectors and the executor.
+            let mut pod_view = None;
             if let Some(k) = h.kubernetes {
-                let rx = match &k.election {
-                    Some(e) => vagus_kube::leader::contend(k.client.clone(), e)
-                        .await
-                        .map_err(StartError::Config)?,
-                    None => tokio::sync::watch::channel(true).1,
-                };
                 let (pods, nodes, tasks) = crate::kube_exec::KubeExecutor::reflect(&k.client);
                 svc.tasks.extend(tasks);
                 pod_view = Some(pods.clone());
                 let applier = vagus_kube::executor::Applier::new(k.client, k.grace_s);
-                let ex = crate::kube_exec::KubeExecutor::new(applier, pods, nodes, rx.clone());
+                let ex = crate::kube_exec::KubeExecutor::new(applier, pods, nodes, leading.clone());
                 svc.tasks.push(tokio::spawn(ex.run(api.clone(), k.every)));
-                leading = Some(rx);
             }
             if let Some(x) = h.scheduler {
                 let listener = tokio::net::TcpListener::bind(x.addr)
@@ -187,7 +304,7 @@ impl Service {
                 let ext = Arc::new(crate::http::scheduler::Extender::new(
                     api.clone(),
                     x.binder,
-                    leading.clone(),
+                    Some(leading.clone()),
                     pod_view.clone(),
                 ));
                 svc.tasks.push(tokio::spawn(async move {
@@ -201,6 +318,7 @@ impl Service {
         if let Some(q) = cfg.quic {
             let opts = AgentsOptions {
                 ledger: q.ledger,
+                postgres: pg.clone(),
                 rolling_windows: q.rolling_windows,
             };
             let agents = Arc::new(Agents::bind(q.addr, &q.identity, &opts)?);
@@ -256,9 +374,22 @@ impl Service {
             }
             svc.agents = Some(agents);
         }
+        // Everything runs: the brain's Service may send requests here.
+        if let Some(l) = &cfg.lease
+            && let Some(pod) = &l.pod
+        {
+            let ns = &l.election.namespace;
+            if let Err(e) = vagus_kube::leader::mark(l.client.clone(), ns, pod, true).await {
+                eprintln!(
+                    "vagus brain: cannot label this pod the leader's (its Service may not reach it): {e}"
+                );
+            }
+        }
         Ok(svc)
     }
+}
 
+impl Service {
     /// Stops the HTTP listener, the sync and the QUIC endpoint (whose
     /// agents are told at once).
     pub async fn shutdown(self) {

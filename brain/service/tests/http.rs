@@ -1,15 +1,12 @@
 //! The HTTP API over real TCP, with a real SQLite audit trail: every
 //! endpoint, each role allowed and refused, invalid bodies answered with
-//! the field named, and the audit row committed before the answer.
+//! the field named (the trail's durability: durability.rs).
 
 mod common;
 
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 #[test]
 fn every_endpoint() {
@@ -459,116 +456,6 @@ fn invalid_bodies_name_the_field() {
         v["items"].as_array().unwrap().len(),
         1,
         "only the accepted request is in the trail"
-    );
-}
-
-#[test]
-fn the_audit_row_is_committed_before_the_answer() {
-    let api = start("before", None);
-    // Hold the database's write lock: the brain cannot commit.
-    let blocker = rusqlite::Connection::open(&api.db).unwrap();
-    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let addr = api.addr;
-    let answered = Arc::new(AtomicU64::new(0));
-    let a = answered.clone();
-    let body = profile("held", "m");
-    let t = std::thread::spawn(move || {
-        let r = call_at(addr, "POST", "/v1/placements", Some(OPERATOR), Some(&body));
-        a.store(1, Ordering::SeqCst);
-        r
-    });
-    std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(
-        answered.load(Ordering::SeqCst),
-        0,
-        "answered while the row could not be stored"
-    );
-    blocker.execute_batch("COMMIT").unwrap();
-    let (st, v) = t.join().unwrap();
-    assert_eq!(st, 201, "{v}");
-    assert_eq!(rows(&api.db, "held"), 1);
-}
-
-#[test]
-fn a_restart_restores_placements_queue_and_controls() {
-    let api = start("restart", None);
-    let db = api.db.clone();
-    assert_eq!(
-        call(
-            &api,
-            "POST",
-            "/v1/placements",
-            Some(OPERATOR),
-            Some(&profile("keep", "m1"))
-        )
-        .0,
-        201
-    );
-    assert_eq!(
-        call(
-            &api,
-            "POST",
-            "/v1/placements",
-            Some(OPERATOR),
-            Some(&profile("gone", "m2"))
-        )
-        .0,
-        201
-    );
-    assert_eq!(
-        call(&api, "DELETE", "/v1/placements/gone", Some(OPERATOR), None).0,
-        200
-    );
-    let cordon = r#"{"action":"cordon","node":"a1"}"#;
-    assert_eq!(
-        call(&api, "POST", "/v1/controls", Some(ADMIN), Some(cordon)).0,
-        200
-    );
-    let pin = r#"{"action":"pin","workload":"keep"}"#;
-    assert_eq!(
-        call(&api, "POST", "/v1/controls", Some(ADMIN), Some(pin)).0,
-        200
-    );
-    let mut big: serde_json::Value = serde_json::from_str(&profile("waits", "m3")).unwrap();
-    big["model_size_gb"] = 120.0.into();
-    big["gpus"] = 2.into();
-    big["accepted_models"] = serde_json::json!(["A100"]);
-    assert_eq!(
-        call(
-            &api,
-            "POST",
-            "/v1/placements",
-            Some(OPERATOR),
-            Some(&big.to_string())
-        )
-        .0,
-        202
-    );
-    let (_, before) = call(&api, "GET", "/v1/placements/keep", Some(VIEWER), None);
-    drop(api);
-    let api = start("restart", Some(db));
-    let (st, after) = call(&api, "GET", "/v1/placements/keep", Some(VIEWER), None);
-    assert_eq!(st, 200);
-    assert_eq!(after["placement"], before["placement"]);
-    assert_eq!(after["placement"]["pinned"], true);
-    assert_eq!(
-        call(&api, "GET", "/v1/placements/gone", Some(VIEWER), None).0,
-        404
-    );
-    let (_, q) = call(&api, "GET", "/v1/placements/waits", Some(VIEWER), None);
-    assert_eq!(q["state"], "queued");
-    let (_, nodes) = call(&api, "GET", "/v1/nodes", Some(VIEWER), None);
-    let a1 = nodes["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "a1")
-        .unwrap();
-    assert_eq!(a1["cordoned"], true);
-    let (_, h) = call(&api, "GET", "/healthz", None, None);
-    assert_eq!(
-        (h["placements"].as_u64(), h["queued"].as_u64()),
-        (Some(1), Some(1))
     );
 }
 

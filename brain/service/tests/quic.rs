@@ -1,5 +1,8 @@
 //! Real QUIC with mutual TLS on loopback.
 
+#[path = "common/postgres.rs"]
+mod pg;
+
 use std::time::Duration;
 use time::OffsetDateTime;
 use vagus_agent::uplink::{FromBrain, Link};
@@ -267,8 +270,6 @@ fn buffered_cost(seq: u64) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_brain_restart_nothing_accepted_or_acknowledged_is_lost() {
-    use std::sync::{Arc, Mutex};
-    use vagus_agent::uplink::{UplinkConfig, UplinkStats, run};
     let dir = std::env::temp_dir().join(format!("vagus-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -276,10 +277,46 @@ async fn after_a_brain_restart_nothing_accepted_or_acknowledged_is_lost() {
         ledger: Some(dir.join("ledger.sqlite")),
         ..AgentsOptions::default()
     };
+    nothing_lost_across_a_restart(|_| opts.clone()).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The same with the ledger in PostgreSQL, the second brain taking over
+/// the database from the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_brain_restart_on_postgres_nothing_accepted_or_acknowledged_is_lost() {
+    let Some(pg) = pg::server("quic-restart") else {
+        return;
+    };
+    nothing_lost_across_a_restart(|brain| AgentsOptions {
+        postgres: Some(
+            vagus_brain::database::Postgres::take_over(
+                &vagus_brain::database::Database::at(&pg.url),
+                &format!("brain-{brain}"),
+            )
+            .unwrap(),
+        ),
+        ..AgentsOptions::default()
+    })
+    .await;
+}
+
+/// An agent's windows and command results across a restart of the brain
+/// (`opts(0)` its first, `opts(1)` its second ledger): what the brain
+/// accepted or acknowledged is delivered or kept.
+async fn nothing_lost_across_a_restart(opts: impl Fn(u32) -> AgentsOptions) {
+    use std::sync::{Arc, Mutex};
+    use vagus_agent::uplink::{UplinkConfig, UplinkStats, run};
     let ca = Ca::new("test CA").unwrap();
     let brain_id = ca.issue("brain").unwrap();
-    let first =
-        Arc::new(Agents::bind("127.0.0.1:0".parse().unwrap(), &id(&brain_id, &ca), &opts).unwrap());
+    let first = Arc::new(
+        Agents::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &id(&brain_id, &ca),
+            &opts(0),
+        )
+        .unwrap(),
+    );
     let addr = first.local_addr();
     let serving = first.clone();
     let first_task = tokio::spawn(async move { serving.run().await });
@@ -343,8 +380,9 @@ async fn after_a_brain_restart_nothing_accepted_or_acknowledged_is_lost() {
     // socket go) and the same ledger, with one more command waiting.
     drop(first);
     let mut bound = None;
+    let second_opts = opts(1);
     for _ in 0..100 {
-        match Agents::bind(addr, &id(&brain_id, &ca), &opts) {
+        match Agents::bind(addr, &id(&brain_id, &ca), &second_opts) {
             Ok(b) => {
                 bound = Some(b);
                 break;
@@ -400,5 +438,4 @@ async fn after_a_brain_restart_nothing_accepted_or_acknowledged_is_lost() {
         .await
         .expect("agent ends when its window source closes")
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -129,6 +129,8 @@ pub struct AgentsOptions {
     /// The command ledger's SQLite file; `None` keeps it in memory (lost
     /// on exit).
     pub ledger: Option<std::path::PathBuf>,
+    /// The ledger in PostgreSQL instead (`ledger` must then be `None`).
+    pub postgres: Option<crate::database::Postgres>,
     /// Windows of histograms kept per process.
     pub rolling_windows: usize,
 }
@@ -137,6 +139,7 @@ impl Default for AgentsOptions {
     fn default() -> Self {
         AgentsOptions {
             ledger: None,
+            postgres: None,
             rolling_windows: 10,
         }
     }
@@ -149,9 +152,10 @@ impl Agents {
         id: &Identity,
         opts: &AgentsOptions,
     ) -> Result<Agents, LinkError> {
-        let (ledger, recovered) = match &opts.ledger {
-            Some(path) => Ledger::open(path)?,
-            None => Ledger::in_memory()?,
+        let (ledger, recovered) = match (&opts.postgres, &opts.ledger) {
+            (Some(pg), _) => Ledger::open_postgres(pg)?,
+            (None, Some(path)) => Ledger::open(path)?,
+            (None, None) => Ledger::in_memory()?,
         };
         let io = |source| LinkError::Io {
             what: format!("bind {addr}"),

@@ -188,12 +188,29 @@ fn errors(path: &str, op: &mut Operation, writes: bool) {
             error("The body is not sent as `Content-Type: application/json`"),
         );
     }
-    if writes || path == "/v1/decisions" {
-        add(
-            "503",
-            error("The audit trail could not store (or read) the decisions"),
-        );
-    }
+    // Every path, on a replica that does not lead (yet); a write or the
+    // trail's read also when the trail fails.
+    let follower = "this brain replica does not lead (it waits for the lease, or restores its \
+                    state): the leader answers; `Retry-After` says when to ask again";
+    let mut unavailable = if writes || path == "/v1/decisions" {
+        error(&format!(
+            "The audit trail could not store (or read) the decisions; or {follower}"
+        ))
+    } else {
+        error(&format!(
+            "{}{}",
+            follower[..1].to_uppercase(),
+            &follower[1..]
+        ))
+    };
+    unavailable.headers.insert(
+        "Retry-After".into(),
+        HeaderBuilder::new()
+            .schema(Object::with_type(Type::Integer))
+            .description(Some("Seconds, on a replica that does not lead"))
+            .build(),
+    );
+    add("503", unavailable);
 }
 
 /// From a new placement to reading and deleting it.

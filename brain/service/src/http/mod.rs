@@ -1411,7 +1411,8 @@ async fn get_session(State(s): State<Arc<Api>>, headers: HeaderMap) -> Result<Re
     .into_response())
 }
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health),
+    (status = 503, description = "This replica does not lead (yet): the leader answers", body = ApiError)))]
 async fn healthz(State(s): State<Arc<Api>>) -> Response {
     let core = s.core();
     axum::Json(Health {
@@ -1525,7 +1526,36 @@ async fn count(
     r
 }
 
-/// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, s: Arc<Api>) -> std::io::Result<()> {
-    axum::serve(listener, router(s)).await
+/// Serves the API on `listener` once `api` holds its router, until the
+/// task is dropped. Until then (a replica that follows, waiting for the
+/// lease, or one restoring its core) every request is answered 503 with
+/// `Retry-After`: the readiness probe (`/healthz`) fails, so Kubernetes'
+/// Service sends requests to the leader only.
+pub async fn serve_once_leading(
+    listener: tokio::net::TcpListener,
+    api: Arc<std::sync::OnceLock<Router>>,
+) -> std::io::Result<()> {
+    let gate = Router::new().fallback(move |req: axum::extract::Request| {
+        let api = api.clone();
+        async move {
+            match api.get() {
+                Some(r) => match tower_service::Service::call(&mut r.clone(), req).await {
+                    Ok(answer) => answer,
+                    Err(never) => match never {},
+                },
+                None => (
+                    [(header::RETRY_AFTER, "1")],
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        None,
+                        "this brain replica does not lead (it waits for the lease, or restores \
+                         its state): the leader answers"
+                            .into(),
+                    ),
+                )
+                    .into_response(),
+            }
+        }
+    });
+    axum::serve(listener, gate).await
 }

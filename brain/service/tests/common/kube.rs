@@ -156,6 +156,8 @@ pub fn start_with(tag: &str, kubernetes: bool, core: vagus_decision::Config) -> 
             quic: None,
             sync_every: Duration::from_secs(1),
             control_record: None,
+            database: None,
+            lease: None,
         }))
         .unwrap();
     let b = Brain {

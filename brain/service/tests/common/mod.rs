@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kube;
+pub mod postgres;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -21,6 +22,7 @@ pub const GATEWAY: &str = "gateway-token-000000001";
 
 pub struct Api {
     pub addr: std::net::SocketAddr,
+    /// The trail's SQLite file (unused with a database).
     pub db: PathBuf,
     _rt: tokio::runtime::Runtime,
 }
@@ -72,6 +74,39 @@ pub fn start(tag: &str, db: Option<PathBuf>) -> Api {
 
 /// A brain with these nodes, its trail at `db` (a fresh one when `None`).
 pub fn start_with(tag: &str, db: Option<PathBuf>, nodes: Vec<NodeSpec>) -> Api {
+    start_on(tag, db, None, nodes)
+}
+
+/// A brain with these nodes, its trail (and ledger) in the PostgreSQL
+/// database `url`.
+pub fn start_in(tag: &str, url: &str, nodes: Vec<NodeSpec>) -> Api {
+    start_on(
+        tag,
+        None,
+        Some(vagus_brain::database::Database::at(url)),
+        nodes,
+    )
+}
+
+/// A brain with nodes h1 and a1, its trail in the database `db`.
+pub fn start_on_database(tag: &str, db: vagus_brain::database::Database) -> Api {
+    start_on(
+        tag,
+        None,
+        Some(db),
+        vec![
+            node("h1", "NVIDIA H100 80GB HBM3", 2),
+            node("a1", "NVIDIA A100-SXM4-80GB", 2),
+        ],
+    )
+}
+
+fn start_on(
+    tag: &str,
+    db: Option<PathBuf>,
+    database: Option<vagus_brain::database::Database>,
+    nodes: Vec<NodeSpec>,
+) -> Api {
     let db = db.unwrap_or_else(|| {
         let d = std::env::temp_dir().join(format!("vagus-api-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -89,7 +124,7 @@ pub fn start_with(tag: &str, db: Option<PathBuf>, nodes: Vec<NodeSpec>) -> Api {
             http: Some(HttpConfig {
                 addr: "127.0.0.1:0".parse().unwrap(),
                 tokens: tokens(),
-                audit: Some(db.clone()),
+                audit: database.is_none().then(|| db.clone()),
                 core: vagus_decision::Config::default(),
                 nodes,
                 clock: Some(Box::new(move || clock.load(Ordering::Relaxed))),
@@ -99,6 +134,8 @@ pub fn start_with(tag: &str, db: Option<PathBuf>, nodes: Vec<NodeSpec>) -> Api {
             quic: None,
             sync_every: Duration::from_secs(1),
             control_record: None,
+            database,
+            lease: None,
         }))
         .unwrap();
     let addr = svc.http_addr.unwrap();
@@ -123,8 +160,21 @@ pub fn call_at(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    try_call_at(addr, method, path, token, body)
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// [`call_at`], with a connection that fails (refused, reset, cut short)
+/// as an error.
+pub fn try_call_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     if let Some(t) = token {
         req += &format!("Authorization: Bearer {t}\r\n");
@@ -134,10 +184,16 @@ pub fn call_at(
         "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes())?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    parse_response(&out)
+    s.read_to_end(&mut out)?;
+    if !String::from_utf8_lossy(&out).contains("\r\n\r\n") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the connection closed before a full answer",
+        ));
+    }
+    Ok(parse_response(&out))
 }
 
 pub fn parse_response(out: &[u8]) -> (u16, serde_json::Value) {
