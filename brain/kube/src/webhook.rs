@@ -60,6 +60,10 @@ impl Injection {
     }
 }
 
+/// Where a container's own `LD_PRELOAD`, when it comes from a reference,
+/// is moved so that the shim can go before it.
+pub const PRELOAD_FROM: &str = "VAGUS_PRELOAD_FROM";
+
 /// The JSON patch (RFC 6902 operations) for `pod`; empty when it passes
 /// unchanged.
 pub fn patch(pod: &Pod, cfg: &Injection) -> Vec<Value> {
@@ -116,16 +120,28 @@ pub fn patch(pod: &Pod, cfg: &Injection) -> Vec<Value> {
         ];
         let preload = c.env.iter().flatten().position(|e| e.name == "LD_PRELOAD");
         match preload.map(|k| (k, &c.env.as_ref().unwrap()[k])) {
-            Some((k, e)) => {
-                // Theirs kept, after the shim (a value from a reference is
-                // left alone: it cannot be joined here).
-                if let Some(v) = &e.value {
-                    ops.push(
-                        json!({"op": "replace", "path": format!("{base}/env/{k}/value"),
-                        "value": format!("{} {v}", cfg.shim())}),
-                    );
+            Some((k, e)) => match (&e.value, &e.value_from) {
+                // Theirs kept, after the shim.
+                (Some(v), _) => ops.push(
+                    json!({"op": "replace", "path": format!("{base}/env/{k}/value"),
+                    "value": format!("{} {v}", cfg.shim())}),
+                ),
+                // A value from a reference (a ConfigMap, a Secret, a field)
+                // moves to a variable of its own, just before, which the
+                // kubelet expands into LD_PRELOAD (`$(VAR)` names a
+                // variable defined earlier in the list).
+                (None, Some(from)) => {
+                    ops.push(json!({"op": "replace", "path": format!("{base}/env/{k}"),
+                        "value": {"name": "LD_PRELOAD",
+                            "value": format!("{} $({PRELOAD_FROM})", cfg.shim())}}));
+                    ops.push(json!({"op": "add", "path": format!("{base}/env/{k}"),
+                        "value": {"name": PRELOAD_FROM, "valueFrom": from}}));
                 }
-            }
+                (None, None) => ops.push(
+                    json!({"op": "replace", "path": format!("{base}/env/{k}/value"),
+                    "value": cfg.shim()}),
+                ),
+            },
             None => env.insert(0, json!({"name": "LD_PRELOAD", "value": cfg.shim()})),
         }
         append(&mut ops, &format!("{base}/env"), c.env.is_some(), env);

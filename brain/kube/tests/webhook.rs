@@ -129,6 +129,56 @@ fn a_gpu_pod_goes_to_vagus_with_the_shim() {
 }
 
 #[test]
+fn an_ld_preload_from_a_reference_is_kept_after_the_shim() {
+    let mut review = fixture("admission-gpu-pod.json");
+    let env0 = review
+        .pointer_mut("/request/object/spec/containers/0/env")
+        .unwrap()
+        .as_array_mut()
+        .unwrap();
+    let k = env0.iter().position(|e| e["name"] == "LD_PRELOAD").unwrap();
+    env0[k] = serde_json::json!({"name": "LD_PRELOAD", "valueFrom":
+        {"configMapKeyRef": {"name": "tuning", "key": "preload"}}});
+    let cfg = Injection::default();
+    let pod = patched(&review, &webhook::review(review.clone(), &cfg));
+    let names: Vec<&str> = pod.spec.as_ref().unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    // The reference moved to a variable defined before LD_PRELOAD, which
+    // names it the way the kubelet expands: `$(VAR)`.
+    let from = names.iter().position(|n| *n == webhook::PRELOAD_FROM);
+    let preload = names.iter().position(|n| *n == "LD_PRELOAD");
+    assert!(
+        matches!((from, preload), (Some(f), Some(p)) if f < p),
+        "{names:?}"
+    );
+    let moved = env(&pod, 0, webhook::PRELOAD_FROM).unwrap();
+    let cm = moved
+        .value_from
+        .as_ref()
+        .and_then(|v| v.config_map_key_ref.as_ref())
+        .unwrap();
+    assert_eq!((cm.name.as_str(), cm.key.as_str()), ("tuning", "preload"));
+    assert_eq!(
+        env(&pod, 0, "LD_PRELOAD").unwrap().value.as_deref(),
+        Some("/opt/vagus/lib/libvagus_shim.so $(VAGUS_PRELOAD_FROM)")
+    );
+    assert!(env(&pod, 0, "LD_PRELOAD").unwrap().value_from.is_none());
+    // The rest as for any GPU pod; and once changed, left as it is.
+    assert_eq!(
+        env(&pod, 0, "HF_HOME").unwrap().value.as_deref(),
+        Some("/cache")
+    );
+    let mut again = review.clone();
+    again["request"]["object"] = serde_json::to_value(&pod).unwrap();
+    let twice = patched(&again, &webhook::review(again.clone(), &cfg));
+    assert_eq!(twice, pod);
+}
+
+#[test]
 fn other_pods_pass_unchanged() {
     let cfg = Injection::default();
     for name in ["admission-cpu-pod.json", "admission-opted-out-pod.json"] {
