@@ -285,6 +285,60 @@ fn the_ha_overlay_runs_two_brains_on_postgres_and_routes_to_the_leader() {
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
 }
 
+#[test]
+fn the_brains_role_grants_every_call_it_makes() {
+    let Some((_, objects)) = render("containers/kubernetes/base") else {
+        return;
+    };
+    // (API group, resource, verb) of every Kubernetes call in the brain:
+    // vagus-kube's binder.rs (get, patch the pod; the Binding), executor.rs
+    // (pods, Services, HTTPRoutes), leader.rs (the pods' leader label, the
+    // Lease through kube-lease-manager), the brain's reflectors (list and
+    // watch pods, Services, nodes).
+    let calls = [
+        ("", "pods", "get"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "pods", "create"),
+        ("", "pods", "patch"),
+        ("", "pods", "delete"),
+        ("", "pods/binding", "create"),
+        ("", "services", "list"),
+        ("", "services", "watch"),
+        ("", "services", "create"),
+        ("", "services", "delete"),
+        ("gateway.networking.k8s.io", "httproutes", "patch"),
+        ("gateway.networking.k8s.io", "httproutes", "delete"),
+        ("", "nodes", "list"),
+        ("", "nodes", "watch"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "patch"),
+    ];
+    let rules: Vec<&Value> = ["ClusterRole", "Role"]
+        .iter()
+        .flat_map(|k| {
+            objects.iter().filter(move |o| {
+                o["kind"] == *k
+                    && o["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("vagus-brain")
+            })
+        })
+        .flat_map(|r| r["rules"].as_array().unwrap())
+        .collect();
+    let has = |v: &Value, s: &str| v.as_array().unwrap().iter().any(|x| x == s);
+    for (group, resource, verb) in calls {
+        assert!(
+            rules.iter().any(|r| has(&r["apiGroups"], group)
+                && has(&r["resources"], resource)
+                && has(&r["verbs"], verb)),
+            "the brain's roles do not grant {verb} on {resource} ({group:?})"
+        );
+    }
+}
+
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objects
         .iter()

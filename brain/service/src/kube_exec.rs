@@ -3,15 +3,16 @@
 //! removed and moved ones are deleted with a grace period (their routes
 //! went first), and what happens behind its back is reconciled — a pod
 //! kube-scheduler bound that is deleted ends its placement, a pod of its
-//! own that is deleted is made again, a node Kubernetes reports not ready
-//! (or deletes) is down for the failover. Reflectors (kube-runtime) keep
-//! its view of pods and nodes; only the lease's holder acts.
+//! own that is deleted is made again, and so is a replica's Service, a node
+//! Kubernetes reports not ready (or deletes) is down for the failover.
+//! Reflectors (kube-runtime) keep its view of pods, Services and nodes;
+//! only the lease's holder acts.
 //!
 //! Placements with a launch spec stay the agents' (`crate::replicas`).
 
 use crate::http::Api;
 use futures_util::FutureExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::runtime::reflector::Store;
 use std::collections::{BTreeMap, HashSet};
 use tokio::sync::watch;
@@ -27,10 +28,21 @@ pub const ACTOR: &str = "kubernetes";
 /// view before the pod counts as gone (the reflector catching up).
 const BOUND_SEEN_WITHIN_MS: u64 = 60_000;
 
+/// What the executor sees of the cluster: its reflectors' stores.
+#[derive(Clone)]
+pub struct View {
+    /// Pods with a placement's label.
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
+    /// Services with a placement's label.
+    pub services: Store<Service>,
+}
+
 pub struct KubeExecutor {
     applier: Applier,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    services: Store<Service>,
     leading: watch::Receiver<bool>,
     /// Placements kube-scheduler bound whose pod has been seen.
     seen: HashSet<String>,
@@ -39,41 +51,48 @@ pub struct KubeExecutor {
 }
 
 impl KubeExecutor {
-    pub fn new(
-        applier: Applier,
-        pods: Store<Pod>,
-        nodes: Store<Node>,
-        leading: watch::Receiver<bool>,
-    ) -> KubeExecutor {
+    pub fn new(applier: Applier, view: View, leading: watch::Receiver<bool>) -> KubeExecutor {
         KubeExecutor {
             applier,
-            pods,
-            nodes,
+            pods: view.pods,
+            nodes: view.nodes,
+            services: view.services,
             leading,
             seen: HashSet::new(),
             routes: BTreeMap::new(),
         }
     }
 
-    /// The reflectors for `client`: pods with a placement's label, and
-    /// nodes; their stores, and the tasks that keep them.
-    pub fn reflect(
-        client: &kube::Client,
-    ) -> (Store<Pod>, Store<Node>, Vec<tokio::task::JoinHandle<()>>) {
+    /// The reflectors for `client`: pods and Services with a placement's
+    /// label, and nodes; their stores, and the tasks that keep them.
+    pub fn reflect(client: &kube::Client) -> (View, Vec<tokio::task::JoinHandle<()>>) {
         use futures_util::StreamExt;
         use kube::runtime::{WatchStreamExt, reflector, watcher};
         let (pods, pw) = reflector::store::<Pod>();
         let (nodes, nw) = reflector::store::<Node>();
+        let (services, sw) = reflector::store::<Service>();
         let labelled = watcher::Config::default().labels(vagus_decision::manifest::WORKLOAD_LABEL);
         let pod_api: kube::Api<Pod> = kube::Api::all(client.clone());
         let node_api: kube::Api<Node> = kube::Api::all(client.clone());
-        let p = reflector(pw, watcher(pod_api, labelled).default_backoff()).for_each(|_| async {});
+        let service_api: kube::Api<Service> = kube::Api::all(client.clone());
+        let p = reflector(pw, watcher(pod_api, labelled.clone()).default_backoff())
+            .for_each(|_| async {});
         let n = reflector(
             nw,
             watcher(node_api, watcher::Config::default()).default_backoff(),
         )
         .for_each(|_| async {});
-        (pods, nodes, vec![tokio::spawn(p), tokio::spawn(n)])
+        let v =
+            reflector(sw, watcher(service_api, labelled).default_backoff()).for_each(|_| async {});
+        let view = View {
+            pods,
+            nodes,
+            services,
+        };
+        (
+            view,
+            vec![tokio::spawn(p), tokio::spawn(n), tokio::spawn(v)],
+        )
     }
 
     /// One round; what it did, in words (nothing while it does not lead or
@@ -82,9 +101,12 @@ impl KubeExecutor {
         if !*self.leading.borrow() {
             return Vec::new();
         }
-        let pods_ready = self.pods.wait_until_ready().now_or_never().is_some();
-        let nodes_ready = self.nodes.wait_until_ready().now_or_never().is_some();
-        if !pods_ready || !nodes_ready {
+        let listed = [
+            self.pods.wait_until_ready().now_or_never(),
+            self.nodes.wait_until_ready().now_or_never(),
+            self.services.wait_until_ready().now_or_never(),
+        ];
+        if listed.iter().any(Option::is_none) {
             return Vec::new();
         }
         let mut did = Vec::new();
@@ -200,7 +222,17 @@ impl KubeExecutor {
         }
         // Only placements still bound are remembered.
         self.seen.retain(|w| bound.contains_key(w));
-        for step in plan(&wanted, &bound, &seen) {
+        let steps = plan(&wanted, &bound, &seen);
+        // Pods this round deletes (their replica's Service is looked at
+        // again once its new pod is there).
+        let deleted: HashSet<(String, String)> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Delete { namespace, name } => Some((namespace.clone(), name.clone())),
+                _ => None,
+            })
+            .collect();
+        for step in steps {
             let r = match &step {
                 Step::Create(pod) => {
                     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -237,6 +269,44 @@ impl KubeExecutor {
             };
             match r {
                 Ok(s) => did.push(s),
+                Err(e) => {
+                    eprintln!("vagus brain: the Kubernetes executor: {e}");
+                    did.push(format!("failed: {e}"));
+                }
+            }
+        }
+        // A replica whose pod is there but whose Service is not (deleted
+        // behind the brain's back): its Service again.
+        let services: HashSet<(String, String)> = self
+            .services
+            .state()
+            .iter()
+            .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
+            .collect();
+        let replicas: HashSet<&str> = models
+            .values()
+            .flatten()
+            .map(|(id, _)| id.as_str())
+            .collect();
+        for p in seen.iter().filter(|p| p.owned && !p.deleting) {
+            let at = (p.namespace.clone(), p.name.clone());
+            // A replica's own pod (not a placeholder, which has no Service).
+            let replica = replicas.contains(p.workload.as_str())
+                && wanted.iter().any(|w| {
+                    w.workload == p.workload && w.pod.metadata.name.as_deref() == Some(&p.name)
+                });
+            if !replica || services.contains(&at) || deleted.contains(&at) {
+                continue;
+            }
+            match self
+                .applier
+                .create_service(&service(&p.name, &p.namespace, m.port))
+                .await
+            {
+                Ok(()) => did.push(format!(
+                    "created service {}/{}: it was gone",
+                    p.namespace, p.name
+                )),
                 Err(e) => {
                     eprintln!("vagus brain: the Kubernetes executor: {e}");
                     did.push(format!("failed: {e}"));

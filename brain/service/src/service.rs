@@ -286,11 +286,11 @@ impl Starting {
             // On Kubernetes: the reflectors and the executor.
             let mut pod_view = None;
             if let Some(k) = h.kubernetes {
-                let (pods, nodes, tasks) = crate::kube_exec::KubeExecutor::reflect(&k.client);
+                let (view, tasks) = crate::kube_exec::KubeExecutor::reflect(&k.client);
                 svc.tasks.extend(tasks);
-                pod_view = Some(pods.clone());
+                pod_view = Some(view.pods.clone());
                 let applier = vagus_kube::executor::Applier::new(k.client, k.grace_s);
-                let ex = crate::kube_exec::KubeExecutor::new(applier, pods, nodes, leading.clone());
+                let ex = crate::kube_exec::KubeExecutor::new(applier, view, leading.clone());
                 svc.tasks.push(tokio::spawn(ex.run(api.clone(), k.every)));
             }
             if let Some(x) = h.scheduler {

@@ -10,19 +10,20 @@ mod common;
 use common::kube::{ApiServer, Brain, Seen, fixture, post_placement, start, start_with, trail};
 use common::{ADMIN, call_at};
 use http::{Request, Response};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::client::Body;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use vagus_brain::kube_exec::KubeExecutor;
+use vagus_brain::kube_exec::{KubeExecutor, View};
 use vagus_kube::executor::Applier;
 
 struct Exec {
     ex: KubeExecutor,
     pods: Writer<Pod>,
     nodes: Writer<Node>,
+    services: Writer<Service>,
     server: ApiServer,
     leading: watch::Sender<bool>,
 }
@@ -38,7 +39,7 @@ fn node(name: &str, ready: bool) -> Node {
 }
 
 /// An executor on its own mock API server, its stores listed (h1 and a1
-/// ready, no pods).
+/// ready, no pods, no Services).
 fn executor(b: &Brain) -> Exec {
     let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = ApiServer::default();
@@ -47,8 +48,11 @@ fn executor(b: &Brain) -> Exec {
     let applier = Applier::new(kube::Client::new(mock, "default"), 30);
     let (pod_store, mut pods) = reflector::store::<Pod>();
     let (node_store, mut nodes) = reflector::store::<Node>();
+    let (service_store, mut services) = reflector::store::<Service>();
     pods.apply_watcher_event(&Event::Init);
     pods.apply_watcher_event(&Event::InitDone);
+    services.apply_watcher_event(&Event::Init);
+    services.apply_watcher_event(&Event::InitDone);
     nodes.apply_watcher_event(&Event::Init);
     for n in ["h1", "a1"] {
         nodes.apply_watcher_event(&Event::InitApply(node(n, true)));
@@ -56,9 +60,18 @@ fn executor(b: &Brain) -> Exec {
     nodes.apply_watcher_event(&Event::InitDone);
     let (leading, rx) = watch::channel(true);
     Exec {
-        ex: KubeExecutor::new(applier, pod_store, node_store, rx),
+        ex: KubeExecutor::new(
+            applier,
+            View {
+                pods: pod_store,
+                nodes: node_store,
+                services: service_store,
+            },
+            rx,
+        ),
         pods,
         nodes,
+        services,
         server,
         leading,
     }
@@ -136,11 +149,27 @@ fn placements_become_pods_made_again_when_deleted_and_deleted_gracefully_when_re
         pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/mps"],
         share.as_str()
     );
-    // The reflector sees it: nothing to do.
+    // The reflectors see them: nothing to do.
     e.pods
         .apply_watcher_event(&Event::Apply(stored(&seen[0], "uid-1")));
+    let svc: Service = serde_json::from_value(seen[1].body.clone()).unwrap();
+    e.services.apply_watcher_event(&Event::Apply(svc.clone()));
     assert!(round(&b, &mut e).is_empty());
     assert!(e.server.take().is_empty());
+    // Its Service deleted behind the brain's back: made again.
+    e.services.apply_watcher_event(&Event::Delete(svc.clone()));
+    assert_eq!(
+        round(&b, &mut e),
+        ["created service default/chat: it was gone"]
+    );
+    let made = e.server.take();
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert_eq!(
+        made[0].at(),
+        ("POST", "/api/v1/namespaces/default/services?")
+    );
+    assert_eq!(made[0].body, seen[1].body);
+    e.services.apply_watcher_event(&Event::Apply(svc));
     // Deleted behind the brain's back: made again.
     e.pods
         .apply_watcher_event(&Event::Delete(stored(&seen[0], "uid-1")));
