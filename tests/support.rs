@@ -346,8 +346,12 @@ pub fn start_brain(sim: &Sim, addr: &str, certs: &std::path::Path) -> BrainProc 
 pub fn start_brain_with(sim: &Sim, args: &[&str]) -> BrainProc {
     let mut all = vec!["brain"];
     all.extend_from_slice(args);
-    let mut child = sim
-        .vagus(&all)
+    spawn_brain(sim.vagus(&all))
+}
+
+/// A `vagus brain` command started, its JSON lines read in the background.
+pub fn spawn_brain(mut cmd: Command) -> BrainProc {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -18,10 +18,11 @@ mod common;
 mod lease;
 
 use common::postgres::{Server, server};
+use common::stream::Stream;
 use common::*;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use vagus_brain::agents::ledger::{Ledger, Recorded, Recovered};
 use vagus_brain::audit::{Audit, Filter, Row};
@@ -464,82 +465,26 @@ fn a_leader_change_mid_stream_loses_nothing_acknowledged() {
         "{v}"
     );
     // A client posts placements without pause, to whichever brain leads.
-    let acked = Arc::new(Mutex::new(Vec::<(String, usize)>::new()));
-    let refused = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let (acked, refused, stop, addrs) =
-            (acked.clone(), refused.clone(), stop.clone(), addrs.clone());
-        std::thread::spawn(move || {
-            let (mut at, mut n) = (first, 0);
-            while !stop.load(Ordering::SeqCst) {
-                n += 1;
-                let name = format!("w-{n}");
-                let mut p: serde_json::Value = serde_json::from_str(&profile(&name, "m")).unwrap();
-                p["share_pct"] = 5.into();
-                match try_call_at(
-                    addrs[at],
-                    "POST",
-                    "/v1/placements",
-                    Some(OPERATOR),
-                    Some(&p.to_string()),
-                ) {
-                    Ok((201 | 202, _)) => acked.lock().unwrap().push((name, at)),
-                    Ok((503, _)) => {
-                        refused.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Ok((st, v)) => panic!("{name}: {st} {v}"),
-                    // Gone: try the other brain.
-                    Err(_) => at = 1 - at,
-                }
-            }
-        })
-    };
-    let count = |on: usize| {
-        acked
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, at)| *at == on)
-            .count()
-    };
-    let t = Instant::now();
-    while count(first) < 30 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the leader acknowledged too little"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let stream = Stream::start([addrs[0], addrs[1]], first, |addr, name| {
+        let mut p: serde_json::Value = serde_json::from_str(&profile(name, "m")).unwrap();
+        p["share_pct"] = 5.into();
+        let body = p.to_string();
+        try_call_at(addr, "POST", "/v1/placements", Some(OPERATOR), Some(&body)).map(|(st, _)| st)
+    });
+    stream.wait_for(first, 30, Duration::from_secs(60));
     // The leader dies mid-stream: its runtime (HTTP, lease renewals, all)
     // stops at once, requests in flight cut off.
     let killed = Instant::now();
     replicas[first].take().unwrap().rt.shutdown_background();
-    while count(follower) < 30 {
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "the follower did not take over and acknowledge"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    stop.store(true, Ordering::SeqCst);
-    client.join().unwrap();
-    let acked = acked.lock().unwrap().clone();
-    let took = acked
-        .iter()
-        .position(|(_, at)| *at == follower)
-        .map(|_| killed.elapsed());
+    stream.wait_for(follower, 30, Duration::from_secs(60));
+    let took = stream.first_by(follower).map(|t| t - killed);
+    let (acked, refused) = stream.stop();
     eprintln!(
-        "{} acknowledged ({} by the first leader); {} refused while following; the new leader answered within {took:?} of the kill",
+        "{} acknowledged ({} by the first leader); {refused} refused while following; the new leader's first answer {took:?} after the kill",
         acked.len(),
         acked.iter().filter(|(_, at)| *at == first).count(),
-        refused.load(Ordering::SeqCst)
     );
-    assert!(
-        refused.load(Ordering::SeqCst) > 0,
-        "the follower acknowledged before it led"
-    );
+    assert!(refused > 0, "the follower acknowledged before it led");
     // Nothing acknowledged is lost: the new leader knows every one.
     let leader = addrs[follower];
     for (name, _) in &acked {

@@ -156,6 +156,24 @@ impl LeaseServer {
         }
     }
 
+    /// The answer (status, body) to a request for a Lease or a pod of
+    /// namespace vagus, as the API server gives it.
+    pub fn respond(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        ctype: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        if path.starts_with(PODS) {
+            self.pod(method, path, query, body)
+        } else {
+            self.answer(method, path, ctype, body)
+        }
+    }
+
+    /// Answers a tower-test mock's requests (a kube-rs client's) until it closes.
     pub async fn run(self, mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
         while let Some((req, send)) = handle.next_request().await {
             let (parts, body) = req.into_parts();
@@ -168,11 +186,8 @@ impl LeaseServer {
                 .map(|v| v.to_str().unwrap().to_string())
                 .unwrap_or_default();
             let method = parts.method.as_str();
-            let (code, answer) = if path.starts_with(PODS) {
-                self.pod(method, &path, parts.uri.query().unwrap_or(""), &body)
-            } else {
-                self.answer(method, &path, &ctype, &body)
-            };
+            let query = parts.uri.query().unwrap_or("");
+            let (code, answer) = self.respond(method, &path, query, &ctype, &body);
             self.log
                 .lock()
                 .unwrap()

@@ -4,6 +4,7 @@
 
 pub mod kube;
 pub mod postgres;
+pub mod stream;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
