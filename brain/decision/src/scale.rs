@@ -11,9 +11,10 @@
 //!   replica with the most waiting, named `<it>-s<k>`, serving on its port
 //!   + k − 1; the core places it like any request.
 //! - **Down**, when every GPU that holds the model's replicas has stayed
-//!   under `idle_utilisation` for `idle_ms`: the newest replica the scaler
-//!   added is removed (its route goes first, then it drains). Replicas an
-//!   operator placed are never removed.
+//!   under `idle_utilisation` for `idle_ms` while every replica served (a
+//!   copy still starting holds the idle period back): the newest replica
+//!   the scaler added is removed (its route goes first, then it drains).
+//!   Replicas an operator placed are never removed.
 //! - Nothing while an operator has paused reconfiguration, nor unless
 //!   `enabled`.
 
@@ -196,7 +197,11 @@ impl Scaler {
                     self.pressed_since.remove(&r.workload);
                 }
             }
+            // Idle: every GPU under the threshold while every replica
+            // serves. A copy still starting has served nothing yet, so its
+            // idle GPU says nothing: the period starts once it serves.
             let idle = !m.gpu_utilisation.is_empty()
+                && m.replicas.iter().all(|r| r.ready)
                 && m.gpu_utilisation
                     .iter()
                     .all(|u| u.is_some_and(|u| u < self.cfg.idle_utilisation));
@@ -453,6 +458,37 @@ mod tests {
             &none,
         );
         assert!(s.tick(2_500, false, &model(vec![r], 0.9), &none).is_empty());
+    }
+
+    #[test]
+    fn a_copy_still_starting_is_not_removed_and_the_idle_period_starts_once_it_serves() {
+        let mut s = Scaler::new(cfg(), 0.8);
+        let none = |_: &str| false;
+        let mut starting = replica("chat-s2", true, 0.0);
+        starting.ready = false;
+        let two = vec![replica("chat", false, 0.0), starting];
+        // Idle GPUs for far longer than idle_ms while the copy starts.
+        for t in [0, 2_000, 4_000, 9_000] {
+            assert!(
+                s.tick(t, false, &model(two.clone(), 0.1), &none).is_empty(),
+                "at {t} ms"
+            );
+        }
+        // It serves: the idle period starts now, and ends idle_ms later.
+        let serving = vec![replica("chat", false, 0.0), replica("chat-s2", true, 0.0)];
+        assert!(
+            s.tick(10_000, false, &model(serving.clone(), 0.1), &none)
+                .is_empty()
+        );
+        assert!(
+            s.tick(12_000, false, &model(serving.clone(), 0.1), &none)
+                .is_empty()
+        );
+        let out = s.tick(13_000, false, &model(serving, 0.1), &none);
+        assert!(
+            matches!(&out[..], [Scale::Down { workload, .. }] if workload == "chat-s2"),
+            "{out:?}"
+        );
     }
 
     #[test]
