@@ -89,7 +89,7 @@ impl Postgres {
             at: "(--database)".into(),
             why: format!("not a PostgreSQL URL or key=value settings: {e}"),
         })?;
-        let shown = describe(&config);
+        let shown = shown(&config);
         let wants_tls =
             db.ca.is_some() || config.get_ssl_mode() == postgres::config::SslMode::Require;
         let tls = match wants_tls {
@@ -216,7 +216,8 @@ fn fail(at: &str, e: postgres::Error) -> DbError {
     }
 }
 
-fn describe(c: &postgres::Config) -> String {
+/// How the database is named in messages: no password.
+fn shown(c: &postgres::Config) -> String {
     let host = c
         .get_hosts()
         .first()

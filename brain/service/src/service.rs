@@ -178,12 +178,7 @@ impl Service {
                     "no bearer tokens: nobody could use the API".into(),
                 ));
             }
-            let listener = tokio::net::TcpListener::bind(h.addr)
-                .await
-                .map_err(|source| StartError::Io {
-                    what: format!("HTTP API on {}: cannot listen", h.addr),
-                    source,
-                })?;
+            let listener = listen(h.addr, "HTTP API").await?;
             starting.http_addr = listener.local_addr().ok();
             let slot = starting.api.clone();
             starting.tasks.push(tokio::spawn(async move {
@@ -294,12 +289,7 @@ impl Starting {
                 svc.tasks.push(tokio::spawn(ex.run(api.clone(), k.every)));
             }
             if let Some(x) = h.scheduler {
-                let listener = tokio::net::TcpListener::bind(x.addr)
-                    .await
-                    .map_err(|source| StartError::Io {
-                        what: format!("the scheduler extender on {}: cannot listen", x.addr),
-                        source,
-                    })?;
+                let listener = listen(x.addr, "the scheduler extender").await?;
                 svc.scheduler_addr = listener.local_addr().ok();
                 let ext = Arc::new(crate::http::scheduler::Extender::new(
                     api.clone(),
@@ -401,6 +391,16 @@ impl Service {
             a.wait_idle().await;
         }
     }
+}
+
+/// A TCP listener on `addr` for `what`; the error names both.
+async fn listen(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Io {
+            what: format!("{what} on {addr}: cannot listen"),
+            source,
+        })
 }
 
 /// The decision core's configuration from a TOML file (classes, weights,
